@@ -93,6 +93,7 @@ from avseg.data.types import AVSBatch
 from avseg.errors import AVSegWarning, ShapeError
 from avseg.layers.backbones import PVT_V2_B5, RESNET50, BackboneConfig, build_backbone
 from avseg.layers.frozen import Frozen
+from avseg.layers.losses import soft_dice_loss
 from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig, masked_mean
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.registry import register_model
@@ -790,20 +791,6 @@ class Decoder(nn.Module):
 
 
 # -- losses ----------------------------------------------------------------------------------------------------------
-
-
-def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
-    """Mean over frames of ``1 - (2|p∩g| + s) / (|p| + |g| + s)`` with ``p = sigmoid(logits)``.
-
-    Args:
-        logits: ``(N, H, W)``.
-        target: ``(N, H, W)`` 0/1.
-        smooth: ``s``; with an empty target the loss is ``|p| / (|p| + s)``, which pushes predictions to empty.
-    """
-    p = logits.sigmoid().flatten(1)
-    g = target.to(p.dtype).flatten(1)
-    dice = (2 * (p * g).sum(1) + smooth) / (p.sum(1) + g.sum(1) + smooth)
-    return (1 - dice).mean()
 
 
 def masked_av_kl_loss(
