@@ -457,3 +457,25 @@ def test_conditional_kernel_starts_at_zero_and_depends_on_text_and_audio() -> No
     k3 = model.kernel(audio, valid, torch.randn_like(sentence), has_text)
     assert not torch.allclose(k1, k2) and not torch.allclose(k1[:3], k3[:3])
     torch.testing.assert_close(k1[3:], k3[3:])  # the second sample has no expression: its sentence is ignored
+
+
+def test_train_frames_runs_the_visual_path_on_a_frame_sample_and_the_loss_skips_the_rest() -> None:
+    torch.manual_seed(0)
+    model = create_model("tpavi-tiny", train_frames=2).train()
+    batch = make_batch(b=2, t=5, size=64, texts=["the red circle", None])
+    out = model(batch)
+    computed = out.aux["computed_frames"]  # (B, T)
+    assert computed.shape == (2, 5) and computed.sum(1).tolist() == [2, 2]
+    assert out.aux["logits"].shape[0] == 2 * 2  # the visual path ran on B * train_frames frames
+    assert (out.mask_logits[~computed] == 0).all() and (out.mask_logits[computed] != 0).any()
+    base = model.losses(batch, out)["loss"]
+    # Flipping the targets of frames outside the sample leaves the loss unchanged; flipping a sampled frame does not.
+    changed = copy.copy(batch)
+    changed.masks = batch.masks.clone()
+    changed.masks[~computed] = 1 - changed.masks[~computed]
+    torch.testing.assert_close(model.losses(changed, out)["loss"], base)
+    changed.masks[computed] = 1 - changed.masks[computed]
+    assert not torch.isclose(model.losses(changed, out)["loss"], base)
+    # Evaluation runs every frame.
+    with torch.no_grad():
+        assert model.eval()(batch).aux["computed_frames"].all()

@@ -337,6 +337,10 @@ class TPAVIModelConfig:
         kernel: the conditional output kernel (avseg).
         loss: loss terms.
         recipe: training recipe.
+        train_frames: in training mode, run the visual path on only this many randomly drawn frames of each clip
+            (avseg; None: all). Frames of a clip are nearly redundant while the soundtrack must be heard whole
+            ("sounds first", "the longest"), so on a CPU this sees several times more expressions per second for
+            the same compute. Evaluation always runs every frame.
     """
 
     num_classes: int = 1
@@ -350,10 +354,13 @@ class TPAVIModelConfig:
     kernel: KernelConfig = field(default_factory=KernelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    train_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.train_frames is not None and self.train_frames < 1:
+            raise ValueError(f"train_frames must be >= 1 or None, got {self.train_frames}")
         if self.input_size is not None and (self.input_size < 32 or self.input_size % 32):
             raise ValueError(f"input_size must be a multiple of 32 (the backbone's stride), got {self.input_size}")
         if self.kernel.enabled and not (
@@ -504,13 +511,15 @@ class PositionEncoding(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, t: int, h: int, w: int, reference: Tensor) -> Tensor:
-        """``(1, C, T, H, W)`` encoding of a ``T×H×W`` grid, on ``reference``'s device and dtype."""
+    def forward(self, t: int, h: int, w: int, reference: Tensor, frames: Tensor | None = None) -> Tensor:
+        """``(1, C, T', H, W)`` encoding of a ``T×H×W`` grid, on ``reference``'s device and dtype; ``frames`` (``T'``
+        indices) keeps only those frames' times (training on a subset of the clip's frames), default all."""
 
         def axis(n: int) -> Tensor:  # pixel-centre coordinates in [-1, 1]
             return (torch.arange(n, device=reference.device, dtype=reference.dtype) + 0.5) / n * 2 - 1
 
-        tt, yy, xx = torch.meshgrid(axis(t), axis(h), axis(w), indexing="ij")  # (T, H, W) each
+        times = axis(t) if frames is None else axis(t)[frames.to(reference.device)]  # (T',)
+        tt, yy, xx = torch.meshgrid(times, axis(h), axis(w), indexing="ij")  # (T', H, W) each
         feats = []
         for v in (xx, yy, tt):
             feats.append(v)
@@ -844,9 +853,15 @@ class TPAVI(AVSModel):
     ``forward(batch)`` returns :class:`~avseg.models.base.AVSOutput` with ``mask_logits (B, T, K, H, W)`` at the
     batch's frame size and ``aux``:
 
-    * ``"logits"``: ``(B*T, K, S, S)`` logits at the model's input size ``S`` (before resizing to the batch);
-    * ``"stage_features"``: the four decoder inputs ``(B*T, C, S/s, S/s)`` after TPAVI;
-    * ``"audio_features"``: per TPAVI stage with audio attention, the projected audio ``(B, T, C)``.
+    * ``"logits"``: ``(B*T', K, S, S)`` logits at the model's input size ``S`` (before resizing to the batch);
+    * ``"stage_features"``: the four decoder inputs ``(B*T', C, S/s, S/s)`` after TPAVI;
+    * ``"audio_features"``: per TPAVI stage with audio attention, the projected audio ``(B, T', C)``;
+    * ``"frame_valid"``: ``(B, T')`` real frames among those;
+    * ``"computed_frames"``: ``(B, T)`` bool, frames whose logits were computed.
+
+    ``T' = T`` except in training mode with ``train_frames`` set: then the visual path runs on ``train_frames``
+    randomly drawn frames of each clip (the same ones for the whole batch) while the audio path and the conditional
+    kernel still read every second; the other frames' ``mask_logits`` are zero and :meth:`losses` skips them.
     """
 
     family = "tpavi"
@@ -921,8 +936,12 @@ class TPAVI(AVSModel):
             The output; see the class docstring.
         """
         cfg = self.config
-        b, t, _, h, w = batch.frames.shape
+        b, t_clip, _, h, w = batch.frames.shape
         images = self.normalize_frames(batch)  # (B*T, 3, H, W)
+        frames = self._training_frames(t_clip, images.device)  # (T',) frames the visual path runs on
+        t = t_clip if frames is None else len(frames)
+        if frames is not None:
+            images = images.view(b, t_clip, *images.shape[1:])[:, frames].flatten(0, 1)  # (B*T', 3, H, W)
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)
         if size[0] % 32 or size[1] % 32:
             raise ShapeError(f"TPAVI with input_size=None needs frames whose sides are multiples of 32, got {(h, w)}")
@@ -930,31 +949,64 @@ class TPAVI(AVSModel):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         maps = [proj(f) for proj, f in zip(self.aspp, self.backbone(images))]  # 4 × (B*T, C, S/s, S/s)
 
-        audio = self.audio_encoder(batch) if self.audio_encoder is not None else None  # (B, T, 128)
+        clip_audio = self.audio_encoder(batch) if self.audio_encoder is not None else None  # (B, T, 128)
         sentence = has_text = None
         if self.text_branch is not None and any(s is not None for s in batch.text):
             sentence, has_text = self.text_branch(batch.text, images.device)  # (B, D), (B,)
-        valid = batch.frame_valid.to(images.device)
+        clip_valid = batch.frame_valid.to(images.device)  # (B, T)
+        audio, valid = clip_audio, clip_valid
+        if frames is not None:
+            audio = clip_audio[:, frames] if clip_audio is not None else None  # (B, T', 128)
+            valid = clip_valid[:, frames]  # (B, T')
         audio_features: dict[int, Tensor] = {}
         for key, block in self.tpavi.items():
             s = int(key)
             c, hs, ws = maps[s].shape[1:]
             x = maps[s].view(b, t, c, hs, ws).transpose(1, 2)  # (B, C, T, h, w)
             if self.position is not None:
-                x = x + self.position[key](t, hs, ws, x)
+                x = x + self.position[key](t_clip, hs, ws, x, frames)
             z, projected = block(x, audio, valid, sentence, has_text)
             maps[s] = z.transpose(1, 2).reshape(b * t, c, hs, ws)  # (B*T, C, h, w)
             if projected is not None:
                 audio_features[s] = projected
 
-        kernel = self.kernel(audio, valid, sentence, has_text) if self.kernel is not None else None  # (B*T, K, C+1)
-        logits = self.decoder(maps, size, kernel)  # (B*T, K, S, S)
+        kernel = None
+        if self.kernel is not None:
+            # The kernel reads the whole soundtrack (clip-level facts such as "sounds first"), then keeps the frames
+            # the visual path ran on.
+            kernel = self.kernel(clip_audio, clip_valid, sentence, has_text)  # (B*T, K, C+1)
+            if frames is not None:
+                kernel = kernel.view(b, t_clip, *kernel.shape[1:])[:, frames].flatten(0, 1)  # (B*T', K, C+1)
+        logits = self.decoder(maps, size, kernel)  # (B*T', K, S, S)
         full = logits if (h, w) == size else F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        full = full.view(b, t, -1, h, w)  # (B, T', K, H, W)
+        computed = torch.ones(b, t_clip, dtype=torch.bool, device=full.device)  # (B, T)
+        if frames is not None:
+            # Frames outside the sample get zero logits and are flagged, so that losses skip them.
+            computed[:] = False
+            computed[:, frames] = True
+            placed = full.new_zeros(b, t_clip, *full.shape[2:])
+            placed[:, frames] = full
+            full = placed
         output = AVSOutput(
-            mask_logits=full.view(b, t, -1, h, w),
-            aux={"logits": logits, "stage_features": maps, "audio_features": audio_features},
+            mask_logits=full,
+            aux={
+                "logits": logits,
+                "stage_features": maps,
+                "audio_features": audio_features,
+                "frame_valid": valid,
+                "computed_frames": computed,
+            },
         )
         return self.check_output(batch, output)
+
+    def _training_frames(self, t: int, device: torch.device) -> Tensor | None:
+        """The sorted frame indices ``(T',)`` the visual path runs on in training mode with ``train_frames`` set
+        (drawn from torch's global generator, so seeded runs repeat), or None for every frame."""
+        k = self.config.train_frames
+        if not self.training or k is None or k >= t:
+            return None
+        return torch.randperm(t)[:k].sort().values.to(device)
 
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:
         """BCE (or CE) [+ Dice] on labelled frames [+ λ·L_AVM]; ``"loss"`` is the weighted total.
@@ -964,6 +1016,7 @@ class TPAVI(AVSModel):
         cfg = self.config.loss
         logits = output.mask_logits  # (B, T, K, H, W)
         labelled = (batch.label_valid & batch.frame_valid).to(logits.device)  # (B, T)
+        labelled = labelled & output.aux.get("computed_frames", labelled)  # skip frames outside train_frames
         selected = logits[labelled]  # (n, K, H, W)
         target = batch.masks.to(logits.device)[labelled]  # (n, H, W)
         out: dict[str, Tensor] = {}
@@ -985,7 +1038,7 @@ class TPAVI(AVSModel):
                 output.aux["stage_features"],
                 output.aux["audio_features"],
                 cfg.av_kl_stages,
-                batch.frame_valid.to(logits.device),
+                output.aux["frame_valid"],
                 cfg.av_kl_reduction,
             )
             out["av_kl"] = kl

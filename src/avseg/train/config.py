@@ -94,6 +94,10 @@ class ScheduleConfig:
         warmup_ratio: or warmup over this fraction of the total steps (rounded up); set one of the two, not both.
         power: exponent of ``poly``.
         min_lr_ratio: floor of the decaying kinds, as a fraction of the base lr (0: decay to zero).
+        fit_to_budget: with ``train.max_minutes``, end the schedule (and the run) at the step the time budget allows,
+            so that a decaying schedule actually decays instead of being cut off near its start. The step is
+            estimated from the measured step and validation times once the warmup (at least 20 steps) is over, and
+            re-estimated after each validation; it only ever moves earlier than ``max_steps``/``max_epochs``.
     """
 
     kind: Literal["constant", "cosine", "poly", "warmup_decay"] = "cosine"
@@ -101,6 +105,7 @@ class ScheduleConfig:
     warmup_ratio: float = 0.0
     power: float = 0.9
     min_lr_ratio: float = 0.0
+    fit_to_budget: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "cosine", "poly", "warmup_decay"):

@@ -348,6 +348,7 @@ class Trainer:
             )
         limits = [n for n in (cfg.max_steps, cfg.max_epochs * spe if cfg.max_epochs else None) if n is not None]
         self.steps_per_epoch, self.total_steps = spe, min(limits)
+        self._configured_steps = self.total_steps  # before any fit_to_budget shortening
         self.length_reason = (
             "max_steps" if cfg.max_steps is not None and cfg.max_steps == self.total_steps else "max_epochs"
         )
@@ -528,8 +529,11 @@ class Trainer:
             if p.step >= self.total_steps:
                 continue  # the final validation and checkpoint follow the loop
             new_best = False
-            if self._periodic(cfg.val_every, end_of_epoch) and self.val_dataset is not None:
+            validated = self._periodic(cfg.val_every, end_of_epoch) and self.val_dataset is not None
+            if validated:
                 new_best = self._validate(step_epoch, t0)
+            if self._budget_probe(validated):
+                self._fit_schedule_to_budget(t0)
             if self._periodic(cfg.checkpoint_every, end_of_epoch) or new_best:
                 self._checkpoint(step_epoch, new_best)
 
@@ -642,6 +646,36 @@ class Trainer:
                     periodic += self._estimate_ckpt()
                 stop = elapsed + step + periodic + reserve > budget
         return bool(self._broadcast(stop))
+
+    def _budget_probe(self, validated: bool) -> bool:
+        """Whether to (re-)estimate the schedule's length now: ``fit_to_budget`` runs, at the end of the warmup (at
+        least 20 steps, so the step time is measured) and after every validation."""
+        if not self.cfg.schedule.fit_to_budget or self.cfg.max_minutes is None:
+            return False
+        probe = max(20, self.scheduler.lr_lambdas[0].warmup_steps)
+        return self.progress.step == probe or (validated and self.progress.step > probe)
+
+    def _fit_schedule_to_budget(self, t0: float) -> None:
+        """Set the run's (and the schedule's) last step to the one the remaining time allows (rank 0 decides)."""
+        total = self.total_steps
+        if self.is_main:
+            budget = self.cfg.max_minutes * 60.0  # type: ignore[operator]
+            remaining = budget - (time.monotonic() - t0) - self._estimate_val() - self._estimate_ckpt()
+            step_time = self._timers["step_ema"]
+            steps = remaining / step_time if step_time else 0.0
+            every = self.cfg.val_every
+            if every is not None and self.val_dataset is not None:
+                # Each periodic validation costs about this many training steps.
+                steps = steps / (1.0 + self._estimate_val() / (every * step_time))
+            total = max(self.progress.step + 1, min(self._configured_steps, self.progress.step + int(steps)))
+        total = int(self._broadcast(total))
+        if total != self.total_steps:
+            self.total_steps = total
+            self.scheduler.lr_lambdas[0].total_steps = total
+            self.length_reason = "max_minutes"
+            if self._pbar is not None:
+                self._pbar.total = total
+                self._pbar.refresh()
 
     def _estimate_val(self) -> float:
         if self.val_dataset is None:
