@@ -40,6 +40,10 @@ DEMO_TRAIN: dict[str, Any] = {
 }
 """The demo's training recipe (the max_minutes budget ends it long before max_epochs on a CPU)."""
 
+DEMO_HFLIP = 0.5
+"""Probability of mirroring a training clip (its expression's left and right swapped): SynthAV's train split is
+small, and mirroring doubles the scenes a model sees without changing what any expression refers to."""
+
 
 def _synthav(root: Path, videos: int, seed: int, size: int) -> float:
     """Generate SynthAV unless ``root`` already holds the same one; returns the seconds spent."""
@@ -139,6 +143,7 @@ def demo(
     """
     from avseg.checkpoint import load_model
     from avseg.config import config_from_dict, config_to_dict
+    from avseg.data.augment import HorizontalFlip
     from avseg.data.refavs import RefAVSReader
     from avseg.evaluate import evaluate_split, format_markdown, refavs_summary, resolve_device
     from avseg.models import create_model
@@ -155,11 +160,13 @@ def demo(
     net = create_model(model)
     image_size = net.input_size
     reader = RefAVSReader(work_dir / "synthav" / "refavs", image_size=image_size)
+    recipe = {**DEMO_TRAIN, **getattr(net, "demo_recipe", {})}
+    # The run is as long as the time budget, so the learning-rate schedule must end within it too.
+    recipe["schedule"] = {**recipe.get("schedule", {}), "fit_to_budget": True}
     train_cfg = config_from_dict(
         TrainConfig,
         {
-            **DEMO_TRAIN,
-            **getattr(net, "demo_recipe", {}),
+            **recipe,
             "seed": seed,
             "max_minutes": minutes,
             "device": "cuda" if resolve_device(device).type == "cuda" else "cpu",
@@ -172,7 +179,7 @@ def demo(
     )
     trainer = Trainer(
         net,
-        reader.dataset("train"),
+        reader.dataset("train", transform=HorizontalFlip(DEMO_HFLIP)),
         train_cfg,
         run_dir,
         val_dataset=reader.dataset("val"),
@@ -180,7 +187,7 @@ def demo(
         preset=model,
         run_config={
             "model": model,
-            "data": {"root": str(reader.root), "format": "refavs", "image_size": image_size},
+            "data": {"root": str(reader.root), "format": "refavs", "image_size": image_size, "hflip": DEMO_HFLIP},
             "train": config_to_dict(train_cfg),
         },
     )

@@ -164,6 +164,7 @@ def train(
         data=data, model=model, config=config, overrides=overrides, explicit=explicit, defaults=defaults
     )
 
+    from avseg.data.augment import HorizontalFlip
     from avseg.data.readers import get_reader
     from avseg.evaluate import default_preset
     from avseg.models.registry import create_model
@@ -173,7 +174,8 @@ def train(
     seed_everything(cfg.seed)  # the same initial weights on every rank and in every run with this seed
     net = create_model(run_cfg.model, **run_cfg.model_overrides)
     reader = get_reader(data_cfg.format, Path(data_cfg.root), image_size=data_cfg.image_size, **data_cfg.options)  # type: ignore[arg-type]
-    train_ds = reader.dataset(data_cfg.train_split)
+    augment = HorizontalFlip(data_cfg.hflip) if data_cfg.hflip else None
+    train_ds = reader.dataset(data_cfg.train_split, transform=augment)
     val_ds = reader.dataset(cfg.val_split) if cfg.val_split is not None else None
     trainer = Trainer(
         net,

@@ -241,6 +241,8 @@ class DataConfig:
             clips of one size).
         metric_preset: validation metric preset (``avseg.metrics.presets``); None picks the format's official one.
         options: extra reader options (e.g. ``null_masks: zeros`` for Ref-AVS).
+        hflip: probability of mirroring a training clip, its masks and its expression (left and right swapped;
+            see :mod:`avseg.data.augment`); 0 disables it. Validation and test clips are never augmented.
     """
 
     root: str | None = None
@@ -249,8 +251,11 @@ class DataConfig:
     image_size: int | None = None
     metric_preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    hflip: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"data.hflip must be a probability in [0, 1], got {self.hflip!r}")
         if self.format not in ("refavs", "avs-object", "avss", "rvos"):
             raise ValueError(f"data.format must be refavs, avs-object, avss or rvos, got {self.format!r}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or self.image_size < 1):
