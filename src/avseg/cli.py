@@ -82,11 +82,17 @@ COMMANDS: tuple[Command, ...] = (
         "Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.",
     ),
     Command(("demo",), "avseg.demo:demo", "Generate SynthAV, train a model, evaluate it and write a report."),
+    Command(
+        ("convert", "sam2"),
+        "avseg.convert.sam2:convert",
+        "Convert an official SAM2/SAM2.1 checkpoint (.pt) to the folder avseg's SAM2 layer loads.",
+    ),
 )
 
 GROUP_HELP = {
     "data": "Dataset tools: generate SynthAV, check a benchmark tree.",
     "audio": "Audio front end: VGGish log-mel examples and embeddings.",
+    "convert": "Convert the authors' released checkpoints to avseg checkpoints.",
 }
 
 
