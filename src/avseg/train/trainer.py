@@ -372,7 +372,14 @@ class Trainer:
         self._prepare_outputs(resumed=state is not None)
         if state is not None:
             self._event({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from})
-        self._timers = {"train": 0.0, "val": 0.0, "val_last": None, "ckpt_last": None, "step_ema": None}
+        self._timers = {
+            "train": 0.0,
+            "val": 0.0,
+            "val_last": None,
+            "ckpt_last": None,
+            "step_ema": None,
+            "first_step": None,
+        }
         self._last_val_step = self._last_ckpt_step = None
         if state is not None:
             self._last_ckpt_step = self.progress.step
@@ -510,8 +517,13 @@ class Trainer:
             losses = self._train_step([next(batches) for _ in range(cfg.grad_accum_steps)])
             seconds = time.monotonic() - started
             self._timers["train"] += seconds
-            ema = self._timers["step_ema"]
-            self._timers["step_ema"] = seconds if ema is None else 0.8 * ema + 0.2 * seconds
+            if self._timers["first_step"] is None:
+                # The first step of a session pays one-off costs (lazy initialisation, the first batches); it would
+                # inflate the step-time estimate behind the time budget, so it is kept apart.
+                self._timers["first_step"] = seconds
+            else:
+                ema = self._timers["step_ema"]
+                self._timers["step_ema"] = seconds if ema is None else 0.8 * ema + 0.2 * seconds
             step_epoch = p.epoch
             p.step += 1
             p.epoch_step += 1
