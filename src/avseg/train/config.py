@@ -97,7 +97,7 @@ class ScheduleConfig:
         fit_to_budget: with ``train.max_minutes``, end the schedule (and the run) at the step the time budget allows,
             so that a decaying schedule actually decays instead of being cut off near its start. The step is
             estimated from the measured step and validation times once the warmup (at least 20 steps) is over, and
-            re-estimated after each validation; it only ever moves earlier than ``max_steps``/``max_epochs``.
+            re-estimated every 25 steps and after each validation; it is never later than ``max_steps``/``max_epochs``.
     """
 
     kind: Literal["constant", "cosine", "poly", "warmup_decay"] = "cosine"

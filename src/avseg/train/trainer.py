@@ -661,11 +661,13 @@ class Trainer:
 
     def _budget_probe(self, validated: bool) -> bool:
         """Whether to (re-)estimate the schedule's length now: ``fit_to_budget`` runs, at the end of the warmup (at
-        least 20 steps, so the step time is measured) and after every validation."""
+        least 20 steps, so the step time is measured), then every 25 steps and after every validation (the machine
+        may slow down or speed up during the run)."""
         if not self.cfg.schedule.fit_to_budget or self.cfg.max_minutes is None:
             return False
         probe = max(20, self.scheduler.lr_lambdas[0].warmup_steps)
-        return self.progress.step == probe or (validated and self.progress.step > probe)
+        step = self.progress.step
+        return step == probe or (step > probe and (validated or (step - probe) % 25 == 0))
 
     def _fit_schedule_to_budget(self, t0: float) -> None:
         """Set the run's (and the schedule's) last step to the one the remaining time allows (rank 0 decides)."""
@@ -679,7 +681,8 @@ class Trainer:
             if every is not None and self.val_dataset is not None:
                 # Each periodic validation costs about this many training steps.
                 steps = steps / (1.0 + self._estimate_val() / (every * step_time))
-            total = max(self.progress.step + 1, min(self._configured_steps, self.progress.step + int(steps)))
+            steps *= 0.97  # a small margin, so that the schedule ends before the budget's hard stop does
+            total = max(self.progress.step, min(self._configured_steps, self.progress.step + int(steps)))
         total = int(self._broadcast(total))
         if total != self.total_steps:
             self.total_steps = total
