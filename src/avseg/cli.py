@@ -87,6 +87,11 @@ COMMANDS: tuple[Command, ...] = (
         "avseg.convert.sam2:convert",
         "Convert an official SAM2/SAM2.1 checkpoint (.pt) to the folder avseg's SAM2 layer loads.",
     ),
+    Command(
+        ("convert", "auralsam2"),
+        "avseg.convert.auralsam2:convert",
+        "Convert a released AuralSAM2 fuser checkpoint (.pth) into an avseg checkpoint folder.",
+    ),
 )
 
 GROUP_HELP = {

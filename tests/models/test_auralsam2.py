@@ -1,0 +1,279 @@
+"""Tests of AuralSAM2 (avseg.models.auralsam2): wiring into SAM2, losses, prompt engineering, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from avseg.data.types import AVSBatch
+from avseg.layers.sam2 import Sam2Prompt
+from avseg.models.auralsam2 import (
+    AugmentConfig,
+    AuralSAM2,
+    PromptConfig,
+    TrackingConfig,
+    augment_clip,
+    auralsam2_tiny,
+)
+from avseg.models.registry import get_entry
+
+PAPER_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
+
+
+def make_batch(b: int = 2, t: int = 3, size: int = 64, texts: list[str | None] | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(b, t, size, size, dtype=torch.uint8)
+    masks[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    return AVSBatch(
+        frames=torch.randint(0, 256, (b, t, 3, size, size), generator=g).to(torch.uint8),
+        masks=masks,
+        frame_valid=torch.ones(b, t, dtype=torch.bool),
+        label_valid=torch.ones(b, t, dtype=torch.bool),
+        audio_wave=torch.zeros(b, t * 16000),
+        audio_examples=torch.randn(b, t, 1, 96, 64, generator=g),
+        is_null=torch.zeros(b, dtype=torch.bool),
+        has_audio=torch.ones(b, dtype=torch.bool),
+        video_id=[f"v{i}" for i in range(b)],
+        split=["train"] * b,
+        dataset=["synthetic"] * b,
+        text=list(texts) if texts is not None else [None] * b,
+        uid=[None] * b,
+        object_id=[None] * b,
+        modalities=[()] * b,
+        frame_names=[()] * b,
+        orig_size=[None] * b,
+        meta=[{} for _ in range(b)],
+    )
+
+
+def activate_fusion(model: AuralSAM2) -> None:
+    """Give the fusion blocks' zero-initialised residual branches weight, as training does."""
+    for fusion in model.fuser.fusion:
+        for bn in (fusion.frame_out[1], fusion.audio_out[1]):
+            torch.nn.init.ones_(bn.weight)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> AuralSAM2:
+    """The tiny preset with the paper's three candidate masks (the preset itself decodes one)."""
+    torch.manual_seed(0)
+    model = AuralSAM2(dataclasses.replace(auralsam2_tiny(), tracking=TrackingConfig()))
+    activate_fusion(model)
+    return model.eval()
+
+
+def test_forward_shapes_and_aux(tiny):
+    batch = make_batch(texts=["the red circle", None])
+    with torch.no_grad():
+        out = tiny(batch)
+    s4 = tiny.sam2.image_size // 4
+    assert out.mask_logits.shape == (2, 3, 1, 64, 64)
+    assert out.object_logits.shape == (2, 3) and out.iou_pred.shape == (2, 3, 3)
+    assert out.aux["multimask_logits"].shape == (2, 3, 3, s4, s4)
+    assert out.aux["selected_logits"].shape == (2, 3, s4, s4)
+    assert len(out.aux["pixel_embeddings"]) == 3 and out.aux["audio_embeddings"][0].shape == (2, 3, 32)
+
+
+def test_sam2_is_frozen_in_the_paper_presets_and_only_the_fuser_trains():
+    cfg = get_entry("auralsam2-l-refavs").config(pretrained=False)
+    with torch.device("meta"):
+        model = AuralSAM2(cfg)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fuser"}
+    # Checkpoints hold the fuser only: SAM2 is rebuilt from its weights, and VGGish and DistilRoBERTa are here only
+    # because pretrained=False gave them random weights (the converter relies on this).
+    outside = {k for k in model.state_dict() if not k.startswith("fuser.")}
+    assert all(k.startswith(("audio_encoder.vggish.module.", "text_encoder.module.")) for k in outside)
+    groups = model.param_groups(1e-4, 0.05)
+    no_decay = next(g for g in groups if g["name"] == "no_decay")
+    norms = sum(
+        p.numel() for m in model.fuser.modules() for p in m.parameters(recurse=False) if "Norm" in type(m).__name__
+    )
+    assert sum(p.numel() for p in no_decay["params"]) == norms and no_decay["weight_decay"] == 0.0
+
+
+def _paper_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, text=768, hidden=1024, proj=(3, 64)):
+    """Parameters of the paper-preset fuser, counted by hand from the method's description."""
+    lin = lambda o, i: o * i + o  # noqa: E731
+    norm = 2 * dim
+    visual = 2 * norm + lin(dim, dim) + lin(2 * dim, dim) + lin(dim, dim) + (dim * dim * sr * sr + dim) + norm
+    visual += lin(mlp * dim, dim) + (mlp * dim * 9 + mlp * dim) + lin(dim, mlp * dim)
+    audio = 2 * norm + lin(dim, dim) + lin(2 * dim, dim) + lin(dim, dim) + lin(mlp * dim, dim) + lin(dim, mlp * dim)
+    inner = dim // 2
+    fusion = lin(dim, dim) + 6 * lin(inner, dim) + 2 * (lin(dim, inner) + norm) + 2 * norm
+    patches = sum(dim * dim * k * k + dim for k in (4, 2, 1))
+    smooth = 2 * lin(dim, dim)
+    layers, pdim = proj
+    head = lin(pdim, dim) + 2 * pdim + (layers - 2) * (lin(pdim, pdim) + 2 * pdim) + lin(pdim, pdim)
+    text_proj = lin(hidden, text) + lin(dim, hidden) if text else 0
+    return sum(depths) * visual + 3 * audio_depth * audio + 3 * fusion + patches + smooth + 2 * head + text_proj
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_build_on_meta_with_the_expected_sizes(name):
+    cfg = get_entry(name).config(pretrained=False)
+    assert cfg.sam2.image_size == 1024 and cfg.recipe.lr == 1e-4 and cfg.recipe.schedule == "poly"
+    assert cfg.recipe.weight_decay == 0.05 and cfg.sam2.trainable == () and cfg.augment.enabled
+    with torch.device("meta"):
+        model = AuralSAM2(cfg)
+    refavs = name.endswith("refavs")
+    assert model.num_parameters(trainable_only=True) == _paper_fuser_count(text=768 if refavs else None)
+    sam2 = sum(p.numel() for p in model.sam2.parameters())
+    assert (sam2 > 200e6) == ("-l-" in name)  # Hiera-L vs Hiera-b+
+    assert (model.text_encoder is not None) == refavs
+    assert model.config.tracking.eval_conditioning == ("middle" if refavs else "first")
+
+
+def test_hooks_inject_levels_in_reverse_order(tiny):
+    torch.manual_seed(1)
+    b, t, h, w, c = 2, 3, 2, 2, tiny.config.fuser.dim
+    dense = [torch.randn(b * t, h * w, c) for _ in range(3)]
+    sparse = [torch.randn(b, t, c) for _ in range(3)]
+    hooks = tiny._hooks(dense, sparse, b, t, (h, w))
+    assert len(hooks) == t
+    frame = 1
+    expected = dense[2].view(b, t, h, w, c)[:, frame].permute(0, 3, 1, 2)  # the stride-16 branch goes first
+    torch.testing.assert_close(hooks[frame].image[0], expected)
+    torch.testing.assert_close(hooks[frame].mask_tokens[0], sparse[2][:, frame])
+    torch.testing.assert_close(hooks[frame].mask_tokens[2], sparse[0][:, frame])
+
+
+def test_dense_and_sparse_prompts_carry_the_audio(tiny):
+    batch = make_batch(b=1)
+    other = dataclasses.replace(batch, audio_examples=torch.randn_like(batch.audio_examples))
+
+    def heads(b):  # a random SAM2 mostly scores "no object", which blanks the masks; its heads still differ
+        out = tiny(b)
+        return torch.cat([out.object_logits.flatten(), out.iou_pred.flatten()])
+
+    with torch.no_grad():
+        assert not torch.allclose(heads(batch), heads(other))  # the audio reaches SAM2 through the hooks
+        for prompts in (PromptConfig(dense=False, sparse=True), PromptConfig(dense=True, sparse=False)):
+            tiny.config.prompts = prompts
+            assert not torch.allclose(heads(batch), heads(other))
+        tiny.config.prompts = PromptConfig(dense=False, sparse=False)
+        try:
+            torch.testing.assert_close(heads(batch), heads(other))  # pure SAM2 then
+            sam2_only = tiny.segment_with_prompts(batch, {1: Sam2Prompt()}, use_audio=False)
+            forward_only = tiny(batch)
+        finally:
+            tiny.config.prompts = PromptConfig()
+    torch.testing.assert_close(sam2_only.object_logits, forward_only.object_logits)
+
+
+def test_conditioning_frame_follows_the_mode(tiny, monkeypatch):
+    seen = []
+    original = tiny.sam2.propagate
+
+    def spy(*args, **kwargs):
+        seen.append(sorted(kwargs["prompts"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.sam2, "propagate", spy)
+    batch = make_batch(b=1, t=5)
+    tiny.config.tracking = TrackingConfig(train_conditioning="middle", eval_conditioning="first")
+    try:
+        with torch.no_grad():
+            tiny.eval()(batch)
+            tiny.train()(batch)
+    finally:
+        tiny.config.tracking = TrackingConfig()
+        tiny.eval()
+    assert seen == [[0], [2]]
+
+
+def test_prompt_engineering_combines_boxes_with_audio(tiny, monkeypatch):
+    captured = {}
+    original = tiny.sam2.propagate
+
+    def spy(*args, **kwargs):
+        captured.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.sam2, "propagate", spy)
+    batch = make_batch(b=2, t=3, size=64)
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 0.0, 32.0, 16.0]])
+    with torch.no_grad():
+        out = tiny.segment_with_prompts(batch, {0: Sam2Prompt(boxes=boxes)})
+        plain = tiny.segment_with_prompts(batch, {0: Sam2Prompt(boxes=boxes)}, use_audio=False)
+    scale = tiny.sam2.image_size / 64
+    torch.testing.assert_close(captured["prompts"][0].boxes, boxes * scale)  # batch pixels → SAM2 input pixels
+    assert captured["hooks"] is not None and out.mask_logits.shape == (2, 3, 1, 64, 64)
+    assert not torch.allclose(out.mask_logits, plain.mask_logits)  # the audio prompts still act
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        tiny.segment_with_prompts(batch, {5: Sam2Prompt(boxes=boxes)})
+
+
+def test_losses_terms_reduction_and_audiocon_switch():
+    torch.manual_seed(0)
+    cfg = auralsam2_tiny()
+    model = AuralSAM2(dataclasses.replace(cfg, tracking=TrackingConfig())).train()  # three candidates
+    batch = make_batch(b=2, t=3)
+    out = model(batch)
+    losses = model.losses(batch, out)
+    assert set(losses) == {"focal", "dice", "iou", "object", "audiocon", "loss"}
+    w = cfg.loss
+    weights = (("focal", w.focal_weight), ("dice", w.dice_weight), ("iou", w.iou_weight), ("object", w.object_weight))
+    expected = sum(weight * losses[k] for k, weight in weights) + w.audiocon_weight * losses["audiocon"]
+    torch.testing.assert_close(losses["loss"], expected)
+    assert w.frame_reduction == "sum" and losses["iou"].item() > 0
+    model.config.loss = dataclasses.replace(w, frame_reduction="mean", audiocon_weight=0.0)
+    averaged = model.losses(batch, out)
+    assert "audiocon" not in averaged
+    torch.testing.assert_close(averaged["dice"] * 3, losses["dice"])  # 6 frames / 2 clips vs 6 frames
+    unlabelled = dataclasses.replace(batch, label_valid=torch.zeros(2, 3, dtype=torch.bool))
+    zero = model.losses(unlabelled, out)["loss"]
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_augmentation_is_consistent_over_the_clip():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 3, 3, 16, 16, generator=g) * 255
+    masks = (torch.rand(2, 3, 16, 16, generator=g) > 0.5).to(torch.uint8)
+    still = AugmentConfig(
+        hflip=1.0,
+        degrees=0.0,
+        shear=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        frame_brightness=0.0,
+        frame_contrast=0.0,
+        frame_saturation=0.0,
+        grayscale=0.0,
+    )
+    out, out_masks = augment_clip(frames, masks, still)
+    torch.testing.assert_close(out, frames.flip(-1), atol=1e-3, rtol=0)
+    assert torch.equal(out_masks, masks.flip(-1))
+    rotated, rotated_masks = augment_clip(frames, masks, AugmentConfig(), torch.Generator().manual_seed(1))
+    assert rotated.shape == frames.shape and set(rotated_masks.unique().tolist()) <= {0, 1}
+    assert rotated.min() >= 0 and rotated.max() <= 255
+
+
+def test_training_with_augmentation_supervises_the_augmented_masks():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(auralsam2_tiny(), augment=AugmentConfig(enabled=True, hflip=1.0))
+    model = AuralSAM2(cfg).train()
+    batch = make_batch(b=1, t=2)
+    out = model(batch)
+    assert out.aux["targets"].shape == batch.masks.shape
+    assert not torch.equal(out.aux["targets"], batch.masks)  # the off-centre square moved with the frames
+    assert torch.isfinite(model.losses(batch, out)["loss"])
+    model.eval()
+    with torch.no_grad():
+        assert "targets" not in model(batch).aux
+
+
+def test_single_mask_mode_supervises_sam2s_own_output():
+    torch.manual_seed(0)
+    cfg = auralsam2_tiny()
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, multimask_output=False))
+    model = AuralSAM2(cfg).train()
+    batch = make_batch(b=1, t=2)
+    out = model(batch)
+    assert out.iou_pred is None and out.aux["candidates"].shape[2] == 1
+    torch.testing.assert_close(out.aux["candidates"][:, :, 0], out.aux["selected_logits"])
+    losses = model.losses(batch, out)
+    assert losses["iou"].item() == 0.0 and torch.isfinite(losses["loss"])
