@@ -83,6 +83,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(("demo",), "avseg.demo:demo", "Generate SynthAV, train a model, evaluate it and write a report."),
     Command(
+        ("convert", "avsegformer"),
+        "avseg.convert.avsegformer:convert",
+        "Convert a released AVSegFormer checkpoint (.pth) to an avseg checkpoint folder.",
+    ),
+    Command(
         ("convert", "sam2"),
         "avseg.convert.sam2:convert",
         "Convert an official SAM2/SAM2.1 checkpoint (.pt) to the folder avseg's SAM2 layer loads.",
