@@ -23,6 +23,7 @@ from avseg.models.avsegformer import (
 )
 from tests.models.test_tpavi import distilroberta_count, make_batch, pvt_v2_b5_count, resnet50_count, vggish_count
 
+S = get_entry("avsegformer-tiny").config().input_size  # the tiny preset's input size
 PAPER_PRESETS = [f"avsegformer-{bb}-{task}" for bb in ("pvt", "r50") for task in ("s4", "ms3", "avss", "refavs")]
 
 
@@ -268,16 +269,16 @@ def test_tiny_forward_gives_masks_at_the_batch_size_and_intermediates_in_trainin
     with torch.no_grad():
         out = tiny.eval()(batch)
     assert out.mask_logits.shape == (2, 3, 1, 80, 80) and torch.isfinite(out.mask_logits).all()
-    assert out.aux["logits"].shape == (6, 1, 96, 96) and out.aux["intermediate"] == []
-    assert out.aux["mask_feature"].shape == (6, 64, 24, 24)
+    assert out.aux["logits"].shape == (6, 1, S, S) and out.aux["intermediate"] == []
+    assert out.aux["mask_feature"].shape == (6, 64, S // 4, S // 4)
     model = copy.deepcopy(tiny).train()
     inter = model(batch).aux["intermediate"]
-    assert len(inter) == 2 and inter[0].shape == (6, 1, 96, 96)
+    assert len(inter) == 2 and inter[0].shape == (2 * tiny.config.train_frames, 1, S, S)  # frames drawn per clip
 
 
 def test_losses_follow_their_definitions(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).train()
-    batch = make_batch(b=2, t=2, size=96, texts=["the blue square", None])  # the preset's input size
+    batch = make_batch(b=2, t=2, size=S, texts=["the blue square", None])  # the preset's input size
     batch.label_valid[:, 1] = False  # S4-style: only the first frame has a label
     torch.manual_seed(0)
     out = model(batch)
@@ -288,7 +289,7 @@ def test_losses_follow_their_definitions(tiny: AVSegFormer) -> None:
     torch.testing.assert_close(losses["bce"], F.binary_cross_entropy_with_logits(logits, target))
     inter = 0.0
     for m in out.aux["intermediate"]:
-        first = m.view(2, 2, 96, 96)[:, 0]
+        first = m.view(2, 2, S, S)[:, 0]
         inter += squared_dice_loss(first, target) + F.binary_cross_entropy_with_logits(first, target)
     torch.testing.assert_close(losses["intermediate"], 0.1 * inter)
     torch.testing.assert_close(losses["loss"], losses["dice"] + losses["bce"] + losses["intermediate"])
@@ -303,12 +304,12 @@ def test_losses_follow_their_definitions(tiny: AVSegFormer) -> None:
 
 def test_losses_are_taken_at_the_input_size_on_nearest_resized_masks(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).eval()
-    batch = make_batch(b=1, t=2, size=48)
+    batch = make_batch(b=1, t=2, size=S // 2)
     with torch.no_grad():
         out = model(batch)
         losses = model.losses(batch, out)
-    target = batch.masks[0].repeat_interleave(2, -1).repeat_interleave(2, -2).float()  # 48 → 96, nearest
-    logits = out.aux["logits"][:, 0]  # (2, 96, 96)
+    target = batch.masks[0].repeat_interleave(2, -1).repeat_interleave(2, -2).float()  # S/2 → S, nearest
+    logits = out.aux["logits"][:, 0]  # (2, S, S)
     torch.testing.assert_close(losses["dice"], squared_dice_loss(logits, target))
 
 
@@ -325,7 +326,7 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
     assert out.aux["logits"].shape[0] == 4 and (out.mask_logits[~computed] == 0).all()
     losses = model.losses(batch, out)
     logits = out.aux["logits"][:, 0]
-    target = F.interpolate(batch.masks[computed][:, None].float(), size=(96, 96), mode="nearest")[:, 0]
+    target = F.interpolate(batch.masks[computed][:, None].float(), size=(S, S), mode="nearest")[:, 0]
     torch.testing.assert_close(losses["dice"], squared_dice_loss(logits, target))
     with torch.no_grad():
         assert model.eval()(batch).aux["computed_frames"].all()  # evaluation runs every frame
@@ -334,11 +335,11 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
 def test_mix_loss_is_the_dice_of_the_channel_mean(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).eval()
     model.config = released_config(copy.deepcopy(model.config))
-    batch = make_batch(b=1, t=2, size=96)
+    batch = make_batch(b=1, t=2, size=S)
     with torch.no_grad():
         out = model(batch)
         losses = model.losses(batch, out)
-    mean = F.interpolate(out.aux["mask_feature"].mean(1, keepdim=True), size=(96, 96), mode="bilinear")[:, 0]
+    mean = F.interpolate(out.aux["mask_feature"].mean(1, keepdim=True), size=(S, S), mode="bilinear")[:, 0]
     torch.testing.assert_close(losses["mix"], 0.1 * squared_dice_loss(mean, batch.masks[0].float()))
     assert "intermediate" not in losses
 
@@ -347,17 +348,17 @@ def test_avss_uses_cross_entropy_on_labelled_frames_and_the_released_dice_on_bin
     torch.manual_seed(0)
     overrides = {"num_classes": 71, "loss.dice_weight": 0.0, "loss.bce_weight": 0.0, "text.encoder": None}
     model = create_model("avsegformer-tiny", **overrides).eval()
-    batch = make_batch(b=1, t=2, size=96, classes=71)
+    batch = make_batch(b=1, t=2, size=S, classes=71)
     batch.label_valid[0, 1] = False
     with torch.no_grad():
         out = model(batch)
         losses = model.losses(batch, out)
-    assert out.mask_logits.shape == (1, 2, 71, 96, 96)
+    assert out.mask_logits.shape == (1, 2, 71, S, S)
     torch.testing.assert_close(losses["ce"], F.cross_entropy(out.mask_logits[0, :1], batch.masks[0, :1].long()))
     model.config = released_config(copy.deepcopy(model.config))
     with torch.no_grad():
         mix = model.losses(batch, out)["mix"]
-    mean = F.interpolate(out.aux["mask_feature"][:1].mean(1, keepdim=True), size=(96, 96), mode="bilinear")[:, 0]
+    mean = F.interpolate(out.aux["mask_feature"][:1].mean(1, keepdim=True), size=(S, S), mode="bilinear")[:, 0]
     torch.testing.assert_close(mix, 0.1 * squared_dice_loss(mean, (batch.masks[0, :1] > 0).float()))
 
 
