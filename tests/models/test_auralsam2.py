@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -18,34 +19,14 @@ from avseg.models.auralsam2 import (
     auralsam2_tiny,
 )
 from avseg.models.registry import get_entry
+from tests.models.batches import make_batch
 
 PAPER_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
 
 
-def make_batch(b: int = 2, t: int = 3, size: int = 64, texts: list[str | None] | None = None, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(b, t, size, size, dtype=torch.uint8)
-    masks[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
-    return AVSBatch(
-        frames=torch.randint(0, 256, (b, t, 3, size, size), generator=g).to(torch.uint8),
-        masks=masks,
-        frame_valid=torch.ones(b, t, dtype=torch.bool),
-        label_valid=torch.ones(b, t, dtype=torch.bool),
-        audio_wave=torch.zeros(b, t * 16000),
-        audio_examples=torch.randn(b, t, 1, 96, 64, generator=g),
-        is_null=torch.zeros(b, dtype=torch.bool),
-        has_audio=torch.ones(b, dtype=torch.bool),
-        video_id=[f"v{i}" for i in range(b)],
-        split=["train"] * b,
-        dataset=["synthetic"] * b,
-        text=list(texts) if texts is not None else [None] * b,
-        uid=[None] * b,
-        object_id=[None] * b,
-        modalities=[()] * b,
-        frame_names=[()] * b,
-        orig_size=[None] * b,
-        meta=[{} for _ in range(b)],
-    )
+def square_batch(b: int = 2, t: int = 3, size: int = 64, **kwargs: Any) -> AVSBatch:
+    """A batch whose frames each hold one square object."""
+    return make_batch(b, t, size, masks="square", **kwargs)
 
 
 def activate_fusion(model: AuralSAM2) -> None:
@@ -65,7 +46,7 @@ def tiny() -> AuralSAM2:
 
 
 def test_forward_shapes_and_aux(tiny):
-    batch = make_batch(texts=["the red circle", None])
+    batch = square_batch(texts=["the red circle", None])
     with torch.no_grad():
         out = tiny(batch)
     s4 = tiny.sam2.image_size // 4
@@ -141,7 +122,7 @@ def test_hooks_inject_levels_in_reverse_order(tiny):
 
 
 def test_dense_and_sparse_prompts_carry_the_audio(tiny):
-    batch = make_batch(b=1)
+    batch = square_batch(b=1)
     other = dataclasses.replace(batch, audio_examples=torch.randn_like(batch.audio_examples))
 
     def heads(b):  # a random SAM2 mostly scores "no object", which blanks the masks; its heads still differ
@@ -172,7 +153,7 @@ def test_conditioning_frame_follows_the_mode(tiny, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny.sam2, "propagate", spy)
-    batch = make_batch(b=1, t=5)
+    batch = square_batch(b=1, t=5)
     tiny.config.tracking = TrackingConfig(train_conditioning="middle", eval_conditioning="first")
     try:
         with torch.no_grad():
@@ -193,7 +174,7 @@ def test_prompt_engineering_combines_boxes_with_audio(tiny, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny.sam2, "propagate", spy)
-    batch = make_batch(b=2, t=3, size=64)
+    batch = square_batch(b=2, t=3, size=64)
     boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 0.0, 32.0, 16.0]])
     with torch.no_grad():
         out = tiny.segment_with_prompts(batch, {0: Sam2Prompt(boxes=boxes)})
@@ -210,7 +191,7 @@ def test_losses_terms_reduction_and_audiocon_switch():
     torch.manual_seed(0)
     cfg = auralsam2_tiny()
     model = AuralSAM2(dataclasses.replace(cfg, tracking=TrackingConfig())).train()  # three candidates
-    batch = make_batch(b=2, t=3)
+    batch = square_batch(b=2, t=3)
     out = model(batch)
     losses = model.losses(batch, out)
     assert set(losses) == {"focal", "dice", "iou", "object", "audiocon", "loss"}
@@ -256,7 +237,7 @@ def test_training_with_augmentation_supervises_the_augmented_masks():
     torch.manual_seed(0)
     cfg = dataclasses.replace(auralsam2_tiny(), augment=AugmentConfig(enabled=True, hflip=1.0))
     model = AuralSAM2(cfg).train()
-    batch = make_batch(b=1, t=2)
+    batch = square_batch(b=1, t=2)
     out = model(batch)
     assert out.aux["targets"].shape == batch.masks.shape
     assert not torch.equal(out.aux["targets"], batch.masks)  # the off-centre square moved with the frames
@@ -271,7 +252,7 @@ def test_single_mask_mode_supervises_sam2s_own_output():
     cfg = auralsam2_tiny()
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, multimask_output=False))
     model = AuralSAM2(cfg).train()
-    batch = make_batch(b=1, t=2)
+    batch = square_batch(b=1, t=2)
     out = model(batch)
     assert out.iou_pred is None and out.aux["candidates"].shape[2] == 1
     torch.testing.assert_close(out.aux["candidates"][:, :, 0], out.aux["selected_logits"])

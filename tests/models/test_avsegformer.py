@@ -21,7 +21,8 @@ from avseg.models.avsegformer import (
     released_config,
     sine_position_encoding,
 )
-from tests.models.test_tpavi import distilroberta_count, make_batch, pvt_v2_b5_count, resnet50_count, vggish_count
+from tests.models.batches import make_batch
+from tests.models.test_tpavi import distilroberta_count, pvt_v2_b5_count, resnet50_count, vggish_count
 
 S = get_entry("avsegformer-tiny").config().input_size  # the tiny preset's input size
 PAPER_PRESETS = [f"avsegformer-{bb}-{task}" for bb in ("pvt", "r50") for task in ("s4", "ms3", "avss", "refavs")]

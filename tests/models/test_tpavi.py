@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from avseg.checkpoint import load_model, save_checkpoint
 from avseg.config import config_from_dict, config_to_dict
-from avseg.data.types import AVSBatch
 from avseg.models import create_model, get_entry, list_models
 from avseg.models.tpavi import TPAVI, TPAVIBlock, TPAVIModelConfig, masked_av_kl_loss
+from tests.models.batches import make_batch
 
 PAPER_PRESETS = [
     "tpavi-r50-s4",
@@ -25,36 +25,6 @@ PAPER_PRESETS = [
     "tpavi-r50-refavs",
     "tpavi-pvt-refavs",
 ]
-
-
-def make_batch(
-    b: int = 2, t: int = 3, size: int = 64, *, texts: list[str | None] | None = None, classes: int = 1, seed: int = 0
-) -> AVSBatch:
-    g = torch.Generator().manual_seed(seed)
-    if classes == 1:
-        masks = (torch.rand(b, t, size, size, generator=g) > 0.7).to(torch.uint8)
-    else:
-        masks = torch.randint(0, classes, (b, t, size, size), generator=g).to(torch.uint8)
-    return AVSBatch(
-        frames=torch.randint(0, 256, (b, t, 3, size, size), generator=g).to(torch.uint8),
-        masks=masks,
-        frame_valid=torch.ones(b, t, dtype=torch.bool),
-        label_valid=torch.ones(b, t, dtype=torch.bool),
-        audio_wave=torch.zeros(b, t * 16000),
-        audio_examples=torch.randn(b, t, 1, 96, 64, generator=g),
-        is_null=torch.zeros(b, dtype=torch.bool),
-        has_audio=torch.ones(b, dtype=torch.bool),
-        video_id=[f"v{i}" for i in range(b)],
-        split=["train"] * b,
-        dataset=["synthetic"] * b,
-        text=list(texts) if texts is not None else [None] * b,
-        uid=[None] * b,
-        object_id=[None] * b,
-        modalities=[()] * b,
-        frame_names=[()] * b,
-        orig_size=[None] * b,
-        meta=[{} for _ in range(b)],
-    )
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,7 @@ from avseg.layers.sam2 import (
 from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput
+from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 from avseg.models.tpavi import LogMelCNN
 
@@ -262,33 +263,20 @@ class LossConfig:
             raise ValueError("loss.audiocon_samples, audiocon_total and temperature must be positive")
 
 
-@dataclass
-class TrainRecipe:
-    """How a preset is meant to be trained (read by ``avseg demo``; documented next to the model).
-
-    Attributes:
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (none on norm layers).
-        batch_size: clips per step (released: 1 per GPU on 4 GPUs).
-        epochs: epochs.
-        schedule: learning-rate schedule kind (``poly``, power 0.9, released).
-        warmup_steps: linear warmup steps.
-        clip_grad_norm: gradient clipping (None: none, released).
-        num_frames: frames per clip.
-        image_size: frame size readers produce (the model resizes to SAM2's input size).
-        notes: provenance.
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    batch_size: int = 4
-    epochs: int = 50
-    schedule: Literal["constant", "cosine", "poly", "warmup_decay"] = "poly"
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = None
-    num_frames: int = 10
-    image_size: int = 1024
-    notes: str = ""
+def released_recipe() -> TrainRecipe:
+    """The released training defaults: AdamW 1e-4 (weight decay 0.05, none on norm layers), poly 0.9, no clipping,
+    1 clip per GPU on 4 GPUs, 10 frames at SAM2's 1024 px."""
+    return TrainRecipe(
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.05,
+        batch_size=4,
+        epochs=50,
+        schedule="poly",
+        num_frames=10,
+        image_size=1024,
+        notes="released defaults (4 GPUs x 1 clip)",
+    )
 
 
 @dataclass
@@ -321,7 +309,7 @@ class AuralSAM2Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    recipe: TrainRecipe = field(default_factory=lambda: released_recipe())
 
     def __post_init__(self) -> None:
         if self.fuser.audio_dim != self.audio.dim:
@@ -479,17 +467,6 @@ class AuralSAM2(AVSModel):
             # Pretrained encoders are rebuilt from their source; random ones travel in checkpoints.
             self.text_encoder = Frozen(encoder, in_checkpoint=not load)
         self.fuser = AuralFuser(cfg.fuser, cfg.projector)
-
-    @property
-    def demo_recipe(self) -> dict[str, Any]:
-        """The recipe as ``avseg.train.config.TrainConfig`` keys (read by ``avseg demo``)."""
-        r = self.config.recipe
-        return {
-            "optim": {"name": "adamw", "lr": r.lr, "weight_decay": r.weight_decay},
-            "schedule": {"kind": r.schedule, "warmup_steps": r.warmup_steps},
-            "batch_size": r.batch_size,
-            "clip_grad_norm": r.clip_grad_norm,
-        }
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups as released: weight decay on every trainable parameter except those of norm layers."""
@@ -741,6 +718,7 @@ def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
         augment=AugmentConfig(enabled=True),
         loss=LossConfig(audiocon_samples=64 if refavs else 128),
         recipe=TrainRecipe(
+            optimizer="adamw",
             lr=1e-4,
             weight_decay=0.05,
             batch_size=4,
@@ -817,6 +795,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
         tracking=TrackingConfig(multimask_output=False),
         loss=LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
         recipe=TrainRecipe(
+            optimizer="adamw",
             lr=3e-3,
             weight_decay=1e-4,
             batch_size=4,

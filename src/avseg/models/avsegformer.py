@@ -88,7 +88,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +103,9 @@ from avseg.layers.frozen import Frozen
 from avseg.layers.losses import squared_dice_loss
 from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig, masked_mean
 from avseg.models.base import AVSModel, AVSOutput
+from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
-from avseg.models.tpavi import AudioConfig, AudioEncoder, TrainRecipe
+from avseg.models.tpavi import AudioConfig, AudioEncoder
 
 __all__ = [
     "AVSS_NUM_CLASSES",
@@ -776,17 +777,6 @@ class AVSegFormer(AVSModel):
         if self.position_proj is not None:  # a new path starts closed: the model is the paper's at initialisation
             nn.init.zeros_(self.position_proj.weight)
             nn.init.zeros_(self.position_proj.bias)
-
-    @property
-    def demo_recipe(self) -> dict[str, Any]:
-        """The recipe as ``avseg.train.config.TrainConfig`` keys (read by ``avseg demo``)."""
-        r = self.config.recipe
-        return {
-            "optim": {"name": r.optimizer, "lr": r.lr, "weight_decay": r.weight_decay},
-            "schedule": {"kind": r.schedule, "warmup_steps": r.warmup_steps},
-            "batch_size": r.batch_size,
-            "clip_grad_norm": r.clip_grad_norm,
-        }
 
     def on_epoch_start(self, epoch: int) -> None:
         """Train the backbone from epoch ``backbone_freeze_epochs`` on (released ``freeze_backbone(False)``)."""

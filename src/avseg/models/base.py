@@ -79,6 +79,13 @@ class AVSModel(nn.Module):
         """Named scalar losses; ``"loss"`` is the total the trainer back-propagates, the others are logged."""
         raise NotImplementedError
 
+    @property
+    def demo_recipe(self) -> dict[str, Any]:
+        """The preset's training recipe (``config.recipe``, a :class:`avseg.models.recipe.TrainRecipe`) as
+        ``avseg.train.config.TrainConfig`` keys; empty when the config has none. Read by ``avseg demo``."""
+        recipe = getattr(self.config, "recipe", None)
+        return recipe.train_config() if recipe is not None else {}
+
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups over trainable parameters. Default: one group, no weight decay on biases and
         norm weights (the usual AdamW practice). Models with lower-LR parts override this."""

@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,7 @@ from avseg.layers.frozen import Frozen
 from avseg.layers.losses import soft_dice_loss
 from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig, masked_mean
 from avseg.models.base import AVSModel, AVSOutput
+from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 
 __all__ = [
@@ -287,37 +288,6 @@ class LossConfig:
         self.av_kl_stages = tuple(sorted({int(s) for s in self.av_kl_stages}))
         if self.av_kl_reduction not in ("sum", "mean"):
             raise ValueError(f"loss.av_kl_reduction must be 'sum' or 'mean', got {self.av_kl_reduction!r}")
-
-
-@dataclass
-class TrainRecipe:
-    """How a preset is meant to be trained (read by the trainer; documented here next to the model).
-
-    Attributes:
-        optimizer: ``adam`` (official: ``torch.optim.Adam(params, lr)``, no weight decay) or ``adamw``.
-        lr: learning rate.
-        weight_decay: weight decay (the official scripts parse ``--wt_dec 5e-4`` but never pass it to Adam).
-        batch_size: clips per step.
-        epochs: training epochs.
-        schedule: learning-rate schedule kind (``constant`` official).
-        warmup_steps: linear warmup steps before the schedule.
-        clip_grad_norm: gradient-norm clipping (None: none, as official).
-        num_frames: frames per clip (5 in S4/MS3, 10 in AVSS and Ref-AVS).
-        image_size: frame size the reader should produce (the model resizes to ``input_size`` anyway).
-        notes: provenance of these numbers.
-    """
-
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    epochs: int = 15
-    schedule: Literal["constant", "cosine", "poly", "warmup_decay"] = "constant"
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = None
-    num_frames: int = 5
-    image_size: int = 224
-    notes: str = ""
 
 
 @dataclass
@@ -913,17 +883,6 @@ class TPAVI(AVSModel):
                 audio=self.audio_encoder is not None,
                 audio_context=cfg.kernel.audio_context,
             )
-
-    @property
-    def demo_recipe(self) -> dict[str, Any]:
-        """The recipe as ``avseg.train.config.TrainConfig`` keys (read by ``avseg demo``)."""
-        r = self.config.recipe
-        return {
-            "optim": {"name": r.optimizer, "lr": r.lr, "weight_decay": r.weight_decay},
-            "schedule": {"kind": r.schedule, "warmup_steps": r.warmup_steps},
-            "batch_size": r.batch_size,
-            "clip_grad_norm": r.clip_grad_norm,
-        }
 
     def forward(self, batch: AVSBatch) -> AVSOutput:
         """Segment a batch.
