@@ -60,6 +60,7 @@ def test_subsets_partition_the_items(synthav):
     assert "J&F[audio]" in result.summary
     table = format_markdown({"test_s": result})
     assert "| test_s | all |" in table and "| test_s | audio |" in table
+    assert "| Seen |" in table and "| Seen |" not in format_markdown({"test_s": result}, refavs_rows=False)
 
 
 def test_audio_shuffle_gives_every_sample_another_videos_audio(synthav):

@@ -266,8 +266,9 @@ def refavs_summary(results: dict[str, EvalResult]) -> dict[str, dict[str, float]
     return rows
 
 
-def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation") -> str:
-    """A markdown table: one row per split (and per modality subset), then the Ref-AVS summary rows if any."""
+def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *, refavs_rows: bool = True) -> str:
+    """A markdown table: one row per split (and per modality subset), then the Ref-AVS summary rows if any
+    (``refavs_rows=False`` leaves them out: other layouts may name their splits test_s / test_u too)."""
     lines = [f"## {title}", "", "| split | subset | items | J | F | J&F | S |", "|---|---|---|---|---|---|---|"]
     for split, res in results.items():
         m = res.metrics
@@ -281,7 +282,7 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation") -
                 f"| {split} | {name} | {n} | {_fmt(sub['J'])} | {_fmt(sub['F'])} | {_fmt(sub['J&F'])} | "
                 f"{_fmt(sub.get('S'))} |"
             )
-    rows = refavs_summary(results)
+    rows = refavs_summary(results) if refavs_rows else {}
     if rows:
         lines += ["", "| Ref-AVS | J | F | J&F | Null S |", "|---|---|---|---|---|"]
         for name, row in rows.items():
@@ -299,16 +300,18 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation") -
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict[str, EvalResult], path: Path, extra: dict[str, Any] | None = None) -> None:
-    """Write the JSON report (and ``<path>.md`` beside it)."""
+def write_results(
+    results: dict[str, EvalResult], path: Path, extra: dict[str, Any] | None = None, *, refavs_rows: bool = True
+) -> None:
+    """Write the JSON report (and ``<path>.md`` beside it); ``refavs_rows``: include the Ref-AVS summary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "splits": {k: v.to_dict() for k, v in results.items()},
-        "refavs": refavs_summary(results),
+        **({"refavs": refavs_summary(results)} if refavs_rows else {}),
         **(extra or {}),
     }
     path.write_text(json.dumps(payload, indent=2, default=float))
-    path.with_suffix(".md").write_text(format_markdown(results))
+    path.with_suffix(".md").write_text(format_markdown(results, refavs_rows=refavs_rows))
 
 
 def split_names(value: Sequence[str]) -> list[str]:
@@ -439,9 +442,10 @@ def evaluate_command(
                 "image_size": size,
             }
         )
-    print(format_markdown(results, title=f"{getattr(model, 'preset', None) or model.family} on {data}"))
+    title = f"{getattr(model, 'preset', None) or model.family} on {data}"
+    print(format_markdown(results, title=title, refavs_rows=format == "refavs"))
     if json_out is not None:
-        write_results(results, json_out)
+        write_results(results, json_out, refavs_rows=format == "refavs")
         print(f"wrote {json_out} and {json_out.with_suffix('.md')}")
     if save_masks is not None:
         print(f"masks written under {save_masks}")

@@ -48,6 +48,38 @@ def test_precedence_defaults_file_options_overrides(tmp_path):
     assert run.train.val_split == "val"
 
 
+def test_a_registered_preset_trains_with_its_own_recipe_below_the_file_and_overrides(tmp_path):
+    from avseg.models import get_entry
+
+    recipe = get_entry("avsegformer-tiny").config().recipe
+    run = build_run_config(data=tmp_path, model="avsegformer-tiny", config=None, defaults={"train.seed": 0})
+    assert (run.train.optim.name, run.train.optim.lr, run.train.optim.weight_decay) == ("adamw", recipe.lr, 1e-4)
+    assert (run.train.schedule.kind, run.train.schedule.warmup_steps) == (recipe.schedule, recipe.warmup_steps)
+    assert (run.train.batch_size, run.train.clip_grad_norm, run.train.max_epochs) == (4, 1.0, recipe.epochs)
+    assert not run.train.schedule.fit_to_budget
+    # a file that sets only the learning rate keeps the rest of the recipe; model.recipe.* overrides reach it too
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump({"train": {"optim": {"lr": 0.5}, "max_epochs": 2}}))
+    run = build_run_config(
+        data=tmp_path,
+        model="avsegformer-tiny",
+        config=file,
+        overrides=["model.recipe.weight_decay=0.25"],
+        defaults={"train.seed": 0, "train.schedule.fit_to_budget": True},
+    )
+    assert (run.train.optim.name, run.train.optim.lr, run.train.optim.weight_decay) == ("adamw", 0.5, 0.25)
+    assert run.train.max_epochs == 2 and run.train.schedule.kind == recipe.schedule
+    assert run.train.schedule.fit_to_budget  # --max-minutes fits the schedule unless told otherwise
+    run = build_run_config(
+        data=tmp_path,
+        model="avsegformer-tiny",
+        config=None,
+        overrides=["train.schedule.fit_to_budget=false"],
+        defaults={"train.seed": 0, "train.schedule.fit_to_budget": True},
+    )
+    assert not run.train.schedule.fit_to_budget
+
+
 def test_bad_overrides_and_configs_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="must start with"):
         build_run_config(data=tmp_path, model="m", config=None, overrides=["lr=1"], defaults={"train.seed": 0})

@@ -1,8 +1,11 @@
 """``avseg train``: build a run config from a file, options and overrides, then train with the one trainer.
 
-Precedence, lowest first: ``TrainConfig``/``DataConfig`` defaults, the ``--config`` file, command-line options,
-``--overrides``. Options left at their default value (``--format refavs``, ``--seed 0``, ``--val-split val``,
-``--train-split train``, ``--device auto``) do not replace a value the config file sets.
+Precedence, lowest first: ``TrainConfig``/``DataConfig`` defaults, the model preset's own training recipe
+(``config.recipe``: optimiser, learning rate, weight decay, schedule, warmup, batch size, clipping, epochs; see
+:class:`avseg.models.recipe.TrainRecipe`), the ``--config`` file, command-line options, ``--overrides``. Options left
+at their default value (``--format refavs``, ``--seed 0``, ``--val-split val``, ``--train-split train``,
+``--device auto``) do not replace a value the config file sets. With ``--max-minutes``, the learning-rate schedule is
+fitted to the time budget (``train.schedule.fit_to_budget``) unless the file or an override says otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Literal, Optional
 from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
 from avseg.train.config import RunConfig, TrainConfig
 
-__all__ = ["build_run_config", "train"]
+__all__ = ["build_run_config", "preset_train_defaults", "train"]
 
 _SECTIONS = ("model", "train", "data")
 
@@ -38,14 +41,45 @@ def _resolve_train_key(path: list[str]) -> list[str]:
     return [owners[0], path[0]] if len(owners) == 1 else path
 
 
-def _set_dotted(target: dict[str, Any], path: list[str], value: Any, key: str) -> None:
+def _set_dotted(target: dict[str, Any], path: list[str], value: Any, key: str, *, keep: bool = False) -> None:
+    """Set ``target[path[0]][path[1]]...`` to ``value`` (``keep``: only where nothing is set yet)."""
     node = target
     for part in path[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ValueError(f"override {key!r}: {part!r} is not a config section")
         node = child
-    node[path[-1]] = value
+    if keep:
+        node.setdefault(path[-1], value)
+    else:
+        node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``top``, recursively for nested sections."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_train_defaults(model: str, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registered preset's own recipe as ``train`` keys (the lowest layer of a run config).
+
+    The recipe is read after ``model_overrides``, so ``model.recipe.lr=...`` changes it. An unregistered name or a
+    config without a ``recipe`` gives ``{}`` (building the model names an unknown preset later).
+    """
+    from avseg.models.registry import get_entry, list_models
+
+    if model not in list_models():
+        return {}
+    recipe = getattr(get_entry(model).config(**(model_overrides or {})), "recipe", None)
+    if recipe is None:
+        return {}
+    return {**recipe.train_config(), "max_epochs": recipe.epochs}
 
 
 def build_run_config(
@@ -57,7 +91,8 @@ def build_run_config(
     explicit: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Merge a config file, command-line options and dotted overrides into a validated :class:`RunConfig`.
+    """Merge the preset's recipe, a config file, command-line options and dotted overrides into a validated
+    :class:`RunConfig` (precedence in that order, lowest first; see the module docstring).
 
     Args:
         data: dataset root (always taken from the command line).
@@ -66,7 +101,9 @@ def build_run_config(
         overrides: ``section.key=value`` strings (``train.optim.lr=1e-4``, ``train.lr=1e-4``, ``model.num_classes=71``,
             ``data.options.null_masks=zeros``), applied last.
         explicit: dotted keys given on the command line (``{"train.max_steps": 10}``); they replace the file's values.
-        defaults: dotted keys of options left at their defaults; applied only where the file sets nothing.
+        defaults: dotted keys of options left at their defaults (``{"train.seed": 0}``,
+            ``{"train.schedule.fit_to_budget": True}``); applied only where neither the preset's recipe nor the file
+            sets the key.
     """
     run: dict[str, Any] = load_config_file(config) if config is not None else {}
     for section in ("model_overrides", "data", "train"):
@@ -76,13 +113,18 @@ def build_run_config(
     if model is not None:
         run["model"] = model
     run["data"]["root"] = str(data)
+    overrides_by_key = parse_overrides(overrides or [])
+    if run.get("model"):
+        model_overrides = {
+            **run["model_overrides"],
+            **{k.partition(".")[2]: v for k, v in overrides_by_key.items() if k.startswith("model.")},
+        }
+        run["train"] = _merge(preset_train_defaults(run["model"], model_overrides), run["train"])
     for key, value in (defaults or {}).items():
-        section, name = key.split(".", 1)
-        run[section].setdefault(name, value)
+        _set_dotted(run, key.split("."), value, key, keep=True)
     for key, value in (explicit or {}).items():
-        section, name = key.split(".", 1)
-        run[section][name] = value
-    for key, value in parse_overrides(overrides or []).items():
+        _set_dotted(run, key.split("."), value, key)
+    for key, value in overrides_by_key.items():
         section, _, rest = key.partition(".")
         if section not in _SECTIONS or not rest:
             raise ValueError(f"override {key!r} must start with one of {[s + '.' for s in _SECTIONS]}")
@@ -117,7 +159,9 @@ def train(
 ) -> int:
     """Train a registered model on a benchmark split.
 
-    Validates on another split (never a test split) and keeps the best checkpoint. Runs on one process, or on several
+    Trains with the preset's own recipe (optimiser, learning rate, schedule, batch, epochs; avseg models show it)
+    unless a --config file, an option or an override says otherwise. Validates on another split (never a test split)
+    and keeps the best checkpoint. Runs on one process, or on several
     under ``torchrun --nproc_per_node N -m avseg train ...`` (DDP; gloo on CPU). Writes OUT/checkpoints/step-XXXXXXX/
     with latest.json and best.json pointers, OUT/metrics.jsonl, OUT/run_config.yaml (reusable with --config) and
     OUT/train_summary.json. Options left at their defaults do not replace values of a --config file; --overrides
@@ -132,7 +176,8 @@ def train(
         overrides: dotted config overrides, e.g. --overrides train.optim.lr=1e-4 train.max_epochs=5 model.num_classes=71
             (train.lr is short for train.optim.lr).
         max_steps: stop after this many optimiser steps.
-        max_minutes: wall-clock budget in minutes, setup, final validation and checkpoint included.
+        max_minutes: wall-clock budget in minutes, setup, final validation and checkpoint included; the
+            learning-rate schedule is fitted to it (train.schedule.fit_to_budget=false keeps the full schedule).
         device: auto (CUDA when available), cpu or cuda.
         seed: seed of model initialisation, data order and all randomness.
         resume: continue the run in OUT from its latest checkpoint (same final weights as an uninterrupted run).
@@ -160,6 +205,8 @@ def train(
         ("train.val_split", val_split, "val"),
     ):
         (explicit if value != default else defaults)[key] = value
+    if max_minutes is not None:
+        defaults["train.schedule.fit_to_budget"] = True
     run_cfg = build_run_config(
         data=data, model=model, config=config, overrides=overrides, explicit=explicit, defaults=defaults
     )
