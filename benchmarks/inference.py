@@ -16,35 +16,6 @@ import statistics
 import time
 
 
-def synthetic_batch(frames: int, size: int, text: str | None):
-    """One clip: random frames ``(1, T, 3, S, S)``, log-mel examples ``(1, T, 1, 96, 64)``, empty masks."""
-    import torch
-
-    from avseg.data.types import AVSBatch
-
-    g = torch.Generator().manual_seed(0)
-    return AVSBatch(
-        frames=torch.randint(0, 256, (1, frames, 3, size, size), generator=g).to(torch.uint8),
-        masks=torch.zeros(1, frames, size, size, dtype=torch.uint8),
-        frame_valid=torch.ones(1, frames, dtype=torch.bool),
-        label_valid=torch.ones(1, frames, dtype=torch.bool),
-        audio_wave=torch.zeros(1, frames * 16000),
-        audio_examples=torch.randn(1, frames, 1, 96, 64, generator=g),
-        is_null=torch.zeros(1, dtype=torch.bool),
-        has_audio=torch.ones(1, dtype=torch.bool),
-        video_id=["clip"],
-        split=["bench"],
-        dataset=["synthetic"],
-        text=[text],
-        uid=[None],
-        object_id=[None],
-        modalities=[()],
-        frame_names=[()],
-        orig_size=[None],
-        meta=[{}],
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", required=True, help="registered preset name(s)")
@@ -59,6 +30,7 @@ def main() -> None:
 
     import torch
 
+    from avseg.data.types import random_batch
     from avseg.models import create_model, get_entry
 
     if args.threads:
@@ -74,7 +46,7 @@ def main() -> None:
         overrides = {"pretrained": False} if hasattr(get_entry(name).config(), "pretrained") else {}
         torch.manual_seed(0)
         model = create_model(name, **overrides).eval().to(device)
-        batch = synthetic_batch(args.frames, args.size, args.text).to(device)
+        batch = random_batch(1, args.frames, args.size, texts=[args.text], masks="empty").to(device)
         times = []
         with torch.inference_mode():
             for i in range(args.warmup + args.repeats):

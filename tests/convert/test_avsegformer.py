@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from avseg.checkpoint import load_model, read_checkpoint_config
 from avseg.cli import main
 from avseg.convert.avsegformer import convert_state_dict, infer_released_config, normalise_timm_pvt
-from avseg.data.types import AVSBatch
+from avseg.data.types import random_batch
 from avseg.errors import CheckpointError
 from avseg.models.avsegformer import AVSegFormer
 
@@ -322,30 +322,6 @@ def test_converted_pvt_weights_compute_the_released_pvt() -> None:
 # -- the command, end to end -----------------------------------------------------------------------------------------
 
 
-def small_batch(size: int = 64) -> AVSBatch:
-    g = torch.Generator().manual_seed(0)
-    return AVSBatch(
-        frames=torch.randint(0, 256, (1, 2, 3, size, size), generator=g).to(torch.uint8),
-        masks=torch.zeros(1, 2, size, size, dtype=torch.uint8),
-        frame_valid=torch.ones(1, 2, dtype=torch.bool),
-        label_valid=torch.ones(1, 2, dtype=torch.bool),
-        audio_wave=torch.zeros(1, 32000),
-        audio_examples=torch.randn(1, 2, 1, 96, 64, generator=g),
-        is_null=torch.zeros(1, dtype=torch.bool),
-        has_audio=torch.ones(1, dtype=torch.bool),
-        video_id=["v"],
-        split=["test"],
-        dataset=["synthetic"],
-        text=[None],
-        uid=[None],
-        object_id=[None],
-        modalities=[()],
-        frame_names=[()],
-        orig_size=[None],
-        meta=[{}],
-    )
-
-
 @pytest.mark.slow
 def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) -> None:
     """A small released-format checkpoint (ResNet layout at small widths; VGGish at its real size, zero-storage)."""
@@ -397,7 +373,7 @@ def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) 
     )
     torch.testing.assert_close(model.mixer.kv_proj.weight, state["head.fusion_block.kv_proj.weight"])
     with torch.no_grad():
-        logits = model(small_batch()).mask_logits
+        logits = model(random_batch(b=1, t=2, masks="empty")).mask_logits
     assert logits.shape == (1, 2, 1, 64, 64) and torch.isfinite(logits).all()
     # A second run refuses to overwrite; a mismatching architecture is reported with the offending shapes.
     assert main(["convert", "avsegformer", str(path), str(out), "--overrides", *overrides]) == 2

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from avseg.data.types import AVSSample, collate
+from avseg.data.types import AVSSample, collate, random_batch
 from avseg.errors import ShapeError
 
 
@@ -68,3 +68,16 @@ def test_batch_to_moves_tensors_only():
     batch = collate([make_sample()])
     moved = batch.to("cpu")
     assert moved.frames is not None and moved.uid == batch.uid
+
+
+def test_random_batch_has_the_contract_shapes_and_the_requested_masks() -> None:
+    batch = random_batch(2, 3, 32, texts=["the red circle", None], classes=5, seed=1)
+    assert batch.frames.shape == (2, 3, 3, 32, 32) and batch.frames.dtype == torch.uint8
+    assert batch.audio_examples.shape == (2, 3, 1, 96, 64) and batch.audio_wave.shape == (2, 3 * 16000)
+    assert batch.masks.max() <= 4 and batch.masks.max() > 1 and batch.text == ["the red circle", None]
+    square = random_batch(1, 2, 16, masks="square").masks
+    assert square.sum() == 2 * 4 * 4 and square[0, 0, 4, 4] == 1
+    assert random_batch(1, 1, 8, masks="empty").masks.sum() == 0
+    torch.testing.assert_close(random_batch(seed=3).frames, random_batch(seed=3).frames)
+    with pytest.raises(ValueError, match="texts"):
+        random_batch(2, texts=["one"])

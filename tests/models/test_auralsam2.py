@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from avseg.data.types import AVSBatch
+from avseg.data.types import AVSBatch, random_batch
 from avseg.layers.sam2 import Sam2Prompt
 from avseg.models.auralsam2 import (
     AugmentConfig,
@@ -19,14 +19,13 @@ from avseg.models.auralsam2 import (
     auralsam2_tiny,
 )
 from avseg.models.registry import get_entry
-from tests.models.batches import make_batch
 
 PAPER_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
 
 
 def square_batch(b: int = 2, t: int = 3, size: int = 64, **kwargs: Any) -> AVSBatch:
     """A batch whose frames each hold one square object."""
-    return make_batch(b, t, size, masks="square", **kwargs)
+    return random_batch(b, t, size, masks="square", **kwargs)
 
 
 def activate_fusion(model: AuralSAM2) -> None:

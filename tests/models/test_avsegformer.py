@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from avseg.config import config_from_dict, config_to_dict
+from avseg.data.types import random_batch
 from avseg.layers.losses import squared_dice_loss
 from avseg.models import create_model, get_entry, list_models
 from avseg.models.avsegformer import (
@@ -21,7 +22,6 @@ from avseg.models.avsegformer import (
     released_config,
     sine_position_encoding,
 )
-from tests.models.batches import make_batch
 from tests.models.test_tpavi import distilroberta_count, pvt_v2_b5_count, resnet50_count, vggish_count
 
 S = get_entry("avsegformer-tiny").config().input_size  # the tiny preset's input size
@@ -156,7 +156,7 @@ def test_invalid_configs_are_refused() -> None:
 def test_a_paper_preset_runs_forward_and_backward_at_a_small_size() -> None:
     torch.manual_seed(0)
     model = create_model("avsegformer-r50-s4", pretrained=False, input_size=64).train()
-    batch = make_batch(b=1, t=2, size=64)
+    batch = random_batch(b=1, t=2, size=64)
     out = model(batch)
     assert out.mask_logits.shape == (1, 2, 1, 64, 64) and len(out.aux["intermediate"]) == 6
     model.losses(batch, out)["loss"].backward()
@@ -212,7 +212,7 @@ def test_reformer_mixes_attention_maps_by_query_outputs() -> None:
 
 def test_audio_queries_repeat_the_audio_token_and_the_generator_path_runs(tiny: AVSegFormer) -> None:
     model = without_text(tiny)
-    batch = make_batch(b=1, t=2, size=64)
+    batch = random_batch(b=1, t=2, size=64)
     captured = {}
     original = model.decoder.forward
 
@@ -235,7 +235,7 @@ def test_audio_queries_repeat_the_audio_token_and_the_generator_path_runs(tiny: 
 
 
 def test_ablation_switches_build_and_run() -> None:
-    batch = make_batch(b=1, t=2, size=64, texts=["the red circle"])
+    batch = random_batch(b=1, t=2, size=64, texts=["the red circle"])
     for overrides in (
         {"mixer.kind": "none"},
         {"mixer.kind": "cross_attention"},
@@ -266,7 +266,7 @@ def test_backbone_trains_from_its_unfreeze_epoch() -> None:
 
 
 def test_tiny_forward_gives_masks_at_the_batch_size_and_intermediates_in_training(tiny: AVSegFormer) -> None:
-    batch = make_batch(b=2, t=3, size=80, texts=["the red circle", "the object on the left"])
+    batch = random_batch(b=2, t=3, size=80, texts=["the red circle", "the object on the left"])
     with torch.no_grad():
         out = tiny.eval()(batch)
     assert out.mask_logits.shape == (2, 3, 1, 80, 80) and torch.isfinite(out.mask_logits).all()
@@ -279,7 +279,7 @@ def test_tiny_forward_gives_masks_at_the_batch_size_and_intermediates_in_trainin
 
 def test_losses_follow_their_definitions(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).train()
-    batch = make_batch(b=2, t=2, size=S, texts=["the blue square", None])  # the preset's input size
+    batch = random_batch(b=2, t=2, size=S, texts=["the blue square", None])  # the preset's input size
     batch.label_valid[:, 1] = False  # S4-style: only the first frame has a label
     torch.manual_seed(0)
     out = model(batch)
@@ -305,7 +305,7 @@ def test_losses_follow_their_definitions(tiny: AVSegFormer) -> None:
 
 def test_losses_are_taken_at_the_input_size_on_nearest_resized_masks(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).eval()
-    batch = make_batch(b=1, t=2, size=S // 2)
+    batch = random_batch(b=1, t=2, size=S // 2)
     with torch.no_grad():
         out = model(batch)
         losses = model.losses(batch, out)
@@ -318,7 +318,7 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
     model = copy.deepcopy(tiny).train()
     model.config = copy.deepcopy(model.config)
     model.config.train_frames = 2
-    batch = make_batch(b=2, t=5, size=64, texts=["the red circle", None])
+    batch = random_batch(b=2, t=5, size=64, texts=["the red circle", None])
     batch.label_valid[:, 3:] = False
     torch.manual_seed(0)
     out = model(batch)
@@ -336,7 +336,7 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
 def test_mix_loss_is_the_dice_of_the_channel_mean(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).eval()
     model.config = released_config(copy.deepcopy(model.config))
-    batch = make_batch(b=1, t=2, size=S)
+    batch = random_batch(b=1, t=2, size=S)
     with torch.no_grad():
         out = model(batch)
         losses = model.losses(batch, out)
@@ -349,7 +349,7 @@ def test_avss_uses_cross_entropy_on_labelled_frames_and_the_released_dice_on_bin
     torch.manual_seed(0)
     overrides = {"num_classes": 71, "loss.dice_weight": 0.0, "loss.bce_weight": 0.0, "text.encoder": None}
     model = create_model("avsegformer-tiny", **overrides).eval()
-    batch = make_batch(b=1, t=2, size=S, classes=71)
+    batch = random_batch(b=1, t=2, size=S, classes=71)
     batch.label_valid[0, 1] = False
     with torch.no_grad():
         out = model(batch)
@@ -365,7 +365,7 @@ def test_avss_uses_cross_entropy_on_labelled_frames_and_the_released_dice_on_bin
 
 def test_empty_targets_get_a_gradient_through_bce(tiny: AVSegFormer) -> None:
     model = copy.deepcopy(tiny).train()
-    batch = make_batch(b=1, t=2, size=64, texts=["the green star"])
+    batch = random_batch(b=1, t=2, size=64, texts=["the green star"])
     batch.masks.zero_()  # a null expression
     out = model(batch)
     grad = torch.autograd.grad(model.losses(batch, out)["loss"], out.aux["logits"])[0]
@@ -384,8 +384,8 @@ def test_text_encoder_is_frozen_and_left_out_of_the_checkpoint(tiny: AVSegFormer
 
 
 def test_a_sample_without_text_is_computed_as_if_no_sample_had_text(tiny: AVSegFormer) -> None:
-    batch = make_batch(b=2, t=2, size=64, texts=["the loudest object", None])
-    alone = make_batch(b=2, t=2, size=64)
+    batch = random_batch(b=2, t=2, size=64, texts=["the loudest object", None])
+    alone = random_batch(b=2, t=2, size=64)
     with torch.no_grad():
         mixed = tiny(batch).mask_logits
         plain = tiny(alone).mask_logits
@@ -394,15 +394,15 @@ def test_a_sample_without_text_is_computed_as_if_no_sample_had_text(tiny: AVSegF
 
 
 def test_expressions_change_the_prediction(tiny: AVSegFormer) -> None:
-    a = make_batch(b=1, t=1, size=64, texts=["the red circle"])
-    b = make_batch(b=1, t=1, size=64, texts=["the object that sounds first"])
+    a = random_batch(b=1, t=1, size=64, texts=["the red circle"])
+    b = random_batch(b=1, t=1, size=64, texts=["the object that sounds first"])
     with torch.no_grad():
         assert not torch.allclose(tiny(a).mask_logits, tiny(b).mask_logits)
 
 
 def test_clip_audio_tokens_of_padded_frames_are_ignored(tiny: AVSegFormer) -> None:
     model = without_text(tiny)
-    batch = make_batch(b=1, t=3, size=64)
+    batch = random_batch(b=1, t=3, size=64)
     batch.frame_valid[0, 2] = False
     other = copy.copy(batch)
     other.audio_examples = batch.audio_examples.clone()
@@ -418,7 +418,7 @@ def test_clip_audio_tokens_of_padded_frames_are_ignored(tiny: AVSegFormer) -> No
 
 
 def test_position_paths_start_closed_and_open_with_training(tiny: AVSegFormer) -> None:
-    batch = make_batch(b=1, t=2, size=64, texts=["the object on the left"])
+    batch = random_batch(b=1, t=2, size=64, texts=["the object on the left"])
     plain = copy.deepcopy(tiny)
     plain.config = copy.deepcopy(plain.config)
     plain.config.text.positions = False  # no position on the decoder keys either
@@ -435,7 +435,7 @@ def test_summary_adds_the_expression_and_the_clip_to_the_audio_token(tiny: AVSeg
     model = copy.deepcopy(tiny)
     model.config = copy.deepcopy(model.config)
     model.config.text.summary = True
-    batch = make_batch(b=2, t=3, size=64, texts=["the silent red square", None])
+    batch = random_batch(b=2, t=3, size=64, texts=["the silent red square", None])
     batch.frame_valid[1, 2] = False
     seen = {}
     original = model.mixer.forward  # type: ignore[union-attr]

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from avseg.checkpoint import load_model, save_checkpoint
 from avseg.config import config_from_dict, config_to_dict
+from avseg.data.types import random_batch
 from avseg.models import create_model, get_entry, list_models
 from avseg.models.tpavi import TPAVI, TPAVIBlock, TPAVIModelConfig, masked_av_kl_loss
-from tests.models.batches import make_batch
 
 PAPER_PRESETS = [
     "tpavi-r50-s4",
@@ -215,7 +215,7 @@ def test_tpavi_block_is_layernorm_at_initialisation() -> None:
 
 
 def test_tiny_forward_gives_mask_logits_at_the_batch_size(tiny: TPAVI) -> None:
-    batch = make_batch(b=2, t=3, size=80, texts=["the red circle", "the object on the left"])
+    batch = random_batch(b=2, t=3, size=80, texts=["the red circle", "the object on the left"])
     with torch.no_grad():
         out = tiny.eval()(batch)
     assert out.mask_logits.shape == (2, 3, 1, 80, 80)
@@ -226,7 +226,7 @@ def test_tiny_forward_gives_mask_logits_at_the_batch_size(tiny: TPAVI) -> None:
 
 def test_tiny_backward_reaches_trainable_parameters_only(tiny: TPAVI) -> None:
     model = copy.deepcopy(tiny).train()
-    batch = make_batch(b=2, t=2, size=64, texts=["the silent square on the right", None])
+    batch = random_batch(b=2, t=2, size=64, texts=["the silent square on the right", None])
     model.losses(batch, model(batch))["loss"].backward()
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith("text_branch.encoder.") for n in frozen)
@@ -244,7 +244,7 @@ def test_frozen_vggish_gets_no_gradient_and_precomputed_embeddings_replace_it() 
     model = create_model("tpavi-tiny", **{"audio.encoder": "vggish", "text.encoder": None}).train()
     vggish = model.audio_encoder.vggish
     assert vggish is not None and not any(p.requires_grad for p in vggish.parameters())
-    batch = make_batch(b=1, t=2, size=64)
+    batch = random_batch(b=1, t=2, size=64)
     model.losses(batch, model(batch))["loss"].backward()
     assert all(p.grad is None for p in vggish.parameters())
     # With embeddings in the batch, VGGish is not run: the audio features are the embeddings (has_audio masks them).
@@ -257,7 +257,7 @@ def test_frozen_vggish_gets_no_gradient_and_precomputed_embeddings_replace_it() 
 
 def test_avss_variant_predicts_71_classes() -> None:
     model = create_model("tpavi-tiny", num_classes=71, **{"loss.dice_weight": 0.0, "text.encoder": None})
-    batch = make_batch(b=1, t=2, size=64, classes=71)
+    batch = random_batch(b=1, t=2, size=64, classes=71)
     out = model(batch)
     assert out.mask_logits.shape == (1, 2, 71, 64, 64)
     losses = model.losses(batch, out)
@@ -275,9 +275,9 @@ def test_text_branch_is_skipped_when_no_sample_has_text(tiny: TPAVI, monkeypatch
 
     monkeypatch.setattr(type(encoder), "forward", spy)
     with torch.no_grad():
-        tiny.eval()(make_batch(b=2, t=1, size=64))
+        tiny.eval()(random_batch(b=2, t=1, size=64))
         assert seen == []
-        tiny(make_batch(b=2, t=1, size=64, texts=[None, "the loudest object"]))
+        tiny(random_batch(b=2, t=1, size=64, texts=[None, "the loudest object"]))
     assert seen == [["the loudest object"]]
 
 
@@ -285,9 +285,9 @@ def test_text_changes_the_prediction_once_film_is_trained(tiny: TPAVI) -> None:
     model = copy.deepcopy(tiny).eval()
     for block in model.tpavi.values():
         torch.nn.init.normal_(block.film.weight, 0.0, 0.5)
-    a = make_batch(b=1, t=1, size=64, texts=["the red circle"])
-    b = make_batch(b=1, t=1, size=64, texts=["the blue square"])
-    none = make_batch(b=1, t=1, size=64)
+    a = random_batch(b=1, t=1, size=64, texts=["the red circle"])
+    b = random_batch(b=1, t=1, size=64, texts=["the blue square"])
+    none = random_batch(b=1, t=1, size=64)
     with torch.no_grad():
         la, lb, ln = (model(x).mask_logits for x in (a, b, none))
         baseline = tiny.eval()(none).mask_logits  # the fixture's FiLM layers are still zero
@@ -306,7 +306,7 @@ def test_minilm_tokenizer_knows_the_words(tiny: TPAVI) -> None:
 
 def test_s4_loss_ignores_unlabelled_frames(tiny: TPAVI) -> None:
     model = copy.deepcopy(tiny).eval()
-    batch = make_batch(b=2, t=3, size=64)
+    batch = random_batch(b=2, t=3, size=64)
     batch.label_valid[:, 1:] = False  # S4 training: only the first frame is labelled
     with torch.no_grad():
         out = model(batch)
@@ -323,7 +323,7 @@ def test_bce_is_the_mean_over_labelled_pixels(tiny: TPAVI) -> None:
     model = copy.deepcopy(tiny).eval()
     model.config = copy.deepcopy(model.config)
     model.config.loss.dice_weight = 0.0
-    batch = make_batch(b=1, t=2, size=32)
+    batch = random_batch(b=1, t=2, size=32)
     batch.label_valid[0, 1] = False
     with torch.no_grad():
         out = model(batch)
@@ -366,7 +366,7 @@ def test_masked_av_kl_matches_a_per_frame_reference(reduction: str) -> None:
 def test_ms3_loss_adds_the_weighted_av_kl_term() -> None:
     torch.manual_seed(0)
     model = create_model("tpavi-tiny", **{"loss.av_kl_weight": 0.5, "text.encoder": None}).eval()
-    batch = make_batch(b=1, t=2, size=64)
+    batch = random_batch(b=1, t=2, size=64)
     with torch.no_grad():
         losses = model.losses(batch, model(batch))
     assert losses["av_kl"] > 0
@@ -378,7 +378,7 @@ def test_a_short_overfit_run_drives_the_loss_down(tiny: TPAVI) -> None:
     model = copy.deepcopy(tiny).train()
     model.config = copy.deepcopy(model.config)
     model.config.input_size = 64  # the smallest size the four strides allow, to keep the test fast
-    batch = make_batch(b=2, t=1, size=64, texts=["the red circle", None])
+    batch = random_batch(b=2, t=1, size=64, texts=["the red circle", None])
     # A learnable target: a square whose position depends on the sample.
     batch.masks.zero_()
     batch.masks[0, :, 8:30, 8:30] = 1
@@ -406,7 +406,7 @@ def test_checkpoint_leaves_out_the_pretrained_text_encoder_and_reloads_strictly(
     assert any(k.startswith("text_branch.proj.") for k in keys)
     path = save_checkpoint(tmp_path / "ckpt", model, preset="tpavi-tiny")
     loaded = load_model(path).eval()
-    batch = make_batch(b=1, t=2, size=64, texts=["the loudest object"])
+    batch = random_batch(b=1, t=2, size=64, texts=["the loudest object"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).mask_logits, model(batch).mask_logits)
 
@@ -414,7 +414,7 @@ def test_checkpoint_leaves_out_the_pretrained_text_encoder_and_reloads_strictly(
 def test_conditional_kernel_starts_at_zero_and_depends_on_text_and_audio() -> None:
     torch.manual_seed(0)
     model = create_model("tpavi-tiny", **{"kernel.enabled": True, "text.pooling": "attention"}).eval()
-    batch = make_batch(b=2, t=3, size=64, texts=["the loudest object", None])
+    batch = random_batch(b=2, t=3, size=64, texts=["the loudest object", None])
     audio = torch.randn(2, 3, 128)
     valid = torch.ones(2, 3, dtype=torch.bool)
     sentence, has_text = model.text_branch(batch.text, torch.device("cpu"))
@@ -432,7 +432,7 @@ def test_conditional_kernel_starts_at_zero_and_depends_on_text_and_audio() -> No
 def test_train_frames_runs_the_visual_path_on_a_frame_sample_and_the_loss_skips_the_rest() -> None:
     torch.manual_seed(0)
     model = create_model("tpavi-tiny", train_frames=2).train()
-    batch = make_batch(b=2, t=5, size=64, texts=["the red circle", None])
+    batch = random_batch(b=2, t=5, size=64, texts=["the red circle", None])
     out = model(batch)
     computed = out.aux["computed_frames"]  # (B, T)
     assert computed.shape == (2, 5) and computed.sum(1).tolist() == [2, 2]

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from avseg.errors import ShapeError
 
-__all__ = ["AUDIO_SAMPLE_RATE", "AVSBatch", "AVSSample", "collate"]
+__all__ = ["AUDIO_SAMPLE_RATE", "AVSBatch", "AVSSample", "collate", "random_batch"]
 
 AUDIO_SAMPLE_RATE = 16_000
 
@@ -210,4 +210,61 @@ def collate(samples: Sequence[AVSSample], num_frames: int | None = None) -> AVSB
         frame_names=[s.frame_names for s in samples],
         orig_size=[s.orig_size for s in samples],
         meta=[s.meta for s in samples],
+    )
+
+
+def random_batch(
+    b: int = 2,
+    t: int = 3,
+    size: int = 64,
+    *,
+    texts: Sequence[str | None] | None = None,
+    classes: int = 1,
+    masks: Literal["random", "square", "empty"] = "random",
+    seed: int = 0,
+) -> AVSBatch:
+    """A batch of ``b`` clips of ``t`` random uint8 frames ``size`` pixels square, with random log-mel examples
+    ``(b, t, 1, 96, 64)`` and silent waveforms: the model contract's input without a dataset, for tests, benchmarks
+    and shape checks.
+
+    Args:
+        b, t, size: clips, frames per clip, frame size.
+        texts: one expression (or None) per clip; None: no expressions.
+        classes: mask classes (1: binary masks; K: labels in ``[0, K)``).
+        masks: ``"random"`` draws each pixel (30% foreground for binary masks), ``"square"`` puts one square object
+            in every frame (a target a model can fit quickly), ``"empty"`` gives empty masks.
+        seed: seed of every random tensor.
+    """
+    if texts is not None and len(texts) != b:
+        raise ValueError(f"random_batch: texts has {len(texts)} entries for {b} clips")
+    g = torch.Generator().manual_seed(seed)
+    if masks == "square" or masks == "empty":
+        mask = torch.zeros(b, t, size, size, dtype=torch.uint8)
+        if masks == "square":
+            mask[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    elif masks == "random" and classes == 1:
+        mask = (torch.rand(b, t, size, size, generator=g) > 0.7).to(torch.uint8)
+    elif masks == "random":
+        mask = torch.randint(0, classes, (b, t, size, size), generator=g).to(torch.uint8)
+    else:
+        raise ValueError(f"random_batch: masks must be 'random', 'square' or 'empty', got {masks!r}")
+    return AVSBatch(
+        frames=torch.randint(0, 256, (b, t, 3, size, size), generator=g).to(torch.uint8),
+        masks=mask,
+        frame_valid=torch.ones(b, t, dtype=torch.bool),
+        label_valid=torch.ones(b, t, dtype=torch.bool),
+        audio_wave=torch.zeros(b, t * AUDIO_SAMPLE_RATE),
+        audio_examples=torch.randn(b, t, 1, 96, 64, generator=g),
+        is_null=torch.zeros(b, dtype=torch.bool),
+        has_audio=torch.ones(b, dtype=torch.bool),
+        video_id=[f"v{i}" for i in range(b)],
+        split=["train"] * b,
+        dataset=["synthetic"] * b,
+        text=list(texts) if texts is not None else [None] * b,
+        uid=[None] * b,
+        object_id=[None] * b,
+        modalities=[()] * b,
+        frame_names=[()] * b,
+        orig_size=[None] * b,
+        meta=[{} for _ in range(b)],
     )
