@@ -28,6 +28,13 @@ def test_registry_lists_tiny_presets():
         create_model("nope")
 
 
+def test_a_none_override_is_applied_not_dropped():
+    # {"text.encoder": None} must remove the text branch: dropping None values once left it in place silently
+    assert get_entry("tpavi-tiny").config().text.encoder is not None
+    assert get_entry("tpavi-tiny").config(**{"text.encoder": None}).text.encoder is None
+    assert create_model("tpavi-tiny", **{"text.encoder": None}).text_branch is None
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_forward_backward_checkpoint_and_fit(name, batch, tmp_path):
     torch.manual_seed(0)

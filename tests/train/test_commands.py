@@ -57,6 +57,15 @@ def test_a_registered_preset_trains_with_its_own_recipe_below_the_file_and_overr
     assert (run.train.schedule.kind, run.train.schedule.warmup_steps) == (recipe.schedule, recipe.warmup_steps)
     assert (run.train.batch_size, run.train.clip_grad_norm, run.train.max_epochs) == (4, 1.0, recipe.epochs)
     assert not run.train.schedule.fit_to_budget
+    # the recipe's epochs apply only when nothing else gives the run a length
+    run = build_run_config(
+        data=tmp_path,
+        model="avsegformer-tiny",
+        config=None,
+        explicit={"train.max_steps": 7},
+        defaults={"train.seed": 0},
+    )
+    assert (run.train.max_steps, run.train.max_epochs, run.train.optim.lr) == (7, None, recipe.lr)
     # a file that sets only the learning rate keeps the rest of the recipe; model.recipe.* overrides reach it too
     file = tmp_path / "run.yaml"
     file.write_text(yaml.safe_dump({"train": {"optim": {"lr": 0.5}, "max_epochs": 2}}))

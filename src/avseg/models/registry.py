@@ -1,8 +1,9 @@
 """The model registry: named presets → configs → models.
 
 Each model file registers its presets at the bottom with :func:`register_model`: a function returning the preset's
-config. ``create_model("tpavi-tiny", **overrides)`` builds the config, applies overrides (dotted keys; ``None`` values
-are dropped so CLI defaults never clobber preset values), and instantiates the model class. The registry dicts are
+config. ``create_model("tpavi-tiny", **overrides)`` builds the config, applies overrides (dotted keys; a ``None``
+value sets the field to None, e.g. ``{"text.encoder": None}`` removes the text branch), and instantiates the model
+class. The registry dicts are
 the only module-level mutable state; they are filled when the model modules are imported (``avseg.models``) and
 never changed afterwards.
 """
@@ -31,7 +32,7 @@ class ModelEntry:
     description: str
 
     def config(self, **overrides: Any) -> Any:
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        """The preset's config with dotted-key overrides applied (every value, None included, is applied)."""
         cfg = self.config_fn()
         return apply_overrides(cfg, overrides) if overrides else cfg
 

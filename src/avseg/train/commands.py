@@ -1,11 +1,12 @@
 """``avseg train``: build a run config from a file, options and overrides, then train with the one trainer.
 
 Precedence, lowest first: ``TrainConfig``/``DataConfig`` defaults, the model preset's own training recipe
-(``config.recipe``: optimiser, learning rate, weight decay, schedule, warmup, batch size, clipping, epochs; see
-:class:`avseg.models.recipe.TrainRecipe`), the ``--config`` file, command-line options, ``--overrides``. Options left
-at their default value (``--format refavs``, ``--seed 0``, ``--val-split val``, ``--train-split train``,
-``--device auto``) do not replace a value the config file sets. With ``--max-minutes``, the learning-rate schedule is
-fitted to the time budget (``train.schedule.fit_to_budget``) unless the file or an override says otherwise.
+(``config.recipe``: optimiser, learning rate, weight decay, schedule, warmup, batch size, clipping, and its epochs
+when no layer gives ``max_steps`` or ``max_epochs``; see :class:`avseg.models.recipe.TrainRecipe`), the ``--config``
+file, command-line options, ``--overrides``. Options left at their default value (``--format refavs``, ``--seed 0``,
+``--val-split val``, ``--train-split train``, ``--device auto``) do not replace a value the config file sets. With
+``--max-minutes``, the learning-rate schedule is fitted to the time budget (``train.schedule.fit_to_budget``) unless
+the file or an override says otherwise.
 """
 
 from __future__ import annotations
@@ -114,12 +115,16 @@ def build_run_config(
         run["model"] = model
     run["data"]["root"] = str(data)
     overrides_by_key = parse_overrides(overrides or [])
+    recipe: dict[str, Any] = {}
     if run.get("model"):
         model_overrides = {
             **run["model_overrides"],
             **{k.partition(".")[2]: v for k, v in overrides_by_key.items() if k.startswith("model.")},
         }
-        run["train"] = _merge(preset_train_defaults(run["model"], model_overrides), run["train"])
+        recipe = preset_train_defaults(run["model"], model_overrides)
+        # The recipe's length applies only when no layer above gives one (a file's max_steps alone must not be cut
+        # short by the recipe's epochs), so it is added last.
+        run["train"] = _merge({k: v for k, v in recipe.items() if k != "max_epochs"}, run["train"])
     for key, value in (defaults or {}).items():
         _set_dotted(run, key.split("."), value, key, keep=True)
     for key, value in (explicit or {}).items():
@@ -134,6 +139,8 @@ def build_run_config(
             _set_dotted(run["train"], _resolve_train_key(rest.split(".")), value, key)
         else:
             _set_dotted(run["data"], rest.split("."), value, key)
+    if run["train"].get("max_steps") is None and run["train"].get("max_epochs") is None and "max_epochs" in recipe:
+        run["train"]["max_epochs"] = recipe["max_epochs"]
     if not run.get("model"):
         raise ValueError("no model: pass --model NAME (see avseg.models.list_models()) or a config file with 'model:'")
     return config_from_dict(RunConfig, run)
