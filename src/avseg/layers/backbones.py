@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from avseg.errors import ShapeError
 
-__all__ = ["PVT_V2_B5", "RESNET50", "BackboneConfig", "FeaturePyramid", "build_backbone"]
+__all__ = [
+    "PVT_V2_B5",
+    "RESNET50",
+    "BackboneConfig",
+    "BackboneKind",
+    "FeaturePyramid",
+    "build_backbone",
+    "paper_backbone",
+]
 
 BackboneKind = Literal["resnet", "pvt_v2"]
 
@@ -70,6 +78,16 @@ class BackboneConfig:
         if self.kind not in ("resnet", "pvt_v2"):
             raise ValueError(f"backbone.kind must be 'resnet' or 'pvt_v2', got {self.kind!r}")
         self.hf_config = dict(self.hf_config)
+
+
+def paper_backbone(kind: BackboneKind) -> BackboneConfig:
+    """A fresh config of one of the two backbones the AVS papers use: ResNet-50 (``microsoft/resnet-50``) or
+    PVT-v2-b5 (``OpenGVLab/pvt_v2_b5``), with their shapes for random-weight builds."""
+    if kind == "resnet":
+        return BackboneConfig(kind="resnet", weights="microsoft/resnet-50", hf_config=RESNET50)
+    if kind == "pvt_v2":
+        return BackboneConfig(kind="pvt_v2", weights="OpenGVLab/pvt_v2_b5", hf_config=PVT_V2_B5)
+    raise ValueError(f"paper_backbone: kind must be 'resnet' or 'pvt_v2', got {kind!r}")
 
 
 class FeaturePyramid(nn.Module):

@@ -25,6 +25,7 @@ __all__ = [
     "MINILM_PACKAGE",
     "TextEncoder",
     "TextEncoderConfig",
+    "distilroberta_encoder",
     "masked_mean",
     "resolve_text_source",
 ]
@@ -73,6 +74,14 @@ class TextEncoderConfig:
         if self.hf_config and "model_type" not in self.hf_config:
             raise ValueError(f"text hf_config needs a 'model_type' key, got keys {sorted(self.hf_config)}")
         self.hf_config = dict(self.hf_config)
+
+
+def distilroberta_encoder(max_tokens: int = 25) -> TextEncoderConfig:
+    """A fresh config of DistilRoBERTa-base (``distilbert/distilroberta-base``), the text encoder of the Ref-AVS
+    baselines, with its shape for random-weight builds; Ref-AVS pads or cuts expressions to 25 tokens."""
+    return TextEncoderConfig(
+        source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=max_tokens
+    )
 
 
 def resolve_text_source(source: str) -> str:

@@ -88,7 +88,7 @@ from avseg.layers.sam2 import (
     tiny_sam2_config,
     upsample_masks,
 )
-from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig
+from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
@@ -694,7 +694,6 @@ class AuralSAM2(AVSModel):
 
 # -- presets ---------------------------------------------------------------------------------------------------------
 
-_DISTILROBERTA = TextEncoderConfig(source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=25)
 _RELEASED = "yyliu01/AuralSAM2 64a16dd scripts/run_{task}_train.sh (4 GPUs x 1 clip, argparse lr 1e-4)"
 _SAM2 = {
     "b+": ("sam2-hiera-base-plus", "facebook/sam2-hiera-base-plus"),
@@ -705,7 +704,7 @@ _SAM2 = {
 def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
     variant, weights = _SAM2[size]
     refavs = task == "refavs"
-    text = TextConfig(encoder=TextEncoderConfig(**vars(_DISTILROBERTA))) if refavs else TextConfig()
+    text = TextConfig(encoder=distilroberta_encoder()) if refavs else TextConfig()
     return AuralSAM2Config(
         sam2=Sam2LayerConfig(variant=variant, weights=weights, image_size=1024, in_checkpoint=False),
         fuser=FuserConfig(text_dim=768 if refavs else None),

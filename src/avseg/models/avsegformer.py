@@ -97,11 +97,11 @@ from torch import Tensor, nn
 from avseg.audio.vggish import EMBEDDING_SIZE
 from avseg.data.types import AVSBatch
 from avseg.errors import ShapeError
-from avseg.layers.backbones import PVT_V2_B5, RESNET50, BackboneConfig, build_backbone
+from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
 from avseg.layers.deformable_attention import MultiScaleDeformableAttention, level_reference_points
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import squared_dice_loss
-from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig, masked_mean
+from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder, masked_mean
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
@@ -982,18 +982,10 @@ class AVSegFormer(AVSModel):
 
 # -- presets ---------------------------------------------------------------------------------------------------------
 
-_RESNET = BackboneConfig(kind="resnet", weights="microsoft/resnet-50", hf_config=RESNET50)
-_PVT = BackboneConfig(kind="pvt_v2", weights="OpenGVLab/pvt_v2_b5", hf_config=PVT_V2_B5)
-_DISTILROBERTA = TextEncoderConfig(source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=25)
 _OFFICIAL = "vvvb-github/AVSegFormer 7083cb6 config/{task}/AVSegFormer_{bb}_{task}.py (AdamW lr 2e-5, constant lr)"
 
 
-def _backbone(kind: str) -> BackboneConfig:
-    base = _RESNET if kind == "resnet" else _PVT
-    return BackboneConfig(kind=base.kind, weights=base.weights, hf_config=dict(base.hf_config))
-
-
-def _paper(kind: str, task: str) -> AVSegFormerConfig:
+def _paper(kind: BackboneKind, task: str) -> AVSegFormerConfig:
     """The paper's model for one task (``s4``, ``ms3``, ``avss``, ``refavs``) and backbone (``resnet``, ``pvt_v2``)."""
     avss = task == "avss"
     official = _OFFICIAL.format(task=task, bb="res50" if kind == "resnet" else "pvt2")
@@ -1016,9 +1008,9 @@ def _paper(kind: str, task: str) -> AVSegFormerConfig:
     return AVSegFormerConfig(
         num_classes=AVSS_NUM_CLASSES if avss else 1,
         input_size=224 if avss else 512,
-        backbone=_backbone(kind),
+        backbone=paper_backbone(kind),
         backbone_freeze_epochs={"s4": 5, "ms3": 10, "avss": 0, "refavs": 5}[task],
-        text=TextConfig(encoder=TextEncoderConfig(**vars(_DISTILROBERTA)), clip_audio=True, positions=True)
+        text=TextConfig(encoder=distilroberta_encoder(), clip_audio=True, positions=True)
         if task == "refavs"
         else TextConfig(),
         loss=LossConfig(

@@ -91,10 +91,10 @@ from torch import Tensor, nn
 from avseg.audio.vggish import EMBEDDING_SIZE, load_vggish
 from avseg.data.types import AVSBatch
 from avseg.errors import AVSegWarning, ShapeError
-from avseg.layers.backbones import PVT_V2_B5, RESNET50, BackboneConfig, build_backbone
+from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import soft_dice_loss
-from avseg.layers.text import DISTILROBERTA_BASE, MINILM_PACKAGE, TextEncoder, TextEncoderConfig, masked_mean
+from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder, masked_mean
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
@@ -1008,47 +1008,39 @@ class TPAVI(AVSModel):
 
 # -- presets ---------------------------------------------------------------------------------------------------------
 
-_RESNET = BackboneConfig(kind="resnet", weights="microsoft/resnet-50", hf_config=RESNET50)
-_PVT = BackboneConfig(kind="pvt_v2", weights="OpenGVLab/pvt_v2_b5", hf_config=PVT_V2_B5)
-_DISTILROBERTA = TextEncoderConfig(source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=25)
 _OFFICIAL = "OpenNLPLab/AVSBench f7414af avs_scripts/{task}/train.sh (Adam, no weight decay, constant lr)"
 
 
-def _backbone(kind: str) -> BackboneConfig:
-    base = _RESNET if kind == "resnet" else _PVT
-    return BackboneConfig(kind=base.kind, weights=base.weights, hf_config=dict(base.hf_config))
-
-
-def _s4(kind: str) -> TPAVIModelConfig:
+def _s4(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
-        backbone=_backbone(kind),
+        backbone=paper_backbone(kind),
         recipe=TrainRecipe(epochs=15, num_frames=5, notes=_OFFICIAL.format(task="avs_s4") + "; first-frame labels"),
     )
 
 
-def _ms3(kind: str) -> TPAVIModelConfig:
+def _ms3(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
-        backbone=_backbone(kind),
+        backbone=paper_backbone(kind),
         loss=LossConfig(av_kl_weight=0.5, av_kl_reduction="sum"),
         recipe=TrainRecipe(epochs=30, num_frames=5, notes=_OFFICIAL.format(task="avs_ms3")),
     )
 
 
-def _avss(kind: str) -> TPAVIModelConfig:
+def _avss(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         num_classes=AVSS_NUM_CLASSES,
-        backbone=_backbone(kind),
+        backbone=paper_backbone(kind),
         tpavi=TPAVIConfig(align_bias=False),
         loss=LossConfig(av_kl_weight=0.5, av_kl_reduction="mean"),
         recipe=TrainRecipe(epochs=60, num_frames=10, notes=_OFFICIAL.format(task="avss")),
     )
 
 
-def _refavs(kind: str) -> TPAVIModelConfig:
+def _refavs(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
-        backbone=_backbone(kind),
+        backbone=paper_backbone(kind),
         tpavi=TPAVIConfig(position_encoding=True),
-        text=TextConfig(encoder=TextEncoderConfig(**vars(_DISTILROBERTA)), dim=256),
+        text=TextConfig(encoder=distilroberta_encoder(), dim=256),
         kernel=KernelConfig(enabled=True, dim=256),
         recipe=TrainRecipe(
             epochs=30,
