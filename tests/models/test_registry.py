@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from avseg.checkpoint import load_model, save_checkpoint
+from avseg.config import config_from_dict, config_to_dict
 from avseg.data.refavs import RefAVSReader
 from avseg.data.synthav.commands import synth
 from avseg.data.types import collate
@@ -26,6 +27,12 @@ def test_registry_lists_tiny_presets():
     assert "tpavi-tiny" in TINY
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         create_model("nope")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_config_round_trips_through_a_plain_dict(name):
+    cfg = get_entry(name).config()
+    assert config_from_dict(type(cfg), config_to_dict(cfg)) == cfg
 
 
 def test_a_none_override_is_applied_not_dropped():
