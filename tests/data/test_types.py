@@ -81,3 +81,17 @@ def test_random_batch_has_the_contract_shapes_and_the_requested_masks() -> None:
     torch.testing.assert_close(random_batch(seed=3).frames, random_batch(seed=3).frames)
     with pytest.raises(ValueError, match="texts"):
         random_batch(2, texts=["one"])
+
+
+def test_select_frames_slices_every_per_frame_field() -> None:
+    batch = collate([make_sample(t=4, embeddings=True, uid="a"), make_sample(t=4, embeddings=True, uid="b")])
+    batch.frame_names = [("f0", "f1", "f2", "f3"), ("g0", "g1", "g2", "g3")]
+    index = torch.tensor([1, 3])
+    sub = batch.select_frames(index)
+    assert sub.num_frames == 2 and sub.batch_size == 2
+    for name in ("frames", "masks", "frame_valid", "label_valid", "audio_examples", "audio_embeddings"):
+        torch.testing.assert_close(getattr(sub, name), getattr(batch, name)[:, index])
+    assert sub.frame_names == [("f1", "f3"), ("g1", "g3")]
+    assert sub.audio_wave is batch.audio_wave and sub.uid == batch.uid  # the soundtrack is not per frame
+    with pytest.raises(ShapeError, match=r"0\.\.3"):
+        batch.select_frames(torch.tensor([0, 4]))

@@ -181,7 +181,7 @@ def test_prompt_engineering_combines_boxes_with_audio(tiny, monkeypatch):
     scale = tiny.sam2.image_size / 64
     torch.testing.assert_close(captured["prompts"][0].boxes, boxes * scale)  # batch pixels → SAM2 input pixels
     assert captured["hooks"] is not None and out.mask_logits.shape == (2, 3, 1, 64, 64)
-    assert not torch.allclose(out.mask_logits, plain.mask_logits)  # the audio prompts still act
+    assert not torch.allclose(out.object_logits, plain.object_logits)  # the audio prompts still act
     with pytest.raises(ValueError, match=r"0\.\.2"):
         tiny.segment_with_prompts(batch, {5: Sam2Prompt(boxes=boxes)})
 
@@ -257,3 +257,45 @@ def test_single_mask_mode_supervises_sam2s_own_output():
     torch.testing.assert_close(out.aux["candidates"][:, :, 0], out.aux["selected_logits"])
     losses = model.losses(batch, out)
     assert losses["iou"].item() == 0.0 and torch.isfinite(losses["loss"])
+
+
+def test_training_on_drawn_frames_tracks_only_them_and_supervises_them(monkeypatch):
+    torch.manual_seed(0)
+    cfg = auralsam2_tiny()
+    assert cfg.tracking.train_frames == 4
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, audiocon_weight=0.0))
+    model = AuralSAM2(cfg).train()
+    batch = square_batch(b=2, t=7, size=32)
+    batch.masks[1, 5] = 0  # a frame whose target differs from the others
+    conditioning = []
+    original = model.sam2.propagate
+
+    def spy(*args, **kwargs):
+        conditioning.append((kwargs["num_frames"], sorted(kwargs["prompts"])))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.sam2, "propagate", spy)
+    torch.manual_seed(3)
+    out = model(batch)
+    index = out.aux["frame_index"]
+    torch.manual_seed(3)
+    assert torch.equal(index, model.draw_training_frames(batch, 4))
+    assert conditioning == [(4, [2])]  # the middle of the drawn frames conditions SAM2
+    others = [i for i in range(7) if i not in index.tolist()]
+    assert out.mask_logits.shape == (2, 7, 1, 32, 32) and out.mask_logits[:, others].abs().sum() == 0
+    assert out.aux["computed_frames"][:, index].all() and not out.aux["computed_frames"][:, others].any()
+    assert out.aux["candidates"].shape[1] == 4 and out.aux["object_logits"].shape == (2, 4)
+    # The loss is the loss of the drawn frames as a clip of their own.
+    sub = batch.select_frames(index)
+    with torch.no_grad():
+        direct = model._run(sub, None, use_audio=True)
+        torch.testing.assert_close(direct.mask_logits, out.mask_logits[:, index])
+        # rtol: the two runs differ in float rounding only (one builds a graph, one does not)
+        torch.testing.assert_close(
+            model.losses(batch, out)["loss"], model.losses(sub, direct)["loss"], rtol=1e-4, atol=0
+        )
+    model.eval()
+    with torch.no_grad():
+        assert "frame_index" not in model(batch).aux  # evaluation tracks every frame
+    with pytest.raises(ValueError, match="train_frames"):
+        TrackingConfig(train_frames=0)

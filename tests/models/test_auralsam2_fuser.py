@@ -312,3 +312,21 @@ def test_audiocon_gradients_reach_the_fuser():
     assert torch.isfinite(loss)
     assert fuser.audio_projector.layers[0].weight.grad.abs().sum() > 0
     assert fuser.audio_blocks[0][0].attn.q.weight.grad.abs().sum() > 0
+
+
+def test_temporal_positions_follow_the_seconds():
+    picked = sine_position_encoding_1d(3, 8, positions=torch.tensor([0, 2, 5]))
+    torch.testing.assert_close(picked, sine_position_encoding_1d(6, 8)[[0, 2, 5]])
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        sine_position_encoding_1d(3, 8, positions=torch.arange(4))
+    torch.manual_seed(0)
+    fuser = AuralFuser(tiny_fuser_config(text_dim=10, text_hidden=20, audio_position="temporal")).eval()
+    b, t = 2, 3
+    text_valid = torch.tensor([[True] * 4, [True, True, False, False]])
+    inputs = dict(frame_valid=torch.ones(b, t, dtype=torch.bool), text=torch.randn(b, 4, 10), text_valid=text_valid)
+    feats, audio = pyramid(b * t, 16), torch.randn(b, t, 12)
+    default = fuser(feats, audio, **inputs)
+    same = fuser(feats, audio, audio_seconds=torch.arange(t), **inputs)
+    later = fuser(feats, audio, audio_seconds=torch.arange(t) + 4, **inputs)  # the same frames, later in the video
+    torch.testing.assert_close(default.sparse[2], same.sparse[2])
+    assert not torch.allclose(default.sparse[2], later.sparse[2])

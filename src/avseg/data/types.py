@@ -142,6 +142,29 @@ class AVSBatch:
     def __len__(self) -> int:
         return self.batch_size
 
+    def select_frames(self, index: Tensor) -> AVSBatch:
+        """The same clips restricted to the frames ``index (T',)`` (in that order): every per-frame field is sliced
+        (frames, masks, validity, audio examples and embeddings, frame names); ``audio_wave`` stays whole, since
+        its samples are not per frame."""
+        index = index.to(torch.long)
+        cpu = index.cpu().tolist()
+        if any(not 0 <= i < self.num_frames for i in cpu):
+            raise ShapeError(f"select_frames: indices {cpu} outside 0..{self.num_frames - 1}")
+
+        def take(x: Tensor) -> Tensor:
+            return x.index_select(1, index.to(x.device))
+
+        return replace(
+            self,
+            frames=take(self.frames),
+            masks=take(self.masks),
+            frame_valid=take(self.frame_valid),
+            label_valid=take(self.label_valid),
+            audio_examples=take(self.audio_examples),
+            audio_embeddings=take(self.audio_embeddings) if self.audio_embeddings is not None else None,
+            frame_names=[tuple(names[i] for i in cpu if i < len(names)) for names in self.frame_names],
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AVSBatch:
         """Move every tensor field to ``device`` (lists are shared, not copied)."""
         changes = {}

@@ -106,7 +106,9 @@ class FuserConfig:
             authors' checkpoints to give their outputs; ``"per_position"`` is the method as described (one row per
             visual position and per token).
         audio_position: ``"constant"``: the released code adds the 1-D sine encoding of position 0 (a constant
-            ``[0, 1, 0, 1, ...]`` vector) to every audio token; ``"temporal"``: the encoding of each token's index.
+            ``[0, 1, 0, 1, ...]`` vector) to every audio(+text) token; ``"temporal"`` (avseg): each audio token gets
+            the encoding of its second in the video (``audio_seconds``, so that a clip cut to some of its frames in
+            training keeps its timing), and text tokens none (their encoder already ordered them).
     """
 
     dim: int = 256
@@ -185,11 +187,18 @@ class SinePositionEncoding2d(nn.Module):
         return torch.cat((pos_y, pos_x), dim=-1).reshape(h * w, 2 * self.half).to(dtype)  # (h*w, dim)
 
 
-def sine_position_encoding_1d(length: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """``(length, dim)`` transformer sine encoding: ``sin(p / 10000^(2i/dim))`` on even, ``cos`` on odd channels."""
+def sine_position_encoding_1d(
+    length: int, dim: int, device: torch.device | None = None, *, positions: Tensor | None = None
+) -> Tensor:
+    """``(length, dim)`` transformer sine encoding: ``sin(p / 10000^(2i/dim))`` on even, ``cos`` on odd channels,
+    at positions ``0 .. length-1`` or at the given ``positions (length,)``."""
     if dim % 2:
         raise ValueError(f"sine position encoding needs an even width, got {dim}")
-    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]  # (length, 1)
+    if positions is None:
+        positions = torch.arange(length, device=device)
+    elif positions.shape != (length,):
+        raise ShapeError(f"positions must be ({length},), got {tuple(positions.shape)}")
+    position = positions.to(device=device, dtype=torch.float32)[:, None]  # (length, 1)
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     pe = torch.zeros(length, dim, device=device)
     pe[:, 0::2] = torch.sin(position * freq)
@@ -523,6 +532,7 @@ class AuralFuser(nn.Module):
         frame_valid: Tensor,
         text: Tensor | None = None,
         text_valid: Tensor | None = None,
+        audio_seconds: Tensor | None = None,
     ) -> FuserOutput:
         """Compute the prompts of a batch of clips.
 
@@ -532,6 +542,8 @@ class AuralFuser(nn.Module):
             frame_valid: ``(B, T)`` bool, real frames.
             text: optional ``(B, K, text_dim)`` token features of the expressions (appended to the audio tokens).
             text_valid: ``(B, K)`` bool, real text tokens (required with ``text``).
+            audio_seconds: ``(T,)`` the second of the video each audio token comes from (default ``0 .. T-1``), for
+                ``audio_position = "temporal"``.
 
         Returns:
             The prompts and AudioCon embeddings (:class:`FuserOutput`).
@@ -556,7 +568,8 @@ class AuralFuser(nn.Module):
         if cfg.audio_position == "constant":
             apos = sine_position_encoding_1d(1, cfg.dim, tokens.device)[None]  # (1, 1, C): [0, 1, 0, 1, ...]
         else:
-            apos = sine_position_encoding_1d(length, cfg.dim, tokens.device)[None]  # (1, L, C)
+            seconds = sine_position_encoding_1d(t, cfg.dim, tokens.device, positions=audio_seconds)  # (T, C)
+            apos = F.pad(seconds, (0, 0, 0, length - t))[None]  # (1, L, C): text tokens get none
         apos = apos.to(tokens.dtype)
         # The released fusion and token blocks attend over every token (padding included); masks are avseg's.
         mask = None if cfg.fusion_layout == "released" else token_valid

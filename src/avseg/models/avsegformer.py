@@ -784,18 +784,6 @@ class AVSegFormer(AVSModel):
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
-    def _training_frames(self, batch: AVSBatch) -> Tensor | None:
-        """In training mode with ``train_frames`` set: the sorted indices ``(T',)`` of the frames the model runs on,
-        drawn (from torch's global generator, so seeded runs repeat) among the frames labelled in some sample of the
-        batch; None (every frame) otherwise."""
-        k, t = self.config.train_frames, batch.frames.shape[1]
-        if not self.training or k is None or k >= t:
-            return None
-        candidates = torch.nonzero((batch.label_valid & batch.frame_valid).any(0)).flatten().cpu()
-        if len(candidates) == 0:
-            candidates = torch.arange(t)
-        return candidates[torch.randperm(len(candidates))[:k]].sort().values
-
     def _condition_tokens(
         self, batch: AVSBatch, audio: Tensor, frames: Tensor, device: torch.device
     ) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -839,7 +827,7 @@ class AVSegFormer(AVSModel):
         if batch.frames.ndim != 5 or batch.frames.shape[2] != 3:
             raise ShapeError(f"batch.frames must be (B, T, 3, H, W), got {tuple(batch.frames.shape)}")
         b, t, _, h, w = batch.frames.shape
-        subset = self._training_frames(batch)  # (T',) or None: every frame
+        subset = self.draw_training_frames(batch, cfg.train_frames)  # (T',) or None: every frame
         frames = torch.arange(t) if subset is None else subset
         tc = len(frames)
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)

@@ -114,6 +114,21 @@ class AVSModel(nn.Module):
                 return value
         return None
 
+    def draw_training_frames(self, batch: AVSBatch, count: int | None) -> Tensor | None:
+        """In training mode: the sorted indices ``(T',)`` of ``count`` frames drawn among those labelled in some clip
+        of the batch (all frames when none is), from torch's global generator so that seeded runs repeat. None
+        (run every frame) in eval mode, without ``count``, or when ``count`` covers the clip.
+
+        Models with a ``train_frames`` option run only these frames in training: each step then sees more clips for
+        the same compute, which is what CPU presets need most."""
+        t = batch.frames.shape[1]
+        if not self.training or count is None or count >= t:
+            return None
+        candidates = torch.nonzero((batch.label_valid & batch.frame_valid).any(0)).flatten().cpu()
+        if len(candidates) == 0:
+            candidates = torch.arange(t)
+        return candidates[torch.randperm(len(candidates))[:count]].sort().values
+
     @property
     def num_mask_channels(self) -> int:
         return int(getattr(self.config, "num_classes", 1))

@@ -897,9 +897,10 @@ class TPAVI(AVSModel):
         cfg = self.config
         b, t_clip, _, h, w = batch.frames.shape
         images = self.normalize_frames(batch)  # (B*T, 3, H, W)
-        frames = self._training_frames(t_clip, images.device)  # (T',) frames the visual path runs on
+        frames = self.draw_training_frames(batch, cfg.train_frames)  # (T',) frames the visual path runs on
         t = t_clip if frames is None else len(frames)
         if frames is not None:
+            frames = frames.to(images.device)
             images = images.view(b, t_clip, *images.shape[1:])[:, frames].flatten(0, 1)  # (B*T', 3, H, W)
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)
         if size[0] % 32 or size[1] % 32:
@@ -958,14 +959,6 @@ class TPAVI(AVSModel):
             },
         )
         return self.check_output(batch, output)
-
-    def _training_frames(self, t: int, device: torch.device) -> Tensor | None:
-        """The sorted frame indices ``(T',)`` the visual path runs on in training mode with ``train_frames`` set
-        (drawn from torch's global generator, so seeded runs repeat), or None for every frame."""
-        k = self.config.train_frames
-        if not self.training or k is None or k >= t:
-            return None
-        return torch.randperm(t)[:k].sort().values.to(device)
 
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:
         """BCE (or CE) [+ Dice] on labelled frames [+ λ·L_AVM]; ``"loss"`` is the weighted total.
