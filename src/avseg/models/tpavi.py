@@ -307,10 +307,11 @@ class TPAVIModelConfig:
         kernel: the conditional output kernel (avseg).
         loss: loss terms.
         recipe: training recipe.
-        train_frames: in training mode, run the visual path on only this many randomly drawn frames of each clip
-            (avseg; None: all). Frames of a clip are nearly redundant while the soundtrack must be heard whole
-            ("sounds first", "the longest"), so on a CPU this sees several times more expressions per second for
-            the same compute. Evaluation always runs every frame.
+        train_frames: in training mode, run the visual path on only this many frames of each clip, drawn at
+            random among the frames labelled in some clip of the batch (avseg; None: all; so S4, labelled on its
+            first frame only, runs that frame alone). Frames of a clip are nearly redundant while the soundtrack must
+            be heard whole ("sounds first", "the longest"), so on a CPU this sees several times more expressions per
+            second for the same compute. Evaluation always runs every frame.
     """
 
     num_classes: int = 1
