@@ -21,3 +21,20 @@ def test_demo_writes_report_curve_and_overlays(tmp_path):
     assert "Does the model listen?" in (work / "report.md").read_text()
     assert (work / "training_curve.png").stat().st_size > 1000
     assert len(report["overlays"]) == 1 and all((work / "overlays").glob("*.mp4"))
+
+
+def test_demo_budget_is_the_argument_else_the_presets_else_the_default():
+    from avseg.demo import DEMO_MINUTES, training_minutes
+    from avseg.models.recipe import TrainRecipe
+
+    class Config:
+        recipe = TrainRecipe(demo_minutes=6.0)
+
+    class Net:
+        config = Config()
+
+    assert training_minutes(Net(), None) == 6.0
+    assert training_minutes(Net(), 2.5) == 2.5
+    Config.recipe = TrainRecipe()
+    assert training_minutes(Net(), None) == DEMO_MINUTES == 7.5
+    assert training_minutes(object(), None) == DEMO_MINUTES  # a model without a recipe

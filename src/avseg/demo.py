@@ -40,6 +40,9 @@ DEMO_TRAIN: dict[str, Any] = {
 }
 """The demo's training recipe (the max_minutes budget ends it long before max_epochs on a CPU)."""
 
+DEMO_MINUTES = 7.5
+"""Training budget of presets whose recipe names none (``TrainRecipe.demo_minutes``)."""
+
 DEMO_VAL_EXPRESSIONS = 160
 """Validation (checkpoint selection) scores the first this-many expressions of the val split, about 25 videos: the
 whole split would spend a third of the time budget on validation."""
@@ -47,6 +50,15 @@ whole split would spend a third of the time budget on validation."""
 DEMO_HFLIP = 0.5
 """Probability of mirroring a training clip (its expression's left and right swapped): SynthAV's train split is
 small, and mirroring doubles the scenes a model sees without changing what any expression refers to."""
+
+
+def training_minutes(net: Any, minutes: float | None) -> float:
+    """The demo's training budget: ``minutes`` when given, else the preset's ``recipe.demo_minutes``, else
+    :data:`DEMO_MINUTES`."""
+    if minutes is not None:
+        return minutes
+    preset = getattr(getattr(getattr(net, "config", None), "recipe", None), "demo_minutes", None)
+    return preset if preset is not None else DEMO_MINUTES
 
 
 def _head(dataset: Any, count: int) -> Any:
@@ -130,7 +142,7 @@ def demo(
     model: str = "tpavi-tiny",
     videos: int = 500,
     seed: int = 0,
-    minutes: float = 7.5,
+    minutes: float | None = None,
     device: str = "auto",
     overlays: int = 3,
     size: int = 128,
@@ -150,7 +162,8 @@ def demo(
         model: registered model preset to train.
         videos: number of SynthAV videos.
         seed: seed of the data and of training.
-        minutes: training budget in minutes (validation included).
+        minutes: training budget in minutes (validation included); default: the preset's ``recipe.demo_minutes``,
+            else 7.5.
         device: auto, cpu or cuda.
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
@@ -172,6 +185,7 @@ def demo(
 
     torch.manual_seed(seed)
     net = create_model(model)
+    minutes = training_minutes(net, minutes)
     # SynthAV is read at the size it was generated at: every model resizes to its own input size, and resampling
     # 128-px frames up to a preset's 224-px reader size took about half of tpavi-tiny's step time on 2 cores.
     image_size = size

@@ -58,6 +58,7 @@ def test_forward_shapes_and_aux(tiny):
 
 def test_sam2_is_frozen_in_the_paper_presets_and_only_the_fuser_trains():
     cfg = get_entry("auralsam2-l-refavs").config(pretrained=False)
+    assert cfg.fuser.residual_init == 0.0  # released: the fusion starts as the identity (the tiny preset does not)
     with torch.device("meta"):
         model = AuralSAM2(cfg)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -285,10 +286,10 @@ def test_training_on_drawn_frames_tracks_only_them_and_supervises_them(monkeypat
     assert out.mask_logits.shape == (2, 7, 1, 32, 32) and out.mask_logits[:, others].abs().sum() == 0
     assert out.aux["computed_frames"][:, index].all() and not out.aux["computed_frames"][:, others].any()
     assert out.aux["candidates"].shape[1] == 4 and out.aux["object_logits"].shape == (2, 4)
-    # The loss is the loss of the drawn frames as a clip of their own.
+    # The loss is the loss of the drawn frames as a clip of their own (at their seconds, the text weighed as on 7).
     sub = batch.select_frames(index)
     with torch.no_grad():
-        direct = model._run(sub, None, use_audio=True)
+        direct = model._run(sub, None, use_audio=True, frame_index=index, clip_frames=7)
         torch.testing.assert_close(direct.mask_logits, out.mask_logits[:, index])
         # rtol: the two runs differ in float rounding only (one builds a graph, one does not)
         torch.testing.assert_close(

@@ -104,6 +104,21 @@ def test_fusion_is_layer_norm_at_initialisation():
     assert res.abs().max().item() == 0.0
 
 
+def test_residual_init_lets_the_expression_reach_the_visual_tokens_from_the_start():
+    torch.manual_seed(0)
+    feats, audio, valid = pyramid(2, 16), torch.randn(1, 2, 12), torch.ones(1, 2, dtype=torch.bool)
+    texts = [torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    text_valid = torch.ones(1, 4, dtype=torch.bool)
+    for init, changes in ((0.0, False), (1.0, True)):
+        torch.manual_seed(0)
+        fuser = AuralFuser(tiny_fuser_config(text_dim=10, text_hidden=20, residual_init=init)).train()
+        assert all(m.frame_out[1].weight.eq(init).all() for m in fuser.fusion)
+        a, b = (fuser(feats, audio, frame_valid=valid, text=t, text_valid=text_valid) for t in texts)
+        assert (not torch.allclose(a.dense[0], b.dense[0])) is changes
+    with pytest.raises(ValueError, match="residual_init"):
+        tiny_fuser_config(residual_init=float("nan"))
+
+
 def _randomise_batch_norms(module: torch.nn.Module) -> None:
     g = torch.Generator().manual_seed(3)
     for bn in module.modules():
@@ -330,3 +345,28 @@ def test_temporal_positions_follow_the_seconds():
     later = fuser(feats, audio, audio_seconds=torch.arange(t) + 4, **inputs)  # the same frames, later in the video
     torch.testing.assert_close(default.sparse[2], same.sparse[2])
     assert not torch.allclose(default.sparse[2], later.sparse[2])
+
+
+def test_drawn_frames_weigh_the_text_as_the_whole_clip_does():
+    # A 4-frame clip made of frames (0, 1, 0, 1) fuses each frame as its 2 drawn frames do once the text's share is
+    # scaled by 2/4: the fusion's sums over positions and tokens then differ by the same factor 2. (No token blocks:
+    # their softmax attention would see the repeated audio tokens.)
+    torch.manual_seed(0)
+    cfg = tiny_fuser_config(text_dim=10, text_hidden=20, audio_depth=0, audio_position="temporal", residual_init=1.0)
+    fuser = AuralFuser(cfg).eval()
+    _randomise_batch_norms(fuser)
+    feats, audio = pyramid(2, 16), torch.randn(1, 2, 12)
+    text = dict(text=torch.randn(1, 4, 10), text_valid=torch.ones(1, 4, dtype=torch.bool))
+    whole = fuser(
+        [torch.cat([f, f]) for f in feats],
+        torch.cat([audio, audio], dim=1),
+        frame_valid=torch.ones(1, 4, dtype=torch.bool),
+        audio_seconds=torch.tensor([0, 1, 0, 1]),
+        **text,
+    )
+    drawn = fuser(feats, audio, frame_valid=torch.ones(1, 2, dtype=torch.bool), clip_frames=4, **text)
+    unscaled = fuser(feats, audio, frame_valid=torch.ones(1, 2, dtype=torch.bool), **text)
+    torch.testing.assert_close(drawn.dense[2], whole.dense[2][:2])
+    assert not torch.allclose(unscaled.dense[2], whole.dense[2][:2], atol=1e-4)
+    with pytest.raises(ValueError, match="clip_frames"):
+        fuser(feats, audio, frame_valid=torch.ones(1, 2, dtype=torch.bool), clip_frames=1, **text)

@@ -35,7 +35,14 @@ def test_auralsam2_config_defaults_to_the_released_recipe() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("optimizer", "sgd"), ("schedule", "step"), ("lr", 0.0), ("weight_decay", -1.0), ("batch_size", 0)],
+    [
+        ("optimizer", "sgd"),
+        ("schedule", "step"),
+        ("lr", 0.0),
+        ("weight_decay", -1.0),
+        ("batch_size", 0),
+        ("demo_minutes", 0.0),
+    ],
 )
 def test_invalid_recipes_are_refused_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"recipe.{field}"):

@@ -194,9 +194,9 @@ class TrackingConfig:
         train_frames: in training, track only this many frames of each clip, drawn at random among the labelled
             ones and kept in temporal order (avseg, CPU presets; None: every frame, as released). The conditioning
             frame is then the middle (or first) of the drawn frames. Evaluation always tracks every frame. The
-            fusion divides its sums by the number of visual positions, so the expression's tokens weigh ``T/T'``
-            times more in the visual update in training than at evaluation (the audio tokens, one per frame, do
-            not); the tiny preset accepts this for its 2.5× more clips per step.
+            fusion divides its sums over tokens by the number of visual positions, which shrinks with the drawn
+            frames while the number of text tokens does not, so the fuser scales the text tokens' share by
+            ``T'/T`` (``clip_frames``) to keep it what it is on the whole clip at evaluation.
     """
 
     train_conditioning: Literal["first", "middle"] = "middle"
@@ -532,8 +532,9 @@ class AuralSAM2(AVSModel):
         index = self.draw_training_frames(batch, self.config.tracking.train_frames)  # (T',) or None: all frames
         if index is None:
             return self._run(batch, None, use_audio=True)
-        sub = self._run(batch.select_frames(index), None, use_audio=True, frame_index=index)  # T' frames
         b, t = batch.frames.shape[:2]
+        sub = self._run(batch.select_frames(index), None, use_audio=True, frame_index=index, clip_frames=t)  # T'
+
         index = index.to(sub.mask_logits.device)
         full = sub.mask_logits.new_zeros(b, t, *sub.mask_logits.shape[2:]).index_copy(1, index, sub.mask_logits)
         assert sub.object_logits is not None
@@ -591,8 +592,9 @@ class AuralSAM2(AVSModel):
         *,
         use_audio: bool,
         frame_index: Tensor | None = None,
+        clip_frames: int | None = None,
     ) -> AVSOutput:
-        """Segment ``batch`` (its frames are the video's frames ``frame_index``, default all of them)."""
+        """Segment ``batch`` (its frames are frames ``frame_index`` of clips of ``clip_frames``, default all)."""
         cfg = self.config
         b, t, _, h, w = batch.frames.shape
         frames = batch.frames.float()  # (B, T, 3, H, W) in [0, 255]
@@ -617,6 +619,7 @@ class AuralSAM2(AVSModel):
                 text=text,
                 text_valid=text_valid,
                 audio_seconds=seconds.to(images.device),
+                clip_frames=clip_frames,
             )
             hooks = self._hooks(fused.dense, fused.sparse, b, t, fused.grid)
 
@@ -823,8 +826,12 @@ def auralsam2_tiny() -> AuralSAM2Config:
     masks first collapse to background), and a learning rate of 3e-3. SAM2 runs at 128 px (an 8×8 stride-16 grid,
     32×32 masks) with the layer's 128-d test shape; the fuser follows that width with one block per level. In
     training, 4 of each clip's 10 frames are tracked (``tracking.train_frames``), 8 clips per step: 2.5 times the
-    clips per second of whole clips, for the same compute. SynthAV measurements of these choices (demo budget, one
-    seed) are in ``docs/benchmarks.md``: 128 px beats 64 and 96 px (test_s J&F 0.43 vs 0.36–0.38).
+    clips per second of whole clips, for the same compute. The fusion's residual branches start at 1, not 0
+    (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the expression
+    within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all 10 frames
+    of each test clip makes its evaluation take over 3 minutes. SynthAV measurements of these choices (one seed)
+    are in ``docs/benchmarks.md``: 128 px beats 64 and 96 px (test_s J&F 0.43 vs 0.36–0.38), and the residual start
+    at 1 beats 0 at the same 4-minute budget (test_s J&F 0.41 vs 0.29, Null S 0.26 vs 0.59).
     """
     return AuralSAM2Config(
         pretrained=False,
@@ -845,6 +852,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
             text_dim=384,
             text_hidden=128,
             audio_position="temporal",
+            residual_init=1.0,
         ),
         projector=ProjectorConfig(layers=3, dim=32),
         audio=AudioConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
@@ -863,5 +871,6 @@ def auralsam2_tiny() -> AuralSAM2Config:
             num_frames=10,
             image_size=128,
             notes="avseg's CPU recipe for SynthAV; frames read at SAM2's 128 px, 4 of 10 frames tracked per clip",
+            demo_minutes=6.0,
         ),
     )

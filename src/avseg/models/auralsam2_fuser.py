@@ -109,6 +109,10 @@ class FuserConfig:
             ``[0, 1, 0, 1, ...]`` vector) to every audio(+text) token; ``"temporal"`` (avseg): each audio token gets
             the encoding of its second in the video (``audio_seconds``, so that a clip cut to some of its frames in
             training keeps its timing), and text tokens none (their encoder already ordered them).
+        residual_init: the value the batch-norm weight of each fusion residual branch starts at. 0 as released:
+            the fusion block is the identity at initialisation, which suits a fuser trained for 80 epochs on a
+            pretrained SAM2 but leaves a short CPU run almost blind to the expression (avseg measured the weights
+            at about 0.045 after 486 steps); avseg's tiny preset starts them at 1.
     """
 
     dim: int = 256
@@ -126,6 +130,7 @@ class FuserConfig:
     text_hidden: int = 1024
     fusion_layout: Literal["released", "per_position"] = "per_position"
     audio_position: Literal["constant", "temporal"] = "constant"
+    residual_init: float = 0.0
 
     def __post_init__(self) -> None:
         self.patch_sizes = tuple(int(p) for p in self.patch_sizes)  # type: ignore[assignment]
@@ -144,6 +149,8 @@ class FuserConfig:
             raise ValueError(f"fuser.fusion_layout must be 'released' or 'per_position', got {self.fusion_layout!r}")
         if self.audio_position not in ("constant", "temporal"):
             raise ValueError(f"fuser.audio_position must be 'constant' or 'temporal', got {self.audio_position!r}")
+        if not math.isfinite(self.residual_init):
+            raise ValueError(f"fuser.residual_init must be a finite number, got {self.residual_init}")
 
     @property
     def inner_dim(self) -> int:
@@ -352,15 +359,17 @@ class CrossModalFusion(nn.Module):
 
     The affinities are plain dot products normalised by the number of visual positions (TPAVI's "dot" mode, no
     softmax); every visual position of every frame sees every token of the clip and vice versa. Both batch norms
-    start at zero, so the block is ``(LN(X), LN(A))`` at initialisation. Padded tokens (``token_valid`` False) and
-    padded frames (``frame_valid`` False) are left out of the sums.
+    start at zero as released (``residual_init``), so the block is ``(LN(X), LN(A))`` at initialisation. Padded
+    tokens (``token_valid`` False) and padded frames (``frame_valid`` False) are left out of the sums.
 
     ``layout="released"`` reproduces the released code's raw ``reshape`` of channel-first ``(T, D, h, w)`` maps to
     ``(P, D)`` rows (and the matching ``view`` back), which does not pair a row with a position; it exists so that the
     authors' checkpoints give their outputs (padding masks are then not applied, as released).
     """
 
-    def __init__(self, *, dim: int, inner_dim: int, layout: Literal["released", "per_position"]) -> None:
+    def __init__(
+        self, *, dim: int, inner_dim: int, layout: Literal["released", "per_position"], residual_init: float = 0.0
+    ) -> None:
         super().__init__()
         self.inner = inner_dim
         self.layout = layout
@@ -375,7 +384,7 @@ class CrossModalFusion(nn.Module):
         self.frame_out = nn.Sequential(nn.Linear(inner_dim, dim), nn.BatchNorm1d(dim))
         self.audio_out = nn.Sequential(nn.Linear(inner_dim, dim), nn.BatchNorm1d(dim))
         for bn in (self.frame_out[1], self.audio_out[1]):
-            nn.init.zeros_(bn.weight)
+            nn.init.constant_(bn.weight, residual_init)
             nn.init.zeros_(bn.bias)
         self.frame_norm = nn.LayerNorm(dim)
         self.audio_norm = nn.LayerNorm(dim)
@@ -396,7 +405,13 @@ class CrossModalFusion(nn.Module):
         return y.transpose(1, 2).reshape(b * t, self.inner, hw).transpose(1, 2)
 
     def forward(
-        self, x: Tensor, audio: Tensor, *, frame_valid: Tensor, token_valid: Tensor
+        self,
+        x: Tensor,
+        audio: Tensor,
+        *,
+        frame_valid: Tensor,
+        token_valid: Tensor,
+        token_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Fuse one level.
 
@@ -405,6 +420,7 @@ class CrossModalFusion(nn.Module):
             audio: ``(B, L, C)`` audio(+text) tokens.
             frame_valid: ``(B, T)`` bool, real frames.
             token_valid: ``(B, L)`` bool, real tokens.
+            token_scale: optional ``(L,)`` factor on each token's share of the visual update (default 1).
 
         Returns:
             ``x' (B*T, h*w, C)``, ``audio' (B, L, C)`` and the visual residual branch ``(B*T, h*w, C)`` (the
@@ -418,6 +434,8 @@ class CrossModalFusion(nn.Module):
         fk = self._rows(self.frame_k(x), b, t, hw)
         fv = self._rows(self.frame_v(x), b, t, hw)
         aq, ak, av = self.audio_q(a), self.audio_k(a), self.audio_v(a)  # (B, L, D) each
+        if token_scale is not None:
+            av = av * token_scale.to(av.dtype)[None, :, None]
         positions = t * hw
         if self.layout == "per_position":
             frame_weight = frame_valid.to(x.dtype).repeat_interleave(hw, dim=1)[..., None]  # (B, P, 1)
@@ -511,7 +529,8 @@ class AuralFuser(nn.Module):
             nn.ModuleList(TokenBlock(cfg) for _ in range(cfg.audio_depth)) for _ in range(3)
         )
         self.fusion = nn.ModuleList(
-            CrossModalFusion(dim=c, inner_dim=cfg.inner_dim, layout=cfg.fusion_layout) for _ in range(3)
+            CrossModalFusion(dim=c, inner_dim=cfg.inner_dim, layout=cfg.fusion_layout, residual_init=cfg.residual_init)
+            for _ in range(3)
         )
         self.audio_proj = nn.Linear(cfg.audio_dim, c) if cfg.audio_dim != c else None
         self.text_proj: nn.Sequential | None = None
@@ -533,6 +552,7 @@ class AuralFuser(nn.Module):
         text: Tensor | None = None,
         text_valid: Tensor | None = None,
         audio_seconds: Tensor | None = None,
+        clip_frames: int | None = None,
     ) -> FuserOutput:
         """Compute the prompts of a batch of clips.
 
@@ -544,6 +564,11 @@ class AuralFuser(nn.Module):
             text_valid: ``(B, K)`` bool, real text tokens (required with ``text``).
             audio_seconds: ``(T,)`` the second of the video each audio token comes from (default ``0 .. T-1``), for
                 ``audio_position = "temporal"``.
+            clip_frames: when the batch holds ``T`` frames drawn from clips of ``clip_frames`` (training on drawn
+                frames), the text tokens' share of the visual update is scaled by ``T / clip_frames``. The fusion
+                divides its sums over tokens by the number of visual positions ``P``, which is in proportion to the
+                number of audio tokens but not to the fixed number of text tokens; without this the text would weigh
+                ``clip_frames / T`` times more in training than on the whole clip at evaluation.
 
         Returns:
             The prompts and AudioCon embeddings (:class:`FuserOutput`).
@@ -565,6 +590,12 @@ class AuralFuser(nn.Module):
             tokens = torch.cat([tokens, self.text_proj(text)], dim=1)  # (B, T+K, C)
             token_valid = torch.cat([frame_valid, text_valid], dim=1)  # (B, T+K)
         length = tokens.shape[1]
+        token_scale = None
+        if clip_frames is not None and clip_frames != t and length > t:
+            if clip_frames < t:
+                raise ValueError(f"AuralFuser: clip_frames {clip_frames} < the {t} frames of the batch")
+            token_scale = torch.ones(length, device=tokens.device)
+            token_scale[t:] = t / clip_frames  # (L,): text tokens as on the whole clip
         if cfg.audio_position == "constant":
             apos = sine_position_encoding_1d(1, cfg.dim, tokens.device)[None]  # (1, 1, C): [0, 1, 0, 1, ...]
         else:
@@ -597,7 +628,9 @@ class AuralFuser(nn.Module):
                 x = block(x, h, w)  # (N, h*w, C)
             for block in self.audio_blocks[i]:
                 d = block(d, mask)  # (B, L, C)
-            x, d, res = self.fusion[i](x + pos, d + apos, frame_valid=frame_valid, token_valid=token_valid)
+            x, d, res = self.fusion[i](
+                x + pos, d + apos, frame_valid=frame_valid, token_valid=token_valid, token_scale=token_scale
+            )
             previous = x
             dense.append(x)
             sparse.append(d[:, :t])  # (B, T, C): the seconds' tokens only

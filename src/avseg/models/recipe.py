@@ -33,6 +33,8 @@ class TrainRecipe:
         num_frames: frames per clip (5 in S4/MS3, 10 in AVSS and Ref-AVS).
         image_size: frame size the reader should produce (models resize to their own input size anyway).
         notes: provenance of these numbers.
+        demo_minutes: the training budget ``avseg demo`` gives this preset (None: the demo's default); a CPU preset
+            whose evaluation is slow takes less, so that the whole demo ends within 10 minutes on 2 cores.
     """
 
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -46,6 +48,7 @@ class TrainRecipe:
     num_frames: int = 5
     image_size: int = 224
     notes: str = ""
+    demo_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -61,6 +64,8 @@ class TrainRecipe:
                 raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"recipe.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.demo_minutes is not None and not self.demo_minutes > 0:
+            raise ValueError(f"recipe.demo_minutes must be > 0, got {self.demo_minutes}")
 
     def train_config(self) -> dict[str, Any]:
         """The recipe as ``avseg.train.config.TrainConfig`` keys (epochs are left to the caller's budget)."""
