@@ -534,7 +534,6 @@ class AuralSAM2(AVSModel):
             return self._run(batch, None, use_audio=True)
         b, t = batch.frames.shape[:2]
         sub = self._run(batch.select_frames(index), None, use_audio=True, frame_index=index, clip_frames=t)  # T'
-
         index = index.to(sub.mask_logits.device)
         full = sub.mask_logits.new_zeros(b, t, *sub.mask_logits.shape[2:]).index_copy(1, index, sub.mask_logits)
         assert sub.object_logits is not None
