@@ -22,6 +22,7 @@ from avseg.layers.sam2 import (
     Sam2LayerConfig,
     Sam2Prompt,
     build_sam2,
+    hiera_trunk_overrides,
     select_mask,
     tiny_sam2_config,
 )
@@ -158,6 +159,20 @@ def test_batched_encoding_equals_frame_by_frame(layer):
         torch.testing.assert_close(chunked.fpn[level], batched.fpn[level], rtol=0, atol=1e-5)
     picked = batched.select([4, 1])
     assert torch.equal(picked.fpn[2], batched.fpn[2][[4, 1]]) and picked.pos[0].shape[0] == 2
+
+
+def test_hiera_trunk_overrides_widen_the_trunk_and_its_neck():
+    wide = (32, 64, 128, 256)
+    overrides = hiera_trunk_overrides(embed_dim_per_stage=list(wide), num_attention_heads_per_stage=[1, 2, 2, 4])
+    layer = build_sam2(tiny_sam2_config(SIZE, hf_config=overrides))
+    trunk = layer.model.vision_encoder.backbone
+    assert trunk.patch_embed.projection.out_channels == 32  # the first stage's width
+    assert [conv.in_channels for conv in layer.model.vision_encoder.neck.convs] == list(reversed(wide))
+    with torch.no_grad():
+        feats = layer.encode_frames(_video(2)[0])
+    assert [tuple(f.shape) for f in feats.fpn] == [(2, 128, 16, 16), (2, 128, 8, 8), (2, 128, 4, 4)]
+    with pytest.raises(ValueError, match="unknown Hiera trunk keys"):
+        hiera_trunk_overrides(width=32)
 
 
 def test_frames_are_resized_to_the_model_input(layer):

@@ -87,6 +87,7 @@ from avseg.layers.sam2 import (
     Sam2LayerConfig,
     Sam2Prompt,
     build_sam2,
+    hiera_trunk_overrides,
     select_mask,
     tiny_sam2_config,
     upsample_masks,
@@ -823,14 +824,16 @@ def auralsam2_tiny() -> AuralSAM2Config:
     from scratch is helped by three departures from the paper recipe, measured on SynthAV: SAM2's single-mask output
     instead of three candidates ranked by a still-untrained IoU head, a focal weight of 2 instead of 20 (at 20 the
     masks first collapse to background), and a learning rate of 3e-3. SAM2 runs at 128 px (an 8×8 stride-16 grid,
-    32×32 masks) with the layer's 128-d test shape; the fuser follows that width with one block per level. In
-    training, 4 of each clip's 10 frames are tracked (``tracking.train_frames``), 8 clips per step: 2.5 times the
-    clips per second of whole clips, for the same compute. The fusion's residual branches start at 1, not 0
-    (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the expression
-    within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all 10 frames
-    of each test clip makes its evaluation take over 3 minutes. SynthAV measurements of these choices (one seed)
-    are in ``docs/benchmarks.md``: 128 px beats 64 and 96 px (test_s J&F 0.43 vs 0.36–0.38), and the residual start
-    at 1 beats 0 at the same 4-minute budget (test_s J&F 0.41 vs 0.29, Null S 0.26 vs 0.59).
+    32×32 masks) with the layer's 128-d test shape, its Hiera trunk twice as wide (stages of 32/64/128/256 channels,
+    which on 2 cores costs little time and learns more per step); the fuser follows the 128-d width with one block
+    per level. In training, 4 of each clip's 10 frames are tracked (``tracking.train_frames``), 8 clips per step:
+    2.5 times the clips per second of whole clips, for the same compute. The fusion's residual branches start at 1,
+    not 0 (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the
+    expression within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all
+    10 frames of each test clip makes its evaluation take over 3 minutes. SynthAV measurements of these choices (one
+    seed) are in ``docs/benchmarks.md``: 128 px beats 64 and 96 px (test_s J&F 0.43 vs 0.36–0.38), and the residual
+    start at 1 beats 0 at the same 4-minute budget (test_s J&F 0.41 vs 0.29, Null S 0.26 vs 0.59), and so does the
+    wide trunk (0.43 vs 0.34 at about 200 steps).
     """
     return AuralSAM2Config(
         pretrained=False,
@@ -838,6 +841,11 @@ def auralsam2_tiny() -> AuralSAM2Config:
             image_size=128,
             trainable=("image_encoder", "prompt_encoder", "mask_decoder", "memory"),
             memory_dtype="float32",
+            # The test shape's trunk at twice its width: on 2 cores a step costs little more (small ops are bound
+            # by per-op overhead, not arithmetic) and it learns more per step (docs/benchmarks.md, session 6).
+            hf_config=hiera_trunk_overrides(
+                embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
+            ),
         ),
         fuser=FuserConfig(
             dim=128,

@@ -3,7 +3,7 @@
 Built on transformers' SAM2 video model (``Sam2VideoModel``; no vendored SAM2 code, no torchvision):
 
 * :mod:`~avseg.layers.sam2.config`: :class:`Sam2LayerConfig` (variant, weights, resolution, trainable parts) and
-  :func:`tiny_sam2_config` for tests;
+  :func:`tiny_sam2_config` for tests, :func:`hiera_trunk_overrides` for custom trunks;
 * :mod:`~avseg.layers.sam2.decoder`: prompts (:class:`Sam2Prompt`, with custom sparse tokens), the hookable mask
   decoder (:class:`DecoderHooks`), mask selection (:func:`select_mask`);
 * :mod:`~avseg.layers.sam2.memory`: SAM2's memory bank, bounded for long videos;
@@ -15,7 +15,13 @@ Official checkpoints (``sam2{,.1}_hiera_*.pt``) convert with ``avseg convert sam
 (:mod:`avseg.convert.sam2`). ``docs/sam2.md`` documents the API, the hooks, memory use and the key map.
 """
 
-from avseg.layers.sam2.config import SAM2_PARTS, Sam2LayerConfig, Sam2Variant, tiny_sam2_config
+from avseg.layers.sam2.config import (
+    SAM2_PARTS,
+    Sam2LayerConfig,
+    Sam2Variant,
+    hiera_trunk_overrides,
+    tiny_sam2_config,
+)
 from avseg.layers.sam2.decoder import (
     NO_OBJECT_SCORE,
     DecoderHooks,
@@ -40,6 +46,7 @@ __all__ = [
     "Sam2TrackOutput",
     "Sam2Variant",
     "build_sam2",
+    "hiera_trunk_overrides",
     "select_mask",
     "tiny_sam2_config",
     "upsample_masks",

@@ -19,6 +19,7 @@ __all__ = [
     "Sam2LayerConfig",
     "Sam2Variant",
     "hf_video_config_kwargs",
+    "hiera_trunk_overrides",
     "merge_dicts",
     "tiny_sam2_config",
 ]
@@ -158,6 +159,24 @@ class Sam2LayerConfig:
         if not self.weights and self.variant == "test-tiny":
             raise ValueError("the test-tiny SAM2 shape has no released weights; set sam2.weights to a folder")
         return self.weights or f"facebook/{self.variant}"
+
+
+def hiera_trunk_overrides(**trunk: Any) -> dict[str, Any]:
+    """``Sam2LayerConfig.hf_config`` that replaces entries of the Hiera trunk (keys as in :data:`HIERA_SHAPES`).
+
+    A new ``embed_dim_per_stage`` also sets what must agree with it: the patch embedding's width (``hidden_size``,
+    the first stage's width in every released trunk, unless given) and the FPN neck's channel list (the stage widths
+    in reverse), without which the neck's 1×1 convs would not fit the trunk.
+    """
+    unknown = sorted(set(trunk) - set(HIERA_SHAPES["test"]))
+    if unknown:
+        raise ValueError(f"unknown Hiera trunk keys {unknown}; choose from {sorted(HIERA_SHAPES['test'])}")
+    backbone = dict(trunk)
+    vision: dict[str, Any] = {"backbone_config": backbone}
+    if "embed_dim_per_stage" in trunk:
+        backbone.setdefault("hidden_size", trunk["embed_dim_per_stage"][0])
+        vision["backbone_channel_list"] = list(reversed(trunk["embed_dim_per_stage"]))
+    return {"vision_config": vision}
 
 
 def tiny_sam2_config(image_size: int = 64, **overrides: Any) -> Sam2LayerConfig:
