@@ -1,11 +1,15 @@
 """The generated CLI: every command has --help, its table help matches its docstring, errors are one line."""
 
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from avseg.cli import COMMANDS, _doc_args, _doc_summary, build_parser, main
+from avseg.errors import AVSegError
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c.words))
@@ -56,25 +60,73 @@ def test_python_dash_m_entry_point():
     assert out.stdout.startswith("avseg ")
 
 
+def _readme_command_lines() -> list[str]:
+    """The command lines of the README's command table, with optional parts ``[...]`` kept and the first of each
+    ``a|b`` choice taken (the table's own notation)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for row in section.splitlines():
+        match = re.match(r"^\| `avseg ([^`]+)` \|", row)
+        if match:
+            line = match.group(1).replace("\\|", "|").replace("[", "").replace("]", "")
+            lines.append(re.sub(r"(\S+?)\|\S+", r"\1", line))
+    return lines
+
+
+README_LINES = _readme_command_lines()
+
+
+def test_readme_table_lists_every_command():
+    listed = {c.words for line in README_LINES for c in COMMANDS if tuple(line.split()[: len(c.words)]) == c.words}
+    assert listed == {c.words for c in COMMANDS}
+
+
+@pytest.mark.parametrize("line", README_LINES)
+def test_readme_command_lines_parse_to_their_command(line):
+    """Every command line the README shows parses as written and reaches the function the table names."""
+    words = shlex.split(line)
+    cmd = next(c for c in COMMANDS if tuple(words[: len(c.words)]) == c.words)
+    args = build_parser(load=" ".join(cmd.words)).parse_args(words)
+    assert args._fn is cmd.load()
+    for option in (w for w in words if w.startswith("--") and not w.startswith("--no-")):
+        dest = option[2:].replace("-", "_")
+        assert getattr(args, dest) is not None and getattr(args, dest) is not False, f"{option} of {line!r} not parsed"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys):
+    argv = ["data", "check", str(tmp_path / "missing"), "--format", "refavs"]
+    assert main(argv) == 2
+    with pytest.raises(AVSegError):
+        main([*argv, "--debug"])
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("error", "expected"),
     [
-        "data synth OUT --videos 3 --seed 1 --size 64 --frames 10",
-        "data check ROOT --format avs-object --json --subset s4",
-        "audio logmel in.wav --out X.npy",
-        "audio embed in.mp4 --weights w.pth --out X.npy",
-        "score --pred P.npz --gt G.npz --preset refavs --group batch:4 --json",
-        "train --model tpavi-tiny --data D --format refavs --out R --max-steps 5 --overrides train.lr=1e-4",
-        "eval --checkpoint C --data D --format refavs --split test_s,test_u --json-out r.json --save-masks M",
-        "predict v.mp4 --text the_man --checkpoint C --out o.mp4 --masks-dir M",
-        "demo",
-        "models",
+        (FileExistsError(17, "File exists", "/runs/x"), "avseg: error: /runs/x: File exists"),
+        (NotADirectoryError(20, "Not a directory", "/runs/file"), "avseg: error: /runs/file: Not a directory"),
+        (IsADirectoryError(21, "Is a directory", "/out"), "avseg: error: /out: Is a directory"),
+        (PermissionError(13, "Permission denied", "/root/x"), "avseg: error: /root/x: Permission denied"),
     ],
 )
-def test_documented_command_lines_parse(argv):
-    """The command lines of the issue and the README parse as written."""
-    words = argv.split()
-    cmd = next(c for c in COMMANDS if tuple(words[: len(c.words)]) == c.words)
-    parser = build_parser(load=" ".join(cmd.words))
-    args = parser.parse_args(words)
-    assert args._fn is not None
+def test_os_errors_are_one_line_naming_the_path(monkeypatch, capsys, error, expected):
+    import avseg.models.commands
+
+    def fail(**_):
+        raise error
+
+    monkeypatch.setattr(avseg.models.commands, "models", fail)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    import avseg.models.commands
+
+    def fail(**_):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(avseg.models.commands, "models", fail)
+    with pytest.raises(KeyError):
+        main(["models"])

@@ -7,8 +7,9 @@ default become positional arguments, keyword-only parameters and parameters with
 :data:`COMMANDS` maps command names to ``module:function`` targets, imported only when that command runs, so that
 ``avseg --help`` stays fast and a heavy optional dependency is only needed by the command that uses it. The
 function returns the exit status. Errors of type :class:`~avseg.errors.AVSegError` (bad input a user can fix) are
-printed as one line, ``avseg: error: <message>``, with exit status 2 (``ValueError`` too: every
-``ValueError`` avseg raises names the bad value); set ``AVSEG_DEBUG=1`` to see the traceback instead.
+printed as one line, ``avseg: error: <message>``, with exit status 2 (``ValueError`` and the OS errors that name a
+path too: every ``ValueError`` avseg raises names the bad value); ``--debug`` or ``AVSEG_DEBUG=1`` shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ def build_parser(commands: Sequence[Command] = COMMANDS, *, load: str | None = N
         description="avseg: audio-visual, referring audio-visual and referring video object segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"avseg {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of its one-line message"
+    )
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in commands:
@@ -244,9 +248,36 @@ def _find_command(argv: Sequence[str]) -> Command | None:
     return None
 
 
+def _error_line(err: BaseException) -> str:
+    """One line for an expected error: OS errors name their path (``FileExistsError`` alone prints a bare errno)."""
+    if isinstance(err, OSError) and not isinstance(err, AVSegError) and err.filename is not None:
+        reason = err.strerror or type(err).__name__
+        return f"{err.filename}: {reason}"
+    return str(err) or type(err).__name__
+
+
+# Bad input a user can fix. AVSegError is avseg's own; ValueError because every ValueError avseg raises names the bad
+# value; the OS errors because they name the path at fault (an --out that exists, is a file, cannot be written).
+USER_ERRORS = (
+    AVSegError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``avseg`` console script."""
+    """Entry point of the ``avseg`` console script.
+
+    ``--debug`` (anywhere on the line) or ``AVSEG_DEBUG=1`` shows the traceback of an expected error instead of its
+    one-line message; unexpected errors (bugs) always show their traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("AVSEG_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     cmd = _find_command(argv)
     parser = build_parser(load=" ".join(cmd.words) if cmd else None)
     args = parser.parse_args(argv)
@@ -254,14 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fn is None:
         parser.print_help()
         return 0 if not argv else 2
-    kwargs = {k: v for k, v in vars(args).items() if k != "_fn" and k != "command" and not k.endswith("_command")}
+    internal = {"_fn", "command", "debug"}
+    kwargs = {k: v for k, v in vars(args).items() if k not in internal and not k.endswith("_command")}
     try:
         status = fn(**kwargs)
-    except (AVSegError, ValueError, FileNotFoundError) as err:
-        # Bad input a user can fix: one line naming the file or argument. AVSEG_DEBUG=1 shows the traceback.
-        if os.environ.get("AVSEG_DEBUG"):
+    except USER_ERRORS as err:
+        if debug:
             raise
-        print(f"avseg: error: {err}", file=sys.stderr)
+        print(f"avseg: error: {_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("avseg: interrupted", file=sys.stderr)

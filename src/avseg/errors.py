@@ -19,9 +19,11 @@ __all__ = [
     "EmptyVideoError",
     "MediaError",
     "MetadataError",
+    "MissingDependencyError",
     "MissingFileError",
     "NoVideoStreamError",
     "ShapeError",
+    "UsageError",
 ]
 
 
@@ -78,6 +80,21 @@ class CheckpointError(AVSegError, ValueError):
 
 class ShapeError(AVSegError, ValueError):
     """A tensor or array argument has the wrong rank, size or dtype; the message names the argument."""
+
+
+class UsageError(AVSegError, ValueError):
+    """A command-line argument or API argument that cannot work (an output path that is an input, a folder where a
+    file is needed, an unavailable device); the message names the argument and the value."""
+
+
+class MissingDependencyError(AVSegError, ImportError):
+    """An optional package a command needs is not installed; the message names the package and the pip extra."""
+
+    def __init__(self, package: str, extra: str | None, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        how = f'pip install "avseg[{extra}]"' if extra else f"pip install {package}"
+        super().__init__(f"{purpose} needs the package {package!r}, which is not installed; install it with: {how}")
 
 
 class AVSegWarning(UserWarning):

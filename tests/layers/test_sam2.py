@@ -144,7 +144,7 @@ def test_pretrained_build_from_a_local_folder_and_frozen_parts_left_out_of_check
 # -- encoding ----------------------------------------------------------------------------------------------------------
 
 
-def test_batched_encoding_equals_frame_by_frame(layer):
+def test_batched_encoding_equals_frame_by_frame(layer, one_thread):
     frames = _video(5)[0]
     with torch.no_grad():
         batched = layer.encode_frames(frames)
@@ -373,14 +373,17 @@ def test_propagation_equals_transformers_video_model(layer, case, one_thread):
     expected_masks = torch.stack([reference[t].pred_masks[0] for t in range(frames)])  # (T, 1, 16, 16)
     expected_scores = torch.stack([reference[t].object_score_logits.reshape(()) for t in range(frames)])
     assert ours.masks.shape == (1, frames, 1, 16, 16)
-    assert (ours.masks[0] - expected_masks).abs().max() <= 1e-5
-    assert (ours.object_score_logits[0] - expected_scores).abs().max() <= 1e-5
+    # Tolerance: both sides are float32 and transformers releases reorder some of its operations (with 5.25 the largest
+    # difference after 12 frames of memory is 2.6e-5 on logits of magnitude about 10; with 5.23 it was below 1e-5).
+    # 2e-4 leaves a margin of about 8x and stays far below what a wrong memory or prompt path changes (order 1).
+    torch.testing.assert_close(ours.masks[0], expected_masks, rtol=0, atol=2e-4)
+    torch.testing.assert_close(ours.object_score_logits[0], expected_scores, rtol=0, atol=2e-4)
     # the comparison is not trivial: the object is present on some frames and the masks vary
     present = expected_scores > 0
     assert present.any() and expected_masks[present].std() > 0.1
 
 
-def test_tracks_in_one_batch_equal_tracks_one_by_one(layer):
+def test_tracks_in_one_batch_equal_tracks_one_by_one(layer, one_thread):
     video = _video(6, batch=2)
     prompts = {1: Sam2Prompt(points=torch.tensor([[[20.0, 30.0]], [[50.0, 12.0]]]))}
     with torch.no_grad():
@@ -391,7 +394,7 @@ def test_tracks_in_one_batch_equal_tracks_one_by_one(layer):
             torch.testing.assert_close(together.multimask_logits[b], alone.multimask_logits[0], rtol=1e-4, atol=1e-4)
 
 
-def test_precomputed_features_and_frame_loader_give_the_same_result(layer):
+def test_precomputed_features_and_frame_loader_give_the_same_result(layer, one_thread):
     video = _video(7, batch=2)
     prompts = {3: Sam2Prompt(points=torch.tensor([[[20.0, 30.0]], [[50.0, 12.0]]]))}
     loaded: list[list[int]] = []
