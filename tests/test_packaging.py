@@ -7,7 +7,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).parents[1]
-EXTRAS = ("models", "plot", "dev")  # what `make test` installs
+EXTRAS = ("plot", "dev")  # what `make test` installs
 
 
 def _lock() -> dict[str, str]:
