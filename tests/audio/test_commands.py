@@ -13,6 +13,7 @@ import torch
 
 from avseg.audio.commands import embed, logmel
 from avseg.audio.vggish import CheckpointError, VGGish
+from avseg.cli import main
 from avseg.errors import CorruptMediaError, MissingFileError
 
 
@@ -118,3 +119,60 @@ def test_embed_errors_name_the_file(tmp_path: Path, weights: Path):
     with pytest.raises(CorruptMediaError, match=r"bad\.wav"):
         logmel(bad_audio, out=tmp_path / "o.npy")
     assert not (tmp_path / "o.npy").exists()
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI, expect the one-line error of a user mistake, and return that line."""
+    status = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, captured.err
+    assert lines[0].startswith("avseg: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["logmel", "embed"])
+def test_out_folder_is_refused_before_any_work(
+    tmp_path: Path, weights: Path, command: str, capsys: pytest.CaptureFixture[str]
+):
+    # A corrupt input proves the check comes first: decoding it would fail with another message.
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEjunk")
+    folder = tmp_path / "features"
+    folder.mkdir()
+    extra = ["--weights", str(weights)] if command == "embed" else []
+    line = _cli_error(["audio", command, str(bad), "--out", str(folder), *extra], capsys)
+    assert line == f"avseg: error: --out {folder}: is a folder; give a file name"
+    assert list(folder.iterdir()) == []
+
+
+def test_out_that_is_an_input_is_refused(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]):
+    wav = write_wav(tmp_path / "a.wav", 1.5)
+    original, original_weights = wav.read_bytes(), weights.read_bytes()
+    line = _cli_error(["audio", "logmel", str(wav), "--out", str(wav)], capsys)
+    assert line.startswith(f"avseg: error: --out {wav}: is the input file")
+    line = _cli_error(["audio", "embed", str(wav), "--weights", str(weights), "--out", str(weights)], capsys)
+    assert line.startswith(f"avseg: error: --out {weights}: is the input file")
+    assert wav.read_bytes() == original and weights.read_bytes() == original_weights
+
+
+def test_cache_dir_that_is_a_file_is_refused(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]):
+    wav = write_wav(tmp_path / "a.wav", 1.5)
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    line = _cli_error(
+        [
+            "audio",
+            "embed",
+            str(wav),
+            "--weights",
+            str(weights),
+            "--out",
+            str(tmp_path / "e.npy"),
+            "--cache-dir",
+            str(cache),
+        ],
+        capsys,
+    )
+    assert line == f"avseg: error: --cache-dir {cache}: is a file, not a folder"
+    assert not (tmp_path / "e.npy").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,20 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pyt
     monkeypatch.undo()
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.npy"]  # no temporary file left
     assert np.load(target).sum() == 6.0  # the old content survives untouched
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_follow_the_umask(tmp_path: Path, mask: int, expected: int):
+    # A private umask keeps features private; a group-friendly one lets colleagues read a shared cache.
+    old = os.umask(mask)
+    try:
+        direct = save_npy_atomic(tmp_path / "direct.npy", np.ones((2, 3), dtype=np.float32))
+        FeatureCache(tmp_path / "cache").get_or_compute(noise(1.0), 16000, TinyEmbedder(), 1)
+    finally:
+        os.umask(old)
+    (entry,) = (tmp_path / "cache").rglob("*.npy")
+    assert stat.S_IMODE(direct.stat().st_mode) == expected
+    assert stat.S_IMODE(entry.stat().st_mode) == expected
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

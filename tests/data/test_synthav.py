@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avseg.cli import main
 from avseg.data.avss import AVSSReader
 from avseg.data.refavs import RefAVSReader
 from avseg.data.rvos import RVOSReader
@@ -448,3 +449,13 @@ def test_synth_refuses_foreign_folder_and_replaces_its_own_output(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["videos"] == 5
     with pytest.raises(ValueError, match="--videos"):
         synth(out, videos=0)
+
+
+def test_synth_out_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    for out, reason in ((plain, "is a file, not a folder"), (plain / "synth", f"{plain} is a file, not a folder")):
+        status = main(["data", "synth", str(out), "--videos", "1", "--size", "32", "--workers", "1"])
+        assert status == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"avseg: error: OUT {out}: {reason}"]
+    assert plain.read_text() == "mine"

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from avseg.errors import MissingFileError
+from avseg.fileio import check_output_dir, check_output_file
 
 __all__ = ["embed", "logmel"]
 
@@ -42,6 +43,7 @@ def logmel(input: Path, *, out: Path) -> int:
     from avseg.audio.logmel import waveform_to_examples
 
     input, out = Path(input), Path(out)
+    check_output_file(out, arg="--out", inputs=[input])
     wave, sample_rate = _read_wave(input)
     examples = waveform_to_examples(wave, sample_rate)[:, 0]  # (N, 96, 64)
     save_npy_atomic(out, examples.numpy().astype(np.float32))
@@ -88,6 +90,9 @@ def embed(
         raise MissingFileError(weights, "VGGish weights file")
     if pca_params is not None and not Path(pca_params).is_file():
         raise MissingFileError(pca_params, "VGGish PCA parameter file")
+    check_output_file(out, arg="--out", inputs=[input, weights, *([pca_params] if pca_params is not None else [])])
+    if cache_dir is not None:
+        check_output_dir(cache_dir, arg="--cache-dir")
     wave, sample_rate = _read_wave(input)
     model = load_vggish(weights, pca_params)
     source = "computed"

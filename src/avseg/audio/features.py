@@ -8,16 +8,15 @@ The cache stores one ``.npy`` file per (audio, front end, weights, padding rule,
 of the audio content (mono float32 samples at 16 kHz, so the same sound read from a wav or from a video's AAC track
 only shares an entry when the samples are identical), :data:`~avseg.audio.logmel.FRONT_END_VERSION`, a fingerprint of
 the weights (PCA included), the pad rule and the frame count. Files are written atomically (temporary file in the same
-folder, then ``os.replace``), so concurrent workers and interrupted runs never leave a truncated entry behind.
+folder, then ``os.replace``), so concurrent workers and interrupted runs never leave a truncated entry behind, and get
+the permissions the umask gives, so a cache shared by a group stays readable when the umask allows it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from avseg.audio.logmel import (
 )
 from avseg.audio.vggish import EMBEDDING_SIZE
 from avseg.errors import AVSegWarning
+from avseg.fileio import atomic_file
 
 __all__ = [
     "FeatureCache",
@@ -116,22 +116,14 @@ def weights_fingerprint(model: nn.Module) -> str:
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
     """Write ``array`` to exactly ``path`` as ``.npy``, atomically (temporary file + ``os.replace``).
 
-    Creates the parent folders. The file appears complete or not at all, even if the process dies mid-write.
+    Creates the parent folders. The file appears complete or not at all, even if the process dies mid-write, and gets
+    the permissions the umask gives, like any file the user creates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; cache entries are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

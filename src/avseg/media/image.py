@@ -6,14 +6,13 @@ same one-line error (:class:`~avseg.errors.MissingFileError` or :class:`~avseg.e
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from avseg.errors import CorruptMediaError, MissingFileError, ShapeError
+from avseg.fileio import atomic_file
 
 __all__ = ["read_mask", "read_rgb", "write_jpeg", "write_png"]
 
@@ -71,19 +70,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     raise CorruptMediaError(path, f"unsupported mask image mode {image.mode!r}")
 
 
-def _atomic_save(image: Image.Image, path: str | Path, **kwargs) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format=kwargs.pop("format"), **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Write ``(H, W)`` (gray or palette indices) or ``(H, W, 3)`` RGB ``uint8`` data as PNG, atomically.
 
@@ -103,7 +89,8 @@ def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = 
         flat = np.zeros((256, 3), dtype=np.uint8)
         flat[: len(palette)] = np.asarray(palette, dtype=np.uint8)
         image.putpalette(flat.reshape(-1).tolist())
-    _atomic_save(image, path, format="PNG")
+    with atomic_file(path) as tmp:  # PIL is told the format: the temporary name's suffix does not matter
+        image.save(tmp, format="PNG")
 
 
 def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 95) -> None:
@@ -111,4 +98,5 @@ def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 95) -> None:
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ShapeError(f"write_jpeg: array must be uint8 (H, W, 3), got {array.dtype} {array.shape}")
-    _atomic_save(Image.fromarray(array), path, format="JPEG", quality=quality)
+    with atomic_file(path) as tmp:
+        Image.fromarray(array).save(tmp, format="JPEG", quality=quality)

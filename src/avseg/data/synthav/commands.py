@@ -10,6 +10,7 @@ from pathlib import Path
 
 from avseg.data.synthav.scene import SPLITS
 from avseg.data.synthav.writers import LAYOUTS, VideoResult, generate_video, write_tables
+from avseg.fileio import check_output_dir
 
 __all__ = ["synth"]
 
@@ -18,8 +19,7 @@ _OUR_ENTRIES = {*LAYOUTS, "manifest.json"}
 
 def _prepare(out: Path) -> None:
     """Make ``out`` ready: refuse a folder holding anything SynthAV did not write; clear an earlier SynthAV tree."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder")
+    check_output_dir(out, arg="OUT")
     out.mkdir(parents=True, exist_ok=True)
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUR_ENTRIES and not p.name.startswith("."))
     if foreign:

@@ -37,8 +37,8 @@ Layout decisions (avseg's, documented here and in the manifest):
 - **Frames** are written once (JPEG, quality 95) under ``refavs/media/{vid}`` and hard-linked into the other
   layouts; if the file system refuses links, they are copied.
 
-Every file is written to a temporary name and renamed, and contains no time stamps or absolute paths, so the same
-seed gives byte-identical trees.
+Every file is written to a temporary name and renamed (with the permissions the umask gives, so that a shared folder
+stays readable), and contains no time stamps or absolute paths, so the same seed gives byte-identical trees.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ from avseg.data.synthav.scene import (
     generate_scene,
     render_scene,
 )
+from avseg.fileio import atomic_file, atomic_write_bytes, atomic_write_text
 from avseg.media.image import write_jpeg, write_png
 
 __all__ = [
@@ -119,26 +119,8 @@ class VideoResult:
 # ---------------------------------------------------------------------- file helpers
 
 
-def _temp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically (temporary sibling, then rename)."""
-    tmp = _temp_sibling(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, str]]) -> None:
@@ -146,29 +128,25 @@ def _write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, str]
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_bytes(path, buffer.getvalue().encode("utf-8"))
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _write_wav(path: Path, wave: np.ndarray) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    _write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _link(src: Path, dst: Path) -> None:
     """Hard-link ``src`` to ``dst`` (replacing it), or copy when the file system cannot link."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    # Each video is written by one process, so a pid-qualified temporary name cannot collide.
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(dst) as tmp:
+        # The placeholder goes so that the link can take its (random, hence unclaimed) name. Making the linked file's
+        # mode follow the umask leaves it unchanged: ``src`` was written by this run, under the same umask.
+        tmp.unlink()
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------- one video
