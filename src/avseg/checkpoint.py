@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,13 @@ from torch import nn
 
 from avseg import __version__
 from avseg.config import config_from_dict, config_to_dict
-from avseg.errors import CheckpointError, MetadataError, MissingFileError
+from avseg.errors import AVSegError, CheckpointError, MetadataError, MissingFileError, UsageError
+from avseg.fileio import atomic_dir, atomic_write_text, current_umask
 
 __all__ = [
     "CheckpointError",
+    "CheckpointExistsError",
+    "NotACheckpointError",
     "load_model",
     "load_training_state",
     "load_weights",
@@ -50,42 +52,77 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class NotACheckpointError(CheckpointError, MissingFileError):
+    """A path that exists but is not a checkpoint folder or training run (no ``config.json``, no pointer), or a
+    pointer naming a folder that is not a checkpoint. Also a :class:`~avseg.errors.MissingFileError`: the files
+    that make a checkpoint are missing."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        AVSegError.__init__(self, f"{self.path}: {reason}")
+
+
+class CheckpointExistsError(UsageError, FileExistsError):
+    """``save_checkpoint`` was asked to write over an existing path without ``overwrite=True``."""
 
 
 def write_pointer(run_dir: str | Path, name: str, target: str | Path, info: dict[str, Any] | None = None) -> None:
     """Atomically point ``run_dir/{name}.json`` (e.g. ``latest``, ``best``) at a checkpoint folder inside it."""
     run_dir = Path(run_dir)
     payload = {"checkpoint": Path(target).name, **(info or {})}
-    _atomic_write_text(run_dir / f"{name}.json", json.dumps(payload, indent=2))
+    atomic_write_text(run_dir / f"{name}.json", json.dumps(payload, indent=2))
+
+
+def _pointers(folder: Path) -> list[str]:
+    """Names of the pointer files (``*.json`` other than ``config.json``) in ``folder`` and ``folder/checkpoints``."""
+    found = []
+    for where in (folder, folder / "checkpoints"):
+        if where.is_dir():
+            found += [str(p.relative_to(folder)) for p in sorted(where.glob("*.json")) if p.name != CONFIG_FILE]
+    return found
 
 
 def resolve_checkpoint(path: str | Path, pointer: str = "latest") -> Path:
     """The checkpoint folder for ``path``: itself if it holds ``config.json``, else the one ``{pointer}.json`` names
-    (in ``path`` or, for a training run folder, in ``path/checkpoints``)."""
+    (in ``path`` or, for a training run folder, in ``path/checkpoints``).
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        NotACheckpointError: ``path`` exists but is a file, or a folder with neither ``config.json`` nor
+            ``{pointer}.json``, or the pointer names a folder that is not a checkpoint.
+        MetadataError: the pointer file is not valid JSON naming a checkpoint.
+    """
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
+    if not path.exists():
+        raise MissingFileError(path, "checkpoint")
+    if not path.is_dir():
+        hint = f"; give its folder {path.parent}" if path.name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE) else ""
+        raise NotACheckpointError(path, f"is a file, not a checkpoint folder or training run{hint}")
+    run = path
     if not (path / f"{pointer}.json").is_file() and (path / "checkpoints" / f"{pointer}.json").is_file():
         path = path / "checkpoints"
     pointer_file = path / f"{pointer}.json"
     if pointer_file.is_file():
         try:
-            target = path / json.loads(pointer_file.read_text())["checkpoint"]
+            name = json.loads(pointer_file.read_text())["checkpoint"]
+            target = path / name
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise MetadataError(pointer_file, f"malformed checkpoint pointer: {err}") from err
+        if not target.is_dir():
+            raise NotACheckpointError(pointer_file, f"names checkpoint {name!r}, but {target} does not exist")
         if not (target / CONFIG_FILE).is_file():
-            raise MissingFileError(target / CONFIG_FILE, f"checkpoint named by {pointer_file.name}")
+            raise NotACheckpointError(
+                target, f"is not a checkpoint folder (no {CONFIG_FILE}), yet {pointer_file} points at it"
+            )
         return target
-    if not path.exists():
-        raise MissingFileError(path, "checkpoint")
-    raise MissingFileError(path / CONFIG_FILE, "checkpoint config (not a checkpoint or run folder)")
+    others = _pointers(run)
+    listed = f" (pointers present: {', '.join(others)})" if others else ""
+    raise NotACheckpointError(
+        run, f"is not a checkpoint folder or training run: no {CONFIG_FILE} and no {pointer}.json{listed}"
+    )
 
 
 def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,17 +158,25 @@ def save_checkpoint(
         meta: extra JSON-serialisable facts (metrics, data, seed).
         overwrite: replace an existing checkpoint at ``path`` (the old one is removed only after the new one is in
             place).
+
+    Returns:
+        ``path``. The folder and its files get the modes the umask gives (0755 and 0644 under umask 022).
+
+    Raises:
+        CheckpointExistsError: ``path`` exists and ``overwrite`` is False (a ``UsageError`` and a
+            ``FileExistsError``, naming the path).
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: checkpoint already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        what = "a checkpoint" if (path / CONFIG_FILE).is_file() else "a file or folder"
+        raise CheckpointExistsError(f"{path}: {what} already exists there (pass overwrite=True to replace it)")
     family = getattr(model, "family", None)
     config = getattr(model, "config", None)
     if family is None or config is None:
         raise TypeError(f"save_checkpoint needs an AVSModel with .family and .config, got {type(model).__name__}")
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    # atomic_dir writes into a temporary sibling and swaps it in (the old folder goes only once the new one is in
+    # place), with the modes the umask asks for: mkdtemp alone would leave a 0700 folder of 0600 files.
+    with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(_tensors_for_saving(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
@@ -144,16 +189,10 @@ def save_checkpoint(
             "meta": meta or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(description, indent=2))
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # safetensors writes its file 0600 whatever the umask; give every file the mode open() would.
+        mode = 0o666 & ~current_umask()
+        for file in tmp.iterdir():
+            os.chmod(file, mode)
     return path
 
 
@@ -225,4 +264,31 @@ def load_training_state(path: str | Path) -> dict[str, Any] | None:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
-        raise CheckpointError(file, f"cannot read training state: {err}") from err
+        raise CheckpointError(file, f"cannot read training state: {_load_failure(file, err)}") from err
+
+
+def _load_failure(file: Path, err: BaseException) -> str:
+    """avseg's one-line reason for a failed ``torch.load(weights_only=True)`` of ``file``.
+
+    torch's own text goes on for lines and advises ``weights_only=False``, which would run the file's pickled code;
+    checkpoints must load without that, so only what is wrong with the file is reported.
+    """
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+    except OSError as open_err:
+        return f"cannot open it ({open_err.strerror or open_err})"
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a zip archive, or a legacy pickle
+        return "not a PyTorch file (torch.save writes a zip archive; this file is not one)"
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (
+            f"it pickles {refused.group(1)}, which is not plain data (tensors, numbers, strings, lists, dicts); "
+            "avseg does not run pickled code, so this file cannot be loaded"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        return f"not a plain-data PyTorch file ({detail.group(1).strip()})"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"not a readable PyTorch file ({first})"

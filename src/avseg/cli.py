@@ -157,6 +157,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: Any, help_text: str) -> None:
     tp, optional = _unwrap_optional(tp)
+    help_text = help_text.replace("%", "%%")  # argparse %-formats help strings ("25% of" would raise)
     name = param.name
     flag = "--" + name.replace("_", "-")
     required = param.default is inspect.Parameter.empty

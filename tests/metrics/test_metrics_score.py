@@ -108,10 +108,96 @@ def test_missing_key(tmp_path):
 
 
 def test_not_an_npz(tmp_path):
+    # A text file named .npz is not an archive at all: say so, and do not give numpy's pickle advice.
     pred, gt = write(tmp_path, np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.uint8))
     gt.write_bytes(b"not a zip archive")
-    with pytest.raises(MetadataError, match=r"gt\.npz: not a readable \.npz"):
+    with pytest.raises(MetadataError, match=r"gt\.npz: is not an \.npz archive") as err:
         score(pred=pred, gt=gt)
+    assert "pickle" not in str(err.value)
+    np.save(tmp_path / "single.npy", np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(MetadataError, match=r"single\.npy: holds a single \.npy array, not an \.npz archive"):
+        score(pred=tmp_path / "single.npy", gt=gt)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(MetadataError, match=r"empty\.npz: is empty, not an \.npz archive"):
+        score(pred=tmp_path / "empty.npz", gt=gt)
+
+
+def test_truncated_npz_is_corrupt_not_pickle(tmp_path):
+    pred, gt = write(tmp_path, np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.uint8))
+    pred.write_bytes(pred.read_bytes()[:40])  # a zip header, then nothing
+    with pytest.raises(MetadataError, match=r"pred\.npz: corrupt \.npz archive") as err:
+        score(pred=pred, gt=gt)
+    assert "pickle" not in str(err.value)
+
+
+def test_object_array_gets_pickle_advice_without_unpickling(tmp_path):
+    pred, gt = write(tmp_path, np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.uint8))
+    np.savez(pred, logits=np.array([[1.0], "x"], dtype=object))
+    with pytest.raises(MetadataError, match=r"pred\.npz: key 'logits' holds Python objects \(dtype=object\)") as err:
+        score(pred=pred, gt=gt)
+    assert "allow_pickle" not in str(err.value)  # numpy's advice to unpickle is not echoed
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_refused(tmp_path, bad):
+    # Thresholding NaN says "background", so a partly NaN prediction used to get a plausible score.
+    logits = np.full((2, 3, 4, 4), 5.0, dtype=np.float32)
+    logits[1, 2, 3, 1] = bad
+    logits[1, 2, 3, 2] = bad
+    pred, gt = write(tmp_path, logits, np.ones((2, 3, 4, 4), np.uint8), ids=np.array(["a", "b"]))
+    with pytest.raises(ShapeError) as err:
+        score(pred=pred, gt=gt)
+    message = str(err.value)
+    assert message.startswith(f"{pred}: key 'logits' has 2 non-finite value(s) (NaN or ±inf) out of 96")
+    assert "at index (1, 2, 3, 1): video 1 (id 'b'), frame 2, pixel (y=3, x=1)" in message
+
+
+def test_all_nan_semantic_logits_name_the_class(tmp_path):
+    logits = np.full((1, 2, 3, 2, 2), np.nan, dtype=np.float32)
+    pred, gt = write(tmp_path, logits, np.zeros((1, 2, 2, 2), np.uint8))
+    with pytest.raises(ShapeError, match=r"has 24 non-finite value\(s\).*index \(0, 0, 0, 0, 0\): video 0, frame 0, "):
+        score(pred=pred, gt=gt, preset="avss")
+    with pytest.raises(ShapeError, match="class 0, pixel"):
+        score(pred=pred, gt=gt, preset="avss")
+
+
+def test_binary_ground_truth_must_be_binary(tmp_path, capsys):
+    masks = np.ones((2, 1, 3, 3), np.uint8)
+    masks[1, 0, 2, 0] = 7  # a class label in a binary mask
+    pred, gt = write(tmp_path, np.zeros((2, 1, 3, 3), np.float32), masks)
+    with pytest.raises(ShapeError) as err:
+        score(pred=pred, gt=gt)
+    assert str(err.value).startswith(
+        f"{gt}: key 'masks' must be binary (0 and 1, or 0 and 255) for preset 'avsbench', but 1 value(s) are "
+        "neither; the first is 7 at index (1, 0, 2, 0): video 1, frame 0, pixel (y=2, x=0)"
+    )
+    np.savez(gt, masks=np.where(masks > 0, 255, 0).astype(np.uint8))  # 0/255 masks are binary
+    assert score(pred=pred, gt=gt) == 0
+    capsys.readouterr()
+
+
+def test_cli_nan_logits_is_one_line(tmp_path, capsys):
+    from avseg.cli import main
+
+    pred, gt = write(tmp_path, np.full((1, 2, 4, 4), np.nan, np.float32), np.ones((1, 2, 4, 4), np.uint8))
+    status = main(["score", "--pred", str(pred), "--gt", str(gt)])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"avseg: error: {pred}: key 'logits' has 32 non-finite value(s)")
+    assert "index (0, 0, 0, 0)" in lines[0]
+
+
+def test_cli_text_file_named_npz_is_one_line(tmp_path, capsys):
+    from avseg.cli import main
+
+    pred, gt = write(tmp_path, np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.uint8))
+    pred.write_text("J F\n0.5 0.5\n")
+    status = main(["score", "--pred", str(pred), "--gt", str(gt)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1
+    assert lines[0].startswith(f"avseg: error: {pred}: is not an .npz archive") and "pickle" not in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,7 @@ from avseg.data.base import (
     CheckReport,
     ClipRecord,
     ImageSize,
+    _MissingPath,
     load_audio_features,
     load_binary_masks,
     load_frames,
@@ -152,9 +153,10 @@ class AVSObjectReader(BenchmarkReader):
                 )
             return subset
         if not present:
-            raise MissingFileError(
-                self.root / "Single-source",
-                "AVSBench-object data: neither Single-source/ (S4) nor Multi-sources/ (MS3) nor their metadata CSV",
+            raise _MissingPath(
+                self.root,
+                f"{self.root}: is not an AVSBench-object folder: it holds neither Single-source/ (S4) nor "
+                "Multi-sources/ (MS3), nor s4_meta_data.csv or ms3_meta_data.csv",
             )
         if len(present) > 1:
             raise ValueError(
@@ -165,10 +167,20 @@ class AVSObjectReader(BenchmarkReader):
 
     # ----------------------------------------------------------------------------------------------- metadata
 
+    def metadata_source(self) -> str:
+        """The subset's metadata CSV (``s4_meta_data.csv`` or ``ms3_meta_data.csv``)."""
+        return str(self.csv_path)
+
+    def _why_empty(self) -> str:
+        # Every data row becomes a record, so a CSV that yields none has a header and nothing else.
+        return "the file has a header but no rows"
+
     def _parse_csv(self) -> dict[str, list[_Row]]:
         if self._rows is not None:
             return self._rows
         path = self.csv_path
+        if path.is_dir():
+            raise MetadataError(path, "is a folder, not a metadata CSV file")
         if not path.is_file():
             raise MissingFileError(path, f"AVSBench-object {self.layout.title} metadata CSV")
         try:

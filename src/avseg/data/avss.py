@@ -254,6 +254,16 @@ class AVSSReader(BenchmarkReader):
 
     # ------------------------------------------------------------------ index
 
+    def metadata_source(self) -> str:
+        """``root/metadata.csv``, the file every split is read from."""
+        return str(self.metadata_path)
+
+    def _why_empty(self) -> str:
+        rows = read_metadata_csv(self.metadata_path, _REQUIRED_COLUMNS)
+        if not rows:
+            return "the file has a header but no rows"
+        return f"none of its {len(rows)} row(s) has a label in the selected subsets {list(self.subsets)}"
+
     def _parse(self) -> dict[str, list[ClipRecord]]:
         """Parse ``metadata.csv`` once (every row is validated, then filtered by ``subsets``)."""
         if self._records is not None:

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from avseg.data.types import AUDIO_SAMPLE_RATE, AVSSample
-from avseg.errors import AudioPaddedWarning, AVSegError, MissingFileError
+from avseg.errors import AudioPaddedWarning, AVSegError, MetadataError, MissingFileError, UsageError
 from avseg.media.image import read_mask, read_rgb
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "BenchmarkReader",
     "CheckReport",
     "ClipRecord",
+    "EmptyDatasetError",
     "SplitCounts",
     "load_audio_features",
     "load_frames",
@@ -47,6 +48,30 @@ __all__ = [
 ]
 
 ImageSize = int | tuple[int, int] | None
+
+
+class EmptyDatasetError(MetadataError):
+    """A dataset tree whose metadata yields no split, or no sample in any split.
+
+    Attributes:
+        root: the dataset folder.
+        path: the metadata file the splits are read from (or, for layouts with one file per split, its pattern).
+    """
+
+    def __init__(self, root: str | Path, metadata: str | Path, message: str) -> None:
+        self.root = Path(root)
+        self.path = Path(metadata)
+        self.reason = message
+        AVSegError.__init__(self, message)
+
+
+class _MissingPath(MissingFileError):
+    """A :class:`MissingFileError` with a full message of its own, for a path that is missing for a reason the
+    default ``"<what> not found"`` would misstate."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = Path(path)
+        super(MissingFileError, self).__init__(message)
 
 
 def to_size(image_size: ImageSize) -> tuple[int, int] | None:
@@ -295,6 +320,8 @@ class BenchmarkReader(ABC):
 
     def __init__(self, root: str | Path, *, image_size: ImageSize = None) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"{self.root}: is a file, not a {self.format} dataset folder")
         if not self.root.is_dir():
             raise MissingFileError(self.root, f"{self.format} dataset root folder")
         self.image_size = to_size(image_size)
@@ -323,8 +350,33 @@ class BenchmarkReader(ABC):
         """A torch ``Dataset`` over one split."""
         return AVSDataset(self, self.index(split), transform=transform)
 
+    def metadata_source(self) -> str:
+        """The metadata file the splits are read from (a pattern for layouts with one file per split), for
+        messages."""
+        return str(self.root)
+
+    def _why_empty(self) -> str:
+        """Why the metadata yields no sample, in words about the file (readers that can tell say more)."""
+        return f"it lists no {self.item_name}"
+
+    def empty_error(self, split: str | None = None) -> EmptyDatasetError:
+        """The error for a tree whose metadata yields no sample: names the root, the metadata file and why.
+
+        Args:
+            split: the split that was asked for, if any (the message then starts with it).
+        """
+        source, why = self.metadata_source(), self._why_empty()
+        if split is None:
+            message = f"{self.root}: empty {self.format} dataset: {source} yields no {self.item_name} ({why})"
+        else:
+            message = f"split {split!r} not in {source} (no splits found: {why})"
+        return EmptyDatasetError(self.root, source, message)
+
     def _unknown_split(self, split: str) -> ValueError:
-        return ValueError(f"unknown split {split!r} for {self.format} at {self.root}; known: {self.splits()}")
+        known = self.splits()
+        if not known:
+            return self.empty_error(split)
+        return UsageError(f"unknown split {split!r} in {self.metadata_source()}; known splits: {known}")
 
     def check(self, *, deep: bool = False, progress: Callable[[Iterable], Iterable] | None = None) -> CheckReport:
         """Index every split and look for missing or unreadable files.

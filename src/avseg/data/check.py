@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from avseg.data.base import CheckReport
+from avseg.data.base import CheckReport, EmptyDatasetError
 from avseg.data.readers import get_reader
 
 __all__ = ["check", "format_report"]
@@ -52,7 +52,9 @@ def check(
 
     Prints, per split, the number of videos, expressions (or clips), null expressions and labelled frames, then
     every missing or unreadable file with its path. Warnings the reader raises while indexing (dropped TODO rows,
-    duplicate uids) are listed as notes. Exit status 1 when any file is missing or unreadable.
+    duplicate uids) are listed as notes. Exit status 1 when any file is missing or unreadable, and when the tree
+    holds no sample at all (a metadata file with a header but no rows, no split folder): then one line names the
+    root and the metadata file.
 
     Args:
         root: the dataset folder (e.g. the folder holding Ref-AVS's metadata.csv, media/ and gt_mask/).
@@ -66,8 +68,19 @@ def check(
     options = {"subset": subset} if format == "avs-object" else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reader = get_reader(format, root, **options)
-        report = reader.check(deep=deep)
+        try:
+            reader = get_reader(format, root, **options)
+            report = reader.check(deep=deep)
+            # A table of zero splits followed by "OK" reads as success; training on it would fail later.
+            empty = None if any(counts.items for counts in report.splits.values()) else reader.empty_error()
+        except EmptyDatasetError as err:
+            empty = err
+    if empty is not None:
+        if json:
+            print(jsonlib.dumps({"root": str(root), "format": format, "ok": False, "error": str(empty)}, indent=2))
+        print(f"avseg: error: {empty}", file=sys.stderr)
+        sys.stdout.flush()
+        return 1
     report.notes.extend(dict.fromkeys(str(w.message) for w in caught))
     if json:
         print(jsonlib.dumps(report.to_dict(), indent=2))

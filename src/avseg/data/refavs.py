@@ -108,6 +108,8 @@ def read_metadata_csv(path: Path, required: Sequence[str]) -> list[tuple[int, di
         MetadataError: not UTF-8 text, no header, a required column is missing, or a row has a different number of
             fields than the header (the message names the row and its line).
     """
+    if path.is_dir():
+        raise MetadataError(path, "is a folder, not a metadata CSV file")
     if not path.is_file():
         raise MissingFileError(path, "metadata CSV")
     rows: list[tuple[int, dict[str, str]]] = []
@@ -191,6 +193,18 @@ class RefAVSReader(BenchmarkReader):
         self._records: dict[str, list[ClipRecord]] | None = None
 
     # ------------------------------------------------------------------ index
+
+    def metadata_source(self) -> str:
+        """``root/metadata.csv``, the file every split is read from."""
+        return str(self.metadata_path)
+
+    def _why_empty(self) -> str:
+        rows = read_metadata_csv(self.metadata_path, _REQUIRED_COLUMNS)
+        if not rows:
+            return "the file has a header but no rows"
+        if all(row["split"].strip() == _DROPPED_SPLIT for _, row in rows):
+            return f"all {len(rows)} row(s) have split {_DROPPED_SPLIT!r}, which is not part of any split"
+        return super()._why_empty()
 
     def _parse(self) -> dict[str, list[ClipRecord]]:
         """Parse ``metadata.csv`` once; warnings about dropped rows are emitted here, once per reader."""

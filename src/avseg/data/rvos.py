@@ -62,6 +62,7 @@ from avseg.data.base import (
     BenchmarkReader,
     CheckReport,
     ClipRecord,
+    EmptyDatasetError,
     ImageSize,
     load_audio_features,
     load_frames,
@@ -77,6 +78,11 @@ __all__ = ["RVOSReader", "subsample_indices"]
 EXPRESSIONS_FILE = "meta_expressions.json"
 MASKS_FILE = "mask_dict.json"
 FRAMES_DIR = "JPEGImages"
+
+
+class _NoSplitFolders(EmptyDatasetError, MissingFileError):
+    """An RVOS root without any ``<split>/meta_expressions.json``: an empty dataset, and (as it always was) a
+    :class:`~avseg.errors.MissingFileError`, since the expression files are missing."""
 
 
 def subsample_indices(num_frames: int, max_frames: int | None) -> list[int]:
@@ -132,13 +138,25 @@ class RVOSReader(BenchmarkReader):
         self.max_frames = max_frames
         self._splits = sorted(p.parent.name for p in self.root.glob(f"*/{EXPRESSIONS_FILE}") if p.is_file())
         if not self._splits:
-            raise MissingFileError(self.root / "<split>" / EXPRESSIONS_FILE, "RVOS split folder with its JSON")
+            empty = self.empty_error()
+            raise _NoSplitFolders(empty.root, empty.path, str(empty))
         self._records: dict[str, list[ClipRecord]] = {}
         self._mask_dicts: dict[str, dict[str, Any]] = {}
 
     def splits(self) -> list[str]:
         """Sub-folders of ``root`` that hold a ``meta_expressions.json``, sorted by name."""
         return list(self._splits)
+
+    def metadata_source(self) -> str:
+        """The splits' ``meta_expressions.json`` files (``root/*/meta_expressions.json`` when there are none)."""
+        if not self._splits:
+            return str(self.root / "*" / EXPRESSIONS_FILE)
+        return ", ".join(str(self.root / split / EXPRESSIONS_FILE) for split in self._splits)
+
+    def _why_empty(self) -> str:
+        if not self._splits:
+            return f"no sub-folder of {self.root} holds a {EXPRESSIONS_FILE} (one folder per split, e.g. train/)"
+        return "their 'videos' objects list no expressions"
 
     def has_masks(self, split: str) -> bool:
         """Whether the split ships ground truth (a ``mask_dict.json``)."""

@@ -1,10 +1,11 @@
 """``avseg score``: score saved predictions against ground truth with a named metric preset.
 
 Inputs are two ``.npz`` archives. The prediction file holds ``logits``: float ``(N, T, H, W)`` mask logits, or
-``(N, T, K, H, W)`` class logits for the semantic presets. The ground-truth file holds ``masks``: uint8 (or bool)
-``(N, T, H, W)`` binary masks or class labels, and optionally ``valid`` (bool ``(N, T)``, False for padded frames)
-and ``ids`` (``N`` strings). The ``N`` videos/expressions are scored in the order stored, which matters for a
-``batch:K`` grouping.
+``(N, T, K, H, W)`` class logits for the semantic presets; every value must be finite (a NaN or ±inf is refused with
+its position, as thresholding would silently score it as background). The ground-truth file holds ``masks``: uint8
+(or bool) ``(N, T, H, W)`` binary masks (0/1 or 0/255) for the binary presets, class labels for the semantic ones,
+and optionally ``valid`` (bool ``(N, T)``, False for padded frames) and ``ids`` (``N`` strings). The ``N``
+videos/expressions are scored in the order stored, which matters for a ``batch:K`` grouping.
 """
 
 import json as _json
@@ -25,6 +26,37 @@ __all__ = ["load_npz_arrays", "score"]
 _CHUNK = 16  # videos per update: bounds memory; the grouping does not depend on it
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header, or an empty zip's end record
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _not_npz_reason(path: Path) -> str | None:
+    """Why ``path`` is not an ``.npz`` archive, judged from its first bytes; None when it starts like a zip file."""
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if not head:
+        return "is empty, not an .npz archive"
+    if head.startswith(_NPY_MAGIC):
+        return "holds a single .npy array, not an .npz archive with named arrays (save it with np.savez)"
+    if head[:4] not in _ZIP_MAGIC:
+        return "is not an .npz archive (an .npz is a zip file of .npy arrays; this file is not a zip file)"
+    return None
+
+
+def _holds_objects(archive: np.lib.npyio.NpzFile, key: str) -> bool:
+    """Whether the member ``key`` is an object (pickled) array, read from its .npy header alone."""
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                _, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+    return bool(dtype.hasobject)
+
+
 def load_npz_arrays(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read named arrays from an ``.npz`` archive without unpickling anything.
 
@@ -38,17 +70,21 @@ def load_npz_arrays(path: Path, required: tuple[str, ...], optional: tuple[str, 
 
     Raises:
         MissingFileError: ``path`` does not exist.
-        MetadataError: not a readable ``.npz``, a required key is missing, or an array needs pickle.
+        MetadataError: not an ``.npz`` archive (not a zip file, or a single ``.npy``), a corrupt archive, a required
+            key is missing, or an array holds Python objects (which only pickle could read).
     """
     path = Path(path)
+    if path.is_dir():
+        raise MetadataError(path, "is a folder, not an .npz archive")
     if not path.is_file():
         raise MissingFileError(path, "npz archive")
+    reason = _not_npz_reason(path)
+    if reason is not None:
+        raise MetadataError(path, reason)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise MetadataError(path, f"not a readable .npz archive ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise MetadataError(path, "holds a single .npy array, expected an .npz archive with named arrays")
+        raise MetadataError(path, f"corrupt .npz archive: {err}") from err
     with archive:
         keys = set(archive.files)
         missing = [key for key in required if key not in keys]
@@ -58,8 +94,15 @@ def load_npz_arrays(path: Path, required: tuple[str, ...], optional: tuple[str, 
         for key in (*required, *(k for k in optional if k in keys)):
             try:
                 out[key] = archive[key]
-            except (ValueError, OSError, zipfile.BadZipFile) as err:
-                raise MetadataError(path, f"key {key!r} cannot be read without pickle or is corrupt ({err})") from err
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                if _holds_objects(archive, key):
+                    # numpy's own message suggests allow_pickle=True; avseg never unpickles an input.
+                    raise MetadataError(
+                        path,
+                        f"key {key!r} holds Python objects (dtype=object), which only pickle could read; avseg does "
+                        "not unpickle inputs: save it as a numeric array (e.g. np.asarray(x, dtype=np.float32))",
+                    ) from None
+                raise MetadataError(path, f"key {key!r} is corrupt: {err}") from err
     return out
 
 
@@ -84,6 +127,54 @@ def _validate(
         raise ShapeError(
             f"{pred_path} key 'logits' is {logits.shape[-2:]} pixels but {gt_path} key 'masks' is "
             f"{masks.shape[-2:]}; this preset scores at the resolution given, so they must match"
+        )
+
+
+def _where(index: tuple[int, ...], semantic: bool, ids: np.ndarray | None) -> str:
+    """Name an element of an ``(N, T, [K,] H, W)`` array the way a user looks for it: video (and id), frame, pixel."""
+    n, t, y, x = index[0], index[1], index[-2], index[-1]
+    video = f"video {n}" + (f" (id {str(ids[n])!r})" if ids is not None else "")
+    klass = f", class {index[2]}" if semantic else ""
+    return f"index {index}: {video}, frame {t}{klass}, pixel (y={y}, x={x})"
+
+
+def _check_finite(path: Path, logits: np.ndarray, semantic: bool, ids: np.ndarray | None) -> None:
+    """Refuse NaN and ±inf logits: thresholding them scores NaN as background, which looks like a real result."""
+    bad, first = 0, None
+    for start in range(0, logits.shape[0], _CHUNK):  # chunked: a mask the size of every logit would double memory
+        chunk = ~np.isfinite(logits[start : start + _CHUNK])
+        count = int(np.count_nonzero(chunk))
+        if count and first is None:
+            at = np.argwhere(chunk)[0]
+            first = (int(at[0]) + start, *(int(i) for i in at[1:]))
+        bad += count
+    if bad:
+        value = logits[first]
+        raise ShapeError(
+            f"{path}: key 'logits' has {bad} non-finite value(s) (NaN or ±inf) out of {logits.size}; the first is "
+            f"{value} at {_where(first, semantic, ids)}. Scores of such predictions would be meaningless; check the "
+            "model output before saving it"
+        )
+
+
+def _check_binary(path: Path, masks: np.ndarray, preset: str, ids: np.ndarray | None) -> None:
+    """Refuse values other than 0, 1 (and 255) in binary ground truth: class-label maps would be scored as ``> 0``."""
+    if masks.dtype == np.bool_:
+        return
+    bad, first = 0, None
+    for start in range(0, masks.shape[0], _CHUNK):
+        chunk = masks[start : start + _CHUNK]
+        other = (chunk != 0) & (chunk != 1) & (chunk != 255)
+        count = int(np.count_nonzero(other))
+        if count and first is None:
+            at = np.argwhere(other)[0]
+            first = (int(at[0]) + start, *(int(i) for i in at[1:]))
+        bad += count
+    if bad:
+        raise ShapeError(
+            f"{path}: key 'masks' must be binary (0 and 1, or 0 and 255) for preset {preset!r}, but {bad} "
+            f"value(s) are neither; the first is {int(masks[first])} at {_where(first, False, ids)}. Class-label "
+            "masks need a semantic preset (avss, avss_corrected)"
         )
 
 
@@ -158,9 +249,10 @@ def score(
     """Score saved predictions (.npz) against ground truth (.npz) with a benchmark's official metric preset.
 
     Args:
-        pred: .npz with key ``logits``: float (N, T, H, W) mask logits, or (N, T, K, H, W) class logits for avss.
-        gt: .npz with key ``masks``: uint8 (N, T, H, W) binary masks or class labels; optional ``valid`` bool (N, T)
-            (False = padded frame) and ``ids`` (N,) strings.
+        pred: .npz with key ``logits``: finite float (N, T, H, W) mask logits, or (N, T, K, H, W) class logits for
+            avss.
+        gt: .npz with key ``masks``: uint8 (N, T, H, W) binary masks (0/1 or 0/255) or class labels; optional
+            ``valid`` bool (N, T) (False = padded frame) and ``ids`` (N,) strings.
         preset: metric preset: avsbench, refavs, avss, avss_corrected, davis, simtoken_compat or auralsam2_compat.
         group: evaluation grouping: video, expression or batch:K (default: the preset's own).
         json: print the full result (per-video values, settings) as JSON instead of the summary.
@@ -184,6 +276,9 @@ def score(
     ids = truth.get("ids")
     if ids is not None and (ids.dtype.kind not in "U" or ids.shape != (n,)):
         raise ShapeError(f"{gt}: key 'ids' must be {n} strings, got dtype {ids.dtype} shape {ids.shape}")
+    _check_finite(pred, logits, semantic, ids)
+    if not semantic:
+        _check_binary(gt, masks, metric.name, ids)
     acc = MetricAccumulator(metric, group=grouping)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
