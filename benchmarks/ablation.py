@@ -4,16 +4,16 @@ Every variant is trained by ``avseg train`` (the preset's recipe, the same seed,
 evaluated by ``avseg eval``'s functions on the test splits with true soundtracks, then on the audio-dependent test_s
 expressions with the soundtracks shuffled across videos. Example (the AVSegFormer table of docs/benchmarks.md)::
 
-    avseg data synth /tmp/synthav --videos 500 --size 128
-    python benchmarks/ablation.py --model avsegformer-tiny --data /tmp/synthav/refavs --out /tmp/ablation \\
-        --minutes 4 --image-size 128 \\
+    avseg data synth runs/synthav --videos 500 --size 128
+    python benchmarks/ablation.py --model avsegformer-tiny --data runs/synthav/refavs \\
+        --out runs/ablation-avsegformer --minutes 4 --image-size 128 --splits test_s,test_n \\
         --variant full \\
         --variant no-mixer model.mixer.kind=none \\
         --variant no-learnable-queries model.queries.learnable=false \\
         --variant no-intermediate-loss model.loss.intermediate_weight=0 \\
         --common train.val_every=100000 data.hflip=0.5
 
-Writes ``OUT/NAME/`` (each run), ``OUT/ablation.json`` and ``OUT/ablation.md``.
+Writes ``OUT/NAME/`` (each run; it must not hold a training run yet), ``OUT/ablation.json`` and ``OUT/ablation.md``.
 """
 
 from __future__ import annotations

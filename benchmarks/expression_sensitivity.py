@@ -6,9 +6,9 @@ where the two predicted masks disagree is set against the fraction where the two
 that reads the expression disagrees about as much as the ground truth does; one that segments the same objects
 whatever it is told disagrees nowhere (ratio near 0). Example (the AuralSAM2 figures of docs/benchmarks.md)::
 
-    avseg demo --model auralsam2-tiny --work-dir /tmp/demo_as2
-    python benchmarks/expression_sensitivity.py --checkpoint /tmp/demo_as2/run \\
-        --data /tmp/demo_as2/synthav/refavs --split val --videos 40
+    avseg demo --model auralsam2-tiny --work-dir runs/demo-auralsam2
+    python benchmarks/expression_sensitivity.py --checkpoint runs/demo-auralsam2/run \\
+        --data runs/demo-auralsam2/synthav/refavs --split val --videos 30 --image-size 128
 
 Prints one JSON record.
 """

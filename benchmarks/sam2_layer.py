@@ -13,7 +13,7 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/sam2_layer.py [--variant sam2.1-hiera
   ``--compare-long`` also runs transformers' session on the same long video in another fresh process (the session
   holds the whole video and keeps every frame's outputs).
 
-Weights are random (no hub access on build machines); speed and memory do not depend on their values.
+Weights are random (nothing is downloaded); speed and memory do not depend on their values.
 """
 
 from __future__ import annotations
