@@ -1,15 +1,31 @@
-"""The evaluation engine on a tiny SynthAV: oracle scores, modality subsets, audio shuffling, the eval command."""
+"""The evaluation engine on a tiny SynthAV: oracle scores, modality subsets, audio shuffling, progress, the eval
+command (its command-line checks are in test_evaluate_cli.py)."""
 
 import json
+import random
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from avseg.data.base import AVSDataset
 from avseg.data.refavs import RefAVSReader
 from avseg.data.synthav.commands import synth
 from avseg.data.types import AVSBatch
-from avseg.evaluate import AudioShuffledDataset, evaluate_split, format_markdown, refavs_summary
+from avseg.errors import UsageError
+from avseg.evaluate import (
+    AudioShuffledDataset,
+    AudioShuffleWarning,
+    evaluate_split,
+    format_markdown,
+    markdown_path,
+    refavs_summary,
+    shuffled_donors,
+    write_results,
+)
+from avseg.metrics.accumulator import MetricAccumulator
 from avseg.models.base import AVSModel, AVSOutput
 
 
@@ -63,15 +79,104 @@ def test_subsets_partition_the_items(synthav):
     assert "| Seen |" in table and "| Seen |" not in format_markdown({"test_s": result}, refavs_rows=False)
 
 
-def test_audio_shuffle_gives_every_sample_another_videos_audio(synthav):
+def test_audio_shuffle_is_a_seeded_derangement_over_videos(synthav):
     dataset = synthav.dataset("train")  # several videos, several expressions each
-    shuffled = AudioShuffledDataset(dataset, seed=1)
     videos = [r.video_id for r in dataset.records]
-    assert sorted(shuffled.permutation) != list(range(len(videos))) or len(set(videos)) == 1
-    for i, donor in enumerate(shuffled.permutation):
-        assert videos[donor] != videos[i]
+    assert len(set(videos)) > 2 and max(Counter(videos).values()) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AudioShuffleWarning)  # a clean control must not warn
+        shuffled = AudioShuffledDataset(dataset, seed=1)
+    perm = shuffled.permutation
+    assert sorted(perm) == list(range(len(videos)))  # every soundtrack used exactly once
+    assert all(videos[donor] != videos[i] for i, donor in enumerate(perm))
+    assert shuffled.same_video == 0
+    assert AudioShuffledDataset(dataset, seed=1).permutation == perm  # deterministic per seed
+    assert AudioShuffledDataset(dataset, seed=2).permutation != perm
+    for i in range(4):
+        donor = perm[i]
         assert torch.equal(shuffled[i].audio_examples, dataset[donor].audio_examples)
         assert torch.equal(shuffled[i].frames, dataset[i].frames)
+
+
+def test_shuffled_donors_is_a_permutation_with_fewest_same_video_pairs():
+    rng = random.Random(0)
+    for trial in range(300):
+        n_videos = rng.randint(2, 6)
+        videos = [f"v{rng.randrange(n_videos)}" for _ in range(rng.randint(2, 20))]
+        donors, same = shuffled_donors(videos, seed=trial)
+        n, largest = len(videos), max(Counter(videos).values())
+        assert sorted(donors) == list(range(n))
+        assert same == sum(videos[d] == videos[i] for i, d in enumerate(donors))
+        if len(set(videos)) > 1:
+            # 2m - n same-video pairs cannot be avoided when one video holds m > n/2 samples; otherwise none remain
+            assert same == max(0, 2 * largest - n), videos
+        assert all(d != i for i, d in enumerate(donors))  # no sample keeps its own soundtrack
+
+
+def test_audio_shuffle_of_a_single_video_warns_and_rotates_its_samples(synthav):
+    dataset = synthav.dataset("test_s")  # ten SynthAV videos: test_s holds one
+    videos = [r.video_id for r in dataset.records]
+    assert len(set(videos)) == 1 and len(videos) > 1
+    with pytest.warns(AudioShuffleWarning, match="single video"):
+        shuffled = AudioShuffledDataset(dataset, seed=0)
+    assert sorted(shuffled.permutation) == list(range(len(videos)))
+    assert all(d != i for i, d in enumerate(shuffled.permutation))
+    assert shuffled.same_video == len(videos)
+    assert shuffled_donors(["only"], seed=3) == ([0], 1)
+    with pytest.warns(AudioShuffleWarning):
+        result = evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", audio_shuffle=True, progress=False)
+    assert result.settings["audio_shuffle_same_video"] == len(videos)
+
+
+def test_progress_bar_counts_the_items_of_the_split(synthav, capsys):
+    dataset = synthav.dataset("test_s")
+    n = len(dataset)
+    evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", batch_size=3)  # progress is on by default
+    err = capsys.readouterr().err
+    assert "eval test_s" in err and f"{n}/{n}" in err
+    # stderr is not a terminal here: the bar is throttled to its first and last states, not one per batch
+    assert len([s for s in err.split("\r") if "eval test_s" in s]) <= 3
+    evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", batch_size=3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_nothing_to_score_names_the_split(synthav):
+    def unlabelled(sample):
+        return sample.with_updates(label_valid=torch.zeros_like(sample.label_valid))
+
+    with pytest.raises(UsageError, match="no labelled frames to score in split 'test_s'"):
+        evaluate_split(
+            Oracle(OracleConfig()), synthav.dataset("test_s", transform=unlabelled), preset="avsbench", progress=False
+        )
+    with pytest.raises(UsageError, match=r"no labelled frames to score in split 'val' \(the split has no items\)"):
+        evaluate_split(Oracle(OracleConfig()), AVSDataset(synthav, []), preset="avsbench", split="val", progress=False)
+    with pytest.raises(ValueError, match="no frames to score") as info:
+        MetricAccumulator("avsbench").compute()
+    assert "MetricAccumulator" not in str(info.value)
+
+
+def test_device_is_checked_and_resolve_device_is_the_shared_one(synthav):
+    import avseg.device
+    from avseg.evaluate import resolve_device
+
+    assert resolve_device is avseg.device.resolve_device
+    with pytest.raises(UsageError, match="device 'banana'"):
+        evaluate_split(Oracle(OracleConfig()), synthav.dataset("test_s"), preset="avsbench", device="banana")
+
+
+def test_results_are_written_as_json_and_a_distinct_markdown_table(synthav, tmp_path):
+    result = evaluate_split(Oracle(OracleConfig()), synthav.dataset("test_s"), preset="avsbench", progress=False)
+    table = write_results({"test_s": result}, tmp_path / "out" / "r.json")
+    assert table == tmp_path / "out" / "r.md"
+    report = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert report["splits"]["test_s"]["metrics"]["J"] == pytest.approx(1.0)
+    assert table.read_text().startswith("## ")
+    for bad in ("results.md", "results", "results.txt"):
+        with pytest.raises(UsageError, match=f"{bad}: must end in .json"):
+            markdown_path(tmp_path / bad)
+    with pytest.raises(UsageError):
+        write_results({"test_s": result}, tmp_path / "results.md")
+    assert not (tmp_path / "results.md").exists()
 
 
 def test_refavs_summary_rows(synthav):

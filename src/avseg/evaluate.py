@@ -17,8 +17,12 @@ boundary band and is recorded in ``settings["gt_source"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import sys
+import warnings
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +34,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from avseg.data.base import AVSDataset
 from avseg.data.types import AVSSample, collate
+from avseg.device import resolve_device
+from avseg.errors import AVSegWarning, UsageError
+from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.metrics.accumulator import MetricAccumulator
 
 __all__ = [
     "DEFAULT_PRESETS",
+    "AudioShuffleWarning",
     "AudioShuffledDataset",
     "EvalResult",
     "default_preset",
     "evaluate_split",
     "format_markdown",
+    "markdown_path",
     "resolve_device",
+    "text_requirement",
 ]
 
 DEFAULT_PRESETS = {"refavs": "refavs", "avs-object": "avsbench", "avss": "avss", "rvos": "davis"}
@@ -53,37 +63,87 @@ def default_preset(dataset_format: str, num_classes: int = 1) -> str:
     return DEFAULT_PRESETS.get(dataset_format, "avsbench")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+class AudioShuffleWarning(AVSegWarning):
+    """The audio-shuffled control could not give every sample the soundtrack of another video."""
+
+
+def shuffled_donors(videos: Sequence[str], seed: int = 0) -> tuple[list[int], int]:
+    """A seeded permutation ``donor[i]`` of sample indices in which as few samples as possible receive a donor from
+    their own video, and every sample is a donor exactly once.
+
+    Samples are grouped by video (videos and the samples within each in a seeded random order) and laid out on a
+    circle; sample ``k`` receives from sample ``k + s``. With ``m`` the largest number of samples of one video and
+    ``n`` samples in all, the shift ``s = m`` never lands in the receiver's own video when ``m <= n / 2``: the result
+    is a derangement over videos. When one video holds more than half of the samples this is impossible; the shift
+    ``s = n - m`` then gives the fewest same-video pairs (``2m - n``). A single video gets a cyclic shift of its own
+    samples (``s = 1``; with a single sample, the identity).
+
+    Args:
+        videos: the video id of each sample.
+        seed: seed of the random order.
+
+    Returns:
+        ``(donors, same_video)``: the permutation and the number of samples whose donor is from their own video.
+    """
+    n = len(videos)
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, video in enumerate(videos):
+        groups[video].append(i)
+    names = sorted(groups)
+    rng.shuffle(names)
+    circle: list[int] = []
+    for name in names:
+        members = groups[name]
+        rng.shuffle(members)
+        circle.extend(members)
+    largest = max((len(g) for g in groups.values()), default=0)
+    if len(groups) <= 1:
+        shift = 1 if n > 1 else 0
+    else:
+        shift = largest if 2 * largest <= n else n - largest
+    donors = [0] * n
+    for k, receiver in enumerate(circle):
+        donors[receiver] = circle[(k + shift) % n]
+    same_video = sum(videos[d] == videos[i] for i, d in enumerate(donors))
+    return donors, same_video
 
 
 class AudioShuffledDataset(Dataset):
     """Wrap a dataset so that sample ``i`` carries the soundtrack of a sample from another video.
 
-    The permutation is seeded and avoids the sample's own video whenever the split has more than one video. The
-    audio is fitted to the sample's frame count (examples repeated or cut), and ``has_audio`` follows the donor.
+    The mapping (:func:`shuffled_donors`, seeded) is a permutation: every soundtrack of the split is used exactly
+    once, and no sample hears a soundtrack of its own video whenever no video holds more than half of the samples.
+    Otherwise (in particular for a split with a single video, where samples swap among themselves and hear their own
+    video's sound) the fewest possible samples keep their own video's audio; their number is
+    :attr:`same_video`, and an :class:`AudioShuffleWarning` says so, since the shuffled score is then not a clean
+    control. The audio is fitted to the sample's frame count (examples repeated or cut), and ``has_audio`` follows
+    the donor.
+
+    Attributes:
+        permutation: ``permutation[i]`` is the index of the sample whose soundtrack sample ``i`` receives.
+        same_video: how many samples receive a soundtrack of their own video.
     """
 
     def __init__(self, dataset: AVSDataset, seed: int = 0) -> None:
         self.dataset = dataset
         videos = [r.video_id for r in dataset.records]
-        rng = random.Random(seed)
-        order = list(range(len(videos)))
-        rng.shuffle(order)
-        donors = order[1:] + order[:1]  # a cyclic shift of a random order: nobody keeps their own audio
-        perm = [0] * len(videos)
-        for receiver, donor in zip(order, donors):
-            perm[receiver] = donor
-        if len(set(videos)) > 1:
-            for i in range(len(perm)):
-                j = 0
-                while videos[perm[i]] == videos[i] and j < len(perm):
-                    perm[i] = (perm[i] + 1) % len(perm)
-                    j += 1
-        self.permutation = perm
+        self.permutation, self.same_video = shuffled_donors(videos, seed)
+        if self.same_video:
+            split = dataset.records[0].split
+            counts = {v: videos.count(v) for v in set(videos)}
+            video, most = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+            why = (
+                "it has a single video"
+                if len(counts) == 1
+                else f"video {video!r} holds {most} of its {len(videos)} samples (more than half)"
+            )
+            warnings.warn(
+                f"audio shuffle on split {split!r}: {self.same_video} of {len(videos)} samples hear a soundtrack of "
+                f"their own video because {why}; the shuffled score is not a clean control",
+                AudioShuffleWarning,
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -155,6 +215,23 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "per_video"}
 
 
+def _progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr. On a terminal it redraws twice a second; in a log (stderr not a terminal) it writes a
+    line at most every 10 s, so a long evaluation leaves a readable trace instead of thousands of updates."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="item",
+        file=sys.stderr,
+        mininterval=0.5 if tty else 10.0,
+        dynamic_ncols=tty,
+        leave=True,
+    )
+
+
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module,
@@ -168,7 +245,8 @@ def evaluate_split(
     audio_shuffle: bool = False,
     shuffle_seed: int = 0,
     on_batch: Callable[[Any, Any], None] | None = None,
-    progress: bool = False,
+    progress: bool = True,
+    split: str | None = None,
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` and score it.
 
@@ -178,14 +256,20 @@ def evaluate_split(
         preset: metric preset name (:func:`default_preset` gives the official one of a format).
         group: grouping override (``video``, ``batch:K``); None keeps the preset's.
         batch_size: inference batch size (does not change the scores: grouping is the metric's, not the loader's).
-        device: where the model runs.
+        device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
         num_workers: DataLoader workers.
-        audio_shuffle: give each sample the soundtrack of another video.
+        audio_shuffle: give each sample the soundtrack of another video (see :class:`AudioShuffledDataset`).
         shuffle_seed: seed of that permutation.
         on_batch: called with ``(batch, output)`` after each batch (used to save masks and overlays).
-        progress: show a progress bar.
+        progress: show a progress bar on stderr, counting the items of the split (throttled to one line every 10 s
+            when stderr is not a terminal).
+        split: the split name used in messages and in the result (default: the split of the dataset's records).
+
+    Raises:
+        UsageError: when the split has no labelled frame to score (no items, or none with a ground-truth mask).
     """
-    device = torch.device(device)
+    device = resolve_device(device, arg="device")
+    split_name = split if split is not None else (dataset.records[0].split if dataset.records else "")
     was_training = model.training
     model.eval().to(device)
     source: Dataset = AudioShuffledDataset(dataset, shuffle_seed) if audio_shuffle else dataset
@@ -194,39 +278,44 @@ def evaluate_split(
     overall = MetricAccumulator(preset, group=group)
     subsets: dict[str, MetricAccumulator] = {}
     items: list[dict[str, Any]] = []
-    iterator = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(loader, desc=f"eval {dataset.records[0].split if dataset.records else ''}", leave=False)
-    for batch in iterator:
-        batch = batch.to(device)
-        output = model(batch)
-        logits = output.mask_logits[:, :, 0] if binary else output.mask_logits  # (B, T, H, W) | (B, T, K, H, W)
-        logits = logits.float()
-        ids = [u or v for u, v in zip(batch.uid, batch.video_id)]
-        valid = batch.label_valid
-        overall.update(logits, batch.masks, valid=valid, ids=ids)
-        for i, mods in enumerate(batch.modalities):
-            for key in _subset_keys(mods):
-                acc = subsets.setdefault(key, MetricAccumulator(preset, group=group))
-                acc.update(logits[i : i + 1], batch.masks[i : i + 1], valid=valid[i : i + 1], ids=ids[i : i + 1])
-            items.append(
-                {
-                    "id": ids[i],
-                    "video_id": batch.video_id[i],
-                    "uid": batch.uid[i],
-                    "text": batch.text[i],
-                    "is_null": bool(batch.is_null[i]),
-                    "modalities": list(mods),
-                }
-            )
-        if on_batch is not None:
-            on_batch(batch, output)
-    if was_training:
-        model.train()
-    if not len(overall):
-        raise ValueError("evaluate_split: the dataset is empty")
+    labelled = 0
+    bar = _progress_bar(len(source), f"eval {split_name}".rstrip()) if progress else None
+    try:
+        for batch in loader:
+            batch = batch.to(device)
+            output = model(batch)
+            logits = output.mask_logits[:, :, 0] if binary else output.mask_logits  # (B, T, H, W) | (B, T, K, H, W)
+            logits = logits.float()
+            ids = [u or v for u, v in zip(batch.uid, batch.video_id)]
+            valid = batch.label_valid
+            labelled += int(valid.sum())
+            overall.update(logits, batch.masks, valid=valid, ids=ids)
+            for i, mods in enumerate(batch.modalities):
+                for key in _subset_keys(mods):
+                    acc = subsets.setdefault(key, MetricAccumulator(preset, group=group))
+                    acc.update(logits[i : i + 1], batch.masks[i : i + 1], valid=valid[i : i + 1], ids=ids[i : i + 1])
+                items.append(
+                    {
+                        "id": ids[i],
+                        "video_id": batch.video_id[i],
+                        "uid": batch.uid[i],
+                        "text": batch.text[i],
+                        "is_null": bool(batch.is_null[i]),
+                        "modalities": list(mods),
+                    }
+                )
+            if on_batch is not None:
+                on_batch(batch, output)
+            if bar is not None:
+                bar.update(batch.batch_size)
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    if not labelled:
+        what = f"{len(items)} item(s), none with a ground-truth mask" if items else "the split has no items"
+        raise UsageError(f"no labelled frames to score in split {split_name!r} ({what})")
     result = overall.compute()
     for item, scores in zip(items, result["per_video"]):
         item.update({k: scores[k] for k in ("J", "F", "S") if k in scores})
@@ -235,12 +324,13 @@ def evaluate_split(
         {
             "audio_shuffle": audio_shuffle,
             "shuffle_seed": shuffle_seed if audio_shuffle else None,
+            "audio_shuffle_same_video": source.same_video if isinstance(source, AudioShuffledDataset) else None,
             "gt_source": "reader masks (nearest-resized to the input size)",
             "num_items": len(items),
         }
     )
     return EvalResult(
-        split=dataset.records[0].split if dataset.records else "",
+        split=split_name,
         metrics=_strip(result),
         subsets={k: _strip(acc.compute()) for k, acc in sorted(subsets.items())},
         items=items,
@@ -300,18 +390,38 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *
     return "\n".join(lines) + "\n"
 
 
+def markdown_path(json_path: Path, *, arg: str = "--json-out") -> Path:
+    """The markdown table written beside a JSON report: ``r.json`` → ``r.md``.
+
+    Raises:
+        UsageError: when ``json_path`` does not end in ``.json`` (then the two files could share one name, e.g.
+            ``results.md``, and the table would replace the JSON).
+    """
+    json_path = Path(json_path)
+    if json_path.suffix.lower() != ".json":
+        raise UsageError(
+            f"{arg} {json_path}: must end in .json (the markdown table is written beside it, with .md in place of "
+            ".json)"
+        )
+    return json_path.with_suffix(".md")
+
+
 def write_results(
     results: dict[str, EvalResult], path: Path, extra: dict[str, Any] | None = None, *, refavs_rows: bool = True
-) -> None:
-    """Write the JSON report (and ``<path>.md`` beside it); ``refavs_rows``: include the Ref-AVS summary."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> Path:
+    """Write the JSON report at ``path`` (which must end in ``.json``) and the markdown table beside it
+    (:func:`markdown_path`), each atomically; ``refavs_rows``: include the Ref-AVS summary. Returns the table's path.
+    """
+    path = Path(path)
+    table = markdown_path(path)
     payload = {
         "splits": {k: v.to_dict() for k, v in results.items()},
         **({"refavs": refavs_summary(results)} if refavs_rows else {}),
         **(extra or {}),
     }
-    path.write_text(json.dumps(payload, indent=2, default=float))
-    path.with_suffix(".md").write_text(format_markdown(results, refavs_rows=refavs_rows))
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
+    atomic_write_text(table, format_markdown(results, refavs_rows=refavs_rows))
+    return table
 
 
 def split_names(value: Sequence[str]) -> list[str]:
@@ -363,6 +473,94 @@ def _mask_writer(out_dir: Path, split: str, overlays: int, semantic: bool) -> Ca
     return on_batch
 
 
+# Formats whose items carry a referring expression, and the AVSBench tasks a text-capable preset may serve without
+# one. Same rule as ``avseg predict`` (avseg.predict.model_requires_text).
+_TEXT_FORMATS = frozenset({"refavs", "rvos"})
+_AVS_TASKS = frozenset({"s4", "ms3", "avss", "avs"})
+
+
+def _has_text_branch(config: Any) -> bool:
+    """A text encoder config anywhere in a (nested) dataclass config, or a true ``use_text`` flag."""
+    if config is None or not dataclasses.is_dataclass(config):
+        return False
+    from avseg.layers.text import TextEncoderConfig
+
+    if getattr(config, "use_text", None) is True:
+        return True
+    return any(
+        isinstance(value, TextEncoderConfig) or _has_text_branch(value)
+        for value in (getattr(config, f.name, None) for f in dataclasses.fields(config))
+    )
+
+
+def _training_format(checkpoint: Path) -> str | None:
+    """The benchmark format a checkpoint was trained on, when recorded: ``meta.data_format`` of its ``config.json``,
+    else ``data.format`` of the training run's ``run_config.yaml`` (``RUN/checkpoints/NAME``)."""
+    from avseg.checkpoint import read_checkpoint_config
+
+    meta = read_checkpoint_config(checkpoint).get("meta") or {}
+    if isinstance(meta.get("data_format"), str):
+        return meta["data_format"]
+    run_config = Path(checkpoint).parent.parent / "run_config.yaml"
+    if not run_config.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(run_config.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    section = data.get("data") if isinstance(data, dict) else None
+    fmt = section.get("format") if isinstance(section, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
+def text_requirement(model: torch.nn.Module, checkpoint: Path | None = None) -> str | None:
+    """Why ``model`` must be given a referring expression to run, or None when it runs without one.
+
+    The rule ``avseg predict`` applies: the model's own ``uses_text`` declaration wins; a model without a text
+    branch needs none; a model with one needs text when it was trained on ``refavs`` or ``rvos`` data (as recorded in
+    the checkpoint or its run), or, when that is unknown, when its preset serves no AVSBench task (``s4``, ``ms3``,
+    ``avss``: presets such as ``tpavi-tiny`` serve both and run without text too).
+
+    Args:
+        model: the loaded model.
+        checkpoint: its checkpoint folder, to read what it was trained on.
+
+    Returns:
+        a short reason (``"it was trained on refavs data"``) or None.
+    """
+    declared = getattr(model, "uses_text", None)
+    if isinstance(declared, bool):
+        return "the model declares that it reads text" if declared else None
+    if not _has_text_branch(getattr(model, "config", None)):
+        return None
+    trained_on = _training_format(checkpoint) if checkpoint is not None else None
+    if trained_on is not None:
+        return f"it has a text encoder and was trained on {trained_on} data" if trained_on in _TEXT_FORMATS else None
+    preset = getattr(model, "preset", None)
+    if preset:
+        from avseg.models.registry import get_entry
+
+        try:
+            tasks = set(get_entry(str(preset)).tasks)
+        except ValueError:  # a preset this installation does not know: treat it as a text model
+            tasks = set()
+        if tasks & _AVS_TASKS:
+            return None
+        return f"it has a text encoder and its preset {preset} serves only referring tasks"
+    return "it has a text encoder and its checkpoint does not record training on data without text"
+
+
+def _files_in(*folders: Path) -> list[Path]:
+    """The files directly inside ``folders`` (checkpoint, pointer and metadata files no output may replace)."""
+    return [p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file()]
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 def evaluate_command(
     *,
     checkpoint: Path,
@@ -385,7 +583,9 @@ def evaluate_command(
 
     Writes per-expression, per-video and per-split metrics (for Ref-AVS also Seen, Unseen, Mix and Null S; for
     SynthAV also the audio-dependent subset) as JSON plus a markdown table beside it when --json-out is given, and
-    PNG masks and overlay videos when --save-masks is given.
+    PNG masks and overlay videos when --save-masks is given. Output paths and the device are checked before anything
+    is loaded. A checkpoint that needs a referring expression (a Ref-AVS or RVOS model) is refused on data without
+    text (avs-object, avss). Each split shows a progress bar on stderr.
 
     Args:
         checkpoint: a checkpoint folder, or a training run folder (then --pointer chooses best or latest).
@@ -400,17 +600,40 @@ def evaluate_command(
         pointer: which checkpoint of a run folder to evaluate.
         save_masks: folder for PNG masks (original resolution) and overlay videos.
         overlays: number of overlay videos per split (needs --save-masks).
-        json_out: write the full results as JSON here (and a .md table beside it).
-        audio_shuffle: give every sample the soundtrack of another video (does the model listen?).
+        json_out: write the full results to this JSON file, which must end in .json; the markdown table is written
+            beside it with .md in place of .json (r.json and r.md).
+        audio_shuffle: give every sample the soundtrack of another video (does the model listen?); each soundtrack is
+            used once. A split with a single video, or one video holding more than half of the items, cannot be fully
+            shuffled: a warning says how many items keep their own video's sound.
         num_workers: data-loading worker processes.
     """
     from avseg.checkpoint import load_model, resolve_checkpoint
     from avseg.data.readers import get_reader
 
     if overlays and save_masks is None:
-        raise ValueError("--overlays needs --save-masks DIR")
+        raise UsageError("--overlays needs --save-masks DIR")
     folder = resolve_checkpoint(checkpoint, pointer)
+    # Every output is checked before the model or the data is loaded: a bad path is one line now, not a traceback
+    # after the whole evaluation.
+    inputs = _files_in(Path(checkpoint), Path(checkpoint) / "checkpoints", folder, Path(data))
+    table = None
+    if json_out is not None:
+        table = markdown_path(json_out)
+        check_output_file(json_out, arg="--json-out", inputs=inputs)
+        check_output_file(table, arg="--json-out", inputs=inputs)
+    if save_masks is not None:
+        check_output_dir(save_masks, arg="--save-masks", inputs=[Path(data), folder, Path(checkpoint)])
+        for path in (json_out, table):
+            if path is not None and _same_path(path, save_masks):
+                raise UsageError(f"--json-out {json_out}: {path} is also the --save-masks folder; choose another name")
+    torch_device = resolve_device(device)
     model = load_model(folder)
+    reason = text_requirement(model, folder)
+    if reason is not None and format not in _TEXT_FORMATS:
+        raise UsageError(
+            f"{folder}: this checkpoint needs a referring expression ({reason}), but --format {format} data has no "
+            f"text; evaluate it on {' or '.join(sorted(_TEXT_FORMATS))} data"
+        )
     size = image_size or getattr(model, "input_size", None)
     reader = get_reader(format, data, image_size=size)
     num_classes = getattr(model, "num_mask_channels", 1)
@@ -427,11 +650,12 @@ def evaluate_command(
             preset=name,
             group=group,
             batch_size=batch_size,
-            device=resolve_device(device),
+            device=torch_device,
             num_workers=num_workers,
             audio_shuffle=audio_shuffle,
             on_batch=callback,
             progress=True,
+            split=split_name,
         )
         results[split_name].settings.update(
             {
@@ -445,8 +669,8 @@ def evaluate_command(
     title = f"{getattr(model, 'preset', None) or model.family} on {data}"
     print(format_markdown(results, title=title, refavs_rows=format == "refavs"))
     if json_out is not None:
-        write_results(results, json_out, refavs_rows=format == "refavs")
-        print(f"wrote {json_out} and {json_out.with_suffix('.md')}")
+        table = write_results(results, json_out, refavs_rows=format == "refavs")
+        print(f"wrote {json_out} and {table}")
     if save_masks is not None:
         print(f"masks written under {save_masks}")
     return 0

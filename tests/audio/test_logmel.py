@@ -25,8 +25,8 @@ from avseg.audio.logmel import (
 from avseg.errors import AudioPaddedWarning, ShapeError
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Reference: plain numpy float64, loops where the recipe is naturally a loop. Written from the recipe in
-# environment.md §6 (and Google's mel_features.py), sharing no code with avseg.
+# Reference: plain numpy float64, loops where the recipe is naturally a loop. Written from Google's mel_features.py
+# and torchvggish's waveform_to_examples, sharing no code with avseg.
 
 
 def ref_hz_to_mel(f):

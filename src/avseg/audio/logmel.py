@@ -3,7 +3,7 @@
 This is the input pipeline behind every AVSBench / Ref-AVS audio feature: Google's VGGish
 (``tensorflow/models:research/audioset/vggish``, ``vggish_input.py`` + ``mel_features.py``) and its PyTorch port
 (``harritaylor/torchvggish``) compute it in numpy; here it is written in torch so that it runs batched on any device.
-The recipe (environment.md §6):
+The recipe (torchvggish's ``waveform_to_examples`` and Google's ``mel_features.py``):
 
 1. average multichannel audio to mono, resample to 16 kHz;
 2. frame with a 400-sample (25 ms) periodic Hann window and a 160-sample (10 ms) hop, without padding, so a wave of
@@ -16,7 +16,7 @@ The recipe (environment.md §6):
    gives no example at all (tensorflow/models#9585) and dataset code must pad (:func:`pad_or_trim_examples`).
 
 Resampling uses scipy's polyphase filter (the filter of :func:`avseg.media.resample.resample`, run in float64), not
-resampy as the reference does; the two differ by at most ~0.16 in log-mel (environment.md §6). For audio already at
+resampy as the reference does; the two differ by at most ~0.16 in log-mel. For audio already at
 16 kHz nothing differs from the reference but float rounding: the spectrum is computed in float64, so the float32
 output stays within ~3e-5 of a float64 reference (tests/audio/test_logmel.py).
 """

@@ -1,7 +1,7 @@
 """The layers shared by every benchmark reader: index records, decoding helpers, the reader base class, the check
 report, and a torch ``Dataset`` over a reader.
 
-A reader works in three layers (STYLE.md practice 11):
+A reader works in three layers:
 
 1. **Index**: :meth:`BenchmarkReader.index` parses the metadata of one split into :class:`ClipRecord` objects (paths
    only; nothing is decoded). Metadata quirks are handled here, with a :class:`~avseg.errors.DatasetWarning`.

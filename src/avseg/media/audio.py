@@ -6,7 +6,7 @@ with PyAV; a file soundfile refuses is retried with PyAV before it is called cor
 polyphase), so every reader in avseg hears the same 16 kHz mono signal that VGGish-style front ends expect.
 
 PyAV does not trim AAC encoder priming and padding, so a decoded AAC track is typically a few tens of milliseconds
-longer than the audio that was encoded (environment.md §6). Callers that need an exact length use
+longer than the audio that was encoded. Callers that need an exact length use
 :func:`fit_audio_length`, which pads or trims and warns only when the padding is larger than such codec noise.
 """
 

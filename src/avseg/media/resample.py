@@ -13,8 +13,8 @@ __all__ = ["resample"]
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample along the last axis with scipy's polyphase filter (Kaiser window, the scipy default).
 
-    VGGish's reference uses resampy; the polyphase filter differs from it by at most ~0.16 in log-mel (environment.md
-    §6) and needs no numba. Equal rates return the input unchanged (as float32).
+    VGGish's reference uses resampy; the polyphase filter differs from it by at most ~0.16 in log-mel and needs no
+    numba. Equal rates return the input unchanged (as float32).
 
     Args:
         wave: ``(..., N)`` samples.

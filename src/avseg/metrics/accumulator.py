@@ -219,7 +219,7 @@ class MetricAccumulator:
             nothing to average.
         """
         if not self._items:
-            raise ValueError("MetricAccumulator.compute(): no data, call update() first")
+            raise ValueError("no frames to score: no data was added before computing the metrics")
         out = self._compute_semantic() if self.preset.task == "semantic" else self._compute_binary()
         out["settings"] = self._settings()
         return out

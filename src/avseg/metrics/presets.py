@@ -21,7 +21,7 @@ square roots. To reproduce a published number the grouping must therefore be fix
 Batch-independent numbers are reported next to the legacy ones (per-frame mean IoU, dataset IoU ``Σi/Σu``, F at a
 fixed threshold per frame and pooled over the dataset).
 
-Presets (benchmarks.md §2 and §4); "S" is the null-split score:
+Presets; "S" is the null-split score:
 
     preset             J threshold  empty GT  F                   group       resize  S
     avsbench           0.5          tn_ratio  beta_sweep_max      video       -       sqrt_ratio (not official)

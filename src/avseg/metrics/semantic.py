@@ -12,7 +12,7 @@ in ``avss/test.py`` (AVSegFormer's ``utils/compute_color_metrics.py`` is the sam
 4. ``miou = mean_c(Σ IoU_c / cls_count_c)`` over all classes; classes never seen (0 / 0) are set to **0 and kept**
    in the mean; likewise for F;
 5. ``miou_noBg = mean(miou_pc[:-1])`` drops the **last** class index, although palette index 0 (black) is the
-   background (benchmarks.md §2.3; whether the last index is a real class depends on ``label2idx.json``,
+   background (the official AVSS loss and metric; whether the last index is a real class depends on ``label2idx.json``,
    unverified).
 
 :func:`avss_official` reproduces this; :func:`avss_corrected` scores only the valid (real, labelled) frames, drops

@@ -1,0 +1,196 @@
+"""``avseg eval`` on the command line: output paths and the device are checked before anything is loaded, a model
+that needs text is refused on data without text, and a good run writes a JSON report and a separate markdown table.
+
+The checkpoints hold a two-convolution toy model (registered for the test as family ``evaltoy``), the data are the
+tiny AVSBench-object (S4) and AVSBench-semantic trees of tests/data.
+"""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+import avseg.checkpoint
+import avseg.models.registry
+from avseg.checkpoint import save_checkpoint
+from avseg.cli import main
+from avseg.evaluate import text_requirement
+from tests.data.fixtures_avs_object import write_s4_tree
+from tests.data.fixtures_avss import write_avss_tree
+from tests.toy_model import ToyModel
+
+
+@dataclass
+class EvalToyConfig:
+    width: int = 4
+    num_classes: int = 1
+    image_size: int = 32
+    use_text: bool = False  # True: a text branch, so what the checkpoint was trained on decides whether it needs text
+
+
+class EvalToy(ToyModel):
+    family = "evaltoy"
+    config_class = EvalToyConfig
+
+
+@pytest.fixture(autouse=True)
+def _register_toy(monkeypatch):
+    avseg.models.registry._ensure_loaded()
+    monkeypatch.setitem(avseg.models.registry._FAMILIES, EvalToy.family, EvalToy)
+
+
+@pytest.fixture(scope="module")
+def s4_root(tmp_path_factory):
+    return write_s4_tree(tmp_path_factory.mktemp("s4")).root
+
+
+def refavs_checkpoint(path):
+    """A model with a text branch trained on Ref-AVS: it needs a referring expression."""
+    return save_checkpoint(path, EvalToy(EvalToyConfig(use_text=True)), meta={"data_format": "refavs"})
+
+
+def on_s4(ck, s4_root):
+    """The arguments that evaluate ``ck`` on the S4 test split."""
+    return ["--checkpoint", ck, "--data", s4_root, "--format", "avs-object", "--split", "test"]
+
+
+def run_eval(capsys, *args):
+    status = main(["eval", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("avseg: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if the model is loaded: the checks must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(avseg.checkpoint, "load_model", refuse)
+
+
+def test_json_out_with_another_suffix_is_refused_before_loading(tmp_path, s4_root, capsys, no_loading):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--json-out", tmp_path / "results.md")
+    assert status == 2
+    line = one_error_line(err)
+    assert "--json-out" in line and "results.md" in line and "must end in .json" in line
+    assert not (tmp_path / "results.md").exists()
+
+
+@pytest.mark.parametrize("case", ["folder", "checkpoint config", "parent is a file"])
+def test_bad_json_out_paths_are_refused_before_loading(tmp_path, s4_root, capsys, no_loading, case):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "r.json").mkdir()
+    target = {
+        "folder": tmp_path / "r.json",
+        "checkpoint config": ck / "config.json",
+        "parent is a file": tmp_path / "a_file" / "r.json",
+    }[case]
+    before = (ck / "config.json").read_text()
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--json-out", target)
+    assert status == 2
+    line = one_error_line(err)
+    assert f"--json-out {target}" in line
+    assert (ck / "config.json").read_text() == before
+
+
+def test_json_out_whose_table_would_be_a_folder_is_refused(tmp_path, s4_root, capsys, no_loading):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    (tmp_path / "r.md").mkdir()
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--json-out", tmp_path / "r.json")
+    assert status == 2
+    assert "--json-out" in one_error_line(err) and "r.md" in err
+
+
+def test_save_masks_that_is_a_file_is_refused_before_loading(tmp_path, s4_root, capsys, no_loading):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    (tmp_path / "masks").write_text("x")
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--save-masks", tmp_path / "masks")
+    assert status == 2
+    assert "--save-masks" in one_error_line(err)
+    same = tmp_path / "new" / "r.json"
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--save-masks", same, "--json-out", same)
+    assert status == 2
+    assert "--save-masks" in one_error_line(err) and "--json-out" in err
+
+
+def test_bad_device_is_refused_before_loading(tmp_path, s4_root, capsys, no_loading, monkeypatch):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    common = on_s4(ck, s4_root)
+    status, _, err = run_eval(capsys, *common, "--device", "banana")
+    assert status == 2 and "--device 'banana'" in one_error_line(err)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a CPU-only torch
+    status, _, err = run_eval(capsys, *common, "--device", "cuda")
+    assert status == 2 and "--device 'cuda'" in one_error_line(err)
+
+
+@pytest.mark.parametrize("fmt", ["avs-object", "avss"])
+def test_text_model_is_refused_on_data_without_text(tmp_path, s4_root, capsys, fmt):
+    ck = refavs_checkpoint(tmp_path / "refavs-ck")
+    data = s4_root if fmt == "avs-object" else write_avss_tree(tmp_path / "avss").root
+    args = ["--checkpoint", ck, "--data", data, "--format", fmt, "--split", "test", "--image-size", "32"]
+    status, out, err = run_eval(capsys, *args, "--device", "cpu")
+    assert status == 2
+    line = one_error_line(err)
+    assert str(ck) in line and f"--format {fmt}" in line and "trained on refavs" in line and "text" in line
+    assert "| test |" not in out  # nothing was scored
+
+
+def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, capsys):
+    # The same text-capable architecture trained on S4 data runs without text.
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig(use_text=True)), meta={"data_format": "avs-object"})
+    status, out, err = run_eval(
+        capsys,
+        "--checkpoint",
+        ck,
+        "--data",
+        s4_root,
+        "--format",
+        "avs-object",
+        "--split",
+        "test",
+        "--json-out",
+        tmp_path / "out" / "r.json",
+        "--device",
+        "cpu",
+    )
+    assert status == 0, err
+    report = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert set(report["splits"]) == {"test"} and report["splits"]["test"]["settings"]["preset"] == "avsbench"
+    table = (tmp_path / "out" / "r.md").read_text()
+    assert table.startswith("## ") and "| test | all | 1 |" in table
+    assert "eval test" in err and "1/1" in err  # the split's progress bar, with its true total
+    assert f"wrote {tmp_path / 'out' / 'r.json'} and {tmp_path / 'out' / 'r.md'}" in out
+
+
+def test_text_requirement_follows_the_predict_rule(tmp_path):
+    plain = save_checkpoint(tmp_path / "plain", EvalToy(EvalToyConfig()))
+    assert text_requirement(avseg.checkpoint.load_model(plain), plain) is None  # no text branch
+    ck = refavs_checkpoint(tmp_path / "refavs")
+    assert "trained on refavs" in text_requirement(avseg.checkpoint.load_model(ck), ck)
+    # A run folder records its data format in run_config.yaml (RUN/checkpoints/NAME).
+    run = tmp_path / "run"
+    step = save_checkpoint(run / "checkpoints" / "step-1", EvalToy(EvalToyConfig(use_text=True)))
+    (run / "run_config.yaml").write_text("data: {format: rvos}\n")
+    assert "trained on rvos" in text_requirement(avseg.checkpoint.load_model(step), step)
+    (run / "run_config.yaml").write_text("data: {format: avss}\n")
+    assert text_requirement(avseg.checkpoint.load_model(step), step) is None
+    # Nothing recorded: the preset decides; a declaration on the model wins over everything.
+    model = EvalToy(EvalToyConfig(use_text=True))
+    assert "does not record" in text_requirement(model)
+    model.preset = "tpavi-tiny"  # serves S4 and MS3 too: text is optional
+    assert text_requirement(model) is None
+    model.preset = "tpavi-r50-refavs"
+    assert "serves only referring tasks" in text_requirement(model)
+    model.uses_text = False
+    assert text_requirement(model) is None
