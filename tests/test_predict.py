@@ -7,6 +7,8 @@ example holds the tone), so every mask says which frame and which audio the mode
 """
 
 import json
+import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,13 +20,14 @@ import torch
 from avseg.audio.logmel import waveform_to_examples
 from avseg.checkpoint import save_checkpoint, write_pointer
 from avseg.data.types import AVSBatch
-from avseg.errors import AudioPaddedWarning, AVSegError
+from avseg.errors import AudioPaddedWarning, AVSegError, UsageError
 from avseg.media.audio import read_audio
-from avseg.media.image import read_mask, read_rgb
+from avseg.media.image import read_mask, read_rgb, write_png
 from avseg.media.video import probe_video
 from avseg.models import get_entry
 from avseg.models.base import AVSOutput
 from avseg.predict import (
+    FpsCappedWarning,
     Predictor,
     TextRequiredError,
     clip_audio_examples,
@@ -39,25 +42,25 @@ WIDTH, HEIGHT, FPS, NUM_SOURCE = 96, 64, 25, 138  # 5.52 s: six 1-s windows, the
 RATE = 16000
 
 
-def bar_image(index: int) -> np.ndarray:
+def bar_image(index: int, fps: int = FPS) -> np.ndarray:
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-    second = index // FPS
+    second = index // fps
     image[:, 16 * second : 16 * second + 16] = 255
     return image
 
 
-def write_test_video(path: Path, *, with_audio: bool = True) -> Path:
+def write_test_video(path: Path, *, with_audio: bool = True, fps: int = FPS, num_frames: int = NUM_SOURCE) -> Path:
     with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=FPS)
+        video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         audio = container.add_stream("aac", rate=RATE, layout="mono") if with_audio else None
-        for i in range(NUM_SOURCE):
-            frame = av.VideoFrame.from_ndarray(bar_image(i), format="rgb24")
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(bar_image(i, fps), format="rgb24")
             frame.pts = i
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         if audio is not None:
-            t = np.arange(round(NUM_SOURCE / FPS * RATE)) / RATE
+            t = np.arange(round(num_frames / fps * RATE)) / RATE
             wave = np.where(np.floor(t) % 2 == 0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)[None]
             for start in range(0, wave.shape[1], 1024):
                 piece = av.AudioFrame.from_ndarray(
@@ -106,6 +109,12 @@ def video(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def silent_video(tmp_path_factory) -> Path:
     return write_test_video(tmp_path_factory.mktemp("video") / "silent.mp4", with_audio=False)
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory) -> Path:
+    """2 s at 10 fps (20 frames) with sound: every frame of it is two clips of tpavi-tiny."""
+    return write_test_video(tmp_path_factory.mktemp("video") / "short.mp4", fps=10, num_frames=20)
 
 
 def expected_bar(second: int) -> np.ndarray:
@@ -297,3 +306,190 @@ def test_command_line_signature_parses():
     )
     assert args.video == Path("v.mp4") and args.text == "a dog" and args.overlay_fps == 25.0
     assert args.frame_pick == "center" and args.pointer == "best" and args.clip_len is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command line: outputs, device, rate and progress are checked or shown before and while the work runs
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make loading a model or decoding a frame fail loudly: a refusal must come before either."""
+    import avseg.checkpoint
+    import avseg.predict
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("predict loaded a model or decoded a video before refusing its arguments")
+
+    monkeypatch.setattr(avseg.checkpoint, "load_model", forbidden)
+    monkeypatch.setattr(avseg.predict, "read_video", forbidden)
+    monkeypatch.setattr(avseg.predict, "probe_video", forbidden)
+    monkeypatch.delenv("AVSEG_DEBUG", raising=False)
+
+
+def run_cli(capsys, *args: str | Path) -> tuple[int, str, str]:
+    from avseg.cli import main
+
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avseg: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("spelling", ["same", "symlink", "dotdot", "hardlink"])
+def test_out_that_is_the_input_video_is_refused_up_front(video, tpavi_run, tmp_path, capsys, no_work, spelling):
+    source = tmp_path / "in" / "clip.mp4"
+    source.parent.mkdir()
+    source.write_bytes(video.read_bytes())
+    before = source.read_bytes()
+    out = {
+        "same": source,
+        "symlink": tmp_path / "link.mp4",
+        "dotdot": tmp_path / "in" / ".." / "in" / "clip.mp4",
+        "hardlink": tmp_path / "hard.mp4",
+    }[spelling]
+    if spelling == "symlink":
+        out.symlink_to(source)
+    elif spelling == "hardlink":
+        os.link(source, out)
+    status, _, err = run_cli(capsys, "predict", source, "--checkpoint", tpavi_run, "--out", out, "--device", "cpu")
+    line = one_error_line(err)
+    assert status == 2 and "--out" in line and "input" in line
+    assert source.read_bytes() == before
+    assert not (tmp_path / "in" / "clip_masks").exists() and not source.with_suffix(".json").exists()
+
+
+def test_masks_dir_that_is_the_input_frame_folder_is_refused(tpavi_run, tmp_path, capsys, no_work):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(3):  # named like the mask PNGs predict writes: they would be overwritten
+        write_png(frames / f"{k:05d}.png", bar_image(25 * k))
+    before = {p.name: p.read_bytes() for p in frames.iterdir()}
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        frames,
+        "--checkpoint",
+        tpavi_run,
+        "--out",
+        tmp_path / "o.mp4",
+        "--masks-dir",
+        tmp_path / "frames" / ".." / "frames",
+    )
+    line = one_error_line(err)
+    assert status == 2 and "--masks-dir" in line and "input" in line
+    assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
+
+
+def test_settings_file_that_would_replace_a_checkpoint_pointer_is_refused(video, tpavi_run, capsys, no_work):
+    pointer = tpavi_run / "latest.json"  # --out RUN/latest.mp4 writes its settings to RUN/latest.json
+    before = pointer.read_bytes()
+    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", tpavi_run / "latest.mp4")
+    line = one_error_line(err)
+    assert status == 2 and "--out" in line and "latest.json" in line
+    assert pointer.read_bytes() == before and not (tpavi_run / "latest.mp4").exists()
+
+
+def test_out_that_is_a_folder_or_under_a_file_is_refused_up_front(video, tpavi_run, tmp_path, capsys, no_work):
+    folder = tmp_path / "result.mp4"
+    folder.mkdir()
+    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", folder)
+    assert status == 2 and "--out" in one_error_line(err) and "folder" in err
+    assert not list(folder.iterdir())
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", blocker / "o.mp4")
+    assert status == 2 and "--out" in one_error_line(err) and "notes.txt" in err
+    status, _, err = run_cli(
+        capsys, "predict", video, "--checkpoint", tpavi_run, "--out", tmp_path / "o.mp4", "--masks-dir", blocker
+    )
+    assert status == 2 and "--masks-dir" in one_error_line(err) and "is a file" in err
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda"])
+def test_unavailable_device_is_one_line_before_loading(
+    video, tpavi_run, tmp_path, capsys, no_work, monkeypatch, device
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch, also on a GPU machine
+    status, _, err = run_cli(
+        capsys, "predict", video, "--checkpoint", tpavi_run, "--out", tmp_path / "o.mp4", "--device", device
+    )
+    line = one_error_line(err)
+    assert status == 2 and "--device" in line and repr(device) in line
+    with pytest.raises(UsageError, match="device 'banana'"):
+        Predictor(ProbeModel(ToyConfig()), device="banana", image_size=16)
+
+
+def test_fps_above_the_source_rate_takes_every_frame_once(short_video):
+    predictor = Predictor(ProbeModel(ToyConfig()), device="cpu", image_size=16, clip_len=20)
+    with pytest.warns(FpsCappedWarning, match=r"requested 1000 fps .* frame rate of 10 fps"):
+        prediction = predictor.predict_video(short_video, fps=1000)
+    assert prediction.source_indices.tolist() == list(range(20))  # each source frame once, none repeated
+    assert prediction.fps == 10 and prediction.num_frames == 20 and prediction.frame_pick == "all"
+    assert prediction.settings()["requested_fps"] == 1000
+    assert prediction.audio.shape == (2 * RATE,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FpsCappedWarning)  # the source rate itself is not capped
+        same = predictor.predict_video(short_video, fps=10)
+    assert same.source_indices.tolist() == list(range(20))
+
+
+def test_command_caps_fps_with_one_warning_line(short_video, tpavi_run, tmp_path, capsys):
+    out = tmp_path / "o.mp4"
+    status, stdout, err = run_cli(
+        capsys, "predict", short_video, "--checkpoint", tpavi_run, "--out", out, "--fps", "50", "--device", "cpu"
+    )
+    assert status == 0
+    warning_lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("warning: ")
+    assert "requested 50 fps" in warning_lines[0] and "frame rate of 10 fps" in warning_lines[0]
+    assert len(list((tmp_path / "o_masks").glob("*.png"))) == 20  # not 100: no frame written five times
+    assert "20 frames (10 fps, all)" in stdout
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["fps"] == 10 and sidecar["requested_fps"] == 50 and sidecar["source_indices"] == list(range(20))
+
+
+def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path, capsys, monkeypatch):
+    import avseg.predict
+
+    monkeypatch.setattr(avseg.predict, "_LOG_INTERVAL_S", 0.0)  # a line at every step: each phase must report
+    out = tmp_path / "o.mp4"
+    assert predict(short_video, checkpoint=tpavi_run, out=out, device="cpu", fps=5) == 0
+    # Captured, stderr is not a terminal: whole lines (split on newlines only, so a bar's "\r" would show).
+    err = capsys.readouterr().err
+    lines = err.split("\n")
+    for expected in (
+        "decoding short.mp4: 20/20 frames (100%)",
+        "segmenting: 1/1 clips (100%)",
+        "writing masks: 10/10 PNGs (100%)",
+        "writing o.mp4: 10/10 frames (100%)",
+    ):
+        assert any(line.startswith(expected) for line in lines), (expected, err)
+    assert any(line.startswith("decoding short.mp4: 1/20 frames") for line in lines)  # shown while it runs
+    assert predict(short_video, checkpoint=tpavi_run, out=out, device="cpu", fps=5, quiet=True) == 0
+    quiet_err = capsys.readouterr().err
+    assert not any(phase in quiet_err for phase in ("decoding", "segmenting", "writing"))
+
+
+def test_progress_lines_do_not_flood_a_log(capsys):
+    from avseg.predict import _Progress
+
+    now = [0.0]
+    bar = _Progress("decoding long.mp4", 100_000, "frame", clock=lambda: now[0])
+    for i in range(1, 100_001):  # 100,000 frames in 100 simulated seconds
+        now[0] = i / 1000
+        bar.update()
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 7  # at 15, 30, ... 90 s, and the final count
+    assert lines[0].startswith("decoding long.mp4: 15000/100000 frames (15%), 15 s")
+    assert lines[-1] == "decoding long.mp4: 100000/100000 frames (100%), 100 s"
+    short = _Progress("segmenting", 3, "clip", clock=lambda: now[0])
+    short.update(3)
+    short.close()
+    assert capsys.readouterr().err == ""  # a phase shorter than the interval says nothing

@@ -8,9 +8,11 @@ Pipeline
 --------
 1. **Frames.** :func:`~avseg.media.video.read_video` samples the video at the model's rate (``config.fps``, default
    1 frame/s as in AVSBench and Ref-AVS) with an explicit ``frame_pick`` rule (``"last"``, AVSBench's, by default);
-   sampled frame ``k`` stands for window ``k``, the interval ``[k / fps, (k + 1) / fps)`` after the first frame. The
-   frames are kept at the video's resolution (for the outputs) and resized per clip to the model's ``image_size``
-   (antialiased bilinear, as the dataset readers do).
+   sampled frame ``k`` stands for window ``k``, the interval ``[k / fps, (k + 1) / fps)`` after the first frame. A rate
+   at or above the video's own frame rate takes every source frame once, at the source rate (a higher rate would
+   only repeat frames; it is lowered with a :class:`FpsCappedWarning`). The frames are kept at the video's
+   resolution (for the outputs) and resized per clip to the model's ``image_size`` (antialiased bilinear, as the
+   dataset readers do).
 2. **Clips.** The sampled frames are cut into consecutive clips of the model's clip length ``T`` (``config.num_frames``,
    default 10). The last clip, when shorter, is padded by :func:`~avseg.data.types.collate` with invalid frames
    (``frame_valid = False``) and the outputs of the padding are dropped. Clips are independent forward passes (a
@@ -62,7 +64,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,16 +87,19 @@ from avseg.audio.logmel import (
 )
 from avseg.data.base import resize_frames, to_size
 from avseg.data.types import AVSSample, collate
-from avseg.errors import AudioPaddedWarning, AVSegError, MissingFileError
+from avseg.device import resolve_device
+from avseg.errors import AudioPaddedWarning, AVSegError, AVSegWarning, MissingFileError, UsageError
+from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.media.audio import samples_for
-from avseg.media.video import FramePick, VideoClip, probe_video, read_video
-from avseg.viz import write_mask_png, write_overlay_video
+from avseg.media.video import FramePick, VideoClip, probe_video, read_video, write_video
+from avseg.viz import overlay_masks, write_mask_png
 
 __all__ = [
     "DEFAULT_CLIP_LEN",
     "DEFAULT_FPS",
     "OVERLAY_SUFFIXES",
     "AudioAlign",
+    "FpsCappedWarning",
     "Prediction",
     "Predictor",
     "TextRequiredError",
@@ -120,10 +125,19 @@ OVERLAY_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 _EXAMPLE_SAMPLES = min_samples_for(1)  # 15,600 samples: 96 STFT frames of 400 samples with a 160-sample hop
 # Upsampled logits held at once: bounds memory for 71-class models on large videos (71 x 1080p is ~590 MB a frame).
 _UPSAMPLE_BUDGET = 64 * 1024 * 1024  # elements (256 MB of float32)
+# Relative slack when comparing a sampling rate with the source rate (both floats from rationals such as 30000/1001).
+_RATE_TOLERANCE = 1e-9
+# Seconds between two progress lines when stderr is not a terminal (a log file, CI): often enough to see that a long
+# run moves, rarely enough that an hour-long phase writes 240 lines, not one per frame.
+_LOG_INTERVAL_S = 15.0
 
 
 class TextRequiredError(AVSegError):
     """The model segments the object named by a referring expression, and none was given."""
+
+
+class FpsCappedWarning(AVSegWarning):
+    """The requested sampling rate was above the video's frame rate and was lowered to it (every frame, once)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -364,18 +378,30 @@ class Prediction:
         """``(H, W)`` of the video and of the masks."""
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
-    def write_masks(self, folder: str | Path) -> list[Path]:
-        """Write ``folder/{k:05d}.png`` for every sampled frame (binary 0/255 or AVSS palette; see the module doc)."""
+    def write_masks(self, folder: str | Path, *, progress: bool = False) -> list[Path]:
+        """Write ``folder/{k:05d}.png`` for every sampled frame (binary 0/255 or AVSS palette; see the module doc).
+
+        ``progress`` shows the count of PNGs written on stderr.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         masks = self.masks.numpy()
-        return [
-            write_mask_png(folder / f"{k:05d}.png", masks[k], kind=self.kind, num_classes=max(self.num_classes, 71))
-            for k in range(self.num_frames)
-        ]
+        num_classes = max(self.num_classes, 71)
+        files = []
+        with _Progress("writing masks", self.num_frames, "PNG", enabled=progress) as bar:
+            for k in range(self.num_frames):
+                files.append(write_mask_png(folder / f"{k:05d}.png", masks[k], kind=self.kind, num_classes=num_classes))
+                bar.update()
+        return files
 
     def write_overlay(
-        self, path: str | Path, *, overlay_fps: float | None = None, crf: int = 23, **style: Any
+        self,
+        path: str | Path,
+        *,
+        overlay_fps: float | None = None,
+        crf: int = 23,
+        progress: bool = False,
+        **style: Any,
     ) -> dict[str, Any]:
         """Encode the overlay video, keeping the original audio (see the module docstring for the two rates).
 
@@ -385,6 +411,7 @@ class Prediction:
                 at that rate (every frame when it reaches the source rate) and show each frame with the mask of its
                 window; needs ``video_path``.
             crf: encoder quality.
+            progress: show the progress of decoding (with ``overlay_fps``) and encoding on stderr.
             **style: ``colors``, ``alpha``, ``contour`` of :func:`~avseg.viz.overlay_masks`.
 
         Returns:
@@ -393,13 +420,18 @@ class Prediction:
         if overlay_fps is None:
             frames, masks, rate, audio = self.frames, self.masks, self.fps, self.audio
         else:
-            frames, masks, rate, audio = self._resampled_for_overlay(overlay_fps)
+            frames, masks, rate, audio = self._resampled_for_overlay(overlay_fps, progress=progress)
         audio = audio if self.has_audio else None
-        write_overlay_video(path, frames, masks, rate, audio, SAMPLE_RATE, crf=crf, kind=self.kind, **style)
         count = int(frames.shape[0])
+        # viz.write_overlay_video, in two steps so that the encoding can report its progress.
+        painted = overlay_masks(frames, masks, kind=self.kind, **style)
+        with _Progress(f"writing {Path(path).name}", count, "frame", enabled=progress) as bar:
+            write_video(path, painted, rate, audio=audio, audio_rate=SAMPLE_RATE, crf=crf, progress=bar.update)
         return {"path": str(path), "fps": rate, "frames": count, "duration_s": count / rate, "audio": audio is not None}
 
-    def _resampled_for_overlay(self, overlay_fps: float) -> tuple[Tensor, Tensor, float, np.ndarray | None]:
+    def _resampled_for_overlay(
+        self, overlay_fps: float, *, progress: bool = False
+    ) -> tuple[Tensor, Tensor, float, np.ndarray | None]:
         if not (math.isfinite(overlay_fps) and overlay_fps > 0):
             raise ValueError(f"overlay_fps must be positive, got {overlay_fps}")
         if self.video_path is None or self.video_path.is_dir():
@@ -413,9 +445,20 @@ class Prediction:
             f"an overlay of {count} frames at {overlay_fps:g} fps",
             "a lower --overlay-fps, or none (the overlay at the sampled rate)",
         )
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            _Progress(
+                f"decoding {self.video_path.name} for the overlay", info.num_frames or None, "frame", enabled=progress
+            ) as bar,
+        ):
             warnings.simplefilter("ignore", AudioPaddedWarning)  # already reported when the video was first read
-            clip = read_video(self.video_path, fps=None if every else overlay_fps, frame_pick="first", audio=True)
+            clip = read_video(
+                self.video_path,
+                fps=None if every else overlay_fps,
+                frame_pick="first",
+                audio=True,
+                progress=bar.update,
+            )
         rate = float(clip.source_fps if every else overlay_fps)
         # "first" (or every frame) makes timestamps[0] the first frame's time t0, the origin of the sampled windows.
         rel = clip.timestamps - clip.timestamps[0]
@@ -487,9 +530,7 @@ class Predictor:
         checkpoint: str | Path | None = None,
         requires_text: bool | None = None,
     ) -> None:
-        from avseg.evaluate import resolve_device
-
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = resolve_device(device, arg="device")
         self.model = model.to(self.device).eval()
         defaults = model_defaults(model)
         size = image_size if image_size is not None else defaults["image_size"]
@@ -557,6 +598,9 @@ class Predictor:
     ) -> Prediction:
         """Decode a video (file or folder of frames) with its soundtrack and segment every sampled frame.
 
+        A rate above the video's frame rate is lowered to it, with a :class:`FpsCappedWarning`: at or above the
+        source rate every source frame is used once (``frame_pick`` ``"all"``), never a repeated one.
+
         Args:
             video_path: any file PyAV opens, or a folder of frames (read in full, at ``fps`` frames per second,
                 with ``audio.wav`` beside them; see :func:`~avseg.media.video.read_video`).
@@ -564,7 +608,8 @@ class Predictor:
             fps: sampling rate (default: the predictor's).
             clip_len: frames per forward clip (default: the predictor's).
             frame_pick: frame-picking rule (default: the predictor's).
-            progress: show a progress bar over clips on stderr.
+            progress: show the progress of decoding and of the clips on stderr (a bar on a terminal, else a line
+                every 15 s).
 
         Returns:
             The :class:`Prediction`.
@@ -575,12 +620,38 @@ class Predictor:
         if not path.exists():
             raise MissingFileError(path, "video")
         info = probe_video(path, folder_fps=rate)
+        sample_fps: float | None = rate
+        requested = None
+        if not path.is_dir() and info.source_fps > 0 and rate >= info.source_fps * (1 - _RATE_TOLERANCE):
+            # Windows shorter than a frame would repeat frames; every frame once is all the video has. Decoding them
+            # all (fps=None) rather than sampling at the float source rate keeps each frame exactly once even when
+            # the container rounds timestamps (29.97 fps in Matroska's milliseconds).
+            if rate > info.source_fps * (1 + _RATE_TOLERANCE):
+                requested = rate
+                warnings.warn(
+                    f"{path}: requested {rate:g} fps is above the video's frame rate of {info.source_fps:g} fps; "
+                    f"sampling every frame ({info.source_fps:g} fps) instead of repeating frames",
+                    FpsCappedWarning,
+                    stacklevel=2,
+                )
+            rate, sample_fps = info.source_fps, None
         if not path.is_dir():  # decoded frames + masks + the painted overlay, all at the video's resolution
             frames = max(1, math.floor(info.duration_s * rate + 0.5))
             _check_memory(frames * info.width * info.height * 7, f"{frames} sampled frames of {path}", "a lower --fps")
         has_audio = info.has_audio
-        clip = read_video(path, fps=rate, frame_pick=frame_pick or self.frame_pick, audio=True, folder_fps=rate)
-        return self.predict_clip(clip, text, clip_len=clip_len, has_audio=has_audio, progress=progress)
+        with _Progress(f"decoding {path.name}", info.num_frames or None, "frame", enabled=progress) as bar:
+            clip = read_video(
+                path,
+                fps=sample_fps,
+                frame_pick=frame_pick or self.frame_pick,
+                audio=True,
+                folder_fps=rate,
+                progress=bar.update,
+            )
+        prediction = self.predict_clip(clip, text, clip_len=clip_len, has_audio=has_audio, progress=progress)
+        if requested is not None:
+            prediction.extra["requested_fps"] = requested
+        return prediction
 
     def predict_clip(
         self,
@@ -599,7 +670,7 @@ class Predictor:
             text: the referring expression.
             clip_len: frames per forward clip (default: the predictor's).
             has_audio: whether the source has sound (default: ``clip.audio`` is present and not all zero).
-            progress: show a progress bar over clips on stderr.
+            progress: show the progress over clips on stderr.
         """
         text = self.check_text(text)
         length = _positive_int(clip_len if clip_len is not None else self.clip_len, "clip_len")
@@ -619,27 +690,30 @@ class Predictor:
         groups = [clip_starts[i : i + self.batch_size] for i in range(0, len(clip_starts), self.batch_size)]
         num_classes = 1
         elapsed = 0.0
-        for group in _progress(groups, progress, total=len(groups)):
-            samples = [
-                self._sample(clip, wave, rate, s, min(s + length, num_frames), length, text, has_audio) for s in group
-            ]
-            batch = collate(samples, num_frames=length).to(self.device)
-            tic = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.model(batch).mask_logits  # (B, T, K, h, w)
-                if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
-                    raise AVSegError(
-                        f"model {self.name} returned mask_logits of shape {tuple(logits.shape)}, "
-                        f"expected ({len(group)}, {length}, K, h, w)"
-                    )
-                num_classes = int(logits.shape[2])
-                for i, start in enumerate(group):
-                    stop = min(start + length, num_frames)
-                    # Padded frames (beyond `stop`) are dropped here; they never reach the outputs.
-                    masks[start:stop] = _logits_to_masks(logits[i, : stop - start], (height, width), self.threshold)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            elapsed += time.perf_counter() - tic
+        with _Progress("segmenting", len(clip_starts), "clip", enabled=progress) as bar:
+            for group in groups:
+                samples = [
+                    self._sample(clip, wave, rate, s, min(s + length, num_frames), length, text, has_audio)
+                    for s in group
+                ]
+                batch = collate(samples, num_frames=length).to(self.device)
+                tic = time.perf_counter()
+                with torch.inference_mode():
+                    logits = self.model(batch).mask_logits  # (B, T, K, h, w)
+                    if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
+                        raise AVSegError(
+                            f"model {self.name} returned mask_logits of shape {tuple(logits.shape)}, "
+                            f"expected ({len(group)}, {length}, K, h, w)"
+                        )
+                    num_classes = int(logits.shape[2])
+                    for i, start in enumerate(group):
+                        stop = min(start + length, num_frames)
+                        # Padded frames (beyond `stop`) are dropped here; they never reach the outputs.
+                        masks[start:stop] = _logits_to_masks(logits[i, : stop - start], (height, width), self.threshold)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed += time.perf_counter() - tic
+                bar.update(len(group))
 
         foreground = (masks > 0).flatten(1).float().mean(1).double().numpy() if num_frames else np.zeros(0)
         return Prediction(
@@ -744,12 +818,75 @@ def _check_memory(needed: int, what: str, advice: str) -> None:
         )
 
 
-def _progress(items: list, enabled: bool, total: int) -> Iterator:
-    if not enabled:
-        return iter(items)
-    from tqdm import tqdm
+class _Progress:
+    """Progress of one long phase (decoding, segmenting, writing) on stderr, with its total.
 
-    return iter(tqdm(items, total=total, desc="clips", unit="clip", file=sys.stderr, leave=False))
+    On a terminal: a ``tqdm`` bar, removed when the phase ends. Otherwise (a log file, a CI job), where a bar's
+    carriage returns would pile up into one unreadable line: a plain line ``desc: done/total units (pct%), N s`` at most
+    every :data:`_LOG_INTERVAL_S` seconds, and a last one when a phase that lasted that long ends; a short phase
+    prints nothing. Disabled, it only counts.
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int | None,
+        unit: str,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.desc, self.total, self.unit = desc, total, unit
+        self.count = 0
+        self._clock = clock
+        self._start = self._last = clock()
+        self._printed: int | None = None  # count shown by the last line
+        self._bar = None
+        self._lines = enabled and not _is_terminal(sys.stderr)
+        if enabled and not self._lines:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        self.count += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._lines:
+            now = self._clock()
+            if now - self._last >= _LOG_INTERVAL_S:
+                self._last = now
+                self._print(now)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._lines:
+            now = self._clock()
+            if now - self._start >= _LOG_INTERVAL_S and self._printed != self.count:
+                self._print(now)
+            self._lines = False
+
+    def _print(self, now: float) -> None:
+        done = f"{self.count}/{self.total}" if self.total else str(self.count)
+        share = f" ({100 * self.count / self.total:.0f}%)" if self.total else ""
+        print(f"{self.desc}: {done} {self.unit}s{share}, {now - self._start:.0f} s", file=sys.stderr, flush=True)
+        self._printed = self.count
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -798,6 +935,7 @@ def predict(
     overlay_fps: float | None = None,
     audio_align: Literal["window", "clip"] = "window",
     batch_size: int = 1,
+    quiet: bool = False,
 ) -> int:
     """Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.
 
@@ -805,7 +943,9 @@ def predict(
     length, and heard through the video's own soundtrack (one 0.975 s VGGish example centred on each frame's window).
     Writes one PNG per sampled frame, an overlay video that keeps the original sound, and a JSON file with the
     settings and per-frame timestamps. A video without sound runs on silence (with a warning) and its overlay has no
-    audio track.
+    audio track. The outputs, the device and the checkpoint are checked before anything is decoded: an output that
+    is the input video (or one of the checkpoint's files) is refused. Progress goes to stderr: bars on a terminal,
+    a line every 15 s in a log; warnings are one ``warning:`` line each on stderr.
 
     Args:
         video: input video file (mp4, mkv, webm, mov, ...) or folder of frames (with audio.wav).
@@ -813,7 +953,8 @@ def predict(
         out: overlay video to write (.mp4, .m4v, .mov, .mkv or .webm); settings go to the same name with .json.
         text: referring expression, required by Ref-AVS/RVOS models, ignored by AVS models.
         masks_dir: folder for the mask PNGs, {frame:05d}.png per sampled frame (default: OUT's name + '_masks').
-        fps: frames sampled per second (default: the model's training rate, else 1).
+        fps: frames sampled per second (default: the model's training rate, else 1); at most the video's own frame
+            rate (a higher rate is lowered to it, with a warning: every frame once, none repeated).
         clip_len: frames per model clip (default: the model's training clip length, else 10).
         frame_pick: which frame of each 1/fps window is used: last (AVSBench), first, or center (ffmpeg fps filter).
         device: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', 'mps', ...
@@ -824,18 +965,31 @@ def predict(
         audio_align: audio example per frame: window (centred on the frame's window) or clip (the benchmark readers'
             consecutive 0.96 s examples from each clip's start).
         batch_size: clips per forward pass (raise it on a GPU).
+        quiet: show no progress (warnings and the summary are still printed).
     """
-    out = Path(out)
+    out, video = Path(out), Path(video)
     if out.suffix.lower() not in OVERLAY_SUFFIXES:
-        raise ValueError(f"out: {out} must end in one of {', '.join(OVERLAY_SUFFIXES)} (it is the overlay video)")
+        raise UsageError(f"--out {out}: must end in one of {', '.join(OVERLAY_SUFFIXES)} (it is the overlay video)")
     if overlay_fps is not None:
         _positive_float(overlay_fps, "overlay_fps")
-    if not Path(video).exists():
+    if not video.exists():
         raise MissingFileError(video, "video")
+    # Everything a user can get wrong is checked here, before the model loads or a frame decodes.
+    torch_device = resolve_device(device, arg="--device")
+    folder = _resolve_checkpoint(Path(checkpoint), pointer)
+    inputs = _input_paths(video, Path(checkpoint), folder)
+    sidecar = out.with_suffix(".json")
+    check_output_file(out, arg="--out", inputs=inputs)
+    check_output_file(sidecar, arg="--out (its .json settings file)", inputs=inputs)
+    masks_arg = "--masks-dir" if masks_dir is not None else "--masks-dir (default: OUT's name + _masks)"
+    masks_dir = Path(masks_dir) if masks_dir is not None else out.parent / f"{out.stem}_masks"
+    check_output_dir(masks_dir, arg=masks_arg, inputs=inputs)
+    if masks_dir.resolve() in (out.resolve(), sidecar.resolve()):
+        raise UsageError(f"{masks_arg} {masks_dir}: is a file --out writes; give the masks their own folder")
+
     predictor = Predictor.from_checkpoint(
-        checkpoint,
-        pointer=pointer,
-        device=device,
+        folder,
+        device=torch_device,
         fps=fps,
         clip_len=clip_len,
         threshold=threshold,
@@ -845,21 +999,16 @@ def predict(
     )
     if text and not predictor.reads_text:
         print(f"note: model {predictor.name} does not read text; --text is ignored")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", AudioPaddedWarning)
-        prediction = predictor.predict_video(video, text, progress=sys.stderr.isatty())
-    for w in caught:  # re-issue, and say it on stdout too: a silent soundtrack changes what an AVS model segments
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if issubclass(w.category, AudioPaddedWarning):
-            print(f"warning: {w.message}")
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", AVSegWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        prediction = predictor.predict_video(video, text, progress=not quiet)
 
-    masks_dir = Path(masks_dir) if masks_dir is not None else out.parent / f"{out.stem}_masks"
-    files = prediction.write_masks(masks_dir)
+    files = prediction.write_masks(masks_dir, progress=not quiet)
     stale = sorted(
         p.name for p in masks_dir.glob("[0-9][0-9][0-9][0-9][0-9].png") if int(p.stem) >= prediction.num_frames
     )
-    overlay = prediction.write_overlay(out, overlay_fps=overlay_fps)
-    sidecar = out.with_suffix(".json")
+    overlay = prediction.write_overlay(out, overlay_fps=overlay_fps, progress=not quiet)
     model = predictor.model
     info = {
         "checkpoint": str(predictor.checkpoint),
@@ -872,7 +1021,7 @@ def predict(
         "batch_size": predictor.batch_size,
         **prediction.settings(),
     }
-    sidecar.write_text(json.dumps(info, indent=2))
+    atomic_write_text(sidecar, json.dumps(info, indent=2))
 
     height, width = prediction.size
     png_kind = "0/255 grey" if prediction.kind == "binary" else "AVSS palette"
@@ -889,6 +1038,31 @@ def predict(
         f"{100 * float(prediction.foreground.mean()):.2f}%"
     )
     return 0
+
+
+def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints avseg's warnings as one ``warning: ...`` line on stderr, when they
+    happen (a silent soundtrack or a lowered --fps changes the result), instead of Python's display with a line of
+    avseg's source under it; other warnings go to ``previous``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, AVSegWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # clears and redraws a progress bar on a terminal
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _input_paths(video: Path, checkpoint: Path, folder: Path) -> list[Path]:
+    """What ``predict`` reads and must never overwrite: the video and the files of the checkpoint (or run) folder."""
+    paths = [video, checkpoint, folder]
+    for holder in {checkpoint, folder}:
+        if holder.is_dir():
+            paths.extend(p for p in holder.iterdir() if p.is_file())
+    return paths
 
 
 def _config_dict(model: nn.Module) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -458,3 +460,41 @@ def test_write_video_bad_input(tmp_path):
     with pytest.raises(ShapeError, match="audio"):
         write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 3), np.uint8), 5, audio=np.zeros(10, np.int16))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_write_video_mode_follows_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = write_video(tmp_path / "shared.mp4", _smooth_frames(2, 16, 16), 5)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # 0644 / 0640, not tempfile's 0600
+
+
+def test_write_video_reports_progress(tmp_path):
+    steps: list[int] = []
+    write_video(
+        tmp_path / "p.mp4", _smooth_frames(7, 16, 16), 5, audio=np.zeros(8000, np.float32), progress=steps.append
+    )
+    assert steps == [1] * 7
+
+
+def test_read_video_reports_progress(clip25):
+    steps: list[int] = []
+    clip = read_video(clip25, fps=1, audio=False, progress=steps.append)
+    assert len(clip.source_indices) == 5 and sum(steps) == 125  # every decoded frame counts, not just the picked
+    steps.clear()
+    read_video(clip25, fps=1, audio=False, max_frames=2, progress=steps.append)
+    assert sum(steps) == 51  # decoding stops at the frame that closes the 2nd window (frame 50)
+
+
+def test_sampling_at_the_streams_own_fractional_rate_takes_every_frame(synth, media_dir):
+    # 29.97 fps is 30000/1001; its float, read as a binary fraction, is a hair below that, so every window would
+    # end just before "its" frame: frames shifted by one and the last one repeated.
+    path = synth.make_clip(media_dir / "ntsc.mp4", num_frames=60, fps=Fraction(30000, 1001), audio_s=None)
+    rate = probe_video(path).source_fps
+    assert Fraction(rate) < Fraction(30000, 1001)  # the premise: the float is below the true rate
+    clip = read_video(path, fps=rate, frame_pick="last", audio=False)
+    assert clip.source_indices.tolist() == list(range(60))
+    assert_frames_match_indices(synth, clip)

@@ -17,9 +17,12 @@ window is kept when at least half of it is covered by the video. From each windo
 - ``"center"`` takes the frame nearest ``(k + 0.5)/fps`` (the earlier one on a tie), which is what ffmpeg's
   ``fps=1`` filter gives: frames 12, 37, 62, ...
 
-A window that contains no frame (source slower than ``fps``) repeats the nearest earlier frame. ``fps=None`` returns
-every frame (``frame_pick`` is then reported as ``"all"``). Frames are decoded sequentially and only the picked ones
-are kept (as RGB arrays), so a long video sampled at 1 fps stays small; ``max_frames`` stops decoding early.
+A float ``fps`` is read as the simple fraction it stands for (``29.97002997...`` as ``30000/1001``), so the windows
+of a stream sampled at its own rate (``probe_video(path).source_fps``) start exactly on its frames. A window that
+contains no frame (source slower than ``fps``) repeats the nearest earlier frame; ``avseg predict`` therefore never
+samples above the source rate. ``fps=None`` returns every frame (``frame_pick`` is then reported as ``"all"``).
+Frames are decoded sequentially and only the picked ones are kept (as RGB arrays), so a long video sampled at 1 fps
+stays small; ``max_frames`` stops decoding early.
 
 Display rotation (phone videos) is applied as ffmpeg does by default, so frames come out the way players show them.
 
@@ -36,10 +39,8 @@ A folder of frames is read as a video too (see :func:`read_video`).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -57,11 +58,12 @@ from avseg.errors import (
     NoVideoStreamError,
     ShapeError,
 )
+from avseg.fileio import atomic_file
 from avseg.media.audio import decode_audio_stream, open_container, read_audio, samples_for
 from avseg.media.image import read_rgb
 from avseg.media.resample import resample
 
-__all__ = ["FramePick", "VideoClip", "VideoInfo", "probe_video", "read_video", "write_video"]
+__all__ = ["FramePick", "Progress", "VideoClip", "VideoInfo", "probe_video", "read_video", "write_video"]
 
 FramePick = Literal["first", "last", "center"]
 
@@ -71,6 +73,12 @@ _FOLDER_AUDIO_NAME = "audio.wav"
 _AUDIO_TOLERANCE_S = 0.1
 # Step assumed between frames that carry no timestamp, when the stream declares no rate either.
 _FALLBACK_FPS = Fraction(25)
+# Largest denominator kept when a float sampling rate becomes a Fraction: recovers the intended rational rate
+# (29.97002997... -> 30000/1001) so windows line up with the frames of a stream at that very rate.
+_MAX_RATE_DENOMINATOR = 1_000_000
+
+Progress = Callable[[int], object]
+"""A progress callback, called with the number of frames just handled (e.g. a ``tqdm`` bar's ``update``)."""
 
 # Output suffix -> (muxer, video encoder, audio encoder).
 _WRITERS = {
@@ -231,6 +239,7 @@ def read_video(
     audio_rate: int = 16_000,
     folder_fps: float | None = None,
     audio_path: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> VideoClip:
     """Decode a video file (or a folder of frames) into frames sampled at ``fps`` and the matching mono audio.
 
@@ -248,6 +257,8 @@ def read_video(
         audio_rate: rate of the returned audio in Hz.
         folder_fps: frame rate of a frame folder (ignored for video files).
         audio_path: audio file of a frame folder, instead of looking for ``audio.wav`` (ignored for video files).
+        progress: called with 1 after each decoded source frame (each file read, for a folder); the total is about
+            :attr:`VideoInfo.num_frames` of :func:`probe_video`.
 
     Returns:
         The picked frames, their timing and the audio as a :class:`VideoClip`.
@@ -281,12 +292,28 @@ def read_video(
             audio_rate=audio_rate,
             fps=folder_fps or 1.0,
             audio_path=audio_path,
+            progress=progress,
         )
-    return _read_file(path, fps=fps, frame_pick=frame_pick, max_frames=max_frames, audio=audio, audio_rate=audio_rate)
+    return _read_file(
+        path,
+        fps=fps,
+        frame_pick=frame_pick,
+        max_frames=max_frames,
+        audio=audio,
+        audio_rate=audio_rate,
+        progress=progress,
+    )
 
 
 def _read_file(
-    path: Path, *, fps: float | None, frame_pick: FramePick, max_frames: int | None, audio: bool, audio_rate: int
+    path: Path,
+    *,
+    fps: float | None,
+    frame_pick: FramePick,
+    max_frames: int | None,
+    audio: bool,
+    audio_rate: int,
+    progress: Progress | None,
 ) -> VideoClip:
     """:func:`read_video` on a video file (arguments already checked)."""
     container = open_container(path)
@@ -300,7 +327,8 @@ def _read_file(
         declared = stream.average_rate or stream.guessed_rate
         step = 1 / Fraction(declared) if declared else 1 / _FALLBACK_FPS
         convert = _RGBConverter()
-        picker = _WindowPicker(Fraction(fps), frame_pick, convert) if fps is not None else None
+        rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR) if fps is not None else None
+        picker = _WindowPicker(rate, frame_pick, convert) if rate is not None else None
         indices: list[int] = []  # fps=None: every frame, converted as it comes
         times: list[float] = []
         images: list[np.ndarray] = []
@@ -324,6 +352,8 @@ def _read_file(
                 times.append(last.time_s)
                 images.append(convert(last))
                 count = len(indices)
+            if progress is not None:
+                progress(1)
             if max_frames is not None and count >= max_frames:
                 reached_end = False
                 break
@@ -423,13 +453,15 @@ def write_video(
     audio: np.ndarray | None = None,
     audio_rate: int = 16_000,
     crf: int = 23,
+    progress: Progress | None = None,
 ) -> Path:
     """Encode frames (and optional audio) to a video file, atomically.
 
     ``.mp4``/``.m4v``/``.mov``/``.mkv`` get h264 (yuv420p) + AAC, ``.webm`` gets VP9 + Opus (audio resampled to
     48 kHz when Opus does not take ``audio_rate``). Odd frame sizes are padded to even by repeating the last row or
     column, since 4:2:0 chroma needs even sizes. The file is written to a temporary name in the same folder and
-    renamed into place, so a failure never leaves a half-written (or clobbered) output.
+    renamed into place, so a failure never leaves a half-written (or clobbered) output; the file gets the mode the
+    umask gives new files (0644 under umask 022).
 
     Args:
         path: destination file; its suffix picks the format.
@@ -439,6 +471,7 @@ def write_video(
         audio: float samples in ``[-1, 1]``, ``(N,)`` mono or ``(C, N)`` with ``C`` 1 or 2; ``None`` for no sound.
         audio_rate: rate of ``audio`` in Hz.
         crf: constant-rate factor of the video encoder (lower is better quality; 23 is x264's default).
+        progress: called with 1 after each encoded frame (``T`` in all).
 
     Returns:
         ``path``.
@@ -463,18 +496,9 @@ def write_video(
     if wave is not None and audio_codec == "libopus" and audio_rate not in _OPUS_RATES:
         wave, audio_rate = resample(wave, audio_rate, 48_000), 48_000
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _encode(
-            tmp, muxer, video, Fraction(fps).limit_denominator(1001), video_codec, crf, wave, audio_rate, audio_codec
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_file(path, suffix=f".tmp{suffix}") as tmp:
+        _encode(tmp, muxer, video, rate, video_codec, crf, wave, audio_rate, audio_codec, progress)
     return path
 
 
@@ -572,7 +596,14 @@ def _folder_audio(folder: Path, audio_path: str | Path | None) -> Path | None:
 
 
 def _read_folder(
-    folder: Path, *, max_frames: int | None, audio: bool, audio_rate: int, fps: float, audio_path: str | Path | None
+    folder: Path,
+    *,
+    max_frames: int | None,
+    audio: bool,
+    audio_rate: int,
+    fps: float,
+    audio_path: str | Path | None,
+    progress: Progress | None,
 ) -> VideoClip:
     files = _folder_frames(folder)
     if not files:
@@ -588,6 +619,8 @@ def _read_folder(
                 f"{images[0].shape[1]}x{images[0].shape[0]}",
             )
         images.append(image)
+        if progress is not None:
+            progress(1)
 
     wave, padded = None, False
     if audio:
@@ -657,6 +690,7 @@ def _encode(
     wave: np.ndarray | None,
     audio_rate: int,
     audio_codec: str,
+    progress: Progress | None = None,
 ) -> None:
     """Mux ``video`` ``(T, H, W, 3)`` and ``wave`` ``(C, N)`` into ``target``, interleaving audio with the frames."""
     options = {"crf": str(crf)}
@@ -679,6 +713,8 @@ def _encode(
             if audio_stream is not None:
                 until = min(wave.shape[1], math.ceil((index + 1) / rate * audio_rate))
                 audio_pos = _encode_audio(container, audio_stream, wave, audio_pos, until, audio_rate, chunk)
+            if progress is not None:
+                progress(1)
         container.mux(video_stream.encode(None))
         if audio_stream is not None:
             _encode_audio(container, audio_stream, wave, audio_pos, wave.shape[1], audio_rate, chunk)
