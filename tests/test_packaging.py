@@ -53,7 +53,9 @@ def _closure() -> set[str]:
 def test_every_dependency_is_locked():
     lock = _lock()
     unlocked = sorted(_closure() - set(lock) - {"torch"})  # torch is pinned in constraints.txt
-    assert not unlocked, f"not in constraints-lock.txt (run `make test-latest && make lock VENV=.venv-latest`): {unlocked}"
+    assert not unlocked, (
+        f"not in constraints-lock.txt (run `make test-latest && make lock VENV=.venv-latest`): {unlocked}"
+    )
 
 
 def test_torch_is_pinned_once():

@@ -28,9 +28,7 @@ def resolve_device(device: str | torch.device = "auto", *, arg: str = "--device"
         if not torch.cuda.is_available():
             raise UsageError(f"{arg} {device!r}: this torch build or machine has no CUDA device; use cpu or auto")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"{arg} {device!r}: only {torch.cuda.device_count()} CUDA device(s) on this machine"
-            )
+            raise UsageError(f"{arg} {device!r}: only {torch.cuda.device_count()} CUDA device(s) on this machine")
     elif resolved.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise UsageError(f"{arg} {device!r}: MPS is not available on this machine; use cpu or auto")
