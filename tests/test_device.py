@@ -21,7 +21,7 @@ def test_unknown_strings_name_the_option(value):
 
 def test_cuda_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UsageError, match="--gpu 'cuda': .*no CUDA device"):
+    with pytest.raises(UsageError, match=r"--gpu 'cuda': .*no CUDA device"):
         resolve_device("cuda", arg="--gpu")
 
 
