@@ -1,14 +1,21 @@
 """``avseg convert sam2``: upstream SAM2 names and shapes in, a folder the SAM2 layer loads out.
 
-:func:`upstream_state_dict` writes the state dict of facebookresearch/sam2's ``SAM2Base`` from its module structure
-(``sam2/modeling/{backbones/hieradet.py, backbones/image_encoder.py, sam/prompt_encoder.py, sam/mask_decoder.py,
-sam/transformer.py, memory_attention.py, memory_encoder.py, sam2_base.py}`` at ``2b90b9f``), independently of the
-converter's key map, so that the test checks the map rather than restating it.
+The reference is ``sam2_tiny_upstream_keys.tsv`` beside this file: the state-dict keys and shapes of the official
+``sam2`` package's tiny models and the transformers ``Sam2VideoModel`` key each tensor belongs to (its header says
+where each column comes from and how the pairing was checked by running both models). It is written independently of
+avseg's converter, so the tests check the key map rather than restate it: a rule that sends a tensor to the wrong
+key, even one of the same shape, or drops it, fails :func:`test_every_upstream_tensor_lands_on_its_transformers_key`.
+
+:func:`upstream_state_dict` writes the same names for other shapes (the test-tiny model of the command tests) from
+the module structure of ``sam2/modeling/{backbones/hieradet.py, backbones/image_encoder.py, sam/prompt_encoder.py,
+sam/mask_decoder.py, sam/transformer.py, memory_attention.py, memory_encoder.py, sam2_base.py}``;
+:func:`test_generator_writes_the_upstream_names_and_shapes` holds it to the reference at the tiny shapes.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +28,28 @@ from avseg.layers.sam2 import Sam2LayerConfig, Sam2Prompt, build_sam2, tiny_sam2
 from avseg.layers.sam2.config import HIERA_SHAPES, hf_video_config_kwargs
 
 TINY = HIERA_SHAPES["tiny"]  # sam2{,.1}_hiera_t.yaml: embed 96, stages [1, 2, 7, 2]
+REFERENCE = Path(__file__).with_name("sam2_tiny_upstream_keys.tsv")
+
+
+def _reference(sam21: bool) -> list[tuple[str, tuple[int, ...], list[str]]]:
+    """Rows of the reference table for SAM2.1 or SAM2 tiny: (upstream key, shape, transformers targets)."""
+    rows = []
+    for line in REFERENCE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, shape, targets, version = line.split("\t")
+        assert version in ("sam2", "sam2.1"), line
+        if version == "sam2" or sam21:
+            rows.append((key, tuple(int(n) for n in shape.split("x")), targets.split(",")))
+    return rows
+
+
+def _target(name: str) -> tuple[str, int | None]:
+    """``"KEY[i]"`` -> (KEY, i): row i of KEY; ``"KEY"`` -> (KEY, None)."""
+    if name.endswith("]"):
+        key, row = name[:-1].split("[")
+        return key, int(row)
+    return name, None
 
 
 def upstream_state_dict(
@@ -177,18 +206,52 @@ def _expected(variant: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("sam21", [True, False])
-def test_key_map_covers_the_tiny_checkpoint_exactly(sam21):
-    upstream = upstream_state_dict(sam21=sam21)
+def test_reference_fills_the_transformers_model_exactly(sam21):
+    """The table's targets are the keys and shapes of transformers' model for the variant, each filled once."""
+    expected = _expected("sam2.1-hiera-tiny" if sam21 else "sam2-hiera-tiny")
+    filled: dict[str, list[tuple[int | None, tuple[int, ...]]]] = {}
+    for _key, shape, targets in _reference(sam21):
+        for name in targets:
+            key, row = _target(name)
+            filled.setdefault(key, []).append((row, shape))
+    assert set(filled) == set(expected)
+    for key, parts in filled.items():
+        rows = sorted(row for row, _ in parts if row is not None)
+        if rows:  # one upstream tensor per row
+            assert rows == list(range(len(parts))), key
+            assert expected[key].shape == (len(parts), *parts[0][1][1:]), key
+        else:
+            assert len(parts) == 1 and expected[key].shape == parts[0][1], key
+
+
+@pytest.mark.parametrize("sam21", [True, False])
+def test_generator_writes_the_upstream_names_and_shapes(sam21):
+    generated = {key: tuple(value.shape) for key, value in upstream_state_dict(sam21=sam21).items()}
+    assert generated == {key: shape for key, shape, _ in _reference(sam21)}
+
+
+@pytest.mark.parametrize("sam21", [True, False])
+def test_every_upstream_tensor_lands_on_its_transformers_key(sam21):
+    generator = torch.Generator().manual_seed(1)
+    reference = _reference(sam21)
+    # distinct random values, so that two same-shape tensors swapped by a wrong rule are told apart
+    upstream = {key: torch.randn(shape, generator=generator) for key, shape, _ in reference}
     variant = "sam2.1-hiera-tiny" if sam21 else "sam2-hiera-tiny"
     assert detect_variant(upstream) == variant
+
     converted = convert_state_dict(upstream)
     expected = _expected(variant)
-    assert set(converted) == set(expected)
-    for key, value in expected.items():
-        assert converted[key].shape == value.shape, key
-    assert sum(v.numel() for v in upstream.values()) == sum(
-        v.numel() for k, v in converted.items() if k != "shared_image_embedding.positional_embedding"
-    )
+    assert sorted(set(expected) - set(converted)) == []  # transformers keys left unfilled
+    assert sorted(set(converted) - set(expected)) == []  # names transformers does not have
+    assert [k for k, v in expected.items() if converted[k].shape != v.shape] == []
+    wrong = []
+    for key, _, targets in reference:
+        for name in targets:
+            target, row = _target(name)
+            value = converted[target] if row is None else converted[target][row : row + 1]
+            if not torch.equal(value, upstream[key]):
+                wrong.append(f"{key} -> {name}")
+    assert wrong == [], f"{len(wrong)} upstream tensors are not where transformers expects them: {wrong[:10]}"
 
 
 @pytest.mark.parametrize(
@@ -213,20 +276,6 @@ def test_key_map_covers_the_tiny_checkpoint_exactly(sam21):
 )
 def test_individual_keys(upstream, avseg):
     assert upstream_to_avseg_key(upstream) == avseg
-
-
-def test_values_land_where_they_belong():
-    upstream = upstream_state_dict()
-    converted = convert_state_dict(upstream)
-    for key, value in upstream.items():
-        target = upstream_to_avseg_key(key)
-        if target is not None:
-            assert converted[target] is value, key
-    rows = [upstream[f"sam_prompt_encoder.point_embeddings.{i}.weight"][0] for i in range(4)]
-    assert torch.equal(converted["prompt_encoder.point_embed.weight"], torch.stack(rows))
-    gaussian = upstream["sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]
-    assert torch.equal(converted["prompt_encoder.shared_embedding.positional_embedding"], gaussian)
-    assert torch.equal(converted["shared_image_embedding.positional_embedding"], gaussian)
 
 
 def test_unknown_keys_are_reported():
