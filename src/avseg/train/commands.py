@@ -12,14 +12,17 @@ the file or an override says otherwise.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
+from avseg.errors import UsageError
+from avseg.fileio import check_output_dir
 from avseg.train.config import RunConfig, TrainConfig
 
-__all__ = ["build_run_config", "preset_train_defaults", "train"]
+__all__ = ["build_run_config", "check_run_folder", "preset_train_defaults", "train"]
 
 _SECTIONS = ("model", "train", "data")
 
@@ -146,6 +149,25 @@ def build_run_config(
     return config_from_dict(RunConfig, run)
 
 
+def check_run_folder(out: Path, *, resume: bool, arg: str = "--out") -> Path:
+    """Check, before any model or data work, that ``out`` can hold this run: a folder (or a path to create) that
+    holds no run yet, or, with ``resume``, one that does.
+
+    Raises:
+        UsageError: naming ``arg``, the path and the fix.
+    """
+    out = check_output_dir(out, arg=arg)
+    latest = out / "checkpoints" / "latest.json"
+    if latest.exists() and not resume:
+        raise UsageError(
+            f"{arg} {out}: already holds a training run ({latest}); pass --resume to continue it, or choose a new "
+            "folder"
+        )
+    if resume and not latest.exists():
+        raise UsageError(f"{arg} {out}: holds no training run to resume (no {latest}); drop --resume to start one")
+    return out
+
+
 def train(
     *,
     data: Path,
@@ -185,15 +207,25 @@ def train(
         max_steps: stop after this many optimiser steps.
         max_minutes: wall-clock budget in minutes, setup, final validation and checkpoint included; the
             learning-rate schedule is fitted to it (train.schedule.fit_to_budget=false keeps the full schedule).
+            A budget used up before the first optimiser step is an error (exit status 2) that writes no checkpoint;
+            one that allows fewer than 25% of the recipe's steps, or fewer than 100, ends with a warning.
         device: auto (CUDA when available), cpu or cuda.
         seed: seed of model initialisation, data order and all randomness.
-        resume: continue the run in OUT from its latest checkpoint (same final weights as an uninterrupted run).
+        resume: continue the run in OUT from its latest checkpoint (same final weights as an uninterrupted run); a
+            run that has already reached its length is left as it is.
         batch_size: samples per batch and process.
         image_size: resize frames and masks to this square size.
         val_split: validation split for best-checkpoint selection (never a test split); "none" disables validation.
         train_split: split to train on.
     """
     clock_start = time.monotonic()
+    # Everything that can be checked without the model or the data is checked first: a mistake costs one line now,
+    # not a traceback after the data is indexed.
+    out = check_run_folder(Path(out), resume=resume)
+    from avseg.device import resolve_device
+    from avseg.train.trainer import budget_shortfall, check_training_dependencies
+
+    check_training_dependencies("avseg train")
     if val_split is not None and val_split.strip().lower() in ("", "none", "null"):
         val_split = None
     given = {
@@ -217,6 +249,7 @@ def train(
     run_cfg = build_run_config(
         data=data, model=model, config=config, overrides=overrides, explicit=explicit, defaults=defaults
     )
+    resolve_device(run_cfg.train.device, arg="--device" if device != "auto" else "train.device")
 
     from avseg.data.augment import HorizontalFlip
     from avseg.data.readers import get_reader
@@ -243,6 +276,13 @@ def train(
         clock_start=clock_start,
     )
     summary = trainer.fit(resume=resume)
+    if trainer.already_complete:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"avseg train: the run in {out} is already complete ({summary.steps} of {trainer.total_steps} steps); "
+                "nothing to do (give a longer --max-steps or train.max_epochs to train further)"
+            )
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"avseg train: {run_cfg.model} on {data_cfg.format}:{data_cfg.train_split}, {summary.steps} steps "
@@ -255,4 +295,7 @@ def train(
         elif summary.final_metrics:
             print(f"  final metrics: {summary.final_metrics}")
         print(f"  run folder: {out} (checkpoints/, metrics.jsonl, train_summary.json)")
+        shortfall = budget_shortfall(summary)
+        if shortfall is not None:
+            print(f"avseg train: warning: {shortfall}; give a larger --max-minutes", file=sys.stderr)
     return 0

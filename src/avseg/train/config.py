@@ -142,7 +142,8 @@ class TrainConfig:
         max_steps: stop after this many optimiser steps.
         max_epochs: stop after this many epochs; with ``max_steps`` too, the earlier limit wins. One of the two must
             be set.
-        max_minutes: wall-clock budget: the trainer stops early enough to checkpoint and validate within it.
+        max_minutes: wall-clock budget: the trainer stops early enough to checkpoint and validate within it. A
+            budget used up before the first optimiser step is a ``TrainingError``, and no checkpoint is written.
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
         mixed_precision: ``no``, ``bf16``, ``fp16`` (CUDA only), or ``auto`` (bf16 where the GPU supports it, else no).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -159,7 +160,9 @@ class TrainConfig:
             is also saved at the end and whenever validation finds a new best.
         keep_last: keep this many most recent checkpoints (the best one is never deleted).
         tensorboard: also log to TensorBoard under ``OUT/tensorboard`` (needs the ``tensorboard`` package).
-        progress_bar: show a tqdm bar on rank 0.
+        progress_bar: show progress on rank 0: a tqdm bar on a terminal; when the output goes to a log, a plain line
+            at most every 30 s and around each validation. Under ``max_minutes`` it counts to the step the budget is
+            estimated to allow.
         find_unused_parameters: DDP option for models whose trainable parameters do not all receive a gradient in
             every step (on by default: AVSBench's FPN decoder, for one, never uses ``path4.resConfUnit1``); turn it
             off for speed when every trainable parameter is used.

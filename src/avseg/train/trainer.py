@@ -27,7 +27,12 @@ world size and hardware; per-sample randomness inside DataLoader workers is the 
 
 Outputs under ``OUT``: ``checkpoints/step-XXXXXXX/`` (``avseg.checkpoint`` folders), ``checkpoints/latest.json`` and
 ``checkpoints/best.json`` pointers, ``metrics.jsonl`` (one JSON object per event), ``run_config.yaml``,
-``train_summary.json`` and optionally ``tensorboard/``.
+``train_summary.json`` and optionally ``tensorboard/``. Files are replaced atomically and get the mode the umask gives
+new files.
+
+Progress. Rank 0 shows a tqdm bar on a terminal and, when its output goes to a log, a plain line at most every 30
+seconds and around each validation (:class:`ProgressDisplay`). Under a time budget the bar counts to the step the
+budget is estimated to allow, re-estimated as the run goes.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,9 @@ from avseg.checkpoint import (
 )
 from avseg.config import config_to_dict
 from avseg.data.types import AVSBatch, AVSSample, collate
-from avseg.errors import AVSegError, AVSegWarning
+from avseg.errors import AVSegError, AVSegWarning, MissingDependencyError
+from avseg.fileio import atomic_write_text
+from avseg.optional import has_package
 from avseg.train.config import TrainConfig, check_val_split
 from avseg.train.determinism import (
     EpochBatchSampler,
@@ -74,9 +81,12 @@ from avseg.train.optim import build_optimizer, build_scheduler, group_lrs, train
 __all__ = [
     "EpochBatchSampler",
     "Evaluator",
+    "ProgressDisplay",
     "TrainSummary",
     "Trainer",
     "TrainingError",
+    "budget_shortfall",
+    "check_training_dependencies",
     "default_evaluator",
     "seed_everything",
 ]
@@ -93,19 +103,63 @@ class TrainingError(AVSegError):
     """Training cannot go on (a non-finite loss, a dataset too small for one step, an unusable resume point)."""
 
 
-def default_evaluator(preset: str, *, batch_size: int, device: Any, num_workers: int = 0) -> Evaluator:
+def check_training_dependencies(purpose: str = "training") -> None:
+    """Check, before any work, that the packages the trainer imports when it starts are installed.
+
+    Raises:
+        MissingDependencyError: ``accelerate`` (a core dependency) is missing; ``purpose`` says what needs it.
+    """
+    if not has_package("accelerate"):
+        raise MissingDependencyError("accelerate", None, purpose)
+
+
+def default_evaluator(
+    preset: str, *, batch_size: int, device: Any, num_workers: int = 0, progress: bool = False
+) -> Evaluator:
     """The evaluator ``avseg train`` uses: :func:`avseg.evaluate.evaluate_split` with a metric preset, returning its
-    summary (``{"J": .., "F": .., "J&F": .., ...}``). Imported when first called."""
+    summary (``{"J": .., "F": .., "J&F": .., ...}``). Imported when first called. ``progress`` shows a short bar
+    per validation (for a terminal)."""
 
     def evaluate(model: torch.nn.Module, dataset: Dataset) -> Mapping[str, float]:
         from avseg.evaluate import evaluate_split
 
         result = evaluate_split(
-            model, dataset, preset=preset, batch_size=batch_size, device=device, num_workers=num_workers
+            model,
+            dataset,
+            preset=preset,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
         )
         return dict(result.summary)
 
     return evaluate
+
+
+def budget_shortfall(summary: TrainSummary, *, min_fraction: float = 0.25, min_steps: int = 100) -> str | None:
+    """A one-line warning when a time budget stopped a run far short of the length its recipe plans, else None.
+
+    Far short means fewer than ``min_fraction`` of the planned steps, or fewer than ``min_steps`` steps: such a model
+    is barely trained, and its scores say little about the recipe. Runs that reached their planned length, or that
+    stopped for another reason than ``max_minutes``, never warn.
+
+    Args:
+        summary: a finished run's summary (``planned_steps`` is the length before the budget shortened it).
+        min_fraction: warn below this fraction of the planned steps (0 disables this rule).
+        min_steps: warn below this many steps.
+    """
+    planned = summary.planned_steps
+    if summary.stopped_reason != "max_minutes" or planned is None or summary.steps >= planned:
+        return None
+    if summary.steps >= min_fraction * planned and summary.steps >= min_steps:
+        return None
+    share = summary.steps / planned
+    percent = f"{share:.1%}" if share >= 0.001 else f"{share:.2g}"
+    return (
+        f"the time budget allowed {summary.steps:,} optimiser steps, {percent} of the {planned:,} the recipe plans "
+        "(max_steps/max_epochs): the model is far from trained"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -170,6 +224,9 @@ class TrainSummary:
     param_digests: list[str]
     """Per rank: :func:`parameter_digest` of the final parameters (all equal when DDP kept the ranks in sync)."""
     ranks_in_sync: bool
+    planned_steps: int | None = None
+    """The steps ``max_steps``/``max_epochs`` ask for, before a time budget shortened the run (None in summaries
+    written by older versions)."""
 
 
 def peak_memory(device: torch.device) -> tuple[float | None, str]:
@@ -188,6 +245,131 @@ def peak_memory(device: torch.device) -> tuple[float | None, str]:
 def _dataset_splits(dataset: Dataset) -> set[str]:
     records = getattr(dataset, "records", None) or []
     return {r.split for r in records if isinstance(getattr(r, "split", None), str)}
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    minutes, secs = divmod(round(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressDisplay:
+    """Training progress for a person: a tqdm bar on a terminal, plain lines in a log.
+
+    When the output is not a terminal (a log file, a CI job), a bar would write a carriage-return update ten times a
+    second into one endless line; instead a line such as ``train: step 120/800 (15%), loss 0.4312, epoch 2,
+    2.10 steps/s, elapsed 0:57, ETA 5:20`` is written when training starts, at most every ``interval`` seconds after
+    that, around each validation and at the end.
+
+    Args:
+        total: the step the run will reach; None while it is not known (a time budget not yet estimated).
+        initial: steps already done (a resumed run).
+        desc: the bar's label and the lines' prefix.
+        stream: where to write (default: ``sys.stderr`` at construction).
+        tty: draw a bar (default: whether ``stream`` is a terminal).
+        interval: least seconds between two log lines while training steps run.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        initial: int = 0,
+        *,
+        desc: str = "train",
+        stream: Any = None,
+        tty: bool | None = None,
+        interval: float = 30.0,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty()) if callable(isatty) else False
+        self.tty = tty
+        self.desc = desc
+        self.total = total
+        self.step = self._first = initial
+        self.interval = interval
+        self.postfix: dict[str, str] = {}
+        self._started = time.monotonic()
+        self._last_line: float | None = None
+        self._last_status_step: int | None = None
+        self._bar: Any = None
+        if tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=self.stream)
+
+    def set_total(self, total: int | None) -> None:
+        """The run will reach ``total`` steps (a time budget's re-made estimate, or the step it stopped at)."""
+        if total == self.total:
+            return
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def update(self, step: int, **postfix: Any) -> None:
+        """Training reached ``step``; ``postfix`` (loss, epoch) is shown beside the count."""
+        self.postfix = {key: str(value) for key, value in postfix.items()}
+        if self._bar is not None:
+            self._bar.set_postfix(self.postfix, refresh=False)
+            self._bar.update(step - self.step)
+        self.step = step
+        if self._bar is None:
+            now = time.monotonic()
+            if self._last_line is None or now - self._last_line >= self.interval:
+                self._status_line(now)
+
+    def phase(self, text: str) -> None:
+        """Something other than training steps runs now (``validating on val (25 clips)``): shown in place of the
+        loss on a terminal, as a line in a log."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+        else:
+            self._line(f"step {self._count()}: {text}")
+
+    def note(self, text: str) -> None:
+        """A line that stays (a validation's result): above the bar on a terminal."""
+        if self._bar is not None:
+            self._bar.write(f"{self.desc}: {text}", file=self.stream)
+            self._bar.set_postfix(self.postfix)
+        else:
+            self._line(text)
+
+    def close(self) -> None:
+        """End the bar; in a log, write the last count unless the last count line showed it."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._last_status_step != self.step:
+            self._status_line(time.monotonic())
+
+    def _count(self) -> str:
+        if not self.total:
+            return f"{self.step}"
+        return f"{self.step}/{self.total} ({100.0 * self.step / self.total:.0f}%)"
+
+    def _status(self, now: float) -> str:
+        done, elapsed = self.step - self._first, now - self._started
+        rate = done / elapsed if done > 0 and elapsed > 0 else None
+        parts = [f"step {self._count()}", *(f"{key} {value}" for key, value in self.postfix.items())]
+        if rate is not None:
+            parts.append(f"{rate:.2f} steps/s")
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if rate is not None and self.total and self.step < self.total:
+            parts.append(f"ETA {_clock((self.total - self.step) / rate)}")
+        elif not self.total:
+            parts.append("ETA once the time budget is estimated")
+        return ", ".join(parts)
+
+    def _status_line(self, now: float) -> None:
+        self._line(self._status(now))
+        self._last_status_step = self.step
+
+    def _line(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=self.stream, flush=True)
+        self._last_line = time.monotonic()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -252,6 +434,8 @@ class Trainer:
         self.run_config = dict(run_config) if run_config is not None else {"train": config_to_dict(cfg)}
         self.collate_fn = collate_fn
         self.clock_start = clock_start
+        self.already_complete = False
+        """Set by :meth:`fit` when the resumed run had already reached its length (nothing was changed)."""
         self._used = False
 
     # -- public entry point ------------------------------------------------------------------------------------------
@@ -259,19 +443,28 @@ class Trainer:
     def fit(self, resume: bool | str | Path = False) -> TrainSummary:
         """Train until ``max_steps``/``max_epochs`` or the ``max_minutes`` budget, then validate and checkpoint.
 
+        Resuming a run that has already reached its length (its last checkpoint is at ``max_steps``/``max_epochs``
+        and ``OUT/train_summary.json`` describes it) changes nothing: the recorded summary is returned and
+        :attr:`already_complete` is set.
+
         Args:
             resume: False starts a new run (refused if ``OUT`` already holds checkpoints); True continues from
                 ``OUT/checkpoints/latest.json``; a path continues from that checkpoint.
 
         Returns:
             The summary also written to ``OUT/train_summary.json``.
+
+        Raises:
+            TrainingError: among others when the ``max_minutes`` budget is used up before the first optimiser step
+                (then no checkpoint is written: a model that never stepped is not a trained one).
         """
         if self._used:
             raise RuntimeError("a Trainer runs once; build a new one to train again")
         self._used = True
         t0 = self.clock_start if self.clock_start is not None else time.monotonic()
         acc = self._make_accelerator()
-        self._pbar = self._tb = None
+        self._display: ProgressDisplay | None = None
+        self._tb = None
         ok = False
         try:
             summary = self._fit(acc, resume, t0)
@@ -285,6 +478,7 @@ class Trainer:
     def _make_accelerator(self) -> Any:
         from datetime import timedelta
 
+        check_training_dependencies()
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
@@ -311,8 +505,8 @@ class Trainer:
         )
 
     def _teardown(self, acc: Any, ok: bool) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
+        if self._display is not None:
+            self._display.close()
         if self._tb is not None:
             self._tb.close()
         # DDP reducers (and their pending gloo work) must be destroyed while the process group still exists: a
@@ -354,6 +548,12 @@ class Trainer:
         )
 
         self.progress = _Progress(**state["progress"]) if state else _Progress()
+        if state is not None and self.progress.step >= self.total_steps:
+            recorded = self._recorded_summary()
+            if recorded is not None:
+                # Nothing to train: leave the run's files as they are (a new summary would describe an empty session).
+                self.already_complete = True
+                return recorded
         if state is None:
             seed_everything(derive_seed(cfg.seed, 1, self.rank))
         # The optimiser of a checkpoint belongs to the epoch whose hook last ran (at an epoch boundary, the one that
@@ -368,10 +568,6 @@ class Trainer:
         self.window = _Window()
         if state:
             self._load_state(state)
-
-        self._prepare_outputs(resumed=state is not None)
-        if state is not None:
-            self._event({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from})
         self._timers = {
             "train": 0.0,
             "val": 0.0,
@@ -380,13 +576,47 @@ class Trainer:
             "step_ema": None,
             "first_step": None,
         }
+        if cfg.max_minutes is not None and self._out_of_time(t0):
+            raise self._no_step_error(t0)  # before any file is written
+
+        self._prepare_outputs(resumed=state is not None)
+        if state is not None:
+            self._event({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from})
         self._last_val_step = self._last_ckpt_step = None
         if state is not None:
             self._last_ckpt_step = self.progress.step
         self._last_metrics: dict[str, float] | None = None
-        self._session_samples = 0
+        self._session_samples = self._session_steps = 0
+        self._schedule_fitted = False
         reason = self._loop(t0)
+        if self._session_steps == 0 and reason == "max_minutes":
+            raise self._no_step_error(t0)
         return self._finish(t0, reason, resumed_from)
+
+    def _no_step_error(self, t0: float) -> TrainingError:
+        minutes = self.cfg.max_minutes
+        return TrainingError(
+            f"the time budget train.max_minutes={minutes:g} ({minutes * 60:.3g} s) was used up "  # type: ignore[operator]
+            f"({time.monotonic() - t0:.1f} s elapsed) before the first optimiser step: nothing was trained and no "
+            "checkpoint was written; give a larger budget"
+        )
+
+    def _recorded_summary(self) -> TrainSummary | None:
+        """``OUT/train_summary.json`` when it describes the checkpoint being resumed (rank 0 reads it)."""
+        data = None
+        if self.is_main:
+            try:
+                data = json.loads((self.out_dir / "train_summary.json").read_text())
+            except (OSError, ValueError):
+                data = None
+        data = self._broadcast(data)
+        if not isinstance(data, dict) or data.get("steps") != self.progress.step:
+            return None
+        known = {f.name for f in fields(TrainSummary)}
+        try:
+            return TrainSummary(**{key: value for key, value in data.items() if key in known})
+        except TypeError:  # a summary without some required field: not one this trainer wrote
+            return None
 
     def _resume_state(self, resume: bool | str | Path, model: torch.nn.Module) -> tuple[dict | None, str | None]:
         if resume is False:
@@ -445,14 +675,14 @@ class Trainer:
                             kept.append(line)
                     except json.JSONDecodeError:
                         continue  # a line cut by the interruption
-                self.metrics_path.write_text("".join(k + "\n" for k in kept))
+                atomic_write_text(self.metrics_path, "".join(k + "\n" for k in kept))
             if resumed:
                 self._drop_abandoned_checkpoints()
             elif not resumed:
-                self.metrics_path.write_text("")
+                atomic_write_text(self.metrics_path, "")
             import yaml
 
-            (self.out_dir / "run_config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+            atomic_write_text(self.out_dir / "run_config.yaml", yaml.safe_dump(self.run_config, sort_keys=False))
             if self.cfg.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -466,9 +696,9 @@ class Trainer:
                 else:
                     self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
             if self.cfg.progress_bar:
-                from tqdm.auto import tqdm
-
-                self._pbar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", dynamic_ncols=True)
+                # Under a time budget the run's end is not known before the step time is measured.
+                total = None if self.cfg.max_minutes is not None else self.total_steps
+                self._display = ProgressDisplay(total, self.progress.step)
         self._barrier()
 
     def _drop_abandoned_checkpoints(self) -> None:
@@ -504,9 +734,9 @@ class Trainer:
         batches: Iterator[AVSBatch] | None = None
         while True:
             if p.step >= self.total_steps:
-                return self.length_reason
+                return self._stop(self.length_reason)
             if cfg.max_minutes is not None and self._out_of_time(t0):
-                return "max_minutes"
+                return self._stop("max_minutes")
             if batches is None:
                 if p.epoch != self._hooked_epoch:
                     self.model.on_epoch_start(p.epoch)
@@ -529,13 +759,13 @@ class Trainer:
             p.epoch_step += 1
             p.samples_seen += cfg.batch_size * cfg.grad_accum_steps * self.world
             self._session_samples += cfg.batch_size * cfg.grad_accum_steps * self.world
+            self._session_steps += 1
             self.window.add(losses, cfg.batch_size * cfg.grad_accum_steps * self.world, seconds)
             end_of_epoch = p.epoch_step == self.steps_per_epoch
             if end_of_epoch:
                 p.epoch, p.epoch_step, batches = p.epoch + 1, 0, None
-            if self._pbar is not None:
-                self._pbar.update(1)
-                self._pbar.set_postfix(loss=f"{losses['loss']:.4f}", epoch=step_epoch)
+            if self._display is not None:
+                self._display.update(p.step, loss=f"{losses['loss']:.4f}", epoch=step_epoch)
             if p.step % cfg.log_every == 0:
                 self._log_train(step_epoch, t0)
             if p.step >= self.total_steps:
@@ -546,8 +776,15 @@ class Trainer:
                 new_best = self._validate(step_epoch, t0)
             if self._budget_probe(validated):
                 self._fit_schedule_to_budget(t0)
+            elif self._display_probe(validated):
+                self._display.set_total(self._reachable_steps(t0))  # type: ignore[union-attr]
             if self._periodic(cfg.checkpoint_every, end_of_epoch) or new_best:
                 self._checkpoint(step_epoch, new_best)
+
+    def _stop(self, reason: str) -> str:
+        if self._display is not None:
+            self._display.set_total(self.progress.step)  # where the run actually ends: the bar ends full
+        return reason
 
     def _periodic(self, every: int | None, end_of_epoch: bool) -> bool:
         return end_of_epoch if every is None else self.progress.step % every == 0
@@ -669,28 +906,41 @@ class Trainer:
         step = self.progress.step
         return step == probe or (step > probe and (validated or (step - probe) % 25 == 0))
 
+    def _display_probe(self, validated: bool) -> bool:
+        """Whether to re-estimate, for the progress display only, where a time-budgeted run will end: from the
+        second step on (the first is kept out of the step time), every 25 steps and after every validation, until
+        ``fit_to_budget`` fixes the run's length."""
+        if self._display is None or self.cfg.max_minutes is None or self._schedule_fitted:
+            return False
+        if self._timers["step_ema"] is None:
+            return False
+        return self._display.total is None or validated or self.progress.step % 25 == 0
+
+    def _reachable_steps(self, t0: float) -> int:
+        """The step the remaining time budget allows, from the measured step, validation and checkpoint times
+        (rank 0's clock); never later than ``max_steps``/``max_epochs``."""
+        budget = self.cfg.max_minutes * 60.0  # type: ignore[operator]
+        remaining = budget - (time.monotonic() - t0) - self._estimate_val() - self._estimate_ckpt()
+        step_time = self._timers["step_ema"]
+        steps = remaining / step_time if step_time else 0.0
+        every = self.cfg.val_every
+        if every is not None and self.val_dataset is not None and step_time:
+            # Each periodic validation costs about this many training steps.
+            steps = steps / (1.0 + self._estimate_val() / (every * step_time))
+        steps *= 0.97  # a small margin, so that the schedule ends before the budget's hard stop does
+        return max(self.progress.step, min(self._configured_steps, self.progress.step + int(steps)))
+
     def _fit_schedule_to_budget(self, t0: float) -> None:
         """Set the run's (and the schedule's) last step to the one the remaining time allows (rank 0 decides)."""
-        total = self.total_steps
-        if self.is_main:
-            budget = self.cfg.max_minutes * 60.0  # type: ignore[operator]
-            remaining = budget - (time.monotonic() - t0) - self._estimate_val() - self._estimate_ckpt()
-            step_time = self._timers["step_ema"]
-            steps = remaining / step_time if step_time else 0.0
-            every = self.cfg.val_every
-            if every is not None and self.val_dataset is not None:
-                # Each periodic validation costs about this many training steps.
-                steps = steps / (1.0 + self._estimate_val() / (every * step_time))
-            steps *= 0.97  # a small margin, so that the schedule ends before the budget's hard stop does
-            total = max(self.progress.step, min(self._configured_steps, self.progress.step + int(steps)))
+        total = self._reachable_steps(t0) if self.is_main else self.total_steps
         total = int(self._broadcast(total))
+        self._schedule_fitted = True
         if total != self.total_steps:
             self.total_steps = total
             self.scheduler.lr_lambdas[0].total_steps = total
             self.length_reason = "max_minutes"
-            if self._pbar is not None:
-                self._pbar.total = total
-                self._pbar.refresh()
+        if self._display is not None:
+            self._display.set_total(self.total_steps)
 
     def _estimate_val(self) -> float:
         if self.val_dataset is None:
@@ -721,7 +971,14 @@ class Trainer:
                 batch_size=self.cfg.val_batch_size or self.cfg.batch_size,
                 device=self.acc.device,
                 num_workers=self.cfg.num_workers,
+                progress=self._display is not None and self._display.tty,
             )
+            if self._display is not None:
+                try:
+                    clips = f" ({len(self.val_dataset)} clips)"  # type: ignore[arg-type]
+                except TypeError:
+                    clips = ""
+                self._display.phase(f"validating on {self.cfg.val_split}{clips}")
             was_training = self.model.training
             self.model.eval()
             try:
@@ -745,6 +1002,12 @@ class Trainer:
         )
         if better:
             p.best_value, p.best_step = value, p.step
+        if self._display is not None:
+            best = " (best so far)" if better else ""
+            self._display.note(
+                f"validation at step {p.step}: {cfg.select_metric} {value:.4f}{best} on {cfg.val_split} in "
+                f"{seconds:.1f} s"
+            )
         event = {"event": "val", "step": p.step, "epoch": epoch, "split": cfg.val_split, "metrics": metrics}
         self._event({**event, "is_best": better, "seconds": round(seconds, 4), "elapsed_s": self._elapsed(t0)})
         if self._tb is not None:
@@ -897,9 +1160,10 @@ class Trainer:
             seed=self.cfg.seed,
             param_digests=digests,
             ranks_in_sync=len(set(digests)) == 1,
+            planned_steps=self._configured_steps,
         )
         if self.is_main:
-            (self.out_dir / "train_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+            atomic_write_text(self.out_dir / "train_summary.json", json.dumps(asdict(summary), indent=2))
         return summary
 
     # -- collectives (no-ops in a single process) --------------------------------------------------------------------
