@@ -66,9 +66,9 @@ def main() -> None:
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes or --steps")
 
-    from avseg.checkpoint import load_model
     from avseg.data.readers import get_reader
     from avseg.evaluate import default_preset, evaluate_split
+    from avseg.models import load_model
     from avseg.train.commands import train
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="reader frame size (default: the model's)")
     args = parser.parse_args()
 
-    from avseg.checkpoint import load_model
     from avseg.data.refavs import RefAVSReader
     from avseg.data.types import collate
+    from avseg.models import load_model
 
     model = load_model(args.checkpoint).eval()
     reader = RefAVSReader(args.data, image_size=args.image_size or getattr(model, "input_size", None))

@@ -191,3 +191,22 @@ def test_cli_eval_on_a_folder_that_is_no_checkpoint_is_one_line(tmp_path, capsys
     assert lines == [
         f"avseg: error: {empty}: is not a checkpoint folder or training run: no config.json and no best.json"
     ]
+
+
+def test_eval_and_predict_fall_back_to_the_other_pointer_the_same_way(tmp_path):
+    """One resolve_checkpoint serves eval and predict: a run without best.json falls back to latest.json, warning."""
+    import warnings
+
+    from avseg.checkpoint import CheckpointPointerWarning
+
+    run = tmp_path / "run" / "checkpoints"
+    (run / "step-1").mkdir(parents=True)
+    (run / "step-1" / "config.json").write_text("{}")
+    write_pointer(run, "latest", run / "step-1")
+    with pytest.warns(CheckpointPointerWarning, match="has no best.json; using latest.json"):
+        assert resolve_checkpoint(tmp_path / "run", "best", fallback="latest") == run / "step-1"
+    with pytest.raises(NotACheckpointError, match="no best.json"):
+        resolve_checkpoint(tmp_path / "run", "best")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_checkpoint(tmp_path / "run", "latest", fallback="best") == run / "step-1"

@@ -10,9 +10,11 @@ A checkpoint is a folder::
 
 It is written into a temporary sibling folder and renamed into place, so a crash never leaves a half-written
 checkpoint under the final name. Weights load strictly: missing and unexpected keys are reported in one error that
-names the checkpoint. :func:`load_model` rebuilds the model from ``config.json`` alone, so a checkpoint needs no
-side files. A training run folder holds many checkpoints plus ``latest.json`` / ``best.json`` pointers (see
-:func:`write_pointer`); every function here accepts such a run folder and follows ``latest.json``.
+names the checkpoint. A training run folder holds many checkpoints plus ``latest.json`` / ``best.json`` pointers
+(see :func:`write_pointer`); every function here accepts such a run folder and follows ``latest.json``.
+
+This module reads and writes files and knows no model class: :func:`avseg.models.load_model` rebuilds a model from
+``config.json`` alone, so a checkpoint needs no side files.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +32,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from avseg import __version__
-from avseg.config import config_from_dict, config_to_dict
-from avseg.errors import AVSegError, CheckpointError, MetadataError, MissingFileError, UsageError
+from avseg.config import config_to_dict
+from avseg.errors import AVSegError, AVSegWarning, CheckpointError, MetadataError, MissingFileError, UsageError
 from avseg.fileio import atomic_dir, atomic_write_text, current_umask
 
 __all__ = [
     "CheckpointError",
     "CheckpointExistsError",
+    "CheckpointPointerWarning",
     "NotACheckpointError",
-    "load_model",
     "load_training_state",
     "load_weights",
     "read_checkpoint_config",
@@ -63,6 +66,10 @@ class NotACheckpointError(CheckpointError, MissingFileError):
         AVSegError.__init__(self, f"{self.path}: {reason}")
 
 
+class CheckpointPointerWarning(AVSegWarning):
+    """A run folder lacked the pointer asked for (``best.json``) and another one (``latest.json``) was used."""
+
+
 class CheckpointExistsError(UsageError, FileExistsError):
     """``save_checkpoint`` was asked to write over an existing path without ``overwrite=True``."""
 
@@ -74,6 +81,10 @@ def write_pointer(run_dir: str | Path, name: str, target: str | Path, info: dict
     atomic_write_text(run_dir / f"{name}.json", json.dumps(payload, indent=2))
 
 
+def _has_pointer(folder: Path, pointer: str) -> bool:
+    return (folder / f"{pointer}.json").is_file() or (folder / "checkpoints" / f"{pointer}.json").is_file()
+
+
 def _pointers(folder: Path) -> list[str]:
     """Names of the pointer files (``*.json`` other than ``config.json``) in ``folder`` and ``folder/checkpoints``."""
     found = []
@@ -83,9 +94,13 @@ def _pointers(folder: Path) -> list[str]:
     return found
 
 
-def resolve_checkpoint(path: str | Path, pointer: str = "latest") -> Path:
+def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: str | None = None) -> Path:
     """The checkpoint folder for ``path``: itself if it holds ``config.json``, else the one ``{pointer}.json`` names
     (in ``path`` or, for a training run folder, in ``path/checkpoints``).
+
+    With ``fallback`` (e.g. ``pointer="best", fallback="latest"``: a run trained without validation has no
+    ``best.json``), a missing ``{pointer}.json`` is replaced by ``{fallback}.json`` with a
+    :class:`CheckpointPointerWarning`. ``avseg eval`` and ``avseg predict`` both resolve this way.
 
     Raises:
         MissingFileError: ``path`` does not exist.
@@ -118,6 +133,9 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest") -> Path:
                 target, f"is not a checkpoint folder (no {CONFIG_FILE}), yet {pointer_file} points at it"
             )
         return target
+    if fallback is not None and fallback != pointer and _has_pointer(run, fallback):
+        warnings.warn(f"{run}: has no {pointer}.json; using {fallback}.json", CheckpointPointerWarning, stacklevel=2)
+        return resolve_checkpoint(run, fallback)
     others = _pointers(run)
     listed = f" (pointers present: {', '.join(others)})" if others else ""
     raise NotACheckpointError(
@@ -236,23 +254,6 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
         raise CheckpointError(file, f"weights do not fit {type(model).__name__}: " + "; ".join(parts))
     state = {k: v for k, v in state.items() if k in own and k not in mismatched}
     model.load_state_dict(state, strict=strict)
-    return model
-
-
-def load_model(path: str | Path, *, pointer: str = "latest") -> nn.Module:
-    """Rebuild a model from a checkpoint alone (family + config in ``config.json``) and load its weights strictly."""
-    from avseg.models.registry import model_class
-
-    folder = resolve_checkpoint(path, pointer)
-    data = read_checkpoint_config(folder)
-    cls = model_class(data["family"])
-    try:
-        config = config_from_dict(cls.config_class, data["config"])
-    except ValueError as err:
-        raise MetadataError(folder / CONFIG_FILE, f"config does not fit {cls.__name__}: {err}") from err
-    model = cls(config)
-    load_weights(model, folder)
-    model.preset = data.get("preset")  # type: ignore[attr-defined]
     return model
 
 

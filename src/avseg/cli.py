@@ -22,13 +22,14 @@ import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from avseg import __version__
-from avseg.errors import AVSegError
+from avseg.errors import AVSegError, AVSegWarning
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -270,6 +271,14 @@ USER_ERRORS = (
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """avseg's own warnings (documented fallbacks) as one ``avseg: warning:`` line; others as Python prints them."""
+    if issubclass(category, AVSegWarning):
+        print(f"avseg: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``avseg`` console script.
 
@@ -289,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     internal = {"_fn", "command", "debug"}
     kwargs = {k: v for k, v in vars(args).items() if k not in internal and not k.endswith("_command")}
     try:
-        status = fn(**kwargs)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            status = fn(**kwargs)
     except USER_ERRORS as err:
         if debug:
             raise

@@ -224,13 +224,12 @@ def demo(
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
     """
-    from avseg.checkpoint import load_model
     from avseg.config import config_from_dict, config_to_dict
     from avseg.data.augment import HorizontalFlip
     from avseg.data.refavs import RefAVSReader
     from avseg.device import resolve_device
     from avseg.evaluate import evaluate_split, format_markdown, refavs_summary
-    from avseg.models import create_model
+    from avseg.models import create_model, load_model
     from avseg.train.config import TrainConfig
     from avseg.train.trainer import Trainer, budget_shortfall, check_training_dependencies
 

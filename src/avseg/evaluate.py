@@ -607,12 +607,13 @@ def evaluate_command(
             shuffled: a warning says how many items keep their own video's sound.
         num_workers: data-loading worker processes.
     """
-    from avseg.checkpoint import load_model, resolve_checkpoint
+    from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
+    from avseg.models import load_model
 
     if overlays and save_masks is None:
         raise UsageError("--overlays needs --save-masks DIR")
-    folder = resolve_checkpoint(checkpoint, pointer)
+    folder = resolve_checkpoint(checkpoint, pointer, fallback="latest" if pointer == "best" else "best")
     # Every output is checked before the model or the data is loaded: a bad path is one line now, not a traceback
     # after the whole evaluation.
     inputs = _files_in(Path(checkpoint), Path(checkpoint) / "checkpoints", folder, Path(data))

@@ -85,6 +85,7 @@ from avseg.audio.logmel import (
     pad_or_trim_examples,
     waveform_to_examples,
 )
+from avseg.checkpoint import resolve_checkpoint
 from avseg.data.base import resize_frames, to_size
 from avseg.data.types import AVSSample, collate
 from avseg.device import resolve_device
@@ -566,9 +567,9 @@ class Predictor:
         cls, path: str | Path, *, pointer: Literal["best", "latest"] = "best", **settings: Any
     ) -> Predictor:
         """Load a checkpoint folder (or a run folder: its ``best.json`` / ``latest.json``) and wrap it."""
-        from avseg.checkpoint import load_model
+        from avseg.models import load_model
 
-        folder = _resolve_checkpoint(Path(path), pointer)
+        folder = resolve_checkpoint(Path(path), pointer, fallback=_other_pointer(pointer))
         model = load_model(folder)
         if "requires_text" not in settings:
             settings["requires_text"] = model_requires_text(model, training_data_format(folder))
@@ -895,24 +896,16 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _other_pointer(pointer: str) -> str:
+    """The pointer to fall back to when a run folder lacks ``pointer`` (a run without validation has no best)."""
+    return "latest" if pointer == "best" else "best"
+
+
 def _positive_float(value: Any, name: str) -> float:
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive, got {value}")
     return value
-
-
-def _resolve_checkpoint(path: Path, pointer: str) -> Path:
-    """A checkpoint folder, or the one a run folder's ``{pointer}.json`` names (falling back to the other pointer)."""
-    from avseg.checkpoint import CONFIG_FILE, resolve_checkpoint
-
-    if (path / CONFIG_FILE).is_file():
-        return path
-    other = "latest" if pointer == "best" else "best"
-    if path.is_dir() and not (path / f"{pointer}.json").is_file() and (path / f"{other}.json").is_file():
-        print(f"note: {path} has no {pointer}.json; using {other}.json")
-        pointer = other
-    return resolve_checkpoint(path, pointer)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -976,7 +969,7 @@ def predict(
         raise MissingFileError(video, "video")
     # Everything a user can get wrong is checked here, before the model loads or a frame decodes.
     torch_device = resolve_device(device, arg="--device")
-    folder = _resolve_checkpoint(Path(checkpoint), pointer)
+    folder = resolve_checkpoint(Path(checkpoint), pointer, fallback=_other_pointer(pointer))
     inputs = _input_paths(video, Path(checkpoint), folder)
     sidecar = out.with_suffix(".json")
     check_output_file(out, arg="--out", inputs=inputs)

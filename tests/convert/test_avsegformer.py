@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avseg.checkpoint import load_model, read_checkpoint_config
+from avseg.checkpoint import read_checkpoint_config
 from avseg.cli import main
 from avseg.convert.avsegformer import convert_state_dict, infer_released_config, normalise_timm_pvt
 from avseg.data.types import random_batch
 from avseg.errors import CheckpointError
+from avseg.models import load_model
 from avseg.models.avsegformer import AVSegFormer
 
 Maker = Callable[..., torch.Tensor]

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from avseg.checkpoint import load_model, save_checkpoint
+from avseg.checkpoint import save_checkpoint
 from avseg.config import config_from_dict, config_to_dict
 from avseg.data.refavs import RefAVSReader
 from avseg.data.synthav.commands import synth
 from avseg.data.types import collate
-from avseg.models import create_model, get_entry, list_models
+from avseg.models import create_model, get_entry, list_models, load_model
 from avseg.models.base import AVSModel, AVSOutput
 
 TINY = list_models("*-tiny")

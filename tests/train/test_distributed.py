@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from avseg.checkpoint import load_model
 from avseg.data.synthav.commands import synth
+from avseg.models import load_model
 from avseg.train.determinism import parameter_digest
 from avseg.train.trainer import TIMING_KEYS
 

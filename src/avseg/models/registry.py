@@ -13,12 +13,23 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from avseg.config import apply_overrides
+from avseg.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
+from avseg.config import apply_overrides, config_from_dict
+from avseg.errors import MetadataError
 from avseg.models.base import AVSModel
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "model_class", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "load_model",
+    "model_class",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -88,13 +99,33 @@ def create_model(name: str, checkpoint: str | None = None, **overrides: Any) -> 
     Args:
         name: preset name (see :func:`list_models`).
         checkpoint: an avseg checkpoint whose weights are loaded strictly (its config must match the preset's
-            architecture; use :func:`avseg.checkpoint.load_model` to rebuild a model from the checkpoint alone).
+            architecture; use :func:`load_model` to rebuild a model from the checkpoint alone).
         **overrides: dotted config keys, e.g. ``num_classes=71`` or ``**{"decoder.dim": 64}``.
     """
     entry = get_entry(name)
     model = entry.model_cls(entry.config(**overrides))
+    model.preset = name
     if checkpoint is not None:
-        from avseg.checkpoint import load_weights
-
         load_weights(model, checkpoint)
+    return model
+
+
+def load_model(path: str | Path, *, pointer: str = "latest", fallback: str | None = None) -> AVSModel:
+    """Rebuild a model from a checkpoint alone (family and config from its ``config.json``), weights loaded strictly.
+
+    Args:
+        path: a checkpoint folder, or a training run folder (then ``{pointer}.json`` names the checkpoint).
+        pointer: ``latest`` or ``best``.
+        fallback: the pointer to use when ``pointer`` is missing (see :func:`avseg.checkpoint.resolve_checkpoint`).
+    """
+    folder = resolve_checkpoint(path, pointer, fallback=fallback)
+    data = read_checkpoint_config(folder)
+    cls = model_class(data["family"])
+    try:
+        config = config_from_dict(cls.config_class, data["config"])
+    except ValueError as err:
+        raise MetadataError(folder / CONFIG_FILE, f"config does not fit {cls.__name__}: {err}") from err
+    model = cls(config)
+    load_weights(model, folder)
+    model.preset = data.get("preset")
     return model
