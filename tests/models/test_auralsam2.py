@@ -8,16 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from avseg.data.augment import ClipAugment, ClipAugmentConfig
 from avseg.data.types import AVSBatch, random_batch
 from avseg.layers.sam2 import Sam2Prompt
-from avseg.models.auralsam2 import (
-    AugmentConfig,
-    AuralSAM2,
-    PromptConfig,
-    TrackingConfig,
-    augment_clip,
-    auralsam2_tiny,
-)
+from avseg.models.auralsam2 import AuralSAM2, PromptConfig, TrackingConfig, auralsam2_tiny
 from avseg.models.registry import get_entry
 
 PAPER_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
@@ -96,7 +90,8 @@ def _paper_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, t
 def test_paper_presets_build_on_meta_with_the_expected_sizes(name):
     cfg = get_entry(name).config(pretrained=False)
     assert cfg.sam2.image_size == 1024 and cfg.recipe.lr == 1e-4 and cfg.recipe.schedule == "poly"
-    assert cfg.recipe.weight_decay == 0.05 and cfg.sam2.trainable == () and cfg.augment.enabled
+    assert cfg.recipe.weight_decay == 0.05 and cfg.sam2.trainable == ()
+    assert cfg.recipe.augment == ClipAugmentConfig()  # the released augmentation, as a data transform
     with torch.device("meta"):
         model = AuralSAM2(cfg)
     refavs = name.endswith("refavs")
@@ -209,42 +204,22 @@ def test_losses_terms_reduction_and_audiocon_switch():
     assert zero.item() == 0.0 and zero.requires_grad
 
 
-def test_augmentation_is_consistent_over_the_clip():
-    g = torch.Generator().manual_seed(0)
-    frames = torch.rand(2, 3, 3, 16, 16, generator=g) * 255
-    masks = (torch.rand(2, 3, 16, 16, generator=g) > 0.5).to(torch.uint8)
-    still = AugmentConfig(
-        hflip=1.0,
-        degrees=0.0,
-        shear=0.0,
-        brightness=0.0,
-        contrast=0.0,
-        saturation=0.0,
-        frame_brightness=0.0,
-        frame_contrast=0.0,
-        frame_saturation=0.0,
-        grayscale=0.0,
-    )
-    out, out_masks = augment_clip(frames, masks, still)
-    torch.testing.assert_close(out, frames.flip(-1), atol=1e-3, rtol=0)
-    assert torch.equal(out_masks, masks.flip(-1))
-    rotated, rotated_masks = augment_clip(frames, masks, AugmentConfig(), torch.Generator().manual_seed(1))
-    assert rotated.shape == frames.shape and set(rotated_masks.unique().tolist()) <= {0, 1}
-    assert rotated.min() >= 0 and rotated.max() <= 255
+def test_the_paper_presets_augment_through_the_data_transform_not_inside_forward(monkeypatch):
+    model = AuralSAM2(dataclasses.replace(auralsam2_tiny(), recipe=get_entry("auralsam2-l-refavs").config().recipe))
+    assert isinstance(model.train_transform(), ClipAugment)
+    seen = []
+    original = model.sam2.encode_frames
 
+    def spy(pixel_values, **kwargs):
+        seen.append(pixel_values)
+        return original(pixel_values, **kwargs)
 
-def test_training_with_augmentation_supervises_the_augmented_masks():
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(auralsam2_tiny(), augment=AugmentConfig(enabled=True, hflip=1.0))
-    model = AuralSAM2(cfg).train()
+    monkeypatch.setattr(model.sam2, "encode_frames", spy)
     batch = square_batch(b=1, t=2)
-    out = model(batch)
-    assert out.aux["targets"].shape == batch.masks.shape
-    assert not torch.equal(out.aux["targets"], batch.masks)  # the off-centre square moved with the frames
-    assert torch.isfinite(model.losses(batch, out)["loss"])
-    model.eval()
     with torch.no_grad():
-        assert "targets" not in model(batch).aux
+        model.train()(batch)
+        expected = model.sam2.resize((batch.frames.flatten(0, 1).float() - model.pixel_mean) / model.pixel_std)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)  # SAM2 sees the batch's own pixels in training
 
 
 def test_single_mask_mode_supervises_sam2s_own_output():
@@ -263,7 +238,7 @@ def test_single_mask_mode_supervises_sam2s_own_output():
 def test_training_on_drawn_frames_tracks_only_them_and_supervises_them(monkeypatch):
     torch.manual_seed(0)
     cfg = auralsam2_tiny()
-    assert cfg.tracking.train_frames == 4
+    assert cfg.train_frames == 4
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, audiocon_weight=0.0))
     model = AuralSAM2(cfg).train()
     batch = square_batch(b=2, t=7, size=32)
@@ -278,25 +253,27 @@ def test_training_on_drawn_frames_tracks_only_them_and_supervises_them(monkeypat
     monkeypatch.setattr(model.sam2, "propagate", spy)
     torch.manual_seed(3)
     out = model(batch)
-    index = out.aux["frame_index"]
+    index = out.computed_frames[0].nonzero().flatten()
     torch.manual_seed(3)
     assert torch.equal(index, model.draw_training_frames(batch, 4))
     assert conditioning == [(4, [2])]  # the middle of the drawn frames conditions SAM2
     others = [i for i in range(7) if i not in index.tolist()]
     assert out.mask_logits.shape == (2, 7, 1, 32, 32) and out.mask_logits[:, others].abs().sum() == 0
-    assert out.aux["computed_frames"][:, index].all() and not out.aux["computed_frames"][:, others].any()
-    assert out.aux["candidates"].shape[1] == 4 and out.aux["object_logits"].shape == (2, 4)
+    assert out.computed_frames[:, index].all() and not out.computed_frames[:, others].any()
+    assert out.object_logits.shape == (2, 7) and out.object_logits[:, others].abs().sum() == 0
+    assert out.aux["candidates"].shape[1] == 4
     # The loss is the loss of the drawn frames as a clip of their own (at their seconds, the text weighed as on 7).
     sub = batch.select_frames(index)
     with torch.no_grad():
         direct = model._run(sub, None, use_audio=True, frame_index=index, clip_frames=7)
         torch.testing.assert_close(direct.mask_logits, out.mask_logits[:, index])
+        torch.testing.assert_close(direct.object_logits, out.object_logits[:, index])
         # rtol: the two runs differ in float rounding only (one builds a graph, one does not)
         torch.testing.assert_close(
             model.losses(batch, out)["loss"], model.losses(sub, direct)["loss"], rtol=1e-4, atol=0
         )
     model.eval()
     with torch.no_grad():
-        assert "frame_index" not in model(batch).aux  # evaluation tracks every frame
+        assert model(batch).computed_frames.all()  # evaluation tracks every frame
     with pytest.raises(ValueError, match="train_frames"):
-        TrackingConfig(train_frames=0)
+        dataclasses.replace(cfg, train_frames=0)

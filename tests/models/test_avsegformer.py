@@ -314,7 +314,7 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
     batch.label_valid[:, 3:] = False
     torch.manual_seed(0)
     out = model(batch)
-    computed = out.aux["computed_frames"]
+    computed = out.computed_frames
     assert computed.sum(1).tolist() == [2, 2] and not computed[:, 3:].any()  # drawn among labelled frames only
     assert out.aux["logits"].shape[0] == 4 and (out.mask_logits[~computed] == 0).all()
     losses = model.losses(batch, out)
@@ -322,7 +322,7 @@ def test_train_frames_runs_on_a_subset_of_labelled_frames(tiny: AVSegFormer) -> 
     target = F.interpolate(batch.masks[computed][:, None].float(), size=(S, S), mode="nearest")[:, 0]
     torch.testing.assert_close(losses["dice"], squared_dice_loss(logits, target))
     with torch.no_grad():
-        assert model.eval()(batch).aux["computed_frames"].all()  # evaluation runs every frame
+        assert model.eval()(batch).computed_frames.all()  # evaluation runs every frame
 
 
 def test_mix_loss_is_the_dice_of_the_channel_mean(tiny: AVSegFormer) -> None:

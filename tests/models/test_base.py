@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pytest
 import torch
 
-from avseg.data.types import random_batch
+from avseg.data.types import AVSBatch, random_batch
+from avseg.errors import ShapeError
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
 from tests.toy_model import ToyConfig, ToyModel
 
 
@@ -27,3 +32,75 @@ def test_training_frames_are_drawn_sorted_among_labelled_frames_in_training_only
     assert model.eval().draw_training_frames(batch, 2) is None
     batch.label_valid[:] = False
     assert len(model.train().draw_training_frames(batch, 3)) == 3  # nothing labelled: any frame
+
+
+@dataclass
+class FramesConfig:
+    train_frames: int | None = None
+
+
+class FramesModel(AVSModel):
+    """A model that only implements the per-frame part: each frame's logits are its mean pixel value."""
+
+    family = "frames-test"
+    config_class = FramesConfig
+
+    def __init__(self, config: FramesConfig, frames_out: int | None = None) -> None:
+        super().__init__(config)
+        self.seen: list[torch.Tensor | None] = []
+        self.frames_out = frames_out  # return this many frames instead of the drawn ones (a broken model)
+
+    def forward_frames(self, batch: AVSBatch, frames: torch.Tensor | None) -> AVSOutput:
+        self.seen.append(frames)
+        mean = batch.frames.float().mean((2, 3, 4)) + 1.0  # (B, T), never zero
+        if frames is not None:
+            mean = mean[:, frames]  # (B, T')
+        if self.frames_out is not None:
+            mean = mean[:, : self.frames_out]
+        b, t = mean.shape
+        h, w = batch.frames.shape[-2:]
+        return AVSOutput(
+            mask_logits=mean[:, :, None, None, None].expand(b, t, 1, h, w),
+            object_logits=-mean,
+            iou_pred=mean[..., None].expand(b, t, 3),
+            aux={"per_frame": mean},
+        )
+
+
+def test_forward_runs_the_drawn_frames_and_places_them_in_the_clip() -> None:
+    model = FramesModel(FramesConfig(train_frames=2)).train()
+    batch = random_batch(2, 5, 8)
+    torch.manual_seed(0)
+    out = model(batch)
+    torch.manual_seed(0)
+    drawn = model.draw_training_frames(batch, 2)
+    assert torch.equal(model.seen[0], drawn)
+    expected = torch.zeros(2, 5, dtype=torch.bool)
+    expected[:, drawn] = True
+    assert torch.equal(out.computed_frames, expected)
+    mean = batch.frames.float().mean((2, 3, 4)) + 1.0  # (B, T)
+    assert out.mask_logits.shape == (2, 5, 1, 8, 8) and out.iou_pred.shape == (2, 5, 3)
+    torch.testing.assert_close(out.object_logits, torch.where(expected, -mean, 0.0))
+    torch.testing.assert_close(out.mask_logits[:, :, 0, 0, 0], torch.where(expected, mean, 0.0))
+    torch.testing.assert_close(out.iou_pred[..., 1], torch.where(expected, mean, 0.0))
+    # select_computed gives the frames in the order of aux.
+    torch.testing.assert_close(out.select_computed(out.object_logits), -out.aux["per_frame"])
+    assert out.select_computed(batch.masks).shape == (2, 2, 8, 8)
+    # Evaluation runs every frame.
+    with torch.no_grad():
+        full = model.eval()(batch)
+    assert model.seen[-1] is None and full.computed_frames.all()
+    torch.testing.assert_close(full.object_logits, -mean)
+    assert full.select_computed(batch.masks).shape == (2, 5, 8, 8)
+
+
+def test_forward_refuses_a_per_frame_output_of_the_wrong_length() -> None:
+    model = FramesModel(FramesConfig(train_frames=3), frames_out=1).train()
+    with pytest.raises(ShapeError, match="forward_frames"):
+        model(random_batch(1, 5, 8))
+
+
+def test_avss_class_count_is_the_datasets() -> None:
+    from avseg.data.avss import AVSS_NUM_CLASSES as DATA_CLASSES
+
+    assert AVSS_NUM_CLASSES == DATA_CLASSES == 71

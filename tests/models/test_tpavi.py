@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avseg.checkpoint import load_model, save_checkpoint
+from avseg.checkpoint import save_checkpoint
 from avseg.data.types import random_batch
-from avseg.models import create_model, get_entry, list_models
+from avseg.models import create_model, get_entry, list_models, load_model
 from avseg.models.tpavi import TPAVI, TPAVIBlock, masked_av_kl_loss
 
 PAPER_PRESETS = [
@@ -427,7 +427,7 @@ def test_train_frames_runs_the_visual_path_on_a_frame_sample_and_the_loss_skips_
     model = create_model("tpavi-tiny", train_frames=2).train()
     batch = random_batch(b=2, t=5, size=64, texts=["the red circle", None])
     out = model(batch)
-    computed = out.aux["computed_frames"]  # (B, T)
+    computed = out.computed_frames  # (B, T)
     assert computed.shape == (2, 5) and computed.sum(1).tolist() == [2, 2]
     assert out.aux["logits"].shape[0] == 2 * 2  # the visual path ran on B * train_frames frames
     assert (out.mask_logits[~computed] == 0).all() and (out.mask_logits[computed] != 0).any()
@@ -441,4 +441,4 @@ def test_train_frames_runs_the_visual_path_on_a_frame_sample_and_the_loss_skips_
     assert not torch.isclose(model.losses(changed, out)["loss"], base)
     # Evaluation runs every frame.
     with torch.no_grad():
-        assert model.eval()(batch).aux["computed_frames"].all()
+        assert model.eval()(batch).computed_frames.all()

@@ -1,1 +1,1 @@
-"""Building blocks shared by several models: backbones, frozen encoders, text encoders."""
+"""Building blocks shared by several models: backbones, audio and text encoders, frozen wrappers, attention, losses."""

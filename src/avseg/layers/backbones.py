@@ -1,9 +1,8 @@
 """Image backbones as four-level feature pyramids (strides 4, 8, 16, 32), built from Hugging Face transformers.
 
 AVSBench's TPAVI and AVSegFormer both read the four stages of a ResNet-50 or a PVT-v2-b5. Both networks come from
-transformers (``ResNetModel``, ``PvtV2Model``; environment.md §3-§4: torchvision and timm do not work on the build
-machine), which build from a config offline, so a preset can be instantiated with random weights anywhere, and load
-pretrained weights from a hub id or a local folder when asked.
+transformers (``ResNetModel``, ``PvtV2Model``), which build from a config offline, so a preset can be instantiated
+with random weights anywhere, and load pretrained weights from a hub id or a local folder when asked.
 
 Pretrained weights used by the presets:
 

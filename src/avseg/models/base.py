@@ -5,23 +5,33 @@ an :class:`AVSOutput`; it says how it is trained through :meth:`AVSModel.losses`
 The trainer, the evaluator, ``avseg predict`` and the registry-wide tests depend on nothing else, so the four
 families (transformer AVS models, SAM2-prompting models, SAM2 external fusers, MLLM + SAM) are interchangeable.
 
+:meth:`AVSModel.forward` is a template: in training it draws the frames a step runs on (``config.train_frames``),
+calls the family's :meth:`AVSModel.forward_frames` on them, and places the results back into the whole clip, marking
+the computed frames in :attr:`AVSOutput.computed_frames`. A family implements ``forward_frames`` and ``losses``.
+
 Shapes: ``B`` batch, ``T`` frames, ``K`` mask channels (1 for binary tasks: S4, MS3, Ref-AVS, RVOS; the number of
-classes, 71, for AVSS), ``H, W`` the batch's frame size (models that predict at lower resolution upsample).
+classes, :data:`AVSS_NUM_CLASSES`, for AVSS), ``H, W`` the batch's frame size (models that predict at lower
+resolution upsample).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from avseg.data.types import AVSBatch
+from avseg.data.augment import training_transform
+from avseg.data.types import AVSBatch, AVSSample
 from avseg.errors import ShapeError
+from avseg.models.recipe import TrainRecipe
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AVSModel", "AVSOutput"]
+__all__ = ["AVSS_NUM_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "AVSModel", "AVSOutput"]
+
+AVSS_NUM_CLASSES = 71
+"""Mask channels of AVSBench-semantic: 70 sounding-object classes and the background (class 0)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,13 +47,25 @@ class AVSOutput:
         object_logits: optional ``(B, T)`` logits that the referred object is present (SAM2 object score).
         iou_pred: optional ``(B, T, M)`` predicted IoU of ``M`` candidate masks.
         aux: named auxiliary tensors (intermediate masks, embeddings for contrastive losses, ...), documented by each
-            model; consumed by its own ``losses``.
+            model; consumed by its own ``losses``. Their frame axis holds the computed frames only (``T'``).
+        computed_frames: ``(B, T)`` bool, the frames the model ran on; every clip has the same number ``T'`` of them
+            (all ``T`` in eval mode). The per-frame fields above are zero on the other frames, and losses skip them.
+            None: every frame (models that do not use :meth:`AVSModel.forward`'s template).
     """
 
     mask_logits: Tensor
     object_logits: Tensor | None = None
     iou_pred: Tensor | None = None
     aux: dict[str, Any] = field(default_factory=dict)
+    computed_frames: Tensor | None = None
+
+    def select_computed(self, x: Tensor) -> Tensor:
+        """``x (B, T, ...)`` restricted to the computed frames of every clip: ``(B, T', ...)`` (``x`` itself when
+        every frame was computed), in the frame order of the tensors in ``aux``."""
+        if self.computed_frames is None:
+            return x
+        computed = self.computed_frames.to(x.device)
+        return x[computed].view(x.shape[0], -1, *x.shape[2:])
 
     def probabilities(self) -> Tensor:
         """``(B, T, K, H, W)``: sigmoid for ``K = 1``, softmax over classes otherwise."""
@@ -53,10 +75,11 @@ class AVSOutput:
 
 
 class AVSModel(nn.Module):
-    """Base class: holds the config, normalises frames, checks outputs, and supplies default parameter groups.
+    """Base class: holds the config, runs the frame bookkeeping of :meth:`forward`, normalises frames, checks outputs,
+    and supplies default parameter groups.
 
-    Subclasses set ``family`` (the registry name of the architecture, e.g. ``"tpavi"``), ``config_class``, and
-    implement :meth:`forward` and :meth:`losses`.
+    Subclasses set ``family`` (the registry name of the architecture, e.g. ``"tpavi"``) and ``config_class`` (a
+    config with a ``train_frames: int | None`` field), and implement :meth:`forward_frames` and :meth:`losses`.
     """
 
     family: ClassVar[str]
@@ -72,7 +95,32 @@ class AVSModel(nn.Module):
 
     # -- the contract ------------------------------------------------------------------------------------------------
 
-    def forward(self, batch: AVSBatch) -> AVSOutput:  # pragma: no cover - abstract
+    def forward(self, batch: AVSBatch) -> AVSOutput:
+        """Segment a batch.
+
+        In training mode with ``config.train_frames`` set, only that many frames of each clip are run (the same ones
+        for the whole batch, drawn by :meth:`draw_training_frames`); otherwise every frame is.
+
+        Args:
+            batch: frames ``(B, T, 3, H, W)`` uint8 and the rest of :class:`~avseg.data.types.AVSBatch`.
+
+        Returns:
+            ``mask_logits (B, T, K, H, W)`` (zero on frames that were not run), the optional ``object_logits (B, T)``
+            and ``iou_pred (B, T, M)`` likewise, ``computed_frames (B, T)``, and the model's ``aux`` of the frames it
+            ran.
+        """
+        frames = self.draw_training_frames(batch, self.config.train_frames)  # (T',) or None: every frame
+        output = self.forward_frames(batch, frames)
+        return self.check_output(batch, self._place_frames(batch, output, frames))
+
+    def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:  # pragma: no cover - abstract
+        """The family's computation on frames ``frames (T',)`` (sorted indices) of every clip of ``batch``, or on
+        every frame when None. The whole clip stays readable (a soundtrack heard whole, a text read once).
+
+        Returns:
+            An output whose per-frame fields hold those frames: ``mask_logits (B, T', K, H, W)``, ``object_logits
+            (B, T')``, ``iou_pred (B, T', M)``; ``aux`` as the family documents it.
+        """
         raise NotImplementedError
 
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:  # pragma: no cover - abstract
@@ -80,11 +128,22 @@ class AVSModel(nn.Module):
         raise NotImplementedError
 
     @property
-    def demo_recipe(self) -> dict[str, Any]:
-        """The preset's training recipe (``config.recipe``, a :class:`avseg.models.recipe.TrainRecipe`) as
-        ``avseg.train.config.TrainConfig`` keys; empty when the config has none. Read by ``avseg demo``."""
+    def recipe(self) -> TrainRecipe | None:
+        """The preset's training recipe (``config.recipe``); None for a config without one."""
         recipe = getattr(self.config, "recipe", None)
-        return recipe.train_config() if recipe is not None else {}
+        return recipe if isinstance(recipe, TrainRecipe) else None
+
+    @property
+    def demo_recipe(self) -> dict[str, Any]:
+        """The preset's training recipe as ``avseg.train.config.TrainConfig`` keys; empty when the config has none.
+        Read by ``avseg demo``."""
+        return self.recipe.train_config() if self.recipe is not None else {}
+
+    def train_transform(self, hflip: float = 0.0) -> Callable[[AVSSample], AVSSample] | None:
+        """The transform the trainer applies to training samples (:func:`avseg.data.augment.training_transform`): the
+        recipe's clip augmentation (``recipe.augment``; ``hflip > 0`` sets its flip probability), else a horizontal
+        flip with probability ``hflip``; None: no augmentation."""
+        return training_transform(self.recipe.augment if self.recipe is not None else None, hflip)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups over trainable parameters. Default: one group, no weight decay on biases and
@@ -119,8 +178,8 @@ class AVSModel(nn.Module):
         of the batch (all frames when none is), from torch's global generator so that seeded runs repeat. None
         (run every frame) in eval mode, without ``count``, or when ``count`` covers the clip.
 
-        Models with a ``train_frames`` option run only these frames in training: each step then sees more clips for
-        the same compute, which is what CPU presets need most."""
+        :meth:`forward` runs only these frames in training (``config.train_frames``): each step then sees more clips
+        for the same compute, which is what CPU presets need most."""
         t = batch.frames.shape[1]
         if not self.training or count is None or count >= t:
             return None
@@ -128,6 +187,31 @@ class AVSModel(nn.Module):
         if len(candidates) == 0:
             candidates = torch.arange(t)
         return candidates[torch.randperm(len(candidates))[:count]].sort().values
+
+    @staticmethod
+    def _place_frames(batch: AVSBatch, output: AVSOutput, frames: Tensor | None) -> AVSOutput:
+        """``output`` of the frames ``frames (T',)`` placed into clips of ``T`` frames, zero elsewhere."""
+        b, t = batch.frames.shape[:2]
+        logits = output.mask_logits
+        computed = torch.ones(b, t, dtype=torch.bool, device=logits.device)  # (B, T)
+        if frames is None:
+            return replace(output, computed_frames=computed)
+        index = frames.to(logits.device)
+        if tuple(logits.shape[:2]) != (b, len(index)):
+            raise ShapeError(f"forward_frames: mask_logits {tuple(logits.shape)} for {len(index)} frames of {b} clips")
+        computed[:] = False
+        computed[:, index] = True
+
+        def place(x: Tensor) -> Tensor:  # (B, T', ...) -> (B, T, ...)
+            return x.new_zeros(b, t, *x.shape[2:]).index_copy(1, index, x)
+
+        return replace(
+            output,
+            mask_logits=place(logits),
+            object_logits=place(output.object_logits) if output.object_logits is not None else None,
+            iou_pred=place(output.iou_pred) if output.iou_pred is not None else None,
+            computed_frames=computed,
+        )
 
     @property
     def num_mask_channels(self) -> int:

@@ -3,7 +3,9 @@
 A preset's config carries its :class:`TrainRecipe` next to the architecture, so the numbers of the paper or of the
 released training script live in one place with their provenance (``notes``). The trainer does not read the recipe
 implicitly (an explicit ``avseg train`` config always wins); ``avseg demo`` and users who want "the preset's own
-recipe" take it through :meth:`TrainRecipe.train_config`, exposed on every model as ``AVSModel.demo_recipe``.
+recipe" take it through :meth:`TrainRecipe.train_config`, exposed on every model as ``AVSModel.demo_recipe``. The
+recipe's data augmentation (``augment``) is a sample transform, built by :meth:`TrainRecipe.train_transform`
+(``AVSModel.train_transform``) and applied by the trainer to the training dataset.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TrainRecipe"]
+from avseg.data.augment import ClipAugmentConfig, Transform, training_transform
+
+__all__ = ["ClipAugmentConfig", "TrainRecipe"]
 
 
 @dataclass
@@ -32,6 +36,8 @@ class TrainRecipe:
         clip_grad_norm: gradient-norm clipping (None: none).
         num_frames: frames per clip (5 in S4/MS3, 10 in AVSS and Ref-AVS).
         image_size: frame size the reader should produce (models resize to their own input size anyway).
+        augment: the clip augmentation of training samples (:class:`~avseg.data.augment.ClipAugmentConfig`; SAM2's
+            video augmentation in the AuralSAM2 paper presets); None: none besides the trainer's ``data.hflip``.
         notes: provenance of these numbers.
         demo_minutes: the training budget ``avseg demo`` gives this preset (None: the demo's default); a CPU preset
             whose evaluation is slow takes less, so that the whole demo ends within 10 minutes on 2 cores.
@@ -47,6 +53,7 @@ class TrainRecipe:
     clip_grad_norm: float | None = None
     num_frames: int = 5
     image_size: int = 224
+    augment: ClipAugmentConfig | None = None
     notes: str = ""
     demo_minutes: float | None = None
 
@@ -75,3 +82,9 @@ class TrainRecipe:
             "batch_size": self.batch_size,
             "clip_grad_norm": self.clip_grad_norm,
         }
+
+    def train_transform(self, hflip: float = 0.0) -> Transform | None:
+        """The transform of training samples (:func:`avseg.data.augment.training_transform`): the clip augmentation
+        of ``augment`` (``hflip > 0`` sets its flip probability), else a horizontal flip with probability ``hflip``;
+        None when neither augments."""
+        return training_transform(self.augment, hflip)

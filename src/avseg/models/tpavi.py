@@ -80,7 +80,6 @@ self-attention variant (``tpavi_vv_flag``) is computed the same way.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -88,68 +87,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.audio.vggish import EMBEDDING_SIZE, load_vggish
 from avseg.data.types import AVSBatch
-from avseg.errors import AVSegWarning, ShapeError
+from avseg.errors import ShapeError
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
 from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
-from avseg.layers.frozen import Frozen
 from avseg.layers.losses import soft_dice_loss
-from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig, distilroberta_encoder, masked_mean
-from avseg.models.base import AVSModel, AVSOutput
+from avseg.layers.text import (
+    MINILM_PACKAGE,
+    TextConfig,
+    TextEncoderConfig,
+    distilroberta_encoder,
+    frozen_text_encoder,
+    masked_mean,
+)
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 
 __all__ = [
     "TPAVI",
-    "AudioConfig",
-    "BackboneConfig",
     "DecoderConfig",
     "KernelConfig",
-    "LossConfig",
     "TPAVIBlock",
     "TPAVIConfig",
+    "TPAVILossConfig",
     "TPAVIModelConfig",
-    "TextConfig",
-    "TrainRecipe",
+    "TPAVITextConfig",
     "masked_av_kl_loss",
 ]
 
-AVSS_NUM_CLASSES = 71
-
 
 # -- configs ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AudioConfig:
-    """Where the per-second audio features (128-d) come from.
-
-    Attributes:
-        encoder: ``"vggish"``: the frozen VGGish network on ``batch.audio_examples`` (or ``batch.audio_embeddings``
-            when present); ``"logmel_cnn"``: a small trainable CNN on average-pooled log-mel examples (avseg).
-        vggish_weights: ``vggish-10086976.pth``; None keeps random VGGish weights (tests, parameter counts).
-        use_precomputed: use ``batch.audio_embeddings`` instead of running VGGish when the batch carries them.
-        logmel_pool: ``logmel_cnn`` only: average-pooling of the ``96×64`` (frames × mel bands) example first.
-        logmel_channels: ``logmel_cnn`` only: widths of its conv stages (each followed by a 2×2 max-pool).
-    """
-
-    encoder: Literal["vggish", "logmel_cnn"] = "vggish"
-    vggish_weights: str | None = None
-    use_precomputed: bool = True
-    logmel_pool: tuple[int, int] = (2, 2)
-    logmel_channels: tuple[int, ...] = (16, 32, 64)
-
-    def __post_init__(self) -> None:
-        if self.encoder not in ("vggish", "logmel_cnn"):
-            raise ValueError(f"audio.encoder must be 'vggish' or 'logmel_cnn', got {self.encoder!r}")
-        self.logmel_pool = tuple(int(p) for p in self.logmel_pool)  # type: ignore[assignment]
-        self.logmel_channels = tuple(int(c) for c in self.logmel_channels)
-        down = 2 ** len(self.logmel_channels)
-        if 96 % (self.logmel_pool[0] * down) or 64 % (self.logmel_pool[1] * down):
-            raise ValueError(
-                f"audio.logmel_pool {self.logmel_pool} with {len(self.logmel_channels)} stages does not divide the "
-                "96x64 log-mel example evenly"
-            )
 
 
 @dataclass
@@ -215,8 +183,9 @@ class DecoderConfig:
 
 
 @dataclass
-class TextConfig:
-    """The optional text branch (avseg's design; see the module docstring).
+class TPAVITextConfig(TextConfig):
+    """The optional text branch (avseg's design; see the module docstring): how the expression becomes the sentence
+    vector that drives the FiLM modulations and the conditional kernel.
 
     Attributes:
         encoder: the frozen sentence encoder; None disables the branch (AVSBench presets).
@@ -227,7 +196,6 @@ class TextConfig:
         queries: number of learned queries of attention pooling.
     """
 
-    encoder: TextEncoderConfig | None = None
     dim: int = 256
     pooling: Literal["mean", "attention"] = "mean"
     queries: int = 4
@@ -263,8 +231,8 @@ class KernelConfig:
 
 
 @dataclass
-class LossConfig:
-    """Loss terms and weights.
+class TPAVILossConfig:
+    """TPAVI's loss terms and weights.
 
     Attributes:
         mask_weight: weight of BCE (one mask channel) or cross-entropy (classes) on labelled frames.
@@ -300,7 +268,7 @@ class TPAVIModelConfig:
             size, which must then be a multiple of 32).
         pretrained: load pretrained backbone (and text encoder) weights; False builds random weights offline.
         backbone: image backbone.
-        audio: audio features.
+        audio: per-second audio features (frozen VGGish in the paper presets).
         tpavi: the TPAVI blocks.
         decoder: the FPN decoder.
         text: the optional text branch.
@@ -318,12 +286,12 @@ class TPAVIModelConfig:
     input_size: int | None = 224
     pretrained: bool = True
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     tpavi: TPAVIConfig = field(default_factory=TPAVIConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TPAVITextConfig = field(default_factory=TPAVITextConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: TPAVILossConfig = field(default_factory=TPAVILossConfig)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     train_frames: int | None = None
 
@@ -354,89 +322,18 @@ class TPAVIModelConfig:
         return self.recipe.image_size
 
 
-# -- audio -----------------------------------------------------------------------------------------------------------
-
-
-class LogMelCNN(nn.Module):
-    """A small trainable audio encoder (avseg): ``(N, 1, 96, 64)`` log-mel examples → ``(N, 128)``.
-
-    Average pooling, then conv-BN-ReLU-maxpool stages and a linear projection followed by a batch norm. Batch norms
-    standardise each channel over the batch, so they keep the differences between examples (which sound, how loud)
-    while removing what all examples share (the noise floor, the mean spectrum); without them, the features of
-    different sounds start almost equal and audio is learned very slowly.
-    """
-
-    def __init__(self, *, pool: tuple[int, int], channels: tuple[int, ...], out_dim: int = EMBEDDING_SIZE) -> None:
-        super().__init__()
-        self.pool = pool
-        layers: list[nn.Module] = []
-        prev = 1
-        for c in channels:
-            layers += [nn.Conv2d(prev, c, kernel_size=3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
-            prev = c
-        self.features = nn.Sequential(*layers)
-        down = 2 ** len(channels)
-        flat = prev * (96 // (pool[0] * down)) * (64 // (pool[1] * down))
-        self.proj = nn.Sequential(nn.Linear(flat, out_dim), nn.BatchNorm1d(out_dim))
-
-    def forward(self, examples: Tensor) -> Tensor:
-        x = F.avg_pool2d(examples, self.pool)  # (N, 1, 96/p0, 64/p1)
-        x = self.features(x)  # (N, C, h, w)
-        return self.proj(x.flatten(1))  # (N, 128)
-
-
-class AudioEncoder(nn.Module):
-    """Per-second audio features of a batch: ``(B, T, 128)``; zero for samples without audio (``has_audio`` False)."""
-
-    def __init__(self, config: AudioConfig, *, pretrained: bool = False) -> None:
-        super().__init__()
-        self.config = config
-        self.vggish: Frozen | None = None
-        self.cnn: LogMelCNN | None = None
-        if config.encoder == "vggish":
-            if pretrained and config.vggish_weights is None:
-                warnings.warn(
-                    "audio.vggish_weights is not set: VGGish keeps random weights, so only batches that carry "
-                    "precomputed audio_embeddings get meaningful audio features (set it to vggish-10086976.pth)",
-                    AVSegWarning,
-                    stacklevel=3,
-                )
-            # Pretrained VGGish weights are re-read from config.vggish_weights; random ones must be saved.
-            self.vggish = Frozen(load_vggish(config.vggish_weights), in_checkpoint=config.vggish_weights is None)
-        else:
-            self.cnn = LogMelCNN(pool=config.logmel_pool, channels=config.logmel_channels)
-
-    def forward(self, batch: AVSBatch) -> Tensor:
-        b, t = batch.frames.shape[:2]
-        if self.vggish is not None and self.config.use_precomputed and batch.audio_embeddings is not None:
-            feats = batch.audio_embeddings.float()  # (B, T, 128)
-        else:
-            examples = batch.audio_examples
-            if examples.shape[:2] != (b, t) or tuple(examples.shape[2:]) != (1, 96, 64):
-                raise ShapeError(f"batch.audio_examples must be ({b}, {t}, 1, 96, 64), got {tuple(examples.shape)}")
-            flat = examples.flatten(0, 1).float()  # (B*T, 1, 96, 64)
-            encoder = self.vggish if self.vggish is not None else self.cnn
-            feats = encoder(flat).view(b, t, -1)  # (B, T, 128)
-        if feats.shape != (b, t, EMBEDDING_SIZE):
-            raise ShapeError(f"audio features must be ({b}, {t}, {EMBEDDING_SIZE}), got {tuple(feats.shape)}")
-        return feats * batch.has_audio.to(feats)[:, None, None]
-
-
 # -- text ------------------------------------------------------------------------------------------------------------
 
 
 class TextBranch(nn.Module):
     """Expressions → sentence vectors ``(B, dim)`` and a ``(B,)`` flag of which samples have an expression."""
 
-    def __init__(self, config: TextConfig, *, pretrained: bool) -> None:
+    def __init__(self, config: TPAVITextConfig, *, pretrained: bool) -> None:
         super().__init__()
         assert config.encoder is not None
         self.config = config
-        load = config.encoder.pretrained if config.encoder.pretrained is not None else pretrained
-        encoder = TextEncoder(config.encoder, pretrained=load)
-        # Pretrained encoders are rebuilt from their source; random ones (parameter counts) travel in checkpoints.
-        self.encoder = Frozen(encoder, in_checkpoint=not load)
-        self.width = encoder.hidden_size
+        self.encoder = frozen_text_encoder(config.encoder, pretrained=pretrained)
+        self.width = self.encoder.module.hidden_size
         pooled = self.width
         self.queries: nn.Parameter | None = None
         self.key: nn.Linear | None = None
@@ -517,6 +414,7 @@ class TPAVIBlock(nn.Module):
         visual_attention: bool = False,
         align_bias: bool = True,
         text_dim: int | None = None,
+        audio_dim: int = 128,
     ) -> None:
         super().__init__()
         if inter_channels % heads:
@@ -526,7 +424,7 @@ class TPAVIBlock(nn.Module):
         self.heads = heads
         self.audio_attention = audio_attention
         self.visual_attention = visual_attention
-        self.align_channel = nn.Linear(EMBEDDING_SIZE, channels, bias=align_bias) if audio_attention else None
+        self.align_channel = nn.Linear(audio_dim, channels, bias=align_bias) if audio_attention else None
         self.g = nn.Conv3d(channels, inter_channels, kernel_size=1)
         self.theta = nn.Conv3d(channels, inter_channels, kernel_size=1)
         self.phi = nn.Conv3d(channels, inter_channels, kernel_size=1)
@@ -572,7 +470,7 @@ class TPAVIBlock(nn.Module):
 
         Args:
             x: ``(B, C, T, H, W)`` visual features.
-            audio: ``(B, T, 128)`` audio features (needed with ``audio_attention``).
+            audio: ``(B, T, A)`` audio features (needed with ``audio_attention``; ``A = audio_dim``, 128 for VGGish).
             valid: ``(B, T)`` bool, real frames.
             sentence: ``(B, text_dim)`` sentence vectors, or None (no text in the batch).
             has_text: ``(B,)`` bool, samples with an expression (required with ``sentence``).
@@ -615,11 +513,19 @@ class ConditionalKernel(nn.Module):
     """
 
     def __init__(
-        self, *, channels: int, num_classes: int, dim: int, text_dim: int | None, audio: bool, audio_context: bool
+        self,
+        *,
+        channels: int,
+        num_classes: int,
+        dim: int,
+        text_dim: int | None,
+        audio: bool,
+        audio_context: bool,
+        audio_dim: int = 128,
     ) -> None:
         super().__init__()
         self.channels, self.num_classes = channels, num_classes
-        self.audio_proj = nn.Linear(EMBEDDING_SIZE, dim) if audio else None
+        self.audio_proj = nn.Linear(audio_dim, dim) if audio else None
         self.gru = nn.GRU(dim, dim, batch_first=True, bidirectional=True) if audio and audio_context else None
         width = (text_dim or 0) + (dim if audio else 0) + (4 * dim if self.gru is not None else 0)
         self.mlp = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, num_classes * (channels + 1)))
@@ -631,7 +537,7 @@ class ConditionalKernel(nn.Module):
         """Kernels for every frame.
 
         Args:
-            audio: ``(B, T, 128)`` audio features (None when the model has no audio).
+            audio: ``(B, T, A)`` audio features (None when the model has no audio).
             valid: ``(B, T)`` bool, real frames.
             sentence: ``(B, D)`` sentence vectors or None (no text in the batch).
             has_text: ``(B,)`` bool.
@@ -827,12 +733,12 @@ class TPAVI(AVSModel):
     * ``"logits"``: ``(B*T', K, S, S)`` logits at the model's input size ``S`` (before resizing to the batch);
     * ``"stage_features"``: the four decoder inputs ``(B*T', C, S/s, S/s)`` after TPAVI;
     * ``"audio_features"``: per TPAVI stage with audio attention, the projected audio ``(B, T', C)``;
-    * ``"frame_valid"``: ``(B, T')`` real frames among those;
-    * ``"computed_frames"``: ``(B, T)`` bool, frames whose logits were computed.
+    * ``"frame_valid"``: ``(B, T')`` real frames among those.
 
     ``T' = T`` except in training mode with ``train_frames`` set: then the visual path runs on ``train_frames``
-    randomly drawn frames of each clip (the same ones for the whole batch) while the audio path and the conditional
-    kernel still read every second; the other frames' ``mask_logits`` are zero and :meth:`losses` skips them.
+    randomly drawn frames of each clip (the same ones for the whole batch, ``computed_frames``) while the audio path
+    and the conditional kernel still read every second; the other frames' ``mask_logits`` are zero and
+    :meth:`losses` skips them.
     """
 
     family = "tpavi"
@@ -849,6 +755,7 @@ class TPAVI(AVSModel):
         self.audio_encoder = None
         if cfg.tpavi.stages and cfg.tpavi.audio_attention:
             self.audio_encoder = AudioEncoder(cfg.audio, pretrained=cfg.pretrained)
+        audio_dim = cfg.audio.dim
         self.text_branch = TextBranch(cfg.text, pretrained=cfg.pretrained) if cfg.text.encoder is not None else None
         text_dim = cfg.text.dim if self.text_branch is not None else None
         inter = cfg.tpavi.inter_channels or max(width // 2, 1)
@@ -862,6 +769,7 @@ class TPAVI(AVSModel):
                     visual_attention=cfg.tpavi.visual_attention,
                     align_bias=cfg.tpavi.align_bias,
                     text_dim=text_dim,
+                    audio_dim=audio_dim,
                 )
                 for s in cfg.tpavi.stages
             }
@@ -883,22 +791,23 @@ class TPAVI(AVSModel):
                 text_dim=text_dim,
                 audio=self.audio_encoder is not None,
                 audio_context=cfg.kernel.audio_context,
+                audio_dim=audio_dim,
             )
 
-    def forward(self, batch: AVSBatch) -> AVSOutput:
-        """Segment a batch.
+    def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
+        """Segment frames ``frames (T',)`` of every clip (None: all), reading the whole soundtrack.
 
         Args:
             batch: frames ``(B, T, 3, H, W)`` uint8, audio examples ``(B, T, 1, 96, 64)`` (or embeddings
                 ``(B, T, 128)``), ``text`` (B expressions or None), ``frame_valid (B, T)``.
+            frames: the frames the visual path runs on.
 
         Returns:
-            The output; see the class docstring.
+            ``mask_logits (B, T', K, H, W)`` and the ``aux`` of the class docstring.
         """
         cfg = self.config
         b, t_clip, _, h, w = batch.frames.shape
         images = self.normalize_frames(batch)  # (B*T, 3, H, W)
-        frames = self.draw_training_frames(batch, cfg.train_frames)  # (T',) frames the visual path runs on
         t = t_clip if frames is None else len(frames)
         if frames is not None:
             frames = frames.to(images.device)
@@ -940,38 +849,21 @@ class TPAVI(AVSModel):
                 kernel = kernel.view(b, t_clip, *kernel.shape[1:])[:, frames].flatten(0, 1)  # (B*T', K, C+1)
         logits = self.decoder(maps, size, kernel)  # (B*T', K, S, S)
         full = logits if (h, w) == size else F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        full = full.view(b, t, -1, h, w)  # (B, T', K, H, W)
-        computed = torch.ones(b, t_clip, dtype=torch.bool, device=full.device)  # (B, T)
-        if frames is not None:
-            # Frames outside the sample get zero logits and are flagged, so that losses skip them.
-            computed[:] = False
-            computed[:, frames] = True
-            placed = full.new_zeros(b, t_clip, *full.shape[2:])
-            placed[:, frames] = full
-            full = placed
-        output = AVSOutput(
-            mask_logits=full,
-            aux={
-                "logits": logits,
-                "stage_features": maps,
-                "audio_features": audio_features,
-                "frame_valid": valid,
-                "computed_frames": computed,
-            },
+        return AVSOutput(
+            mask_logits=full.view(b, t, -1, h, w),  # (B, T', K, H, W)
+            aux={"logits": logits, "stage_features": maps, "audio_features": audio_features, "frame_valid": valid},
         )
-        return self.check_output(batch, output)
 
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:
         """BCE (or CE) [+ Dice] on labelled frames [+ λ·L_AVM]; ``"loss"`` is the weighted total.
 
-        Only frames with ``label_valid`` and ``frame_valid`` count, so S4 trains on its first frame only.
+        Only computed frames with ``label_valid`` and ``frame_valid`` count, so S4 trains on its first frame only.
         """
         cfg = self.config.loss
-        logits = output.mask_logits  # (B, T, K, H, W)
-        labelled = (batch.label_valid & batch.frame_valid).to(logits.device)  # (B, T)
-        labelled = labelled & output.aux.get("computed_frames", labelled)  # skip frames outside train_frames
+        logits = output.select_computed(output.mask_logits)  # (B, T', K, H, W)
+        labelled = output.select_computed((batch.label_valid & batch.frame_valid).to(logits.device))  # (B, T')
         selected = logits[labelled]  # (n, K, H, W)
-        target = batch.masks.to(logits.device)[labelled]  # (n, H, W)
+        target = output.select_computed(batch.masks.to(logits.device))[labelled]  # (n, H, W)
         out: dict[str, Tensor] = {}
         if selected.shape[0] == 0:
             mask_loss = logits.sum() * 0.0  # keeps the graph connected for distributed training
@@ -1015,7 +907,7 @@ def _s4(kind: BackboneKind) -> TPAVIModelConfig:
 def _ms3(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         backbone=paper_backbone(kind),
-        loss=LossConfig(av_kl_weight=0.5, av_kl_reduction="sum"),
+        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="sum"),
         recipe=TrainRecipe(epochs=30, num_frames=5, notes=_OFFICIAL.format(task="avs_ms3")),
     )
 
@@ -1025,7 +917,7 @@ def _avss(kind: BackboneKind) -> TPAVIModelConfig:
         num_classes=AVSS_NUM_CLASSES,
         backbone=paper_backbone(kind),
         tpavi=TPAVIConfig(align_bias=False),
-        loss=LossConfig(av_kl_weight=0.5, av_kl_reduction="mean"),
+        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="mean"),
         recipe=TrainRecipe(epochs=60, num_frames=10, notes=_OFFICIAL.format(task="avss")),
     )
 
@@ -1034,7 +926,7 @@ def _refavs(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         backbone=paper_backbone(kind),
         tpavi=TPAVIConfig(position_encoding=True),
-        text=TextConfig(encoder=distilroberta_encoder(), dim=256),
+        text=TPAVITextConfig(encoder=distilroberta_encoder(), dim=256),
         kernel=KernelConfig(enabled=True, dim=256),
         recipe=TrainRecipe(
             epochs=30,
@@ -1117,12 +1009,12 @@ def tpavi_tiny() -> TPAVIModelConfig:
                 "layer_type": "basic",
             },
         ),
-        audio=AudioConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
+        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
         tpavi=TPAVIConfig(position_encoding=True),
         decoder=DecoderConfig(channels=32, dilations=(1, 3), head_channels=(16, 8), full_resolution_head=False),
-        text=TextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16), dim=128),
+        text=TPAVITextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16), dim=128),
         kernel=KernelConfig(enabled=True, dim=128),
-        loss=LossConfig(dice_weight=1.0),
+        loss=TPAVILossConfig(dice_weight=1.0),
         train_frames=4,
         recipe=TrainRecipe(
             optimizer="adamw",
