@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avseg.data.base import AVSDataset
+from avseg.data.benchmarks import DatasetFormat, default_metric_preset
 from avseg.data.types import AVSSample, collate
 from avseg.device import resolve_device
 from avseg.errors import AVSegWarning, UsageError
@@ -40,7 +41,6 @@ from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.metrics.accumulator import MetricAccumulator
 
 __all__ = [
-    "DEFAULT_PRESETS",
     "AudioShuffleWarning",
     "AudioShuffledDataset",
     "EvalResult",
@@ -52,15 +52,8 @@ __all__ = [
     "text_requirement",
 ]
 
-DEFAULT_PRESETS = {"refavs": "refavs", "avs-object": "avsbench", "avss": "avss", "rvos": "davis"}
-"""The official metric of each benchmark format (see :mod:`avseg.metrics.presets`)."""
-
-
-def default_preset(dataset_format: str, num_classes: int = 1) -> str:
-    """The official preset for a format; a binary model on the AVSS layout is scored with the binary AVSBench J/F."""
-    if dataset_format == "avss" and num_classes == 1:
-        return "avsbench"
-    return DEFAULT_PRESETS.get(dataset_format, "avsbench")
+default_preset = default_metric_preset
+"""The official metric preset of a format (see :func:`avseg.data.benchmarks.default_metric_preset`)."""
 
 
 class AudioShuffleWarning(AVSegWarning):
@@ -565,7 +558,7 @@ def evaluate_command(
     *,
     checkpoint: Path,
     data: Path,
-    format: Literal["refavs", "avs-object", "avss", "rvos"] = "refavs",
+    format: DatasetFormat = "refavs",
     split: str = "test_s",
     preset: str | None = None,
     group: str | None = None,

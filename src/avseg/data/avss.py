@@ -72,6 +72,7 @@ from avseg.data.base import (
     resize_masks,
     sample_from_record,
 )
+from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.data.refavs import read_metadata_csv
 from avseg.data.types import AVSSample
 from avseg.errors import DatasetWarning, MetadataError, MissingFileError, ShapeError
@@ -87,7 +88,6 @@ __all__ = [
     "read_color_mask",
 ]
 
-AVSS_NUM_CLASSES = 71
 AVSS_SUBSETS = ("v1s", "v1m", "v2")
 AVSS_SPLIT_ORDER = ("train", "val", "test")
 Subset = Literal["v1s", "v1m", "v2"]

@@ -11,9 +11,9 @@ import json as jsonlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
 
 from avseg.data.base import CheckReport, EmptyDatasetError
+from avseg.data.benchmarks import DatasetFormat
 from avseg.data.readers import get_reader
 
 __all__ = ["check", "format_report"]
@@ -43,7 +43,7 @@ def format_report(report: CheckReport, max_listed: int = MAX_LISTED) -> str:
 def check(
     root: Path,
     *,
-    format: Literal["refavs", "avs-object", "avss", "rvos"],
+    format: DatasetFormat,
     json: bool = False,
     deep: bool = False,
     subset: str | None = None,

@@ -1,27 +1,18 @@
-"""Benchmark formats by name: ``refavs``, ``avs-object``, ``avss``, ``rvos``.
-
-The table maps each format to its reader class, imported when first asked for; it is filled here, at import, and
-never changed afterwards.
-"""
+"""Readers by format name (``refavs``, ``avs-object``, ``avss``, ``rvos``), from the table in
+:mod:`avseg.data.benchmarks`; a reader class is imported when first asked for."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from avseg.data.base import BenchmarkReader
+from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat
 
 __all__ = ["FORMATS", "DatasetFormat", "get_reader", "reader_class"]
 
-DatasetFormat = Literal["refavs", "avs-object", "avss", "rvos"]
-
-FORMATS: dict[str, str] = {
-    "refavs": "avseg.data.refavs:RefAVSReader",
-    "avs-object": "avseg.data.avs_object:AVSObjectReader",
-    "avss": "avseg.data.avss:AVSSReader",
-    "rvos": "avseg.data.rvos:RVOSReader",
-}
+FORMATS = FORMAT_READERS
 
 
 def reader_class(format: str) -> type[BenchmarkReader]:

@@ -24,14 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from avseg.data.augment import training_transform
+from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.data.types import AVSBatch, AVSSample
 from avseg.errors import ShapeError
 from avseg.models.recipe import TrainRecipe
 
 __all__ = ["AVSS_NUM_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "AVSModel", "AVSOutput"]
-
-AVSS_NUM_CLASSES = 71
-"""Mask channels of AVSBench-semantic: 70 sounding-object classes and the background (class 0)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

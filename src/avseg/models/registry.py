@@ -18,6 +18,7 @@ from typing import Any
 
 from avseg.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
 from avseg.config import apply_overrides, config_from_dict
+from avseg.data.benchmarks import BENCHMARKS
 from avseg.errors import MetadataError
 from avseg.models.base import AVSModel
 
@@ -55,7 +56,12 @@ _FAMILIES: dict[str, type[AVSModel]] = {}
 def register_model(
     name: str, model_cls: type[AVSModel], *, tasks: tuple[str, ...], description: str = ""
 ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    """Decorator registering a preset: ``@register_model("tpavi-tiny", TPAVI, tasks=("avs", "refavs"))``."""
+    """Decorator registering a preset: ``@register_model("tpavi-tiny", TPAVI, tasks=("s4", "ms3", "refavs"))``; the
+    tasks are benchmark names of :data:`avseg.data.benchmarks.BENCHMARKS`."""
+
+    unknown = sorted(set(tasks) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"model preset {name!r}: unknown tasks {unknown}; tasks are benchmarks: {sorted(BENCHMARKS)}")
 
     def decorate(config_fn: Callable[[], Any]) -> Callable[[], Any]:
         if name in _PRESETS:

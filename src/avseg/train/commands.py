@@ -15,9 +15,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
+from avseg.data.benchmarks import DatasetFormat
 from avseg.errors import UsageError
 from avseg.fileio import check_output_dir
 from avseg.train.config import RunConfig, TrainConfig
@@ -171,7 +172,7 @@ def check_run_folder(out: Path, *, resume: bool, arg: str = "--out") -> Path:
 def train(
     *,
     data: Path,
-    format: Literal["refavs", "avs-object", "avss", "rvos"] = "refavs",
+    format: DatasetFormat = "refavs",
     out: Path = Path("runs/train"),
     model: Optional[str] = None,  # noqa: UP045 - the CLI generator reads Optional[...]
     config: Optional[Path] = None,  # noqa: UP045

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat
+
 __all__ = [
     "DataConfig",
     "OptimConfig",
@@ -34,7 +36,7 @@ __all__ = [
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-DataFormat = Literal["refavs", "avs-object", "avss", "rvos"]
+DataFormat = DatasetFormat
 
 
 def check_val_split(split: str | None, where: str = "val_split") -> None:
@@ -259,8 +261,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip <= 1.0:
             raise ValueError(f"data.hflip must be a probability in [0, 1], got {self.hflip!r}")
-        if self.format not in ("refavs", "avs-object", "avss", "rvos"):
-            raise ValueError(f"data.format must be refavs, avs-object, avss or rvos, got {self.format!r}")
+        if self.format not in FORMAT_READERS:
+            raise ValueError(f"data.format must be one of {', '.join(FORMAT_READERS)}, got {self.format!r}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or self.image_size < 1):
             raise ValueError(f"data.image_size must be a positive integer or null, got {self.image_size!r}")
         if not self.train_split:
