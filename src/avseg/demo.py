@@ -48,7 +48,7 @@ DEMO_TRAIN: dict[str, Any] = {
 """The demo's training recipe (the max_minutes budget ends it long before max_epochs on a CPU)."""
 
 DEMO_MINUTES = 7.5
-"""Training budget of presets whose recipe names none (``TrainRecipe.demo_minutes``)."""
+"""Training budget of the demo (minutes, validation included) unless :data:`DEMO_MINUTES_BY_PRESET` says otherwise."""
 
 DEMO_VAL_EXPRESSIONS = 160
 """Validation (checkpoint selection) scores the first this-many expressions of the val split, about 25 videos: the
@@ -63,20 +63,17 @@ DEMO_HFLIP = 0.5
 small, and mirroring doubles the scenes a model sees without changing what any expression refers to."""
 
 
-def training_minutes(net: Any, minutes: float | None) -> float:
-    """The demo's training budget: ``minutes`` when given, else the preset's ``recipe.demo_minutes``, else
-    :data:`DEMO_MINUTES`."""
+DEMO_MINUTES_BY_PRESET: dict[str, float] = {"auralsam2-tiny": 6.0}
+"""Presets whose demo trains for less than :data:`DEMO_MINUTES`: their final evaluation is slower (AuralSAM2 tracks
+every frame through SAM2's memory, about 3 minutes on 2 cores), and the whole demo should end within 10 minutes."""
+
+
+def training_minutes(model: str, minutes: float | None) -> float:
+    """The demo's training budget: ``minutes`` when given, else the preset's entry in
+    :data:`DEMO_MINUTES_BY_PRESET`, else :data:`DEMO_MINUTES`."""
     if minutes is not None:
         return minutes
-    preset = getattr(getattr(getattr(net, "config", None), "recipe", None), "demo_minutes", None)
-    return preset if preset is not None else DEMO_MINUTES
-
-
-def _head(dataset: Any, count: int) -> Any:
-    """The first ``count`` items of a reader's dataset (the same reader, transform and records)."""
-    from avseg.data.base import AVSDataset
-
-    return AVSDataset(dataset.reader, dataset.records[:count], transform=dataset.transform)
+    return DEMO_MINUTES_BY_PRESET.get(model, DEMO_MINUTES)
 
 
 def _synthav(root: Path, videos: int, seed: int, size: int) -> float:
@@ -218,20 +215,17 @@ def demo(
         model: registered model preset to train.
         videos: number of SynthAV videos.
         seed: seed of the data and of training.
-        minutes: training budget in minutes (validation included); default: the preset's ``recipe.demo_minutes``,
-            else 7.5. A budget that allows fewer than 100 training steps ends training with a warning.
+        minutes: training budget in minutes (validation included); default 7.5 (6 for auralsam2-tiny, whose final
+            evaluation is slower). A budget that allows fewer than 100 training steps ends training with a warning.
         device: auto, cpu or cuda.
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
     """
-    from avseg.config import config_from_dict, config_to_dict
-    from avseg.data.augment import HorizontalFlip
-    from avseg.data.refavs import RefAVSReader
     from avseg.device import resolve_device
     from avseg.evaluate import evaluate_split, format_markdown, refavs_summary
-    from avseg.models import create_model, load_model
-    from avseg.train.config import TrainConfig
-    from avseg.train.trainer import Trainer, budget_shortfall, check_training_dependencies
+    from avseg.models import load_model
+    from avseg.train.run import build_run_config, prepare_trainer
+    from avseg.train.trainer import budget_shortfall, check_training_dependencies
 
     t_start = time.monotonic()
     # Everything that can fail without work is checked first, so that a missing package or a wrong argument costs
@@ -256,40 +250,37 @@ def demo(
         )
     synth_seconds = _synthav(work_dir / "synthav", videos, seed, size)
 
-    torch.manual_seed(seed)
-    net = create_model(model)
-    minutes = training_minutes(net, minutes)
-    # SynthAV is read at the size it was generated at: every model resizes to its own input size, and resampling
-    # 128-px frames up to a preset's 224-px reader size took about half of tpavi-tiny's step time on 2 cores.
-    image_size = size
-    reader = RefAVSReader(work_dir / "synthav" / "refavs", image_size=image_size)
-    recipe = {**DEMO_TRAIN, **getattr(net, "demo_recipe", {})}
-    # The run is as long as the time budget, so the learning-rate schedule must end within it too.
-    recipe["schedule"] = {**recipe.get("schedule", {}), "fit_to_budget": True}
-    train_cfg = config_from_dict(
-        TrainConfig,
-        {**recipe, "seed": seed, "max_minutes": minutes, "device": "cuda" if dev.type == "cuda" else "cpu"},
+    minutes = training_minutes(model, minutes)
+    # One path builds every run (avseg train takes it too): the preset's recipe, then the demo's settings for what
+    # the recipe leaves open (DEMO_TRAIN), then the budget, seed and data settings below.
+    run_cfg = build_run_config(
+        data=work_dir / "synthav" / "refavs",
+        model=model,
+        config=None,
+        defaults={f"train.{key}": value for key, value in DEMO_TRAIN.items()},
+        explicit={
+            "data.format": "refavs",
+            # SynthAV is read at the size it was generated at: every model resizes to its own input size, and
+            # resampling 128-px frames up to a 224-px reader size took about half of tpavi-tiny's step on 2 cores.
+            "data.image_size": size,
+            "data.hflip": DEMO_HFLIP,
+            "data.val_items": DEMO_VAL_EXPRESSIONS,
+            "train.seed": seed,
+            "train.max_minutes": minutes,
+            # The run is as long as the time budget, so the learning-rate schedule must end within it too.
+            "train.schedule.fit_to_budget": True,
+            "train.device": "cuda" if dev.type == "cuda" else "cpu",
+        },
     )
+    trainer = prepare_trainer(run_cfg, run_dir)
+    net = trainer.model
+    reader = trainer.train_dataset.reader
     print(
         f"[demo] training {model} ({net.num_parameters(trainable_only=True) / 1e6:.2f} M trainable parameters) "
         f"for at most {minutes:g} min ...",
         flush=True,
     )
     t_train = time.monotonic()
-    trainer = Trainer(
-        net,
-        reader.dataset("train", transform=HorizontalFlip(DEMO_HFLIP)),
-        train_cfg,
-        run_dir,
-        val_dataset=_head(reader.dataset("val"), DEMO_VAL_EXPRESSIONS),
-        metric_preset="refavs",
-        preset=model,
-        run_config={
-            "model": model,
-            "data": {"root": str(reader.root), "format": "refavs", "image_size": image_size, "hflip": DEMO_HFLIP},
-            "train": config_to_dict(train_cfg),
-        },
-    )
     summary = trainer.fit()
     t_trained = time.monotonic()
     best_line = ""

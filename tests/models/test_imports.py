@@ -18,15 +18,7 @@ MODEL_INFRASTRUCTURE = {"__init__", "base", "commands", "recipe", "registry"}
 # A family's own parts, which only that family's model file imports.
 FAMILY_PARTS = {"auralsam2": {"auralsam2_fuser"}}
 
-KNOWN_CYCLES = [
-    # checkpoint.load_model looks the model class up in the registry, and registry.create_model loads weights with
-    # checkpoint.load_weights (both deferred imports). Allowed until it is removed; then this entry goes too.
-    {"avseg.checkpoint", "avseg.models.registry"},
-    # registry._ensure_loaded imports the avseg.models package, whose __init__ imports the registry (and every model
-    # file, which registers its presets). Importing avseg.models.registry already runs that __init__ first, so the
-    # deferred import guards against nothing; allowed until it is removed.
-    {"avseg.models", "avseg.models.registry"},
-]
+KNOWN_CYCLES: list[set[str]] = []  # none: add a cycle here only with the reason it cannot be avoided
 
 
 def module_name(path: Path) -> str:

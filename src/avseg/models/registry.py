@@ -4,8 +4,9 @@ Each model file registers its presets at the bottom with :func:`register_model`:
 config. ``create_model("tpavi-tiny", **overrides)`` builds the config, applies overrides (dotted keys; a ``None``
 value sets the field to None, e.g. ``{"text.encoder": None}`` removes the text branch), and instantiates the model
 class. The registry dicts are
-the only module-level mutable state; they are filled when the model modules are imported (``avseg.models``) and
-never changed afterwards.
+the only module-level mutable state; they are filled when the model modules are imported and never changed
+afterwards. Importing this module imports the ``avseg.models`` package first (Python imports a package before its
+modules), and the package's ``__init__`` imports every model file, so the registry is always complete.
 """
 
 from __future__ import annotations
@@ -74,12 +75,7 @@ def register_model(
     return decorate
 
 
-def _ensure_loaded() -> None:
-    import avseg.models  # noqa: F401  (importing the package registers every model file)
-
-
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; registered: {sorted(_PRESETS)}")
     return _PRESETS[name]
@@ -87,7 +83,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def model_class(family: str) -> type[AVSModel]:
     """The model class of an architecture family (as stored in checkpoints)."""
-    _ensure_loaded()
     if family not in _FAMILIES:
         raise ValueError(f"unknown model family {family!r}; registered: {sorted(_FAMILIES)}")
     return _FAMILIES[family]
@@ -95,7 +90,6 @@ def model_class(family: str) -> type[AVSModel]:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered preset names matching a glob pattern, sorted."""
-    _ensure_loaded()
     return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
 
 

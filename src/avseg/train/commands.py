@@ -17,137 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
 from avseg.data.benchmarks import DatasetFormat
 from avseg.errors import UsageError
 from avseg.fileio import check_output_dir
-from avseg.train.config import RunConfig, TrainConfig
+from avseg.train.run import build_run_config, prepare_trainer
 
-__all__ = ["build_run_config", "check_run_folder", "preset_train_defaults", "train"]
-
-_SECTIONS = ("model", "train", "data")
-
-
-def _resolve_train_key(path: list[str]) -> list[str]:
-    """Let ``train.lr`` stand for ``train.optim.lr`` when the name belongs to exactly one sub-config."""
-    if len(path) != 1:
-        return path
-    from dataclasses import fields
-
-    from avseg.train.config import OptimConfig, ScheduleConfig
-
-    if path[0] in {f.name for f in fields(TrainConfig)}:
-        return path
-    owners = [
-        sec
-        for sec, cls in (("optim", OptimConfig), ("schedule", ScheduleConfig))
-        if path[0] in {f.name for f in fields(cls)}
-    ]
-    return [owners[0], path[0]] if len(owners) == 1 else path
-
-
-def _set_dotted(target: dict[str, Any], path: list[str], value: Any, key: str, *, keep: bool = False) -> None:
-    """Set ``target[path[0]][path[1]]...`` to ``value`` (``keep``: only where nothing is set yet)."""
-    node = target
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a config section")
-        node = child
-    if keep:
-        node.setdefault(path[-1], value)
-    else:
-        node[path[-1]] = value
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``top``, recursively for nested sections."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def preset_train_defaults(model: str, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The registered preset's own recipe as ``train`` keys (the lowest layer of a run config).
-
-    The recipe is read after ``model_overrides``, so ``model.recipe.lr=...`` changes it. An unregistered name or a
-    config without a ``recipe`` gives ``{}`` (building the model names an unknown preset later).
-    """
-    from avseg.models.registry import get_entry, list_models
-
-    if model not in list_models():
-        return {}
-    recipe = getattr(get_entry(model).config(**(model_overrides or {})), "recipe", None)
-    if recipe is None:
-        return {}
-    return {**recipe.train_config(), "max_epochs": recipe.epochs}
-
-
-def build_run_config(
-    *,
-    data: Path,
-    model: str | None,
-    config: Path | None,
-    overrides: list[str] | None = None,
-    explicit: dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Merge the preset's recipe, a config file, command-line options and dotted overrides into a validated
-    :class:`RunConfig` (precedence in that order, lowest first; see the module docstring).
-
-    Args:
-        data: dataset root (always taken from the command line).
-        model: model preset (None keeps the file's).
-        config: optional YAML/JSON run config file.
-        overrides: ``section.key=value`` strings (``train.optim.lr=1e-4``, ``train.lr=1e-4``, ``model.num_classes=71``,
-            ``data.options.null_masks=zeros``), applied last.
-        explicit: dotted keys given on the command line (``{"train.max_steps": 10}``); they replace the file's values.
-        defaults: dotted keys of options left at their defaults (``{"train.seed": 0}``,
-            ``{"train.schedule.fit_to_budget": True}``); applied only where neither the preset's recipe nor the file
-            sets the key.
-    """
-    run: dict[str, Any] = load_config_file(config) if config is not None else {}
-    for section in ("model_overrides", "data", "train"):
-        run.setdefault(section, {})
-        if not isinstance(run[section], dict):
-            raise ValueError(f"{config}: section {section!r} must be a mapping")
-    if model is not None:
-        run["model"] = model
-    run["data"]["root"] = str(data)
-    overrides_by_key = parse_overrides(overrides or [])
-    recipe: dict[str, Any] = {}
-    if run.get("model"):
-        model_overrides = {
-            **run["model_overrides"],
-            **{k.partition(".")[2]: v for k, v in overrides_by_key.items() if k.startswith("model.")},
-        }
-        recipe = preset_train_defaults(run["model"], model_overrides)
-        # The recipe's length applies only when no layer above gives one (a file's max_steps alone must not be cut
-        # short by the recipe's epochs), so it is added last.
-        run["train"] = _merge({k: v for k, v in recipe.items() if k != "max_epochs"}, run["train"])
-    for key, value in (defaults or {}).items():
-        _set_dotted(run, key.split("."), value, key, keep=True)
-    for key, value in (explicit or {}).items():
-        _set_dotted(run, key.split("."), value, key)
-    for key, value in overrides_by_key.items():
-        section, _, rest = key.partition(".")
-        if section not in _SECTIONS or not rest:
-            raise ValueError(f"override {key!r} must start with one of {[s + '.' for s in _SECTIONS]}")
-        if section == "model":
-            run["model_overrides"][rest] = value
-        elif section == "train":
-            _set_dotted(run["train"], _resolve_train_key(rest.split(".")), value, key)
-        else:
-            _set_dotted(run["data"], rest.split("."), value, key)
-    if run["train"].get("max_steps") is None and run["train"].get("max_epochs") is None and "max_epochs" in recipe:
-        run["train"]["max_epochs"] = recipe["max_epochs"]
-    if not run.get("model"):
-        raise ValueError("no model: pass --model NAME (see avseg.models.list_models()) or a config file with 'model:'")
-    return config_from_dict(RunConfig, run)
+__all__ = ["check_run_folder", "train"]
 
 
 def check_run_folder(out: Path, *, resume: bool, arg: str = "--out") -> Path:
@@ -252,30 +127,7 @@ def train(
     )
     resolve_device(run_cfg.train.device, arg="--device" if device != "auto" else "train.device")
 
-    from avseg.data.augment import HorizontalFlip
-    from avseg.data.readers import get_reader
-    from avseg.evaluate import default_preset
-    from avseg.models.registry import create_model
-    from avseg.train.trainer import Trainer, seed_everything
-
-    cfg, data_cfg = run_cfg.train, run_cfg.data
-    seed_everything(cfg.seed)  # the same initial weights on every rank and in every run with this seed
-    net = create_model(run_cfg.model, **run_cfg.model_overrides)
-    reader = get_reader(data_cfg.format, Path(data_cfg.root), image_size=data_cfg.image_size, **data_cfg.options)  # type: ignore[arg-type]
-    augment = HorizontalFlip(data_cfg.hflip) if data_cfg.hflip else None
-    train_ds = reader.dataset(data_cfg.train_split, transform=augment)
-    val_ds = reader.dataset(cfg.val_split) if cfg.val_split is not None else None
-    trainer = Trainer(
-        net,
-        train_ds,
-        cfg,
-        out,
-        val_dataset=val_ds,
-        metric_preset=data_cfg.metric_preset or default_preset(data_cfg.format, getattr(net, "num_mask_channels", 1)),
-        preset=run_cfg.model,
-        run_config=config_to_dict(run_cfg),
-        clock_start=clock_start,
-    )
+    trainer = prepare_trainer(run_cfg, out, clock_start=clock_start)
     summary = trainer.fit(resume=resume)
     if trainer.already_complete:
         if int(os.environ.get("RANK", "0")) == 0:
@@ -286,7 +138,7 @@ def train(
         return 0
     if int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"avseg train: {run_cfg.model} on {data_cfg.format}:{data_cfg.train_split}, {summary.steps} steps "
+            f"avseg train: {run_cfg.model} on {run_cfg.data.format}:{run_cfg.data.train_split}, {summary.steps} steps "
             f"({summary.stopped_reason}) in {summary.wall_time_s:.1f} s on {summary.world_size} process(es) "
             f"[{summary.device}, precision {summary.mixed_precision}], {summary.samples_per_s:.1f} samples/s"
         )

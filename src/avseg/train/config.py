@@ -247,7 +247,11 @@ class DataConfig:
         metric_preset: validation metric preset (``avseg.metrics.presets``); None picks the format's official one.
         options: extra reader options (e.g. ``null_masks: zeros`` for Ref-AVS).
         hflip: probability of mirroring a training clip, its masks and its expression (left and right swapped;
-            see :mod:`avseg.data.augment`); 0 disables it. Validation and test clips are never augmented.
+            see :mod:`avseg.data.augment`); 0 disables it. When the preset's recipe has a clip augmentation
+            (``recipe.augment``), a value above 0 sets that augmentation's flip probability. Validation and test clips
+            are never augmented.
+        val_items: validate on only the first this-many items of the validation split (None: all of it); a short
+            run on a CPU budget would otherwise spend much of its time validating.
     """
 
     root: str | None = None
@@ -257,8 +261,11 @@ class DataConfig:
     metric_preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     hflip: float = 0.0
+    val_items: int | None = None
 
     def __post_init__(self) -> None:
+        if self.val_items is not None and (isinstance(self.val_items, bool) or self.val_items < 1):
+            raise ValueError(f"data.val_items must be a positive integer or null, got {self.val_items!r}")
         if not 0.0 <= self.hflip <= 1.0:
             raise ValueError(f"data.hflip must be a probability in [0, 1], got {self.hflip!r}")
         if self.format not in FORMAT_READERS:
