@@ -8,6 +8,7 @@ example holds the tone), so every mask says which frame and which audio the mode
 
 import json
 import os
+import shutil
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -17,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from avseg.audio.logmel import waveform_to_examples
 from avseg.checkpoint import CheckpointPointerWarning, save_checkpoint, write_pointer
 from avseg.data.types import AVSBatch
-from avseg.errors import AudioPaddedWarning, AVSegError, UsageError
+from avseg.errors import AudioPaddedWarning, AVSegError, MetadataError, UsageError
 from avseg.media.audio import read_audio
 from avseg.media.image import read_mask, read_rgb, write_png
 from avseg.media.video import probe_video
@@ -30,11 +30,11 @@ from avseg.predict import (
     FpsCappedWarning,
     Predictor,
     TextRequiredError,
-    clip_audio_examples,
+    TrainingData,
     model_requires_text,
     predict,
+    read_training_data,
     training_data_format,
-    window_audio_examples,
 )
 from tests.toy_model import ToyConfig, ToyModel
 
@@ -98,7 +98,9 @@ class ProbeModel(ToyModel):
 
 
 class TextModel(ProbeModel):
-    uses_text = True
+    @property
+    def text_input(self) -> str:
+        return "required"
 
 
 @pytest.fixture(scope="module")
@@ -149,31 +151,6 @@ def test_each_frame_hears_its_own_window(video):
     empty = [not prediction.masks[k].any() for k in range(6)]
     assert full == [True, False, True, False, True, False] and empty == [not f for f in full]
     assert prediction.has_audio and prediction.audio.shape == (6 * RATE,)
-
-
-def test_window_examples_match_hand_cut_slices():
-    rng = np.random.default_rng(0)
-    wave = rng.uniform(-0.5, 0.5, int(3.3 * RATE)).astype(np.float32)
-    got = window_audio_examples(wave, 1.0, range(3))
-    for k in range(3):  # 1 fps: samples [16000 k + 160, 16000 k + 15760), centred in second k
-        ref = waveform_to_examples(wave[16000 * k + 160 : 16000 * k + 15760], RATE)[0]
-        assert torch.allclose(got[k], ref, atol=1e-4)
-    # 4 fps, frame 12: centred start frame 264 is past the last full example (frame 232 of 328): clamped back.
-    last = window_audio_examples(wave, 4.0, [12])[0]
-    assert torch.allclose(last, waveform_to_examples(wave[232 * 160 : 232 * 160 + 15600], RATE)[0], atol=1e-4)
-    short = wave[:8000]  # 0.5 s: padded with silence to one example
-    ref = waveform_to_examples(np.pad(short, (0, 7600)), RATE)[0]
-    assert torch.allclose(window_audio_examples(short, 1.0, [0])[0], ref, atol=1e-4)
-
-
-def test_clip_examples_follow_the_reader_layout():
-    rng = np.random.default_rng(1)
-    wave = rng.uniform(-0.5, 0.5, 13 * RATE).astype(np.float32)
-    assert torch.allclose(clip_audio_examples(wave, 1.0, 0, 10), waveform_to_examples(wave[:160000], RATE))
-    tail = clip_audio_examples(wave, 1.0, 10, 13)
-    assert torch.allclose(tail, waveform_to_examples(wave[160000:208000], RATE))
-    padded = clip_audio_examples(wave[: int(11.5 * RATE)], 1.0, 10, 13)  # 1.5 s for 3 frames: last one repeated
-    assert torch.equal(padded[1], padded[2]) and padded.shape == (3, 1, 96, 64)
 
 
 def test_text_model_needs_text(video):
@@ -241,7 +218,14 @@ def test_predict_command(video, tpavi_run, tmp_path, capsys):
     text = "the white bar"
     assert (
         predict(
-            video, checkpoint=tpavi_run, out=smooth, text=text, masks_dir=tmp_path / "m2", overlay_fps=25.0, clip_len=4
+            video,
+            checkpoint=tpavi_run,
+            pointer="latest",
+            out=smooth,
+            text=text,
+            masks_dir=tmp_path / "m2",
+            overlay_fps=25.0,
+            clip_len=4,
         )
         == 0
     )
@@ -254,30 +238,59 @@ def test_predict_command(video, tpavi_run, tmp_path, capsys):
     assert sidecar["text"] == text and sidecar["overlay"]["frames"] == NUM_SOURCE and sidecar["clip_len"] == 4
 
 
+def with_meta(checkpoint: Path, dest: Path, meta: dict) -> Path:
+    """A copy of ``checkpoint`` whose config.json records ``meta`` (as a trainer writes it)."""
+    shutil.copytree(checkpoint, dest)
+    config = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**config, "meta": meta}))
+    return dest
+
+
 def test_predict_refuses_text_models_without_text_and_bad_outputs(video, tpavi_run, tmp_path):
     from avseg.models import load_model
 
     model = load_model(tpavi_run)
     assert model_requires_text(model, "refavs") and not model_requires_text(model, "avs-object")
     assert not model_requires_text(model)  # tpavi-tiny also serves S4/MS3: text is optional
-    (tpavi_run / "run_config.yaml").write_text("data: {format: refavs}\n")
-    nested = tpavi_run / "checkpoints"
-    nested.mkdir(exist_ok=True)
-    (nested / "ck").symlink_to(tpavi_run / "step-1", target_is_directory=True)
-    try:
-        assert training_data_format(nested / "ck") == "refavs"
-        with pytest.raises(TextRequiredError, match="--text"):
-            predict(video, checkpoint=nested / "ck", out=tmp_path / "o.mp4", device="cpu")
-    finally:
-        (tpavi_run / "run_config.yaml").unlink()
+    # The same weights, recorded as trained on Ref-AVS: this checkpoint needs an expression.
+    refavs = with_meta(tpavi_run / "step-1", tmp_path / "refavs", {"data": {"format": "refavs", "num_frames": 10}})
+    assert training_data_format(refavs) == "refavs"
+    with pytest.raises(TextRequiredError, match=r"trained on refavs data\): pass one with --text"):
+        predict(video, checkpoint=refavs, out=tmp_path / "o.mp4", device="cpu")
+    legacy = with_meta(tpavi_run / "step-1", tmp_path / "legacy", {"data_format": "refavs"})  # earlier trainers
+    assert Predictor.from_checkpoint(legacy, device="cpu").requires_text
     with pytest.raises(ValueError, match="must end in one of"):
         predict(video, checkpoint=tpavi_run, out=tmp_path / "o.json")
 
 
-def test_memory_guard_refuses_before_decoding(video, monkeypatch):
-    import avseg.predict
+def test_sampling_settings_come_from_the_checkpoint_not_the_run_folder(tpavi_run, tmp_path):
+    step = tpavi_run / "step-1"
+    recorded = {"data": {"format": "avs-object", "image_size": 64, "num_frames": 4, "fps": 2}}
+    predictor = Predictor.from_checkpoint(with_meta(step, tmp_path / "ck", recorded), device="cpu")
+    assert predictor.image_size == (64, 64) and predictor.clip_len == 4 and predictor.fps == 2.0
+    assert predictor.training == TrainingData("avs-object", 64, 4, 2.0) and not predictor.requires_text
+    explicit = Predictor.from_checkpoint(tmp_path / "ck", device="cpu", image_size=32, clip_len=3, fps=0.5)
+    assert explicit.image_size == (32, 32) and explicit.clip_len == 3 and explicit.fps == 0.5
 
-    monkeypatch.setattr(avseg.predict, "_available_memory", lambda: 10_000)  # 10 kB: 6 frames of 96x64 do not fit
+    # Nothing recorded: the preset's recipe and 1 fps. The trainer's run_config.yaml beside it is not read.
+    run = tmp_path / "run"
+    bare = with_meta(step, run / "checkpoints" / "step-1", {})
+    (run / "run_config.yaml").write_text("data: {format: refavs, image_size: 64}\n")
+    assert read_training_data(bare) == TrainingData()
+    predictor = Predictor.from_checkpoint(bare, device="cpu")
+    recipe = get_entry("tpavi-tiny").config().recipe
+    assert predictor.image_size == (recipe.image_size, recipe.image_size) and predictor.clip_len == recipe.num_frames
+    assert predictor.fps == 1.0 and not predictor.requires_text
+
+    broken = with_meta(step, tmp_path / "broken", {"data": {"image_size": "large"}})
+    with pytest.raises(MetadataError, match=r"config.json: meta.data.image_size must be a positive int"):
+        read_training_data(broken)
+
+
+def test_memory_guard_refuses_before_decoding(video, monkeypatch):
+    import avseg.predict.memory
+
+    monkeypatch.setattr(avseg.predict.memory, "available_memory", lambda: 10_000)  # 10 kB: 6 frames of 96x64 do not fit
     predictor = Predictor(ProbeModel(ToyConfig()), device="cpu", image_size=16)
     with pytest.raises(AVSegError, match=r"6 sampled frames .* lower --fps"):
         predictor.predict_video(video)
@@ -315,15 +328,15 @@ def test_command_line_signature_parses():
 @pytest.fixture
 def no_work(monkeypatch):
     """Make loading a model or decoding a frame fail loudly: a refusal must come before either."""
-    import avseg.checkpoint
-    import avseg.predict
+    import avseg.models
+    import avseg.predict.predictor
 
     def forbidden(*args, **kwargs):
         raise AssertionError("predict loaded a model or decoded a video before refusing its arguments")
 
-    monkeypatch.setattr(avseg.checkpoint, "load_model", forbidden)
-    monkeypatch.setattr(avseg.predict, "read_video", forbidden)
-    monkeypatch.setattr(avseg.predict, "probe_video", forbidden)
+    monkeypatch.setattr(avseg.models, "load_model", forbidden)
+    monkeypatch.setattr(avseg.predict.predictor, "read_video", forbidden)
+    monkeypatch.setattr(avseg.predict.predictor, "probe_video", forbidden)
     monkeypatch.delenv("AVSEG_DEBUG", raising=False)
 
 
@@ -357,7 +370,8 @@ def test_out_that_is_the_input_video_is_refused_up_front(video, tpavi_run, tmp_p
         out.symlink_to(source)
     elif spelling == "hardlink":
         os.link(source, out)
-    status, _, err = run_cli(capsys, "predict", source, "--checkpoint", tpavi_run, "--out", out, "--device", "cpu")
+    checkpoint = tpavi_run / "step-1"  # a checkpoint folder: no pointer to follow, no fallback warning
+    status, _, err = run_cli(capsys, "predict", source, "--checkpoint", checkpoint, "--out", out, "--device", "cpu")
     line = one_error_line(err)
     assert status == 2 and "--out" in line and "input" in line
     assert source.read_bytes() == before
@@ -375,7 +389,7 @@ def test_masks_dir_that_is_the_input_frame_folder_is_refused(tpavi_run, tmp_path
         "predict",
         frames,
         "--checkpoint",
-        tpavi_run,
+        tpavi_run / "step-1",
         "--out",
         tmp_path / "o.mp4",
         "--masks-dir",
@@ -389,24 +403,27 @@ def test_masks_dir_that_is_the_input_frame_folder_is_refused(tpavi_run, tmp_path
 def test_settings_file_that_would_replace_a_checkpoint_pointer_is_refused(video, tpavi_run, capsys, no_work):
     pointer = tpavi_run / "latest.json"  # --out RUN/latest.mp4 writes its settings to RUN/latest.json
     before = pointer.read_bytes()
-    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", tpavi_run / "latest.mp4")
+    status, _, err = run_cli(
+        capsys, "predict", video, "--checkpoint", tpavi_run, "--pointer", "latest", "--out", tpavi_run / "latest.mp4"
+    )
     line = one_error_line(err)
     assert status == 2 and "--out" in line and "latest.json" in line
     assert pointer.read_bytes() == before and not (tpavi_run / "latest.mp4").exists()
 
 
 def test_out_that_is_a_folder_or_under_a_file_is_refused_up_front(video, tpavi_run, tmp_path, capsys, no_work):
+    checkpoint = tpavi_run / "step-1"
     folder = tmp_path / "result.mp4"
     folder.mkdir()
-    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", folder)
+    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", checkpoint, "--out", folder)
     assert status == 2 and "--out" in one_error_line(err) and "folder" in err
     assert not list(folder.iterdir())
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file, not a folder")
-    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", tpavi_run, "--out", blocker / "o.mp4")
+    status, _, err = run_cli(capsys, "predict", video, "--checkpoint", checkpoint, "--out", blocker / "o.mp4")
     assert status == 2 and "--out" in one_error_line(err) and "notes.txt" in err
     status, _, err = run_cli(
-        capsys, "predict", video, "--checkpoint", tpavi_run, "--out", tmp_path / "o.mp4", "--masks-dir", blocker
+        capsys, "predict", video, "--checkpoint", checkpoint, "--out", tmp_path / "o.mp4", "--masks-dir", blocker
     )
     assert status == 2 and "--masks-dir" in one_error_line(err) and "is a file" in err
 
@@ -442,7 +459,19 @@ def test_fps_above_the_source_rate_takes_every_frame_once(short_video):
 def test_command_caps_fps_with_one_warning_line(short_video, tpavi_run, tmp_path, capsys):
     out = tmp_path / "o.mp4"
     status, stdout, err = run_cli(
-        capsys, "predict", short_video, "--checkpoint", tpavi_run, "--out", out, "--fps", "50", "--device", "cpu"
+        capsys,
+        "predict",
+        short_video,
+        "--checkpoint",
+        tpavi_run,
+        "--pointer",
+        "latest",  # the run has no best.json: no fallback warning besides the one tested
+        "--out",
+        out,
+        "--fps",
+        "50",
+        "--device",
+        "cpu",
     )
     assert status == 0
     warning_lines = [line for line in err.splitlines() if "warning" in line.lower()]
@@ -455,11 +484,11 @@ def test_command_caps_fps_with_one_warning_line(short_video, tpavi_run, tmp_path
 
 
 def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path, capsys, monkeypatch):
-    import avseg.predict
+    import avseg.predict.progress
 
-    monkeypatch.setattr(avseg.predict, "_LOG_INTERVAL_S", 0.0)  # a line at every step: each phase must report
+    monkeypatch.setattr(avseg.predict.progress, "LOG_INTERVAL_S", 0.0)  # a line at every step: each phase must report
     out = tmp_path / "o.mp4"
-    assert predict(short_video, checkpoint=tpavi_run, out=out, device="cpu", fps=5) == 0
+    assert predict(short_video, checkpoint=tpavi_run, pointer="latest", out=out, device="cpu", fps=5) == 0
     # Captured, stderr is not a terminal: whole lines (split on newlines only, so a bar's "\r" would show).
     err = capsys.readouterr().err
     lines = err.split("\n")
@@ -471,16 +500,16 @@ def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path,
     ):
         assert any(line.startswith(expected) for line in lines), (expected, err)
     assert any(line.startswith("decoding short.mp4: 1/20 frames") for line in lines)  # shown while it runs
-    assert predict(short_video, checkpoint=tpavi_run, out=out, device="cpu", fps=5, quiet=True) == 0
+    assert predict(short_video, checkpoint=tpavi_run, pointer="latest", out=out, device="cpu", fps=5, quiet=True) == 0
     quiet_err = capsys.readouterr().err
     assert not any(phase in quiet_err for phase in ("decoding", "segmenting", "writing"))
 
 
 def test_progress_lines_do_not_flood_a_log(capsys):
-    from avseg.predict import _Progress
+    from avseg.predict.progress import Progress
 
     now = [0.0]
-    bar = _Progress("decoding long.mp4", 100_000, "frame", clock=lambda: now[0])
+    bar = Progress("decoding long.mp4", 100_000, "frame", clock=lambda: now[0])
     for i in range(1, 100_001):  # 100,000 frames in 100 simulated seconds
         now[0] = i / 1000
         bar.update()
@@ -489,7 +518,7 @@ def test_progress_lines_do_not_flood_a_log(capsys):
     assert len(lines) == 7  # at 15, 30, ... 90 s, and the final count
     assert lines[0].startswith("decoding long.mp4: 15000/100000 frames (15%), 15 s")
     assert lines[-1] == "decoding long.mp4: 100000/100000 frames (100%), 100 s"
-    short = _Progress("segmenting", 3, "clip", clock=lambda: now[0])
+    short = Progress("segmenting", 3, "clip", clock=lambda: now[0])
     short.update(3)
     short.close()
     assert capsys.readouterr().err == ""  # a phase shorter than the interval says nothing

@@ -9,7 +9,7 @@ import torch
 
 from avseg.data.types import AVSBatch, random_batch
 from avseg.errors import ShapeError
-from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, requires_text
 from tests.toy_model import ToyConfig, ToyModel
 
 
@@ -104,3 +104,57 @@ def test_avss_class_count_is_the_datasets() -> None:
     from avseg.data.avss import AVSS_NUM_CLASSES as DATA_CLASSES
 
     assert AVSS_NUM_CLASSES == DATA_CLASSES == 71
+
+
+# -- text input ------------------------------------------------------------------------------------------------------
+
+
+class TextToy(ToyModel):
+    """A toy that declares a text input."""
+
+    def __init__(self, config: ToyConfig, text_input: str) -> None:
+        super().__init__(config)
+        self._text_input = text_input
+
+    @property
+    def text_input(self) -> str:
+        return self._text_input
+
+
+def test_requires_text_follows_the_declaration_then_the_training_data_then_the_preset() -> None:
+    assert ToyModel(ToyConfig()).text_input == "none"
+    assert requires_text(ToyModel(ToyConfig()), "refavs") is None  # no text branch: never
+    required = TextToy(ToyConfig(), "required")
+    assert "declares that it reads text" in requires_text(required, "avs-object")  # the declaration wins
+    optional = TextToy(ToyConfig(), "optional")
+    assert "trained on refavs data" in requires_text(optional, "refavs")
+    assert "trained on rvos data" in requires_text(optional, "rvos")
+    assert requires_text(optional, "avs-object") is None and requires_text(optional, "avss") is None
+    # Training data unknown: the preset's benchmarks decide.
+    assert "does not record" in requires_text(optional)
+    optional.preset = "tpavi-tiny"  # serves S4 and MS3 too
+    assert requires_text(optional) is None
+    optional.preset = "tpavi-r50-refavs"
+    assert "preset tpavi-r50-refavs serves only referring tasks" in requires_text(optional)
+    optional.preset = "not-a-preset"
+    assert "preset not-a-preset is not registered" in requires_text(optional)
+
+
+TEXTLESS = {
+    "tpavi-tiny": {"text.encoder": None},
+    "avsegformer-tiny": {"text.encoder": None},
+    "auralsam2-tiny": {"text.encoder": None, "fuser.text_dim": None},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(TEXTLESS))
+def test_families_declare_their_text_input_from_their_config(preset: str) -> None:
+    from avseg.models import create_model
+
+    assert create_model(preset, **TEXTLESS[preset]).text_input == "none"
+    model = create_model(preset).eval()
+    assert model.text_input == "optional"
+    batch = random_batch(1, 2, 32)  # no expressions: an optional text branch must run without them
+    with torch.no_grad():
+        assert model(batch).mask_logits.shape == (1, 2, 1, 32, 32)

@@ -95,7 +95,7 @@ from avseg.layers.sam2 import (
 )
 from avseg.layers.text import MINILM_PACKAGE, TextConfig, TextEncoderConfig, distilroberta_encoder, frozen_text_encoder
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
-from avseg.models.base import AVSModel, AVSOutput
+from avseg.models.base import AVSModel, AVSOutput, TextInput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 
@@ -332,6 +332,12 @@ class AuralSAM2(AVSModel):
         return t // 2 if rule == "middle" else 0
 
     # -- forward -----------------------------------------------------------------------------------------------------
+
+    @property
+    def text_input(self) -> TextInput:
+        """``"optional"`` with a text encoder (``config.text.encoder``): a sample whose expression is None gives the
+        fuser no text tokens; else ``"none"``."""
+        return "optional" if self.config.text.encoder is not None else "none"
 
     def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
         """Segment frames ``frames (T',)`` of every clip (None: all) with the audio (and text) prompts alone; the

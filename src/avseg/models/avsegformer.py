@@ -108,7 +108,7 @@ from avseg.layers.text import (
     frozen_text_encoder,
     masked_mean,
 )
-from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 
@@ -811,6 +811,12 @@ class AVSegFormer(AVSModel):
         if not tokens:
             return None
         return torch.cat(tokens, dim=1), torch.cat(padding, dim=1), summary
+
+    @property
+    def text_input(self) -> TextInput:
+        """``"optional"`` with a text branch (``config.text.encoder``): the tokens of a sample whose expression is
+        None are masked out, as if the model had no text branch; else ``"none"``."""
+        return "optional" if self.config.text.encoder is not None else "none"
 
     def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
         """Segment frames ``frames (T',)`` of every clip (None: all); the clip-audio tokens read every second.

@@ -9,6 +9,9 @@ families (transformer AVS models, SAM2-prompting models, SAM2 external fusers, M
 calls the family's :meth:`AVSModel.forward_frames` on them, and places the results back into the whole clip, marking
 the computed frames in :attr:`AVSOutput.computed_frames`. A family implements ``forward_frames`` and ``losses``.
 
+A model declares whether it reads a referring expression (:attr:`AVSModel.text_input`); :func:`requires_text` turns
+that declaration and what the model was trained on into the one rule ``avseg eval`` and ``avseg predict`` apply.
+
 Shapes: ``B`` batch, ``T`` frames, ``K`` mask channels (1 for binary tasks: S4, MS3, Ref-AVS, RVOS; the number of
 classes, :data:`AVSS_NUM_CLASSES`, for AVSS), ``H, W`` the batch's frame size (models that predict at lower
 resolution upsample).
@@ -16,23 +19,35 @@ resolution upsample).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from avseg.data.augment import training_transform
-from avseg.data.benchmarks import AVSS_NUM_CLASSES
+from avseg.data.benchmarks import AVSS_NUM_CLASSES, BENCHMARKS, FORMAT_READERS, format_has_text
 from avseg.data.types import AVSBatch, AVSSample
 from avseg.errors import ShapeError
 from avseg.models.recipe import TrainRecipe
 
-__all__ = ["AVSS_NUM_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "AVSModel", "AVSOutput"]
+__all__ = [
+    "AVSS_NUM_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AVSModel",
+    "AVSOutput",
+    "TextInput",
+    "requires_text",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TextInput = Literal["none", "optional", "required"]
+"""What a model does with ``batch.text`` (:attr:`AVSModel.text_input`)."""
 
 
 @dataclass
@@ -159,6 +174,19 @@ class AVSModel(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules inside the model (e.g. unfreezing a backbone after N epochs). Default: nothing."""
 
+    @property
+    def text_input(self) -> TextInput:
+        """What the model does with the referring expressions of ``batch.text``.
+
+        - ``"none"`` (default): it has no text branch and ignores them.
+        - ``"optional"``: it reads them, and a sample whose expression is None runs as if the model had no text
+          branch; whether a given checkpoint needs one depends on what it was trained on (:func:`requires_text`).
+        - ``"required"``: it cannot segment without one.
+
+        Families with a text branch override this from their config.
+        """
+        return "none"
+
     # -- helpers for subclasses --------------------------------------------------------------------------------------
 
     @property
@@ -236,3 +264,50 @@ class AVSModel(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def requires_text(model: AVSModel, trained_on: str | None = None) -> str | None:
+    """Why ``model`` must be given a referring expression to run, or None when it runs without one.
+
+    In order: a model declaring ``text_input`` ``"none"`` never needs text, and one declaring ``"required"`` always
+    does. An ``"optional"`` model needs text when it was trained on data with referring expressions (``trained_on``
+    a format of :mod:`avseg.data.benchmarks` whose items carry text: ``refavs``, ``rvos``) and not when it was
+    trained on other data. When the training data is unknown, it needs text unless its registered preset serves a
+    benchmark without text (``tpavi-tiny`` serves S4 and MS3 as well as Ref-AVS, so it runs without text).
+
+    Args:
+        model: the model.
+        trained_on: the dataset format it was trained on (``data.format`` of its training run, as its checkpoint
+            records it), or None when unknown.
+
+    Returns:
+        a short reason (``"it has a text encoder and was trained on refavs data"``), or None.
+    """
+    declared = model.text_input
+    if declared == "none":
+        return None
+    if declared == "required":
+        return "the model declares that it reads text"
+    if trained_on is not None:
+        needs = trained_on in FORMAT_READERS and format_has_text(trained_on)
+        return f"it has a text encoder and was trained on {trained_on} data" if needs else None
+    preset = getattr(model, "preset", None)  # set by the registry's create_model / load_model
+    if not preset:
+        return "it has a text encoder and its checkpoint does not record training on data without text"
+    tasks = _preset_tasks(str(preset))
+    if tasks is None:
+        return f"it has a text encoder and its preset {preset} is not registered here"
+    if any(not BENCHMARKS[task].text for task in tasks):
+        return None
+    return f"it has a text encoder and its preset {preset} serves only referring tasks"
+
+
+def _preset_tasks(preset: str) -> tuple[str, ...] | None:
+    """The benchmarks a registered preset serves; None for a preset this installation does not know."""
+    # The registry imports this module, so importing it here would make a cycle. It is always loaded by now: importing
+    # any module of avseg.models runs the package's __init__, which imports the registry and every model file.
+    registry = sys.modules["avseg.models.registry"]
+    try:
+        return tuple(registry.get_entry(preset).tasks)
+    except ValueError:
+        return None

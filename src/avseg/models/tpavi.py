@@ -100,7 +100,7 @@ from avseg.layers.text import (
     frozen_text_encoder,
     masked_mean,
 )
-from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput
+from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
 
@@ -793,6 +793,13 @@ class TPAVI(AVSModel):
                 audio_context=cfg.kernel.audio_context,
                 audio_dim=audio_dim,
             )
+
+    @property
+    def text_input(self) -> TextInput:
+        """``"optional"`` with a text branch (``config.text.encoder``): a sample whose expression is None gets no
+        FiLM modulation and no text in the kernel, and a batch without any expression skips the encoder; else
+        ``"none"``."""
+        return "optional" if self.config.text.encoder is not None else "none"
 
     def forward_frames(self, batch: AVSBatch, frames: Tensor | None) -> AVSOutput:
         """Segment frames ``frames (T',)`` of every clip (None: all), reading the whole soundtrack.

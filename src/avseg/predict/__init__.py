@@ -1,0 +1,50 @@
+"""``avseg predict``: run a trained model on any video with its own soundtrack; masks as PNGs plus an overlay video.
+
+- :mod:`avseg.predict.command`: the ``predict`` command (:func:`predict`): arguments and outputs checked before any
+  work, then the rest of this package.
+- :mod:`avseg.predict.predictor`: :class:`Predictor`, a model plus its sampling settings, which decodes a video,
+  cuts it into clips with their audio (:mod:`avseg.audio.alignment`) and segments every sampled frame.
+- :mod:`avseg.predict.prediction`: :class:`Prediction`, the masks of a video, written as PNGs, an overlay video and a
+  settings record.
+- :mod:`avseg.predict.settings`: what a checkpoint records about its training data (:func:`read_training_data`) and
+  the frame size, clip length and rate that follow (:func:`sampling_settings`).
+- :mod:`avseg.predict.progress` and :mod:`avseg.predict.memory`: progress on stderr, and the memory guard.
+
+Whether a model needs a referring expression is the model's to say (:func:`avseg.models.base.requires_text`).
+"""
+
+from avseg.audio.alignment import AudioAlign, clip_audio_examples, window_audio_examples, window_example_starts
+from avseg.predict.command import predict
+from avseg.predict.prediction import OVERLAY_SUFFIXES, Prediction
+from avseg.predict.predictor import FpsCappedWarning, Predictor, TextRequiredError
+from avseg.predict.settings import (
+    DEFAULT_CLIP_LEN,
+    DEFAULT_FPS,
+    SamplingSettings,
+    TrainingData,
+    model_requires_text,
+    read_training_data,
+    sampling_settings,
+    training_data_format,
+)
+
+__all__ = [
+    "DEFAULT_CLIP_LEN",
+    "DEFAULT_FPS",
+    "OVERLAY_SUFFIXES",
+    "AudioAlign",
+    "FpsCappedWarning",
+    "Prediction",
+    "Predictor",
+    "SamplingSettings",
+    "TextRequiredError",
+    "TrainingData",
+    "clip_audio_examples",
+    "model_requires_text",
+    "predict",
+    "read_training_data",
+    "sampling_settings",
+    "training_data_format",
+    "window_audio_examples",
+    "window_example_starts",
+]

@@ -1,0 +1,193 @@
+"""``avseg predict``: the command that segments a user's video and writes mask PNGs, an overlay and a settings file.
+
+Everything a user can get wrong (the output paths, the device, the checkpoint) is checked here before a model loads or
+a frame decodes; the work is :class:`~avseg.predict.predictor.Predictor`'s and the files are
+:class:`~avseg.predict.prediction.Prediction`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from avseg.checkpoint import resolve_checkpoint
+from avseg.device import resolve_device
+from avseg.errors import AVSegWarning, MissingFileError, UsageError
+from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
+from avseg.predict.prediction import OVERLAY_SUFFIXES, Prediction
+from avseg.predict.predictor import Predictor, fallback_pointer
+from avseg.predict.settings import positive_float
+
+__all__ = ["predict"]
+
+
+def predict(
+    video: Path,
+    *,
+    checkpoint: Path,
+    out: Path,
+    text: str | None = None,
+    masks_dir: Path | None = None,
+    fps: float | None = None,
+    clip_len: int | None = None,
+    frame_pick: Literal["first", "last", "center"] = "last",
+    device: str = "auto",
+    threshold: float = 0.5,
+    pointer: Literal["best", "latest"] = "best",
+    overlay_fps: float | None = None,
+    audio_align: Literal["window", "clip"] = "window",
+    batch_size: int = 1,
+    quiet: bool = False,
+) -> int:
+    """Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.
+
+    Frames are sampled at the model's rate (1 frame/s for AVSBench and Ref-AVS models), cut into clips of the model's
+    length, and heard through the video's own soundtrack (one 0.975 s VGGish example centred on each frame's window).
+    Writes one PNG per sampled frame, an overlay video that keeps the original sound, and a JSON file with the
+    settings and per-frame timestamps. A video without sound runs on silence (with a warning) and its overlay has no
+    audio track. The outputs, the device and the checkpoint are checked before anything is decoded: an output that
+    is the input video (or one of the checkpoint's files) is refused. Progress goes to stderr: bars on a terminal,
+    a line every 15 s in a log; warnings are one ``warning:`` line each on stderr.
+
+    Args:
+        video: input video file (mp4, mkv, webm, mov, ...) or folder of frames (with audio.wav).
+        checkpoint: checkpoint folder, or training run folder (its best.json / latest.json is followed).
+        out: overlay video to write (.mp4, .m4v, .mov, .mkv or .webm); settings go to the same name with .json.
+        text: referring expression, required by Ref-AVS/RVOS models, ignored by AVS models.
+        masks_dir: folder for the mask PNGs, {frame:05d}.png per sampled frame (default: OUT's name + '_masks').
+        fps: frames sampled per second (default: the training rate the checkpoint records, else 1); at most the
+            video's own frame rate (a higher rate is lowered to it, with a warning: every frame once, none repeated).
+        clip_len: frames per model clip (default: the training clip length the checkpoint records, else its
+            preset's, else 10).
+        frame_pick: which frame of each 1/fps window is used: last (AVSBench), first, or center (ffmpeg fps filter).
+        device: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', 'mps', ...
+        threshold: foreground threshold on the sigmoid, binary models only.
+        pointer: which checkpoint of a run folder to use: best or latest (the other when it is missing).
+        overlay_fps: frame rate of the overlay video; default: the sampling rate (the frames the model saw, each held
+            for its window). Give e.g. the source rate for smooth playback (each frame shows its window's mask).
+        audio_align: audio example per frame: window (centred on the frame's window) or clip (the benchmark readers'
+            consecutive 0.96 s examples from each clip's start).
+        batch_size: clips per forward pass (raise it on a GPU).
+        quiet: show no progress (warnings and the summary are still printed).
+    """
+    out, video = Path(out), Path(video)
+    if out.suffix.lower() not in OVERLAY_SUFFIXES:
+        raise UsageError(f"--out {out}: must end in one of {', '.join(OVERLAY_SUFFIXES)} (it is the overlay video)")
+    if overlay_fps is not None:
+        positive_float(overlay_fps, "overlay_fps")
+    if not video.exists():
+        raise MissingFileError(video, "video")
+    # Everything a user can get wrong is checked here, before the model loads or a frame decodes.
+    torch_device = resolve_device(device, arg="--device")
+    folder = resolve_checkpoint(Path(checkpoint), pointer, fallback=fallback_pointer(pointer))
+    masks_dir, sidecar = _check_outputs(out, masks_dir, inputs=_input_paths(video, Path(checkpoint), folder))
+
+    predictor = Predictor.from_checkpoint(
+        folder,
+        device=torch_device,
+        fps=fps,
+        clip_len=clip_len,
+        threshold=threshold,
+        frame_pick=frame_pick,
+        audio_align=audio_align,
+        batch_size=batch_size,
+    )
+    if text and not predictor.reads_text:
+        print(f"note: model {predictor.name} does not read text; --text is ignored")
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always", AVSegWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        prediction = predictor.predict_video(video, text, progress=not quiet)
+
+    files = prediction.write_masks(masks_dir, progress=not quiet)
+    overlay = prediction.write_overlay(out, overlay_fps=overlay_fps, progress=not quiet)
+    record = {"masks_dir": str(masks_dir), "mask_files": [p.name for p in files], "overlay": overlay}
+    atomic_write_text(sidecar, json.dumps(_settings_record(predictor, prediction, record), indent=2))
+    _print_summary(prediction, masks_dir, len(files), overlay, out, sidecar)
+    return 0
+
+
+def _settings_record(predictor: Predictor, prediction: Prediction, outputs: dict[str, Any]) -> dict[str, Any]:
+    """The settings file: the model and checkpoint, the files written, and :meth:`Prediction.settings`."""
+    from avseg.config import config_to_dict
+
+    model = predictor.model
+    return {
+        "checkpoint": str(predictor.checkpoint),
+        "preset": getattr(model, "preset", None),  # set by the registry's load_model
+        "family": model.family,
+        "model_config": config_to_dict(model.config) if dataclasses.is_dataclass(model.config) else None,
+        **outputs,
+        "batch_size": predictor.batch_size,
+        **prediction.settings(),
+    }
+
+
+def _print_summary(
+    prediction: Prediction, masks_dir: Path, num_files: int, overlay: dict[str, Any], out: Path, sidecar: Path
+) -> None:
+    """What was written, where, and what the model found, on stdout."""
+    height, width = prediction.size
+    png_kind = "0/255 grey" if prediction.kind == "binary" else "AVSS palette"
+    print(f"masks:    {masks_dir}/ ({num_files} PNG{'s' * (num_files != 1)}, {width}x{height}, {png_kind})")
+    stale = sorted(
+        p.name for p in masks_dir.glob("[0-9][0-9][0-9][0-9][0-9].png") if int(p.stem) >= prediction.num_frames
+    )
+    if stale:
+        print(f"note: {masks_dir} also holds {len(stale)} older PNG(s) from a longer run ({stale[0]}, ...)")
+    sound = "original audio" if overlay["audio"] else "no audio track (the video has none)"
+    print(f"overlay:  {out} ({overlay['frames']} frames at {overlay['fps']:g} fps, {sound})")
+    print(f"settings: {sidecar}")
+    print(
+        f"predict: {prediction.num_frames} frames ({prediction.fps:g} fps, {prediction.frame_pick}) in "
+        f"{prediction.num_clips} clip(s) of {prediction.clip_len} | {prediction.num_frames / prediction.fps:.1f} s "
+        f"sampled | {prediction.elapsed_s:.2f} s on {prediction.device} | mean foreground "
+        f"{100 * float(prediction.foreground.mean()):.2f}%"
+    )
+
+
+def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints avseg's warnings as one ``warning: ...`` line on stderr, when they
+    happen (a silent soundtrack or a lowered --fps changes the result), instead of Python's display with a line of
+    avseg's source under it; other warnings go to ``previous``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, AVSegWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # clears and redraws a progress bar on a terminal
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _check_outputs(out: Path, masks_dir: Path | None, *, inputs: list[Path]) -> tuple[Path, Path]:
+    """Check that the overlay, its settings file and the masks folder can be written and replace no input.
+
+    Returns:
+        The masks folder (``masks_dir``, else OUT's name + ``_masks``) and the settings file (OUT with ``.json``).
+    """
+    sidecar = out.with_suffix(".json")
+    check_output_file(out, arg="--out", inputs=inputs)
+    check_output_file(sidecar, arg="--out (its .json settings file)", inputs=inputs)
+    masks_arg = "--masks-dir" if masks_dir is not None else "--masks-dir (default: OUT's name + _masks)"
+    masks_dir = Path(masks_dir) if masks_dir is not None else out.parent / f"{out.stem}_masks"
+    check_output_dir(masks_dir, arg=masks_arg, inputs=inputs)
+    if masks_dir.resolve() in (out.resolve(), sidecar.resolve()):
+        raise UsageError(f"{masks_arg} {masks_dir}: is a file --out writes; give the masks their own folder")
+    return masks_dir, sidecar
+
+
+def _input_paths(video: Path, checkpoint: Path, folder: Path) -> list[Path]:
+    """What ``predict`` reads and must never overwrite: the video and the files of the checkpoint (or run) folder."""
+    paths = [video, checkpoint, folder]
+    for holder in {checkpoint, folder}:
+        if holder.is_dir():
+            paths.extend(p for p in holder.iterdir() if p.is_file())
+    return paths

@@ -1,0 +1,182 @@
+"""How a model is fed: what its checkpoint says it was trained on, and the sampling settings that follow from it.
+
+The trainer records the data a checkpoint was trained on in the ``meta`` block of its ``config.json``::
+
+    "meta": {"data": {"format": "refavs", "image_size": 224, "num_frames": 10}, ...}
+
+:func:`read_training_data` reads that block (and ``meta.data_format``, written by earlier trainers, for the format);
+:func:`sampling_settings` turns it into the frame size, clip length and frame rate to predict with: an explicit
+setting first, then what the checkpoint records, then the preset's recipe (``recipe.image_size``,
+``recipe.num_frames``), then :data:`DEFAULT_CLIP_LEN` and :data:`DEFAULT_FPS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from avseg.checkpoint import CONFIG_FILE, read_checkpoint_config, resolve_checkpoint
+from avseg.data.base import to_size
+from avseg.errors import MetadataError
+
+if TYPE_CHECKING:
+    from avseg.models.base import AVSModel
+
+__all__ = [
+    "DEFAULT_CLIP_LEN",
+    "DEFAULT_FPS",
+    "SamplingSettings",
+    "TrainingData",
+    "model_name",
+    "model_requires_text",
+    "positive_float",
+    "positive_int",
+    "read_training_data",
+    "sampling_settings",
+    "training_data_format",
+]
+
+DEFAULT_CLIP_LEN = 10
+"""Clip length used when neither the checkpoint nor the preset's recipe gives one (AVSS and Ref-AVS clips are 10
+frames)."""
+DEFAULT_FPS = 1.0
+"""Sampling rate used when the checkpoint records none (AVSBench and Ref-AVS are sampled at 1 frame/s)."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a checkpoint's model was trained on, as its trainer recorded it; None where it says nothing.
+
+    Attributes:
+        format: the dataset format (``refavs``, ``avs-object``, ``avss``, ``rvos``).
+        image_size: the square frame size the reader produced.
+        num_frames: frames per training clip.
+        fps: frames sampled per second of video.
+    """
+
+    format: str | None = None
+    image_size: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+
+
+def read_training_data(checkpoint: str | Path) -> TrainingData:
+    """What the checkpoint at ``checkpoint`` (a checkpoint folder, or a run folder: its latest) was trained on.
+
+    Reads ``meta.data`` of its ``config.json``; the format falls back to ``meta.data_format``. A key of the wrong type
+    raises :class:`~avseg.errors.MetadataError` naming the file and the key.
+    """
+    folder = resolve_checkpoint(checkpoint)
+    meta = read_checkpoint_config(folder).get("meta") or {}
+    data = meta.get("data") or {}
+    file = folder / CONFIG_FILE
+    if not isinstance(data, dict):
+        raise MetadataError(file, f"meta.data must be an object, got {data!r}")
+    fmt = data.get("format", meta.get("data_format"))
+    if fmt is not None and not isinstance(fmt, str):
+        raise MetadataError(file, f"meta.data.format must be a string, got {fmt!r}")
+    return TrainingData(
+        format=fmt,
+        image_size=_recorded(data, "image_size", int, file),
+        num_frames=_recorded(data, "num_frames", int, file),
+        fps=_recorded(data, "fps", float, file),
+    )
+
+
+def _recorded(data: dict[str, Any], key: str, kind: type, file: Path) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (math.isfinite(value) and value > 0) or (kind is int and value != int(value)):
+        raise MetadataError(file, f"meta.data.{key} must be a positive {kind.__name__} or null, got {value!r}")
+    return kind(value)
+
+
+def training_data_format(checkpoint: str | Path) -> str | None:
+    """The dataset format a checkpoint was trained on, when recorded (:func:`read_training_data`)."""
+    return read_training_data(checkpoint).format
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How video is cut for a model.
+
+    Attributes:
+        image_size: ``(h, w)`` the frames are resized to.
+        clip_len: frames per forward clip.
+        fps: frames sampled per second.
+    """
+
+    image_size: tuple[int, int]
+    clip_len: int
+    fps: float
+
+
+def sampling_settings(
+    model: AVSModel,
+    training: TrainingData | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    clip_len: int | None = None,
+    fps: float | None = None,
+) -> SamplingSettings:
+    """The sampling settings to run ``model`` with (module docstring for the order).
+
+    Args:
+        model: the model; its recipe (``model.recipe``) and input size (``model.input_size``) are the fallbacks.
+        training: what its checkpoint records (:func:`read_training_data`).
+        image_size: explicit frame size, int (square) or ``(h, w)``.
+        clip_len: explicit clip length.
+        fps: explicit sampling rate.
+    """
+    training = training or TrainingData()
+    recipe = model.recipe
+    size = _first(image_size, training.image_size, recipe.image_size if recipe else None, model.input_size)
+    if size is None:
+        raise ValueError(
+            f"model {model_name(model)}: its checkpoint records no frame size (meta.data.image_size) and it has no "
+            "recipe or input size; pass image_size= (the size it was trained with)"
+        )
+    length = _first(clip_len, training.num_frames, recipe.num_frames if recipe else None, DEFAULT_CLIP_LEN)
+    rate = _first(fps, training.fps, DEFAULT_FPS)
+    return SamplingSettings(
+        image_size=to_size(size),  # type: ignore[arg-type]
+        clip_len=positive_int(length, "clip_len"),
+        fps=positive_float(rate, "fps"),
+    )
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def model_requires_text(model: AVSModel, data_format: str | None = None) -> bool:
+    """Whether ``model`` must be given a referring expression (:func:`avseg.models.base.requires_text`), knowing the
+    dataset format it was trained on (``data_format``) or not."""
+    from avseg.models.base import requires_text
+
+    return requires_text(model, data_format) is not None
+
+
+def model_name(model: AVSModel) -> str:
+    """The preset name of a model, else its class and family, for messages."""
+    preset = getattr(model, "preset", None)  # set by the registry's create_model / load_model
+    return str(preset) if preset else f"{type(model).__name__} ({getattr(model, 'family', '?')})"
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is a positive integer."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(value: Any, name: str) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is finite and positive."""
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
