@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-import avseg.checkpoint
+import avseg.models
 import avseg.models.registry
 from avseg.checkpoint import save_checkpoint
 from avseg.cli import main
-from avseg.evaluate import text_requirement
 from tests.data.fixtures_avs_object import write_s4_tree
 from tests.data.fixtures_avss import write_avss_tree
 from tests.toy_model import ToyModel
@@ -32,10 +31,13 @@ class EvalToy(ToyModel):
     family = "evaltoy"
     config_class = EvalToyConfig
 
+    @property
+    def text_input(self):
+        return "optional" if self.config.use_text else "none"
+
 
 @pytest.fixture(autouse=True)
 def _register_toy(monkeypatch):
-    avseg.models.registry._ensure_loaded()
     monkeypatch.setitem(avseg.models.registry._FAMILIES, EvalToy.family, EvalToy)
 
 
@@ -46,7 +48,7 @@ def s4_root(tmp_path_factory):
 
 def refavs_checkpoint(path):
     """A model with a text branch trained on Ref-AVS: it needs a referring expression."""
-    return save_checkpoint(path, EvalToy(EvalToyConfig(use_text=True)), meta={"data_format": "refavs"})
+    return save_checkpoint(path, EvalToy(EvalToyConfig(use_text=True)), meta={"data": {"format": "refavs"}})
 
 
 def on_s4(ck, s4_root):
@@ -74,7 +76,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(avseg.checkpoint, "load_model", refuse)
+    monkeypatch.setattr(avseg.models, "load_model", refuse)
 
 
 def test_json_out_with_another_suffix_is_refused_before_loading(tmp_path, s4_root, capsys, no_loading):
@@ -148,7 +150,9 @@ def test_text_model_is_refused_on_data_without_text(tmp_path, s4_root, capsys, f
 
 def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, capsys):
     # The same text-capable architecture trained on S4 data runs without text.
-    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig(use_text=True)), meta={"data_format": "avs-object"})
+    ck = save_checkpoint(
+        tmp_path / "ck", EvalToy(EvalToyConfig(use_text=True)), meta={"data": {"format": "avs-object"}}
+    )
     status, out, err = run_eval(
         capsys,
         "--checkpoint",
@@ -171,26 +175,3 @@ def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, cap
     assert table.startswith("## ") and "| test | all | 1 |" in table
     assert "eval test" in err and "1/1" in err  # the split's progress bar, with its true total
     assert f"wrote {tmp_path / 'out' / 'r.json'} and {tmp_path / 'out' / 'r.md'}" in out
-
-
-def test_text_requirement_follows_the_predict_rule(tmp_path):
-    plain = save_checkpoint(tmp_path / "plain", EvalToy(EvalToyConfig()))
-    assert text_requirement(avseg.checkpoint.load_model(plain), plain) is None  # no text branch
-    ck = refavs_checkpoint(tmp_path / "refavs")
-    assert "trained on refavs" in text_requirement(avseg.checkpoint.load_model(ck), ck)
-    # A run folder records its data format in run_config.yaml (RUN/checkpoints/NAME).
-    run = tmp_path / "run"
-    step = save_checkpoint(run / "checkpoints" / "step-1", EvalToy(EvalToyConfig(use_text=True)))
-    (run / "run_config.yaml").write_text("data: {format: rvos}\n")
-    assert "trained on rvos" in text_requirement(avseg.checkpoint.load_model(step), step)
-    (run / "run_config.yaml").write_text("data: {format: avss}\n")
-    assert text_requirement(avseg.checkpoint.load_model(step), step) is None
-    # Nothing recorded: the preset decides; a declaration on the model wins over everything.
-    model = EvalToy(EvalToyConfig(use_text=True))
-    assert "does not record" in text_requirement(model)
-    model.preset = "tpavi-tiny"  # serves S4 and MS3 too: text is optional
-    assert text_requirement(model) is None
-    model.preset = "tpavi-r50-refavs"
-    assert "serves only referring tasks" in text_requirement(model)
-    model.uses_text = False
-    assert text_requirement(model) is None

@@ -20,9 +20,11 @@ This module reads and writes files and knows no model class: :func:`avseg.models
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,11 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointPointerWarning",
     "NotACheckpointError",
+    "TrainingData",
     "load_training_state",
     "load_weights",
     "read_checkpoint_config",
+    "read_training_data",
     "resolve_checkpoint",
     "save_checkpoint",
     "write_pointer",
@@ -141,6 +145,57 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     raise NotACheckpointError(
         run, f"is not a checkpoint folder or training run: no {CONFIG_FILE} and no {pointer}.json{listed}"
     )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a checkpoint's model was trained on, as its trainer recorded it; None where it says nothing.
+
+    Attributes:
+        format: the dataset format (``refavs``, ``avs-object``, ``avss``, ``rvos``).
+        image_size: the square frame size the reader produced.
+        num_frames: frames per training clip.
+        fps: frames sampled per second of video.
+    """
+
+    format: str | None = None
+    image_size: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+
+
+def read_training_data(checkpoint: str | Path) -> TrainingData:
+    """What the checkpoint at ``checkpoint`` (a checkpoint folder, or a run folder: its latest) was trained on.
+
+    Reads ``meta.data`` of its ``config.json``; the format falls back to ``meta.data_format``. A key of the wrong type
+    raises :class:`~avseg.errors.MetadataError` naming the file and the key.
+    """
+    folder = resolve_checkpoint(checkpoint)
+    meta = read_checkpoint_config(folder).get("meta") or {}
+    data = meta.get("data") or {}
+    file = folder / CONFIG_FILE
+    if not isinstance(data, dict):
+        raise MetadataError(file, f"meta.data must be an object, got {data!r}")
+    fmt = data.get("format", meta.get("data_format"))
+    if fmt is not None and not isinstance(fmt, str):
+        raise MetadataError(file, f"meta.data.format must be a string, got {fmt!r}")
+    return TrainingData(
+        format=fmt,
+        image_size=_recorded(data, "image_size", int, file),
+        num_frames=_recorded(data, "num_frames", int, file),
+        fps=_recorded(data, "fps", float, file),
+    )
+
+
+def _recorded(data: dict[str, Any], key: str, kind: type, file: Path) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (math.isfinite(value) and value > 0) or (kind is int and value != int(value)):
+        raise MetadataError(file, f"meta.data.{key} must be a positive {kind.__name__} or null, got {value!r}")
+    return kind(value)
+
 
 
 def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,6 @@ boundary band and is recorded in ``settings["gt_source"]``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import sys
@@ -32,8 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from avseg.checkpoint import read_training_data
 from avseg.data.base import AVSDataset
-from avseg.data.benchmarks import DatasetFormat, default_metric_preset
+from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat, default_metric_preset, format_has_text
 from avseg.data.types import AVSSample, collate
 from avseg.device import resolve_device
 from avseg.errors import AVSegWarning, UsageError
@@ -49,7 +49,6 @@ __all__ = [
     "format_markdown",
     "markdown_path",
     "resolve_device",
-    "text_requirement",
 ]
 
 default_preset = default_metric_preset
@@ -466,85 +465,6 @@ def _mask_writer(out_dir: Path, split: str, overlays: int, semantic: bool) -> Ca
     return on_batch
 
 
-# Formats whose items carry a referring expression, and the AVSBench tasks a text-capable preset may serve without
-# one. Same rule as ``avseg predict`` (avseg.predict.model_requires_text).
-_TEXT_FORMATS = frozenset({"refavs", "rvos"})
-_AVS_TASKS = frozenset({"s4", "ms3", "avss", "avs"})
-
-
-def _has_text_branch(config: Any) -> bool:
-    """A text encoder config anywhere in a (nested) dataclass config, or a true ``use_text`` flag."""
-    if config is None or not dataclasses.is_dataclass(config):
-        return False
-    from avseg.layers.text import TextEncoderConfig
-
-    if getattr(config, "use_text", None) is True:
-        return True
-    return any(
-        isinstance(value, TextEncoderConfig) or _has_text_branch(value)
-        for value in (getattr(config, f.name, None) for f in dataclasses.fields(config))
-    )
-
-
-def _training_format(checkpoint: Path) -> str | None:
-    """The benchmark format a checkpoint was trained on, when recorded: ``meta.data_format`` of its ``config.json``,
-    else ``data.format`` of the training run's ``run_config.yaml`` (``RUN/checkpoints/NAME``)."""
-    from avseg.checkpoint import read_checkpoint_config
-
-    meta = read_checkpoint_config(checkpoint).get("meta") or {}
-    if isinstance(meta.get("data_format"), str):
-        return meta["data_format"]
-    run_config = Path(checkpoint).parent.parent / "run_config.yaml"
-    if not run_config.is_file():
-        return None
-    import yaml
-
-    try:
-        data = yaml.safe_load(run_config.read_text()) or {}
-    except yaml.YAMLError:
-        return None
-    section = data.get("data") if isinstance(data, dict) else None
-    fmt = section.get("format") if isinstance(section, dict) else None
-    return fmt if isinstance(fmt, str) else None
-
-
-def text_requirement(model: torch.nn.Module, checkpoint: Path | None = None) -> str | None:
-    """Why ``model`` must be given a referring expression to run, or None when it runs without one.
-
-    The rule ``avseg predict`` applies: the model's own ``uses_text`` declaration wins; a model without a text
-    branch needs none; a model with one needs text when it was trained on ``refavs`` or ``rvos`` data (as recorded in
-    the checkpoint or its run), or, when that is unknown, when its preset serves no AVSBench task (``s4``, ``ms3``,
-    ``avss``: presets such as ``tpavi-tiny`` serve both and run without text too).
-
-    Args:
-        model: the loaded model.
-        checkpoint: its checkpoint folder, to read what it was trained on.
-
-    Returns:
-        a short reason (``"it was trained on refavs data"``) or None.
-    """
-    declared = getattr(model, "uses_text", None)
-    if isinstance(declared, bool):
-        return "the model declares that it reads text" if declared else None
-    if not _has_text_branch(getattr(model, "config", None)):
-        return None
-    trained_on = _training_format(checkpoint) if checkpoint is not None else None
-    if trained_on is not None:
-        return f"it has a text encoder and was trained on {trained_on} data" if trained_on in _TEXT_FORMATS else None
-    preset = getattr(model, "preset", None)
-    if preset:
-        from avseg.models.registry import get_entry
-
-        try:
-            tasks = set(get_entry(str(preset)).tasks)
-        except ValueError:  # a preset this installation does not know: treat it as a text model
-            tasks = set()
-        if tasks & _AVS_TASKS:
-            return None
-        return f"it has a text encoder and its preset {preset} serves only referring tasks"
-    return "it has a text encoder and its checkpoint does not record training on data without text"
-
-
 def _files_in(*folders: Path) -> list[Path]:
     """The files directly inside ``folders`` (checkpoint, pointer and metadata files no output may replace)."""
     return [p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file()]
@@ -603,6 +523,7 @@ def evaluate_command(
     from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
     from avseg.models import load_model
+    from avseg.models.base import requires_text
 
     if overlays and save_masks is None:
         raise UsageError("--overlays needs --save-masks DIR")
@@ -622,13 +543,17 @@ def evaluate_command(
                 raise UsageError(f"--json-out {json_out}: {path} is also the --save-masks folder; choose another name")
     torch_device = resolve_device(device)
     model = load_model(folder)
-    reason = text_requirement(model, folder)
-    if reason is not None and format not in _TEXT_FORMATS:
+    trained = read_training_data(folder)
+    reason = requires_text(model, trained.format)
+    if reason is not None and not format_has_text(format):
+        text_formats = [f for f in FORMAT_READERS if format_has_text(f)]
         raise UsageError(
             f"{folder}: this checkpoint needs a referring expression ({reason}), but --format {format} data has no "
-            f"text; evaluate it on {' or '.join(sorted(_TEXT_FORMATS))} data"
+            f"text; evaluate it on {' or '.join(text_formats)} data"
         )
-    size = image_size or getattr(model, "input_size", None)
+    # Frames are read at the size the model was trained at (its checkpoint records it), unless --image-size says
+    # otherwise; a checkpoint that records none falls back to its preset's recipe.
+    size = image_size or trained.image_size or (model.recipe.image_size if model.recipe is not None else None)
     reader = get_reader(format, data, image_size=size)
     num_classes = getattr(model, "num_mask_channels", 1)
     name = preset or default_preset(format, num_classes)

@@ -9,7 +9,7 @@ import torch
 
 from avseg.data.types import AVSBatch, random_batch
 from avseg.errors import ShapeError
-from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, requires_text
+from avseg.models.base import AVSModel, AVSOutput, requires_text
 from tests.toy_model import ToyConfig, ToyModel
 
 
@@ -100,12 +100,6 @@ def test_forward_refuses_a_per_frame_output_of_the_wrong_length() -> None:
         model(random_batch(1, 5, 8))
 
 
-def test_avss_class_count_is_the_datasets() -> None:
-    from avseg.data.avss import AVSS_NUM_CLASSES as DATA_CLASSES
-
-    assert AVSS_NUM_CLASSES == DATA_CLASSES == 71
-
-
 # -- text input ------------------------------------------------------------------------------------------------------
 
 
@@ -132,12 +126,29 @@ def test_requires_text_follows_the_declaration_then_the_training_data_then_the_p
     assert requires_text(optional, "avs-object") is None and requires_text(optional, "avss") is None
     # Training data unknown: the preset's benchmarks decide.
     assert "does not record" in requires_text(optional)
-    optional.preset = "tpavi-tiny"  # serves S4 and MS3 too
+    optional.preset, optional.tasks = "tpavi-tiny", ("s4", "ms3", "refavs")  # serves S4 and MS3 too
     assert requires_text(optional) is None
-    optional.preset = "tpavi-r50-refavs"
+    optional.preset, optional.tasks = "tpavi-r50-refavs", ("refavs",)
     assert "preset tpavi-r50-refavs serves only referring tasks" in requires_text(optional)
-    optional.preset = "not-a-preset"
+    optional.preset, optional.tasks = "not-a-preset", ()
     assert "preset not-a-preset is not registered" in requires_text(optional)
+
+
+def test_the_registry_records_preset_and_tasks_on_the_model(tmp_path) -> None:
+    from avseg.checkpoint import save_checkpoint
+    from avseg.models import create_model, get_entry, load_model
+
+    model = create_model("tpavi-tiny")
+    assert (
+        (model.preset, model.tasks)
+        == ("tpavi-tiny", get_entry("tpavi-tiny").tasks)
+        == ("tpavi-tiny", ("s4", "ms3", "refavs"))
+    )
+    loaded = load_model(save_checkpoint(tmp_path / "ck", model, preset="tpavi-tiny"))
+    assert (loaded.preset, loaded.tasks) == ("tpavi-tiny", ("s4", "ms3", "refavs"))
+    plain = load_model(save_checkpoint(tmp_path / "plain", model, preset=None))
+    assert (plain.preset, plain.tasks) == (None, ())
+    assert requires_text(plain) is not None and requires_text(loaded) is None
 
 
 TEXTLESS = {

@@ -19,7 +19,6 @@ resolution upsample).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
@@ -97,12 +96,19 @@ class AVSModel(nn.Module):
 
     family: ClassVar[str]
     config_class: ClassVar[type]
+    preset: str | None
+    """The registered preset the model was built from (set by ``create_model`` and ``load_model``; None for a model
+    built from a config directly)."""
+    tasks: tuple[str, ...]
+    """The benchmarks that preset serves (:data:`avseg.data.benchmarks.BENCHMARKS` names; empty when unknown)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
+        self.preset = None
+        self.tasks = ()
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
 
@@ -291,23 +297,10 @@ def requires_text(model: AVSModel, trained_on: str | None = None) -> str | None:
     if trained_on is not None:
         needs = trained_on in FORMAT_READERS and format_has_text(trained_on)
         return f"it has a text encoder and was trained on {trained_on} data" if needs else None
-    preset = getattr(model, "preset", None)  # set by the registry's create_model / load_model
-    if not preset:
+    if not model.preset:
         return "it has a text encoder and its checkpoint does not record training on data without text"
-    tasks = _preset_tasks(str(preset))
-    if tasks is None:
-        return f"it has a text encoder and its preset {preset} is not registered here"
-    if any(not BENCHMARKS[task].text for task in tasks):
+    if not model.tasks:
+        return f"it has a text encoder and its preset {model.preset} is not registered here"
+    if any(not BENCHMARKS[task].text for task in model.tasks):
         return None
-    return f"it has a text encoder and its preset {preset} serves only referring tasks"
-
-
-def _preset_tasks(preset: str) -> tuple[str, ...] | None:
-    """The benchmarks a registered preset serves; None for a preset this installation does not know."""
-    # The registry imports this module, so importing it here would make a cycle. It is always loaded by now: importing
-    # any module of avseg.models runs the package's __init__, which imports the registry and every model file.
-    registry = sys.modules["avseg.models.registry"]
-    try:
-        return tuple(registry.get_entry(preset).tasks)
-    except ValueError:
-        return None
+    return f"it has a text encoder and its preset {model.preset} serves only referring tasks"

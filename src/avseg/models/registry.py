@@ -104,7 +104,7 @@ def create_model(name: str, checkpoint: str | None = None, **overrides: Any) -> 
     """
     entry = get_entry(name)
     model = entry.model_cls(entry.config(**overrides))
-    model.preset = name
+    model.preset, model.tasks = name, entry.tasks
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
@@ -128,4 +128,5 @@ def load_model(path: str | Path, *, pointer: str = "latest", fallback: str | Non
     model = cls(config)
     load_weights(model, folder)
     model.preset = data.get("preset")
+    model.tasks = _PRESETS[model.preset].tasks if model.preset in _PRESETS else ()
     return model

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avseg.checkpoint import CONFIG_FILE, read_checkpoint_config, resolve_checkpoint
+from avseg.checkpoint import TrainingData, read_training_data
 from avseg.data.base import to_size
-from avseg.errors import MetadataError
 
 if TYPE_CHECKING:
     from avseg.models.base import AVSModel
@@ -43,56 +42,6 @@ DEFAULT_CLIP_LEN = 10
 frames)."""
 DEFAULT_FPS = 1.0
 """Sampling rate used when the checkpoint records none (AVSBench and Ref-AVS are sampled at 1 frame/s)."""
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """What a checkpoint's model was trained on, as its trainer recorded it; None where it says nothing.
-
-    Attributes:
-        format: the dataset format (``refavs``, ``avs-object``, ``avss``, ``rvos``).
-        image_size: the square frame size the reader produced.
-        num_frames: frames per training clip.
-        fps: frames sampled per second of video.
-    """
-
-    format: str | None = None
-    image_size: int | None = None
-    num_frames: int | None = None
-    fps: float | None = None
-
-
-def read_training_data(checkpoint: str | Path) -> TrainingData:
-    """What the checkpoint at ``checkpoint`` (a checkpoint folder, or a run folder: its latest) was trained on.
-
-    Reads ``meta.data`` of its ``config.json``; the format falls back to ``meta.data_format``. A key of the wrong type
-    raises :class:`~avseg.errors.MetadataError` naming the file and the key.
-    """
-    folder = resolve_checkpoint(checkpoint)
-    meta = read_checkpoint_config(folder).get("meta") or {}
-    data = meta.get("data") or {}
-    file = folder / CONFIG_FILE
-    if not isinstance(data, dict):
-        raise MetadataError(file, f"meta.data must be an object, got {data!r}")
-    fmt = data.get("format", meta.get("data_format"))
-    if fmt is not None and not isinstance(fmt, str):
-        raise MetadataError(file, f"meta.data.format must be a string, got {fmt!r}")
-    return TrainingData(
-        format=fmt,
-        image_size=_recorded(data, "image_size", int, file),
-        num_frames=_recorded(data, "num_frames", int, file),
-        fps=_recorded(data, "fps", float, file),
-    )
-
-
-def _recorded(data: dict[str, Any], key: str, kind: type, file: Path) -> Any:
-    value = data.get(key)
-    if value is None:
-        return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not (math.isfinite(value) and value > 0) or (kind is int and value != int(value)):
-        raise MetadataError(file, f"meta.data.{key} must be a positive {kind.__name__} or null, got {value!r}")
-    return kind(value)
 
 
 def training_data_format(checkpoint: str | Path) -> str | None:
