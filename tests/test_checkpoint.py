@@ -205,7 +205,7 @@ def test_eval_and_predict_fall_back_to_the_other_pointer_the_same_way(tmp_path):
     write_pointer(run, "latest", run / "step-1")
     with pytest.warns(CheckpointPointerWarning, match="has no best.json; using latest.json"):
         assert resolve_checkpoint(tmp_path / "run", "best", fallback="latest") == run / "step-1"
-    with pytest.raises(NotACheckpointError, match="no best.json"):
+    with pytest.raises(NotACheckpointError, match=r"no best\.json"):
         resolve_checkpoint(tmp_path / "run", "best")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

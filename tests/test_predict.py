@@ -27,6 +27,7 @@ from avseg.media.video import probe_video
 from avseg.models import get_entry
 from avseg.models.base import AVSOutput
 from avseg.predict import (
+    DEFAULT_CLIP_LEN,
     FpsCappedWarning,
     Predictor,
     TextRequiredError,
@@ -211,8 +212,10 @@ def test_predict_command(video, tpavi_run, tmp_path, capsys):
     assert sidecar["preset"] == "tpavi-tiny" and sidecar["clip_len"] == 10 and sidecar["fps"] == 1.0
     assert sidecar["frame_pick"] == "last" and sidecar["threshold"] == 0.5 and sidecar["text"] is None
     assert np.allclose(sidecar["timestamps"], np.array([24, 49, 74, 99, 124, 137]) / FPS)
-    declared = get_entry("tpavi-tiny").config().recipe.image_size  # the reader size the preset declares
-    assert sidecar["image_size"] == [declared, declared] and sidecar["checkpoint"].endswith("step-1")
+    # The checkpoint records no reading size and tpavi-tiny's recipe reads as stored: frames go in at the network's
+    # own input size.
+    side = get_entry("tpavi-tiny").config().input_size
+    assert sidecar["image_size"] == [side, side] and sidecar["checkpoint"].endswith("step-1")
 
     smooth = tmp_path / "smooth.mp4"
     text = "the white bar"
@@ -272,14 +275,15 @@ def test_sampling_settings_come_from_the_checkpoint_not_the_run_folder(tpavi_run
     explicit = Predictor.from_checkpoint(tmp_path / "ck", device="cpu", image_size=32, clip_len=3, fps=0.5)
     assert explicit.image_size == (32, 32) and explicit.clip_len == 3 and explicit.fps == 0.5
 
-    # Nothing recorded: the preset's recipe and 1 fps. The trainer's run_config.yaml beside it is not read.
+    # Nothing recorded: the preset's reading size (tpavi-tiny's recipe reads as stored, so the network's input size),
+    # 10 frames per clip and 1 fps. The trainer's run_config.yaml beside it is not read.
     run = tmp_path / "run"
     bare = with_meta(step, run / "checkpoints" / "step-1", {})
     (run / "run_config.yaml").write_text("data: {format: refavs, image_size: 64}\n")
     assert read_training_data(bare) == TrainingData()
     predictor = Predictor.from_checkpoint(bare, device="cpu")
-    recipe = get_entry("tpavi-tiny").config().recipe
-    assert predictor.image_size == (recipe.image_size, recipe.image_size) and predictor.clip_len == recipe.num_frames
+    side = get_entry("tpavi-tiny").config().input_size
+    assert predictor.image_size == (side, side) and predictor.clip_len == DEFAULT_CLIP_LEN == 10
     assert predictor.fps == 1.0 and not predictor.requires_text
 
     broken = with_meta(step, tmp_path / "broken", {"data": {"image_size": "large"}})

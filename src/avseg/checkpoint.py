@@ -153,13 +153,13 @@ class TrainingData:
 
     Attributes:
         format: the dataset format (``refavs``, ``avs-object``, ``avss``, ``rvos``).
-        image_size: the square frame size the reader produced.
+        image_size: the size frames were read at: an int for a square, ``(h, w)`` otherwise.
         num_frames: frames per training clip.
         fps: frames sampled per second of video.
     """
 
     format: str | None = None
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = None
     num_frames: int | None = None
     fps: float | None = None
 
@@ -181,10 +181,19 @@ def read_training_data(checkpoint: str | Path) -> TrainingData:
         raise MetadataError(file, f"meta.data.format must be a string, got {fmt!r}")
     return TrainingData(
         format=fmt,
-        image_size=_recorded(data, "image_size", int, file),
+        image_size=_recorded_size(data, file),
         num_frames=_recorded(data, "num_frames", int, file),
         fps=_recorded(data, "fps", float, file),
     )
+
+
+def _recorded_size(data: dict[str, Any], file: Path) -> int | tuple[int, int] | None:
+    """``meta.data.image_size``: a positive int, or ``[h, w]`` for frames that were not square."""
+    value = data.get("image_size")
+    if isinstance(value, list | tuple) and len(value) == 2:
+        h, w = (_recorded({"image_size": v}, "image_size", int, file) for v in value)
+        return (h, w) if h != w else h
+    return _recorded(data, "image_size", int, file)
 
 
 def _recorded(data: dict[str, Any], key: str, kind: type, file: Path) -> Any:
@@ -195,7 +204,6 @@ def _recorded(data: dict[str, Any], key: str, kind: type, file: Path) -> Any:
     if not number or not (math.isfinite(value) and value > 0) or (kind is int and value != int(value)):
         raise MetadataError(file, f"meta.data.{key} must be a positive {kind.__name__} or null, got {value!r}")
     return kind(value)
-
 
 
 def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

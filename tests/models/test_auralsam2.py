@@ -89,8 +89,8 @@ def _paper_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, t
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_presets_build_on_meta_with_the_expected_sizes(name):
     cfg = get_entry(name).config(pretrained=False)
-    assert cfg.sam2.image_size == 1024 and cfg.recipe.lr == 1e-4 and cfg.recipe.schedule == "poly"
-    assert cfg.recipe.weight_decay == 0.05 and cfg.sam2.trainable == ()
+    assert cfg.sam2.image_size == 1024 and cfg.recipe.optim.lr == 1e-4 and cfg.recipe.schedule.kind == "poly"
+    assert cfg.recipe.optim.weight_decay == 0.05 and cfg.sam2.trainable == ()
     assert cfg.recipe.augment == ClipAugmentConfig()  # the released augmentation, as a data transform
     with torch.device("meta"):
         model = AuralSAM2(cfg)
@@ -205,7 +205,8 @@ def test_losses_terms_reduction_and_audiocon_switch():
 
 
 def test_the_paper_presets_augment_through_the_data_transform_not_inside_forward(monkeypatch):
-    model = AuralSAM2(dataclasses.replace(auralsam2_tiny(), recipe=get_entry("auralsam2-l-refavs").config().recipe))
+    paper = dataclasses.replace(get_entry("auralsam2-l-refavs").config().recipe, image_size=None)
+    model = AuralSAM2(dataclasses.replace(auralsam2_tiny(), recipe=paper))
     assert isinstance(model.train_transform(), ClipAugment)
     seen = []
     original = model.sam2.encode_frames

@@ -14,7 +14,7 @@ SRC = Path(avseg.__file__).parent
 
 # Files of avseg/models that every family uses (the contract, the recipe, the registry, the CLI listing); every
 # other file there is a model module.
-MODEL_INFRASTRUCTURE = {"__init__", "base", "commands", "recipe", "registry"}
+MODEL_INFRASTRUCTURE = {"__init__", "base", "commands", "registry"}
 # A family's own parts, which only that family's model file imports.
 FAMILY_PARTS = {"auralsam2": {"auralsam2_fuser"}}
 
@@ -129,7 +129,7 @@ if TYPE_CHECKING:
 def build():
     from avseg.models.auralsam2 import AuralSAM2
 """
-    assert imported_modules("avseg.models.recipe", source) == {
+    assert imported_modules("avseg.models.registry", source) == {
         "avseg.models.tpavi",
         "avseg.models.avsegformer",  # relative, and a module named in "from package import module"
         "avseg.models.base",

@@ -79,3 +79,47 @@ def test_tiny_forward_backward_checkpoint_and_fit(name, batch, tmp_path):
         loss.backward()
         opt.step()
     assert loss.item() < 0.8 * first
+
+
+def test_checkpoints_of_avseg_0_1_load(tmp_path):
+    """Configs stored by avseg 0.1 (a flat recipe; AuralSAM2's tracking.train_frames and augment) are upgraded."""
+    import json
+
+    from avseg.config import config_from_dict, config_to_dict
+    from avseg.models.auralsam2 import AuralSAM2, AuralSAM2Config
+
+    model = create_model("tpavi-tiny")
+    folder = save_checkpoint(tmp_path / "ck", model, preset="tpavi-tiny")
+    stored = json.loads((folder / "config.json").read_text())
+    recipe = stored["config"]["recipe"]
+    stored["config"]["recipe"] = {
+        "optimizer": recipe["optim"]["name"],
+        "lr": recipe["optim"]["lr"],
+        "weight_decay": recipe["optim"]["weight_decay"],
+        "batch_size": recipe["batch_size"],
+        "epochs": recipe["epochs"],
+        "schedule": recipe["schedule"]["kind"],
+        "warmup_steps": recipe["schedule"]["warmup_steps"],
+        "clip_grad_norm": recipe["clip_grad_norm"],
+        "num_frames": 10,
+        "image_size": 224,
+        "augment": None,
+        "notes": recipe["notes"],
+        "demo_minutes": None,
+    }
+    (folder / "config.json").write_text(json.dumps(stored))
+    loaded = load_model(folder)
+    assert loaded.config.recipe.optim == model.config.recipe.optim and loaded.config.recipe.image_size == 224
+
+    current = config_to_dict(get_entry("auralsam2-l-refavs").config())
+    old = {k: v for k, v in current.items() if k != "train_frames"}
+    old["tracking"] = {**current["tracking"], "train_frames": 4}
+    old["augment"] = {"enabled": True, **current["recipe"]["augment"]}
+    old["recipe"] = {k: v for k, v in current["recipe"].items() if k != "augment"}
+    upgraded = config_from_dict(AuralSAM2Config, AuralSAM2.upgrade_config(old))
+    assert (
+        upgraded.train_frames == 4
+        and upgraded.recipe.augment == get_entry("auralsam2-l-refavs").config().recipe.augment
+    )
+    old["augment"]["enabled"] = False
+    assert config_from_dict(AuralSAM2Config, AuralSAM2.upgrade_config(old)).recipe.augment is None

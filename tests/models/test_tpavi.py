@@ -100,7 +100,7 @@ def test_paper_presets_build_offline_with_independently_counted_parameters(name:
     with torch.device("meta"):
         model = create_model(name, pretrained=False)
     cfg = model.config
-    assert cfg.input_size == 224 and cfg.tpavi.stages == (0, 1, 2, 3) and cfg.recipe.lr == 1e-4
+    assert cfg.input_size == 224 and cfg.tpavi.stages == (0, 1, 2, 3) and cfg.recipe.optim.lr == 1e-4
     resnet = cfg.backbone.kind == "resnet"
     channels = [256, 512, 1024, 2048] if resnet else [64, 128, 320, 512]
     refavs = name.endswith("refavs")
@@ -121,7 +121,10 @@ def test_paper_preset_recipes_follow_the_official_scripts() -> None:
     assert (s4.recipe.epochs, ms3.recipe.epochs, avss.recipe.epochs) == (15, 30, 60)
     assert s4.loss.av_kl_weight == 0.0 and ms3.loss.av_kl_weight == avss.loss.av_kl_weight == 0.5
     assert avss.num_classes == 71 and not avss.tpavi.align_bias and ms3.tpavi.align_bias
-    assert all(c.recipe.optimizer == "adam" and c.recipe.batch_size == 4 for c in (s4, ms3, avss))
+    assert all(
+        c.recipe.optim.name == "adam" and c.recipe.optim.weight_decay == 0 and c.recipe.batch_size == 4
+        for c in (s4, ms3, avss)
+    )
     assert s4.backbone.weights == "microsoft/resnet-50" and ms3.backbone.weights == "OpenGVLab/pvt_v2_b5"
 
 

@@ -10,7 +10,7 @@ import torch
 
 from avseg.train.config import OptimConfig, TrainConfig
 from avseg.train.trainer import Trainer
-from tests.train.toy import ToyDataset, mean_iou_evaluator, toy_model
+from tests.toy_model import ToyDataset, mean_iou_evaluator, toy_model
 
 if __name__ == "__main__":
     out, resume = sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "--resume"

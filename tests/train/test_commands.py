@@ -16,8 +16,8 @@ from avseg.train import trainer as trainer_module
 from avseg.train.commands import train
 from avseg.train.run import build_run_config
 from tests.data.fixtures_refavs import write_refavs_tree
-from tests.train.test_trainer import VirtualClock
 from tests.toy_model import ensure_registered
+from tests.train.test_trainer import VirtualClock
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_a_registered_preset_trains_with_its_own_recipe_below_the_file_and_overr
 
     recipe = get_entry("avsegformer-tiny").config().recipe
     run = build_run_config(data=tmp_path, model="avsegformer-tiny", config=None, defaults={"train.seed": 0})
-    assert (run.train.optim.name, run.train.optim.lr, run.train.optim.weight_decay) == ("adamw", recipe.lr, 1e-4)
-    assert (run.train.schedule.kind, run.train.schedule.warmup_steps) == (recipe.schedule, recipe.warmup_steps)
+    assert (run.train.optim.name, run.train.optim.lr, run.train.optim.weight_decay) == ("adamw", recipe.optim.lr, 1e-4)
+    assert (run.train.schedule.kind, run.train.schedule.warmup_steps) == ("cosine", recipe.schedule.warmup_steps)
     assert (run.train.batch_size, run.train.clip_grad_norm, run.train.max_epochs) == (4, 1.0, recipe.epochs)
     assert not run.train.schedule.fit_to_budget
     # the recipe's epochs apply only when nothing else gives the run a length
@@ -71,7 +71,7 @@ def test_a_registered_preset_trains_with_its_own_recipe_below_the_file_and_overr
         explicit={"train.max_steps": 7},
         defaults={"train.seed": 0},
     )
-    assert (run.train.max_steps, run.train.max_epochs, run.train.optim.lr) == (7, None, recipe.lr)
+    assert (run.train.max_steps, run.train.max_epochs, run.train.optim.lr) == (7, None, recipe.optim.lr)
     # a file that sets only the learning rate keeps the rest of the recipe; model.recipe.* overrides reach it too
     file = tmp_path / "run.yaml"
     file.write_text(yaml.safe_dump({"train": {"optim": {"lr": 0.5}, "max_epochs": 2}}))
@@ -79,11 +79,11 @@ def test_a_registered_preset_trains_with_its_own_recipe_below_the_file_and_overr
         data=tmp_path,
         model="avsegformer-tiny",
         config=file,
-        overrides=["model.recipe.weight_decay=0.25"],
+        overrides=["model.recipe.optim.weight_decay=0.25"],
         defaults={"train.seed": 0, "train.schedule.fit_to_budget": True},
     )
     assert (run.train.optim.name, run.train.optim.lr, run.train.optim.weight_decay) == ("adamw", 0.5, 0.25)
-    assert run.train.max_epochs == 2 and run.train.schedule.kind == recipe.schedule
+    assert run.train.max_epochs == 2 and run.train.schedule.kind == recipe.schedule.kind
     assert run.train.schedule.fit_to_budget  # --max-minutes fits the schedule unless told otherwise
     run = build_run_config(
         data=tmp_path,

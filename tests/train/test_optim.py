@@ -11,8 +11,8 @@ from torch import nn
 
 from avseg.errors import AVSegWarning
 from avseg.train.config import OptimConfig, ScheduleConfig, TrainConfig
-from avseg.train.optim import LRSchedule, build_optimizer, build_scheduler, resolve_warmup
-from tests.train.toy import toy_model
+from avseg.train.optim import LRSchedule, build_optimizer, build_scheduler, resolve_warmup, schedule_of
+from tests.toy_model import toy_model
 
 
 def factor(kind: str, step: int, total: int = 10, **kw) -> float:
@@ -158,6 +158,37 @@ def test_scheduler_built_mid_run():
     opt.step()
     sched.step()
     assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * 0.5**0.9)
+
+
+def test_refit_moves_the_end_of_the_schedule_from_the_next_step_on():
+    # cosine, warmup 2: 10 steps on a 100-step curve, then the run is cut to 20 steps.
+    model = TwoPart()
+    opt = build_optimizer(model, OptimConfig(lr=0.01))
+    sched = build_scheduler(opt, ScheduleConfig(kind="cosine", warmup_steps=2), total_steps=100)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    coming = opt.param_groups[1]["lr"]
+    assert coming == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 8 / 98)))
+    schedule_of(sched).refit(20)
+    assert opt.param_groups[1]["lr"] == coming  # the lr of the coming step is the one already set
+    for s in range(11, 21):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 18)))
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.0)  # the cosine ends with the refitted run
+    # the refitted curve is what a checkpoint stores
+    fresh = build_scheduler(build_optimizer(model, OptimConfig(lr=0.01)), ScheduleConfig(kind="constant"), 5)
+    fresh.load_state_dict(sched.state_dict())
+    assert schedule_of(fresh) == LRSchedule("cosine", 20, 2, 0.9, 0.0)
+    with pytest.raises(ValueError, match="total_steps"):
+        schedule_of(sched).refit(0)
+
+
+def test_schedule_of_needs_a_scheduler_of_build_scheduler():
+    opt = build_optimizer(TwoPart(), OptimConfig(lr=0.01))
+    with pytest.raises(TypeError, match="LRSchedule"):
+        schedule_of(torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0))
 
 
 def test_train_config_validation():

@@ -1,12 +1,14 @@
-"""The trainer at the edges of a run: a budget that allows no step, resuming a finished run, progress that follows the
-time budget (on a terminal and in a log), the warning of a budget far short of the recipe, and files replaced
-atomically with the umask's mode. Time is virtual (``VirtualClock``), so nothing here depends on the machine's speed."""
+"""The trainer at the edges of a run: a budget that allows no step, resuming a finished run, a schedule fitted to the
+budget, progress that follows the time budget (on a terminal and in a log), the warning of a budget far short of the
+recipe, and files replaced atomically with the umask's mode. Time is virtual (``VirtualClock``), so nothing here
+depends on the machine's speed."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -16,11 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from avseg.train import run_folder as run_folder_module
 from avseg.train import trainer as trainer_module
 from avseg.train.config import ScheduleConfig
+from avseg.train.optim import LRSchedule, group_lrs
 from avseg.train.trainer import ProgressDisplay, Trainer, TrainingError, budget_shortfall
+from tests.toy_model import ToyDataset, mean_iou_evaluator, toy_model
 from tests.train.test_trainer import VirtualClock, config, events
-from tests.train.toy import ToyDataset, mean_iou_evaluator, toy_model
 
 
 @pytest.fixture
@@ -135,6 +139,82 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert not longer.already_complete
 
 
+# -- a schedule fitted to the budget --------------------------------------------------------------------------------
+
+
+def cosine(step: int, total: int, warmup: int) -> float:
+    """The warmup-cosine factor, written out independently of avseg.train.optim."""
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def test_a_fitted_schedule_takes_each_new_length_from_the_next_step_on(tmp_path, clock, monkeypatch):
+    cfg = config(
+        max_steps=100_000,
+        max_minutes=8.0 / 60,
+        val_every=10,
+        schedule=ScheduleConfig(kind="cosine", warmup_steps=5, fit_to_budget=True),
+    )
+    calls = []
+
+    def slower_and_slower(model, dataset):
+        calls.append(1)
+        clock.sleep(0.3 * len(calls))  # each validation takes longer: every estimate moves the schedule's end
+        return mean_iou_evaluator(model, dataset)
+
+    trainer = Trainer(
+        toy_model(sleep_s=0.1),
+        ToyDataset(8),
+        cfg,
+        tmp_path / "run",
+        val_dataset=ToyDataset(2, split="val"),
+        evaluator=slower_and_slower,
+        clock_start=clock.monotonic(),
+    )
+    refits: list[tuple[int, int]] = []  # (step after which the length changed, the new length)
+    refit = LRSchedule.refit
+
+    def recording_refit(schedule: LRSchedule, total_steps: int) -> None:
+        refits.append((trainer.progress.step, total_steps))
+        coming = group_lrs(trainer.optimizer)
+        refit(schedule, total_steps)
+        assert group_lrs(trainer.optimizer) == coming  # the lr set for the coming step stays
+
+    monkeypatch.setattr(LRSchedule, "refit", recording_refit)
+    summary = trainer.fit()
+    assert len(refits) >= 2 and refits[-1][1] == summary.total_steps == summary.steps  # re-estimated as it ran
+    train = events(tmp_path / "run", "train")
+    assert [e["step"] for e in train] == list(range(1, summary.steps + 1))
+    for event in train:
+        # The lr logged after step s is the one step s + 1 uses: f(s) on the length known when the scheduler moved
+        # to s, i.e. the planned length until the first estimate, then the length estimated before step s.
+        total = next((t for s, t in reversed(refits) if s < event["step"]), 100_000)
+        expected = cfg.optim.lr * cosine(event["step"], total, warmup=5)
+        assert event["lr"] == pytest.approx({"decay": expected, "no_decay": expected}, rel=1e-12), event
+
+
+def test_a_resumed_fitted_run_estimates_its_length_once_it_has_timed_a_step(tmp_path, clock):
+    # Step 20 ends the warmup; a session that resumes at step 19 has measured no step time when it gets there.
+    schedule = ScheduleConfig(kind="cosine", warmup_steps=5, fit_to_budget=True)
+    val = ToyDataset(2, split="val")
+    out = tmp_path / "run"
+    Trainer(toy_model(), ToyDataset(8), config(max_steps=19, schedule=schedule), out).fit()
+    resumed = Trainer(
+        toy_model(sleep_s=0.1),
+        ToyDataset(8),
+        config(max_steps=30, max_minutes=1.0, val_every=7, schedule=schedule),
+        out,
+        val_dataset=val,
+        evaluator=slow_evaluator(clock, 0.5),
+        clock_start=clock.monotonic(),
+    )
+    with pytest.warns(UserWarning, match="schedule is kept"):  # the first session planned 19 steps
+        summary = resumed.fit(resume=True)
+    # A minute allows the 11 steps left: the run reaches max_steps (not cut at its first step, not crashed).
+    assert summary.steps == summary.total_steps == 30 and summary.stopped_reason == "max_steps"
+
+
 # -- progress -------------------------------------------------------------------------------------------------------
 
 
@@ -171,11 +251,10 @@ def test_progress_bar_on_a_terminal_follows_the_budget_and_shows_validation(tmp_
     assert f"{summary.steps}/{summary.steps}" in shown.split("\r")[-1]  # the bar ends full, at the run's last step
 
 
-def test_progress_display_lines_are_rate_limited(monkeypatch):
+def test_progress_display_lines_are_rate_limited():
     now = [0.0]
-    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     log = io.StringIO()
-    display = ProgressDisplay(None, stream=log, interval=30.0)
+    display = ProgressDisplay(None, stream=log, interval=30.0, clock=lambda: now[0])
     assert not display.tty
     for step in range(1, 601):  # 600 steps at 0.5 s each: 300 s
         now[0] += 0.5
@@ -236,7 +315,7 @@ def test_summary_and_run_config_get_the_umask_mode_and_are_replaced_atomically(t
         return text + "\udc80" if kw.get("indent") else text  # the summary cannot be encoded: its write fails
 
     monkeypatch.setattr(
-        trainer_module,
+        run_folder_module,
         "json",
         SimpleNamespace(dumps=failing_dumps, loads=json.loads, JSONDecodeError=json.JSONDecodeError),
     )

@@ -20,7 +20,7 @@ from avseg.train import trainer as trainer_module
 from avseg.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from avseg.train.determinism import EpochBatchSampler
 from avseg.train.trainer import TIMING_KEYS, Trainer
-from tests.train.toy import SimulatedCrash, ToyDataset, mean_iou_evaluator, toy_model
+from tests.toy_model import SimulatedCrash, ToyDataset, mean_iou_evaluator, toy_model
 
 
 def config(**kw) -> TrainConfig:

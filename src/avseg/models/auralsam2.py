@@ -96,8 +96,8 @@ from avseg.layers.sam2 import (
 from avseg.layers.text import MINILM_PACKAGE, TextConfig, TextEncoderConfig, distilroberta_encoder, frozen_text_encoder
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput, TextInput
-from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
+from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
 __all__ = [
     "AuralSAM2",
@@ -197,13 +197,10 @@ def released_recipe() -> TrainRecipe:
     """The released training defaults: AdamW 1e-4 (weight decay 0.05, none on norm layers), poly 0.9, no clipping,
     1 clip per GPU on 4 GPUs, 10 frames at SAM2's 1024 px."""
     return TrainRecipe(
-        optimizer="adamw",
-        lr=1e-4,
-        weight_decay=0.05,
+        optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
+        schedule=ScheduleConfig(kind="poly", power=0.9),
         batch_size=4,
         epochs=50,
-        schedule="poly",
-        num_frames=10,
         image_size=1024,
         notes="released defaults (4 GPUs x 1 clip)",
     )
@@ -254,11 +251,18 @@ class AuralSAM2Config:
             raise ValueError("fuser.text_dim must be set exactly when text.encoder is (the text encoder's width)")
         if self.projector is None and self.loss.audiocon_weight > 0:
             raise ValueError("loss.audiocon_weight > 0 needs a projector")
+        # SAM2 resizes whatever it is given to its input size; reading frames at another size only costs a resample
+        # (and, upwards, detail that is not there), so a recipe that names a reading size must name SAM2's.
+        if self.recipe.image_size is not None and self.recipe.image_size != self.sam2.image_size:
+            raise ValueError(
+                f"recipe.image_size {self.recipe.image_size} must equal sam2.image_size {self.sam2.image_size} "
+                "(frames are read at the size SAM2 sees), or be null to read them as stored"
+            )
 
     @property
-    def image_size(self) -> int:
-        """The frame size readers should produce (``recipe.image_size``)."""
-        return self.recipe.image_size
+    def input_size(self) -> int:
+        """The square size the network sees: SAM2's input size (``sam2.image_size``)."""
+        return self.sam2.image_size
 
 
 # -- the model -------------------------------------------------------------------------------------------------------
@@ -284,6 +288,22 @@ class AuralSAM2(AVSModel):
 
     family = "auralsam2"
     config_class = AuralSAM2Config
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints of avseg 0.1 kept ``tracking.train_frames`` and an ``augment`` section (with ``enabled``) that
+        ran inside ``forward``; both moved: ``train_frames`` to the top level, the augmentation into the recipe."""
+        config = dict(super().upgrade_config(config))
+        tracking = config.get("tracking")
+        if isinstance(tracking, dict) and "train_frames" in tracking:
+            tracking = dict(tracking)
+            config.setdefault("train_frames", tracking.pop("train_frames"))
+            config["tracking"] = tracking
+        augment = config.pop("augment", None)
+        if isinstance(augment, dict) and isinstance(config.get("recipe"), dict):
+            enabled = augment.pop("enabled", False)
+            config["recipe"] = {**config["recipe"], "augment": augment if enabled else None}
+        return config
 
     def __init__(self, config: AuralSAM2Config) -> None:
         super().__init__(config)
@@ -572,13 +592,10 @@ def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
         ),
         loss=AuralSAM2LossConfig(audiocon_samples=64 if refavs else 128),
         recipe=TrainRecipe(
-            optimizer="adamw",
-            lr=1e-4,
-            weight_decay=0.05,
+            optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
+            schedule=ScheduleConfig(kind="poly", power=0.9),
             batch_size=4,
             epochs=50 if refavs else 140,
-            schedule="poly",
-            num_frames=10 if refavs else 5,
             image_size=1024,
             augment=ClipAugmentConfig(),  # sam2_training_config.yaml: flip 0.5, affine, colour jitter, grayscale
             notes=_RELEASED.format(task="ref" if refavs else "avs")
@@ -626,7 +643,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
     per level. In training, 4 of each clip's 10 frames are tracked (``train_frames``), 8 clips per step: more clips
     per second than whole clips, for the same compute. The fusion's residual branches start at 1, not 0
     (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the expression
-    within a CPU budget. The demo trains it for 6 minutes (``recipe.demo_minutes``), because tracking all 10 frames
+    within a CPU budget. The demo trains it for 6 minutes, because tracking all 10 frames
     of each test clip makes its evaluation slow. The SynthAV measurements behind the input size, the residual start
     and the trunk width are in ``docs/benchmarks.md``.
     """
@@ -663,17 +680,12 @@ def auralsam2_tiny() -> AuralSAM2Config:
         loss=AuralSAM2LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
         train_frames=4,
         recipe=TrainRecipe(
-            optimizer="adamw",
-            lr=3e-3,
-            weight_decay=1e-4,
+            optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
+            schedule=ScheduleConfig(kind="cosine", warmup_steps=30),
             batch_size=8,
             epochs=20,
-            schedule="cosine",
-            warmup_steps=30,
             clip_grad_norm=1.0,
-            num_frames=10,
             image_size=128,
             notes="avseg's CPU recipe for SynthAV; frames read at SAM2's 128 px, 4 of 10 frames tracked per clip",
-            demo_minutes=6.0,
         ),
     )

@@ -109,8 +109,8 @@ from avseg.layers.text import (
     masked_mean,
 )
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
-from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
+from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
 __all__ = [
     "AVSegFormer",
@@ -130,6 +130,24 @@ __all__ = [
 
 
 # -- configs ---------------------------------------------------------------------------------------------------------
+
+
+_OFFICIAL = "vvvb-github/AVSegFormer 7083cb6 config/{task}/AVSegFormer_{bb}_{task}.py (AdamW lr 2e-5, constant lr)"
+
+
+def official_recipe(
+    batch_size: int = 2, epochs: int = 30, image_size: int = 512, notes: str = _OFFICIAL.format(task="s4", bb="pvt2")
+) -> TrainRecipe:
+    """The released training: AdamW at 2e-5 for every task (the configs set no weight decay, so torch's AdamW
+    default of 0.01 applies), a constant learning rate; batch, length and frame size per task."""
+    return TrainRecipe(
+        optim=OptimConfig(name="adamw", lr=2e-5, weight_decay=0.01),
+        schedule=ScheduleConfig(kind="constant"),
+        batch_size=batch_size,
+        epochs=epochs,
+        image_size=image_size,
+        notes=notes,
+    )
 
 
 @dataclass
@@ -341,7 +359,7 @@ class AVSegFormerConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     text: AVSegFormerTextConfig = field(default_factory=AVSegFormerTextConfig)
     loss: AVSegFormerLossConfig = field(default_factory=AVSegFormerLossConfig)
-    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    recipe: TrainRecipe = field(default_factory=lambda: official_recipe())
     train_frames: int | None = None
 
     def __post_init__(self) -> None:
@@ -358,11 +376,6 @@ class AVSegFormerConfig:
                 "loss.dice_weight and loss.bce_weight are for binary masks (num_classes=1); a semantic model uses "
                 "loss.ce_weight (set the other two to 0)"
             )
-
-    @property
-    def image_size(self) -> int:
-        """The frame size a reader should produce for this model (``recipe.image_size``)."""
-        return self.recipe.image_size
 
 
 def released_config(config: AVSegFormerConfig) -> AVSegFormerConfig:
@@ -963,29 +976,23 @@ class AVSegFormer(AVSModel):
 
 # -- presets ---------------------------------------------------------------------------------------------------------
 
-_OFFICIAL = "vvvb-github/AVSegFormer 7083cb6 config/{task}/AVSegFormer_{bb}_{task}.py (AdamW lr 2e-5, constant lr)"
-
 
 def _paper(kind: BackboneKind, task: str) -> AVSegFormerConfig:
     """The paper's model for one task (``s4``, ``ms3``, ``avss``, ``refavs``) and backbone (``resnet``, ``pvt_v2``)."""
     avss = task == "avss"
     official = _OFFICIAL.format(task=task, bb="res50" if kind == "resnet" else "pvt2")
     recipes = {
-        "s4": TrainRecipe(batch_size=2, epochs=30, num_frames=5, image_size=512, notes=official + "; first frame"),
-        "ms3": TrainRecipe(batch_size=2, epochs=60, num_frames=5, image_size=512, notes=official),
-        "avss": TrainRecipe(batch_size=4, epochs=30, num_frames=10, image_size=224, notes=official),
-        "refavs": TrainRecipe(
-            batch_size=2,
-            epochs=30,
-            num_frames=10,
-            image_size=512,
-            notes="avseg's choice (no published AVSegFormer+text recipe is recorded): the S4/MS3 optimiser, batch and "
-            "input size, 10 frames as in Ref-AVSBench; unverified against any paper",
+        "s4": official_recipe(2, 30, 512, official + "; first frame"),
+        "ms3": official_recipe(2, 60, 512, official),
+        "avss": official_recipe(4, 30, 224, official),
+        "refavs": official_recipe(
+            2,
+            30,
+            512,
+            "avseg's choice (no published AVSegFormer+text recipe is recorded): the S4/MS3 optimiser, batch and "
+            "input size; unverified against any paper",
         ),
     }
-    for recipe in recipes.values():
-        # AdamW at 2e-5 for every task; the configs set no weight decay, so torch's AdamW default (0.01) applies.
-        recipe.optimizer, recipe.lr, recipe.weight_decay = "adamw", 2e-5, 0.01
     return AVSegFormerConfig(
         num_classes=AVSS_NUM_CLASSES if avss else 1,
         input_size=224 if avss else 512,
@@ -1087,17 +1094,12 @@ def avsegformer_tiny() -> AVSegFormerConfig:
         loss=AVSegFormerLossConfig(dice_weight=1.0, bce_weight=1.0, intermediate_weight=0.1),
         train_frames=2,
         recipe=TrainRecipe(
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=1e-4,
+            optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
+            schedule=ScheduleConfig(kind="cosine", warmup_steps=30),
             batch_size=4,
             epochs=5,
-            schedule="cosine",
-            warmup_steps=30,
             clip_grad_norm=1.0,
-            num_frames=10,
-            image_size=224,
             notes="avseg's CPU recipe for SynthAV: steps of 4 clips x 2 frames (about 0.3 s each on 2 cores), a cosine "
-            "that ends with the time budget; frames are resized by the model to 128 px",
+            "that ends with the time budget; frames read at the size stored and resized by the model to 128 px",
         ),
     )

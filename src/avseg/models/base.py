@@ -30,7 +30,7 @@ from avseg.data.augment import training_transform
 from avseg.data.benchmarks import AVSS_NUM_CLASSES, BENCHMARKS, FORMAT_READERS, format_has_text
 from avseg.data.types import AVSBatch, AVSSample
 from avseg.errors import ShapeError
-from avseg.models.recipe import TrainRecipe
+from avseg.recipe import TrainRecipe, upgrade_recipe
 
 __all__ = [
     "AVSS_NUM_CLASSES",
@@ -112,6 +112,15 @@ class AVSModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
 
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A config dict as an older avseg stored it in a checkpoint, in today's layout (read by ``load_model``
+        before the config is built). The base class upgrades the training recipe; families with renamed fields
+        extend it."""
+        if isinstance(config.get("recipe"), dict):
+            config = {**config, "recipe": upgrade_recipe(config["recipe"])}
+        return config
+
     # -- the contract ------------------------------------------------------------------------------------------------
 
     def forward(self, batch: AVSBatch) -> AVSOutput:
@@ -152,12 +161,6 @@ class AVSModel(nn.Module):
         recipe = getattr(self.config, "recipe", None)
         return recipe if isinstance(recipe, TrainRecipe) else None
 
-    @property
-    def demo_recipe(self) -> dict[str, Any]:
-        """The preset's training recipe as ``avseg.train.config.TrainConfig`` keys; empty when the config has none.
-        Read by ``avseg demo``."""
-        return self.recipe.train_config() if self.recipe is not None else {}
-
     def train_transform(self, hflip: float = 0.0) -> Callable[[AVSSample], AVSSample] | None:
         """The transform the trainer applies to training samples (:func:`avseg.data.augment.training_transform`): the
         recipe's clip augmentation (``recipe.augment``; ``hflip > 0`` sets its flip probability), else a horizontal
@@ -197,13 +200,11 @@ class AVSModel(nn.Module):
 
     @property
     def input_size(self) -> int | None:
-        """The square frame size the model was configured for (``config.image_size`` or ``config.input_size``), or
-        None when it takes any size. Readers resize to it so that frames are decoded once at the right size."""
-        for name in ("image_size", "input_size"):
-            value = getattr(self.config, name, None)
-            if isinstance(value, int):
-                return value
-        return None
+        """The square size the network sees (``config.input_size``; frames of any size are resized to it by the
+        model), or None when it runs at the frames' own size. The size frames are *read* at is a data setting
+        (``data.image_size``, defaulting to ``recipe.image_size``), recorded in each checkpoint."""
+        value = getattr(self.config, "input_size", None)
+        return value if isinstance(value, int) else None
 
     def draw_training_frames(self, batch: AVSBatch, count: int | None) -> Tensor | None:
         """In training mode: the sorted indices ``(T',)`` of ``count`` frames drawn among those labelled in some clip

@@ -122,7 +122,7 @@ def load_model(path: str | Path, *, pointer: str = "latest", fallback: str | Non
     data = read_checkpoint_config(folder)
     cls = model_class(data["family"])
     try:
-        config = config_from_dict(cls.config_class, data["config"])
+        config = config_from_dict(cls.config_class, cls.upgrade_config(data["config"]))
     except ValueError as err:
         raise MetadataError(folder / CONFIG_FILE, f"config does not fit {cls.__name__}: {err}") from err
     model = cls(config)

@@ -101,8 +101,8 @@ from avseg.layers.text import (
     masked_mean,
 )
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
-from avseg.models.recipe import TrainRecipe
 from avseg.models.registry import register_model
+from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
 __all__ = [
     "TPAVI",
@@ -118,6 +118,22 @@ __all__ = [
 
 
 # -- configs ---------------------------------------------------------------------------------------------------------
+
+
+_OFFICIAL = "OpenNLPLab/AVSBench f7414af avs_scripts/{task}/train.sh (Adam, no weight decay, constant lr)"
+
+
+def official_recipe(epochs: int = 15, notes: str = _OFFICIAL.format(task="avs_s4")) -> TrainRecipe:
+    """The AVSBench baseline's official training (``train.sh``): Adam at 1e-4 without weight decay (the scripts parse
+    ``--wt_dec 5e-4`` but never pass it to Adam), a constant learning rate, batches of 4, frames read at 224 px."""
+    return TrainRecipe(
+        optim=OptimConfig(name="adam", lr=1e-4, weight_decay=0.0),
+        schedule=ScheduleConfig(kind="constant"),
+        batch_size=4,
+        epochs=epochs,
+        image_size=224,
+        notes=notes,
+    )
 
 
 @dataclass
@@ -292,7 +308,7 @@ class TPAVIModelConfig:
     text: TPAVITextConfig = field(default_factory=TPAVITextConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
     loss: TPAVILossConfig = field(default_factory=TPAVILossConfig)
-    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    recipe: TrainRecipe = field(default_factory=lambda: official_recipe())
     train_frames: int | None = None
 
     def __post_init__(self) -> None:
@@ -315,11 +331,6 @@ class TPAVIModelConfig:
                     f"loss.av_kl_stages {self.loss.av_kl_stages} need TPAVI blocks with audio attention "
                     f"(tpavi.stages {self.tpavi.stages}, audio_attention {self.tpavi.audio_attention})"
                 )
-
-    @property
-    def image_size(self) -> int:
-        """The frame size a reader should produce for this model (``recipe.image_size``)."""
-        return self.recipe.image_size
 
 
 # -- text ------------------------------------------------------------------------------------------------------------
@@ -901,13 +912,11 @@ class TPAVI(AVSModel):
 
 # -- presets ---------------------------------------------------------------------------------------------------------
 
-_OFFICIAL = "OpenNLPLab/AVSBench f7414af avs_scripts/{task}/train.sh (Adam, no weight decay, constant lr)"
-
 
 def _s4(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         backbone=paper_backbone(kind),
-        recipe=TrainRecipe(epochs=15, num_frames=5, notes=_OFFICIAL.format(task="avs_s4") + "; first-frame labels"),
+        recipe=official_recipe(15, _OFFICIAL.format(task="avs_s4") + "; first-frame labels"),
     )
 
 
@@ -915,7 +924,7 @@ def _ms3(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         backbone=paper_backbone(kind),
         loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="sum"),
-        recipe=TrainRecipe(epochs=30, num_frames=5, notes=_OFFICIAL.format(task="avs_ms3")),
+        recipe=official_recipe(30, _OFFICIAL.format(task="avs_ms3")),
     )
 
 
@@ -925,7 +934,7 @@ def _avss(kind: BackboneKind) -> TPAVIModelConfig:
         backbone=paper_backbone(kind),
         tpavi=TPAVIConfig(align_bias=False),
         loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="mean"),
-        recipe=TrainRecipe(epochs=60, num_frames=10, notes=_OFFICIAL.format(task="avss")),
+        recipe=official_recipe(60, _OFFICIAL.format(task="avss")),
     )
 
 
@@ -935,11 +944,10 @@ def _refavs(kind: BackboneKind) -> TPAVIModelConfig:
         tpavi=TPAVIConfig(position_encoding=True),
         text=TPAVITextConfig(encoder=distilroberta_encoder(), dim=256),
         kernel=KernelConfig(enabled=True, dim=256),
-        recipe=TrainRecipe(
-            epochs=30,
-            num_frames=10,
-            notes="avseg's choice (no published TPAVI recipe for Ref-AVS): the AVSBench optimiser and batch size, "
-            "10 frames as in Ref-AVSBench; unverified against any paper",
+        recipe=official_recipe(
+            30,
+            "avseg's choice (no published TPAVI recipe for Ref-AVS): the AVSBench optimiser, batch size and frame "
+            "size; unverified against any paper",
         ),
     )
 
@@ -1024,17 +1032,12 @@ def tpavi_tiny() -> TPAVIModelConfig:
         loss=TPAVILossConfig(dice_weight=1.0),
         train_frames=4,
         recipe=TrainRecipe(
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=1e-4,
+            optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
+            schedule=ScheduleConfig(kind="cosine", warmup_steps=30),
             batch_size=8,
             epochs=20,
-            schedule="cosine",
-            warmup_steps=30,
             clip_grad_norm=1.0,
-            num_frames=10,
-            image_size=224,
             notes="avseg's CPU recipe for SynthAV: 8 clips per step, the visual path on 4 of each clip's 10 frames "
-            "(train_frames), frames resized by the model to 96 px",
+            "(train_frames); frames read at the size stored and resized by the model to 96 px",
         ),
     )

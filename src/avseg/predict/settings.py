@@ -6,8 +6,8 @@ The trainer records the data a checkpoint was trained on in the ``meta`` block o
 
 :func:`read_training_data` reads that block (and ``meta.data_format``, written by earlier trainers, for the format);
 :func:`sampling_settings` turns it into the frame size, clip length and frame rate to predict with: an explicit
-setting first, then what the checkpoint records, then the preset's recipe (``recipe.image_size``,
-``recipe.num_frames``), then :data:`DEFAULT_CLIP_LEN` and :data:`DEFAULT_FPS`.
+setting first, then what the checkpoint records, then the preset's defaults (``recipe.image_size``, the clip length
+of the benchmark it was trained on), then :data:`DEFAULT_CLIP_LEN` and :data:`DEFAULT_FPS`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from avseg.checkpoint import TrainingData, read_training_data
 from avseg.data.base import to_size
+from avseg.data.benchmarks import FORMAT_READERS, benchmarks_of_format
 
 if TYPE_CHECKING:
     from avseg.models.base import AVSModel
@@ -89,13 +90,20 @@ def sampling_settings(
             f"model {model_name(model)}: its checkpoint records no frame size (meta.data.image_size) and it has no "
             "recipe or input size; pass image_size= (the size it was trained with)"
         )
-    length = _first(clip_len, training.num_frames, recipe.num_frames if recipe else None, DEFAULT_CLIP_LEN)
+    length = _first(clip_len, training.num_frames, _benchmark_frames(training.format), DEFAULT_CLIP_LEN)
     rate = _first(fps, training.fps, DEFAULT_FPS)
     return SamplingSettings(
         image_size=to_size(size),  # type: ignore[arg-type]
         clip_len=positive_int(length, "clip_len"),
         fps=positive_float(rate, "fps"),
     )
+
+
+def _benchmark_frames(format: str | None) -> int | None:
+    """Frames per clip of the official protocol of the benchmark format a model was trained on (None: unknown)."""
+    if format not in FORMAT_READERS:
+        return None
+    return benchmarks_of_format(format)[0].frames
 
 
 def _first(*values: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: ``TrainConfig``/``DataConfig`` defaults, the model preset's own training recipe
 (``config.recipe``: optimiser, learning rate, weight decay, schedule, warmup, batch size, clipping, and its epochs
-when no layer gives ``max_steps`` or ``max_epochs``; see :class:`avseg.models.recipe.TrainRecipe`), the ``--config``
+when no layer gives ``max_steps`` or ``max_epochs``; see :class:`avseg.recipe.TrainRecipe`), the ``--config``
 file, command-line options, ``--overrides``. Options left at their default value (``--format refavs``, ``--seed 0``,
 ``--val-split val``, ``--train-split train``, ``--device auto``) do not replace a value the config file sets. With
 ``--max-minutes``, the learning-rate schedule is fitted to the time budget (``train.schedule.fit_to_budget``) unless

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat
+from avseg.recipe import OptimConfig, ScheduleConfig
 
 __all__ = [
     "DataConfig",
@@ -50,81 +51,6 @@ def check_val_split(split: str | None, where: str = "val_split") -> None:
             f"{where}={split!r}: model selection must not use a test split; choose a validation split "
             "(e.g. 'val'), or none"
         )
-
-
-@dataclass
-class OptimConfig:
-    """The optimiser. Parameter groups come from the model (``AVSModel.param_groups``); these are the defaults.
-
-    Attributes:
-        name: ``adamw`` (decoupled weight decay) or ``adam`` (weight decay added to the gradient, as torch's Adam).
-        lr: base learning rate; groups may scale it (a backbone at 0.1x).
-        weight_decay: default weight decay (the default groups exempt biases and norm weights).
-        betas: Adam's moment coefficients.
-        eps: Adam's denominator epsilon.
-    """
-
-    name: Literal["adamw", "adam"] = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        if self.name not in ("adamw", "adam"):
-            raise ValueError(f"optim.name must be 'adamw' or 'adam', got {self.name!r}")
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not self.eps > 0:
-            raise ValueError(f"optim.eps must be > 0, got {self.eps!r}")
-
-
-@dataclass
-class ScheduleConfig:
-    """The learning-rate schedule, as a factor of each group's base lr per optimiser step (see ``avseg.train.optim``).
-
-    Attributes:
-        kind: ``constant``; ``cosine`` (half cosine to ``min_lr_ratio``); ``poly`` (``(1 - t)^power``, AVSBench and
-            AuralSAM2 use 0.9); ``warmup_decay`` (DeepSpeed's WarmupDecayLR with linear warmup: linear decay to 0).
-            Every kind starts with the linear warmup, when one is set.
-        warmup_steps: linear warmup from 0 over this many optimiser steps.
-        warmup_ratio: or warmup over this fraction of the total steps (rounded up); set one of the two, not both.
-        power: exponent of ``poly``.
-        min_lr_ratio: floor of the decaying kinds, as a fraction of the base lr (0: decay to zero).
-        fit_to_budget: with ``train.max_minutes``, end the schedule (and the run) at the step the time budget allows,
-            so that a decaying schedule actually decays instead of being cut off near its start. The step is
-            estimated from the measured step and validation times once the warmup (at least 20 steps) is over, and
-            re-estimated every 25 steps and after each validation; it is never later than ``max_steps``/``max_epochs``.
-    """
-
-    kind: Literal["constant", "cosine", "poly", "warmup_decay"] = "cosine"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    power: float = 0.9
-    min_lr_ratio: float = 0.0
-    fit_to_budget: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("constant", "cosine", "poly", "warmup_decay"):
-            raise ValueError(f"schedule.kind must be constant, cosine, poly or warmup_decay, got {self.kind!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"schedule.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.warmup_steps and self.warmup_ratio:
-            raise ValueError(
-                f"set schedule.warmup_steps ({self.warmup_steps}) or schedule.warmup_ratio ({self.warmup_ratio}), "
-                "not both"
-            )
-        if not self.power > 0:
-            raise ValueError(f"schedule.power must be > 0, got {self.power!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 
 
 @dataclass

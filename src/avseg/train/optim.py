@@ -13,7 +13,8 @@ factor ``f(step)`` of each group's base lr, where ``step`` counts optimiser step
   ``warmup_type="linear"`` and ``warmup_min_lr=0`` (``m = 0`` reproduces it exactly);
 
 with ``N`` the total optimiser steps and ``m`` = ``min_lr_ratio``. The factor is a small callable object, so
-``LambdaLR.state_dict()`` stores its parameters and a resumed run continues on the same curve.
+``LambdaLR.state_dict()`` stores its parameters and a resumed run continues on the same curve. A run that learns its
+length only while it runs (``schedule.fit_to_budget``) moves ``N`` with :meth:`LRSchedule.refit`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "group_lrs",
     "parameters_of",
     "resolve_warmup",
+    "schedule_of",
     "trainable_names",
 ]
 
@@ -160,6 +162,20 @@ class LRSchedule:
             return m + (1.0 - m) * (1.0 - progress) ** self.power
         raise ValueError(f"unknown schedule kind {self.kind!r}")
 
+    def refit(self, total_steps: int) -> None:
+        """Move the end of the schedule to ``total_steps`` (``N``), keeping the warmup and the curve's shape.
+
+        A scheduler that applies this schedule uses the new length from its next ``step()`` on: the learning rate
+        already set for the coming optimiser step stays as it is. ``LambdaLR.state_dict()`` then stores the new
+        length, so a resumed run goes on along the refitted curve.
+
+        Raises:
+            ValueError: ``total_steps < 1``.
+        """
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.total_steps = int(total_steps)
+
 
 def build_scheduler(
     optimizer: Optimizer, cfg: ScheduleConfig | LRSchedule, total_steps: int, *, start_step: int = 0
@@ -195,6 +211,21 @@ def build_scheduler(
         group.setdefault("initial_lr", group["lr"])
     # LambdaLR(last_epoch=k - 1) takes one step in its constructor, landing on step k with lr = initial_lr * f(k).
     return LambdaLR(optimizer, schedule, last_epoch=start_step - 1)
+
+
+def schedule_of(scheduler: LambdaLR) -> LRSchedule:
+    """The :class:`LRSchedule` that a scheduler from :func:`build_scheduler` applies to every group.
+
+    After ``scheduler.load_state_dict(...)`` this is the checkpoint's curve (``LambdaLR`` restores the attributes of
+    its factor objects in place).
+
+    Raises:
+        TypeError: the scheduler was not built by :func:`build_scheduler`.
+    """
+    schedules = getattr(scheduler, "lr_lambdas", None) or [None]
+    if not isinstance(schedules[0], LRSchedule):
+        raise TypeError(f"{type(scheduler).__name__} does not apply an LRSchedule (not built by build_scheduler)")
+    return schedules[0]
 
 
 def group_lrs(optimizer: Optimizer) -> dict[str, float]:

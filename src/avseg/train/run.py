@@ -1,12 +1,12 @@
 """One path from a preset to a training run, shared by ``avseg train`` and ``avseg demo``.
 
-:func:`build_run_config` merges, lowest first: ``TrainConfig``/``DataConfig`` defaults, the model preset's own
-recipe (``config.recipe``: optimiser, learning rate, weight decay, schedule, warmup, batch size, clipping, the size
-frames are read at, and its epochs when no layer gives ``max_steps`` or ``max_epochs``; see
-:class:`avseg.models.recipe.TrainRecipe`), a config file, the caller's defaults (options left at their default
-value), the caller's explicit settings (options given, a time budget), and dotted overrides. :func:`prepare_trainer`
-then builds the model, the reader, the augmentation and the datasets from that one :class:`RunConfig` and returns
-the :class:`~avseg.train.trainer.Trainer`, which writes the run config next to the checkpoints.
+:func:`build_run_config` merges, lowest first: ``TrainConfig``/``DataConfig`` defaults; the model preset's own
+recipe (:class:`avseg.recipe.TrainRecipe`: optimiser, schedule, batch size, clipping, the size frames are read at,
+and its epochs when no layer gives ``max_steps`` or ``max_epochs``); a config file; the caller's defaults (options
+left at their default value, applied only where nothing above set the key); the caller's explicit settings (options
+given, a time budget); and dotted overrides. :func:`prepare_trainer` then builds the model, the reader, the
+augmentation and the datasets from that one :class:`RunConfig` and returns the
+:class:`~avseg.train.trainer.Trainer`, which writes the run config next to the checkpoints.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
+from avseg.recipe import TrainRecipe
 from avseg.train.config import RunConfig, TrainConfig
 
-__all__ = ["build_run_config", "prepare_trainer", "preset_train_defaults"]
+__all__ = ["build_run_config", "prepare_trainer", "preset_recipe"]
 
 _SECTIONS = ("model", "train", "data")
 
@@ -65,20 +66,16 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def preset_train_defaults(model: str, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The registered preset's own recipe as ``train`` keys (the lowest layer of a run config).
-
-    The recipe is read after ``model_overrides``, so ``model.recipe.lr=...`` changes it. An unregistered name or a
-    config without a ``recipe`` gives ``{}`` (building the model names an unknown preset later).
-    """
+def preset_recipe(model: str, model_overrides: dict[str, Any] | None = None) -> TrainRecipe | None:
+    """The registered preset's own recipe (the lowest layer of a run config), read after ``model_overrides`` so that
+    ``model.recipe.optim.lr=...`` changes it. None for an unregistered name (building the model names it later) or a
+    config without a recipe."""
     from avseg.models.registry import get_entry, list_models
 
     if model not in list_models():
-        return {}
+        return None
     recipe = getattr(get_entry(model).config(**(model_overrides or {})), "recipe", None)
-    if recipe is None:
-        return {}
-    return {**recipe.train_config(), "max_epochs": recipe.epochs}
+    return recipe if isinstance(recipe, TrainRecipe) else None
 
 
 def build_run_config(
@@ -113,16 +110,18 @@ def build_run_config(
         run["model"] = model
     run["data"]["root"] = str(data)
     overrides_by_key = parse_overrides(overrides or [])
-    recipe: dict[str, Any] = {}
+    recipe = None
     if run.get("model"):
         model_overrides = {
             **run["model_overrides"],
             **{k.partition(".")[2]: v for k, v in overrides_by_key.items() if k.startswith("model.")},
         }
-        recipe = preset_train_defaults(run["model"], model_overrides)
+        recipe = preset_recipe(run["model"], model_overrides)
+    if recipe is not None:
         # The recipe's length applies only when no layer above gives one (a file's max_steps alone must not be cut
         # short by the recipe's epochs), so it is added last.
-        run["train"] = _merge({k: v for k, v in recipe.items() if k != "max_epochs"}, run["train"])
+        run["train"] = _merge(recipe.train_config(), run["train"])
+        run["data"] = _merge(recipe.data_config(), run["data"])
     for key, value in (defaults or {}).items():
         _set_dotted(run, key.split("."), value, key, keep=True)
     for key, value in (explicit or {}).items():
@@ -137,8 +136,8 @@ def build_run_config(
             _set_dotted(run["train"], _resolve_train_key(rest.split(".")), value, key)
         else:
             _set_dotted(run["data"], rest.split("."), value, key)
-    if run["train"].get("max_steps") is None and run["train"].get("max_epochs") is None and "max_epochs" in recipe:
-        run["train"]["max_epochs"] = recipe["max_epochs"]
+    if run["train"].get("max_steps") is None and run["train"].get("max_epochs") is None and recipe is not None:
+        run["train"]["max_epochs"] = recipe.epochs
     if not run.get("model"):
         raise ValueError("no model: pass --model NAME (see avseg.models.list_models()) or a config file with 'model:'")
     return config_from_dict(RunConfig, run)

@@ -25,23 +25,24 @@ dropout masks and learning rates, and gives the same final weights and metrics a
 world size and hardware; per-sample randomness inside DataLoader workers is the one exception, see
 :class:`EpochBatchSampler`).
 
-Outputs under ``OUT``: ``checkpoints/step-XXXXXXX/`` (``avseg.checkpoint`` folders), ``checkpoints/latest.json`` and
-``checkpoints/best.json`` pointers, ``metrics.jsonl`` (one JSON object per event), ``run_config.yaml``,
-``train_summary.json`` and optionally ``tensorboard/``. Files are replaced atomically and get the mode the umask gives
-new files.
+Outputs under ``OUT`` (:class:`~avseg.train.run_folder.RunFolder`): ``checkpoints/step-XXXXXXX/`` (``avseg.checkpoint``
+folders), ``checkpoints/latest.json`` and ``checkpoints/best.json`` pointers, ``metrics.jsonl`` (one JSON object per
+event), ``run_config.yaml``, ``train_summary.json`` and optionally ``tensorboard/``. Files are replaced atomically and
+get the mode the umask gives new files.
+
+Time budget. ``max_minutes`` is kept by a :class:`~avseg.train.budget.TimeBudget`: the run stops when one more step
+would leave no time for the final validation and checkpoint, and with ``schedule.fit_to_budget`` the learning-rate
+schedule ends at the step the budget is estimated to allow, re-estimated as the run goes.
 
 Progress. Rank 0 shows a tqdm bar on a terminal and, when its output goes to a log, a plain line at most every 30
-seconds and around each validation (:class:`ProgressDisplay`). Under a time budget the bar counts to the step the
-budget is estimated to allow, re-estimated as the run goes.
+seconds and around each validation (:class:`~avseg.train.progress.ProgressDisplay`). Under a time budget the bar
+counts to the step the budget is estimated to allow.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
-import re
-import shutil
 import sys
 import time
 import warnings
@@ -54,18 +55,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from avseg.checkpoint import (
-    load_training_state,
-    load_weights,
-    resolve_checkpoint,
-    save_checkpoint,
-    write_pointer,
-)
+from avseg.checkpoint import load_training_state, load_weights, save_checkpoint
 from avseg.config import config_to_dict
 from avseg.data.types import AVSBatch, AVSSample, collate
 from avseg.errors import AVSegError, AVSegWarning, MissingDependencyError
-from avseg.fileio import atomic_write_text
 from avseg.optional import has_package
+from avseg.train.budget import REFIT_EVERY, TimeBudget
 from avseg.train.config import TrainConfig, check_val_split
 from avseg.train.determinism import (
     EpochBatchSampler,
@@ -76,9 +71,12 @@ from avseg.train.determinism import (
     restore_rng_state,
     seed_everything,
 )
-from avseg.train.optim import build_optimizer, build_scheduler, group_lrs, trainable_names
+from avseg.train.optim import build_optimizer, build_scheduler, group_lrs, schedule_of, trainable_names
+from avseg.train.progress import ProgressDisplay
+from avseg.train.run_folder import TIMING_KEYS, RunFolder
 
 __all__ = [
+    "TIMING_KEYS",
     "EpochBatchSampler",
     "Evaluator",
     "ProgressDisplay",
@@ -93,10 +91,6 @@ __all__ = [
 
 Evaluator = Callable[[torch.nn.Module, Dataset], Mapping[str, float]]
 """``evaluator(model, dataset) -> {"J": .., "F": .., ...}``: scores a model (in eval mode, no grad) on a dataset."""
-
-CHECKPOINT_PATTERN = re.compile(r"^step-(\d{7,})$")
-# Timing fields differ between otherwise identical runs; everything else in metrics.jsonl is reproducible.
-TIMING_KEYS = ("elapsed_s", "samples_per_s", "seconds")
 
 
 class TrainingError(AVSegError):
@@ -247,129 +241,12 @@ def _dataset_splits(dataset: Dataset) -> set[str]:
     return {r.split for r in records if isinstance(getattr(r, "split", None), str)}
 
 
-def _clock(seconds: float) -> str:
-    """``1:02:03`` or ``2:03``."""
-    minutes, secs = divmod(round(max(0.0, seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class ProgressDisplay:
-    """Training progress for a person: a tqdm bar on a terminal, plain lines in a log.
-
-    When the output is not a terminal (a log file, a CI job), a bar would write a carriage-return update ten times a
-    second into one endless line; instead a line such as ``train: step 120/800 (15%), loss 0.4312, epoch 2,
-    2.10 steps/s, elapsed 0:57, ETA 5:20`` is written when training starts, at most every ``interval`` seconds after
-    that, around each validation and at the end.
-
-    Args:
-        total: the step the run will reach; None while it is not known (a time budget not yet estimated).
-        initial: steps already done (a resumed run).
-        desc: the bar's label and the lines' prefix.
-        stream: where to write (default: ``sys.stderr`` at construction).
-        tty: draw a bar (default: whether ``stream`` is a terminal).
-        interval: least seconds between two log lines while training steps run.
-    """
-
-    def __init__(
-        self,
-        total: int | None,
-        initial: int = 0,
-        *,
-        desc: str = "train",
-        stream: Any = None,
-        tty: bool | None = None,
-        interval: float = 30.0,
-    ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        if tty is None:
-            isatty = getattr(self.stream, "isatty", None)
-            tty = bool(isatty()) if callable(isatty) else False
-        self.tty = tty
-        self.desc = desc
-        self.total = total
-        self.step = self._first = initial
-        self.interval = interval
-        self.postfix: dict[str, str] = {}
-        self._started = time.monotonic()
-        self._last_line: float | None = None
-        self._last_status_step: int | None = None
-        self._bar: Any = None
-        if tty:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=self.stream)
-
-    def set_total(self, total: int | None) -> None:
-        """The run will reach ``total`` steps (a time budget's re-made estimate, or the step it stopped at)."""
-        if total == self.total:
-            return
-        self.total = total
-        if self._bar is not None:
-            self._bar.total = total
-            self._bar.refresh()
-
-    def update(self, step: int, **postfix: Any) -> None:
-        """Training reached ``step``; ``postfix`` (loss, epoch) is shown beside the count."""
-        self.postfix = {key: str(value) for key, value in postfix.items()}
-        if self._bar is not None:
-            self._bar.set_postfix(self.postfix, refresh=False)
-            self._bar.update(step - self.step)
-        self.step = step
-        if self._bar is None:
-            now = time.monotonic()
-            if self._last_line is None or now - self._last_line >= self.interval:
-                self._status_line(now)
-
-    def phase(self, text: str) -> None:
-        """Something other than training steps runs now (``validating on val (25 clips)``): shown in place of the
-        loss on a terminal, as a line in a log."""
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=True)
-        else:
-            self._line(f"step {self._count()}: {text}")
-
-    def note(self, text: str) -> None:
-        """A line that stays (a validation's result): above the bar on a terminal."""
-        if self._bar is not None:
-            self._bar.write(f"{self.desc}: {text}", file=self.stream)
-            self._bar.set_postfix(self.postfix)
-        else:
-            self._line(text)
-
-    def close(self) -> None:
-        """End the bar; in a log, write the last count unless the last count line showed it."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        elif self._last_status_step != self.step:
-            self._status_line(time.monotonic())
-
-    def _count(self) -> str:
-        if not self.total:
-            return f"{self.step}"
-        return f"{self.step}/{self.total} ({100.0 * self.step / self.total:.0f}%)"
-
-    def _status(self, now: float) -> str:
-        done, elapsed = self.step - self._first, now - self._started
-        rate = done / elapsed if done > 0 and elapsed > 0 else None
-        parts = [f"step {self._count()}", *(f"{key} {value}" for key, value in self.postfix.items())]
-        if rate is not None:
-            parts.append(f"{rate:.2f} steps/s")
-        parts.append(f"elapsed {_clock(elapsed)}")
-        if rate is not None and self.total and self.step < self.total:
-            parts.append(f"ETA {_clock((self.total - self.step) / rate)}")
-        elif not self.total:
-            parts.append("ETA once the time budget is estimated")
-        return ", ".join(parts)
-
-    def _status_line(self, now: float) -> None:
-        self._line(self._status(now))
-        self._last_status_step = self.step
-
-    def _line(self, text: str) -> None:
-        print(f"{self.desc}: {text}", file=self.stream, flush=True)
-        self._last_line = time.monotonic()
+def _num_clips(dataset: Dataset) -> int:
+    """The dataset's length; 0 for one without (its validation time is then known after the first validation)."""
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -424,10 +301,11 @@ class Trainer:
                 raise ValueError("validation needs an evaluator or a metric_preset for the default evaluator")
         self.model = model
         self.train_dataset = train_dataset
+        self._data_meta: dict[str, Any] | None = None
         self.val_dataset = val_dataset
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.run = RunFolder(self.out_dir)
         self.evaluator = evaluator
         self.metric_preset = metric_preset
         self.preset = preset
@@ -461,13 +339,13 @@ class Trainer:
         if self._used:
             raise RuntimeError("a Trainer runs once; build a new one to train again")
         self._used = True
-        t0 = self.clock_start if self.clock_start is not None else time.monotonic()
+        start = self.clock_start if self.clock_start is not None else time.monotonic()
         acc = self._make_accelerator()
         self._display: ProgressDisplay | None = None
         self._tb = None
         ok = False
         try:
-            summary = self._fit(acc, resume, t0)
+            summary = self._fit(acc, resume, start)
             ok = True
             return summary
         finally:
@@ -504,6 +382,20 @@ class Trainer:
             ],
         )
 
+    def _make_budget(self, start: float) -> TimeBudget:
+        cfg = self.cfg
+        return TimeBudget(
+            limit_s=None if cfg.max_minutes is None else cfg.max_minutes * 60.0,
+            start=start,
+            # Read from this module at fit time, so that one clock (a virtual one in tests) times the whole run.
+            clock=time.monotonic,
+            samples_per_step=cfg.batch_size * cfg.grad_accum_steps,
+            val_samples=None if self.val_dataset is None else _num_clips(self.val_dataset),
+            val_every=cfg.val_every,
+            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
+        )
+
     def _teardown(self, acc: Any, ok: bool) -> None:
         if self._display is not None:
             self._display.close()
@@ -526,7 +418,7 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
-    def _fit(self, acc: Any, resume: bool | str | Path, t0: float) -> TrainSummary:
+    def _fit(self, acc: Any, resume: bool | str | Path, start: float) -> TrainSummary:
         cfg = self.cfg
         self.acc = acc
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -568,49 +460,35 @@ class Trainer:
         self.window = _Window()
         if state:
             self._load_state(state)
-        self._timers = {
-            "train": 0.0,
-            "val": 0.0,
-            "val_last": None,
-            "ckpt_last": None,
-            "step_ema": None,
-            "first_step": None,
-        }
-        if cfg.max_minutes is not None and self._out_of_time(t0):
-            raise self._no_step_error(t0)  # before any file is written
+        self.budget = self._make_budget(start)
+        self._train_s = self._val_s = 0.0
+        if self.budget.limited and self._out_of_time():
+            raise self._no_step_error()  # before any file is written
 
         self._prepare_outputs(resumed=state is not None)
         if state is not None:
             self._event({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from})
-        self._last_val_step = self._last_ckpt_step = None
-        if state is not None:
-            self._last_ckpt_step = self.progress.step
+        self._last_val_step: int | None = None
+        self._last_ckpt_step = self.progress.step if state is not None else None  # the resumed checkpoint
         self._last_metrics: dict[str, float] | None = None
         self._session_samples = self._session_steps = 0
-        self._schedule_fitted = False
-        reason = self._loop(t0)
+        reason = self._loop()
         if self._session_steps == 0 and reason == "max_minutes":
-            raise self._no_step_error(t0)
-        return self._finish(t0, reason, resumed_from)
+            raise self._no_step_error()
+        return self._finish(reason, resumed_from)
 
-    def _no_step_error(self, t0: float) -> TrainingError:
+    def _no_step_error(self) -> TrainingError:
         minutes = self.cfg.max_minutes
         return TrainingError(
             f"the time budget train.max_minutes={minutes:g} ({minutes * 60:.3g} s) was used up "  # type: ignore[operator]
-            f"({time.monotonic() - t0:.1f} s elapsed) before the first optimiser step: nothing was trained and no "
+            f"({self.budget.elapsed():.1f} s elapsed) before the first optimiser step: nothing was trained and no "
             "checkpoint was written; give a larger budget"
         )
 
     def _recorded_summary(self) -> TrainSummary | None:
         """``OUT/train_summary.json`` when it describes the checkpoint being resumed (rank 0 reads it)."""
-        data = None
-        if self.is_main:
-            try:
-                data = json.loads((self.out_dir / "train_summary.json").read_text())
-            except (OSError, ValueError):
-                data = None
-        data = self._broadcast(data)
-        if not isinstance(data, dict) or data.get("steps") != self.progress.step:
+        data = self._broadcast(self.run.read_summary() if self.is_main else None)
+        if data is None or data.get("steps") != self.progress.step:
             return None
         known = {f.name for f in fields(TrainSummary)}
         try:
@@ -620,13 +498,9 @@ class Trainer:
 
     def _resume_state(self, resume: bool | str | Path, model: torch.nn.Module) -> tuple[dict | None, str | None]:
         if resume is False:
-            if (self.ckpt_root / "latest.json").exists():
-                raise FileExistsError(
-                    f"{self.out_dir} already holds a training run ({self.ckpt_root / 'latest.json'}); "
-                    "resume it (--resume) or choose another output folder"
-                )
+            self.run.check_new()
             return None, None
-        folder = resolve_checkpoint(self.ckpt_root if resume is True else Path(resume))
+        folder = self.run.resume_point(None if resume is True else resume)
         state = load_training_state(folder)
         if state is None or "progress" not in state:
             raise TrainingError(f"{folder}: checkpoint has no training state to resume from")
@@ -646,8 +520,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") is not None and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(state["scaler"])
-        schedule = self.scheduler.lr_lambdas[0]
-        if getattr(schedule, "total_steps", self.total_steps) != self.total_steps:
+        schedule = schedule_of(self.scheduler)
+        if schedule.total_steps != self.total_steps:
             warnings.warn(
                 f"the run now has {self.total_steps} steps, the checkpoint's learning-rate schedule "
                 f"{schedule.total_steps}; the checkpoint's schedule is kept",
@@ -663,26 +537,10 @@ class Trainer:
             seed_everything(derive_seed(self.cfg.seed, 2, self.progress.step, self.rank))
 
     def _prepare_outputs(self, resumed: bool) -> None:
-        self.metrics_path = self.out_dir / "metrics.jsonl"
         if self.is_main:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
-            if resumed and self.metrics_path.exists():
-                # Events logged after the resumed checkpoint by the interrupted run are replayed: drop them.
-                kept = []
-                for line in self.metrics_path.read_text().splitlines():
-                    try:
-                        if json.loads(line).get("step", 0) <= self.progress.step:
-                            kept.append(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by the interruption
-                atomic_write_text(self.metrics_path, "".join(k + "\n" for k in kept))
+            self.run.start(self.run_config, resumed_step=self.progress.step if resumed else None)
             if resumed:
                 self._drop_abandoned_checkpoints()
-            elif not resumed:
-                atomic_write_text(self.metrics_path, "")
-            import yaml
-
-            atomic_write_text(self.out_dir / "run_config.yaml", yaml.safe_dump(self.run_config, sort_keys=False))
             if self.cfg.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -694,48 +552,41 @@ class Trainer:
                         stacklevel=4,
                     )
                 else:
-                    self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+                    self._tb = SummaryWriter(str(self.run.tensorboard))
             if self.cfg.progress_bar:
                 # Under a time budget the run's end is not known before the step time is measured.
-                total = None if self.cfg.max_minutes is not None else self.total_steps
-                self._display = ProgressDisplay(total, self.progress.step)
+                total = None if self.budget.limited else self.total_steps
+                self._display = ProgressDisplay(total, self.progress.step, clock=self.budget.clock)
         self._barrier()
 
     def _drop_abandoned_checkpoints(self) -> None:
         """Resuming from step k abandons checkpoints after k (from a run cut between writing a checkpoint and its
         pointer, or when resuming from an older checkpoint): remove them, and point ``best.json`` at the restored
         best, so pruning and best selection see this run's history only."""
-        later = [
-            d
-            for d in self.ckpt_root.iterdir()
-            if d.is_dir() and (m := CHECKPOINT_PATTERN.match(d.name)) and int(m.group(1)) > self.progress.step
-        ]
+        p = self.progress
+        later = [folder.name for step, folder in self.run.step_checkpoints() if step > p.step]
         if later:
             warnings.warn(
-                f"resuming from step {self.progress.step}: removing later checkpoints {sorted(d.name for d in later)}",
+                f"resuming from step {p.step}: removing later checkpoints {later}",
                 AVSegWarning,
                 stacklevel=5,
             )
-            for folder in later:
-                shutil.rmtree(folder, ignore_errors=True)
-        p = self.progress
-        if p.best_checkpoint and (self.ckpt_root / p.best_checkpoint).is_dir():
+            self.run.remove_checkpoints_after(p.step)
+        if p.best_checkpoint and (self.run.checkpoints / p.best_checkpoint).is_dir():
             info = {"step": p.best_step, "metric": self.cfg.select_metric, "value": p.best_value}
-            write_pointer(
-                self.ckpt_root, "best", self.ckpt_root / p.best_checkpoint, info | {"split": self.cfg.val_split}
-            )
-        elif (self.ckpt_root / "best.json").exists():
-            (self.ckpt_root / "best.json").unlink()
+            self.run.point_best(self.run.checkpoints / p.best_checkpoint, info | {"split": self.cfg.val_split})
+        else:
+            self.run.clear_best()
 
     # -- the loop ----------------------------------------------------------------------------------------------------
 
-    def _loop(self, t0: float) -> str:
+    def _loop(self) -> str:
         cfg, p = self.cfg, self.progress
         batches: Iterator[AVSBatch] | None = None
         while True:
             if p.step >= self.total_steps:
                 return self._stop(self.length_reason)
-            if cfg.max_minutes is not None and self._out_of_time(t0):
+            if self.budget.limited and self._out_of_time():
                 return self._stop("max_minutes")
             if batches is None:
                 if p.epoch != self._hooked_epoch:
@@ -743,41 +594,38 @@ class Trainer:
                     self._hooked_epoch = p.epoch
                     self._sync_trainable()
                 batches = iter(self._loader(p.epoch, p.epoch_step * cfg.grad_accum_steps))
-            started = time.monotonic()
+            started = self.budget.clock()
             losses = self._train_step([next(batches) for _ in range(cfg.grad_accum_steps)])
-            seconds = time.monotonic() - started
-            self._timers["train"] += seconds
-            if self._timers["first_step"] is None:
-                # The first step of a session pays one-off costs (lazy initialisation, the first batches); it would
-                # inflate the step-time estimate behind the time budget, so it is kept apart.
-                self._timers["first_step"] = seconds
-            else:
-                ema = self._timers["step_ema"]
-                self._timers["step_ema"] = seconds if ema is None else 0.8 * ema + 0.2 * seconds
+            seconds = self.budget.clock() - started
+            self._train_s += seconds
+            self.budget.record_step(seconds)
             step_epoch = p.epoch
+            samples = cfg.batch_size * cfg.grad_accum_steps * self.world
             p.step += 1
             p.epoch_step += 1
-            p.samples_seen += cfg.batch_size * cfg.grad_accum_steps * self.world
-            self._session_samples += cfg.batch_size * cfg.grad_accum_steps * self.world
+            p.samples_seen += samples
+            self._session_samples += samples
             self._session_steps += 1
-            self.window.add(losses, cfg.batch_size * cfg.grad_accum_steps * self.world, seconds)
+            self.window.add(losses, samples, seconds)
             end_of_epoch = p.epoch_step == self.steps_per_epoch
             if end_of_epoch:
                 p.epoch, p.epoch_step, batches = p.epoch + 1, 0, None
             if self._display is not None:
                 self._display.update(p.step, loss=f"{losses['loss']:.4f}", epoch=step_epoch)
             if p.step % cfg.log_every == 0:
-                self._log_train(step_epoch, t0)
+                self._log_train(step_epoch)
             if p.step >= self.total_steps:
                 continue  # the final validation and checkpoint follow the loop
             new_best = False
             validated = self._periodic(cfg.val_every, end_of_epoch) and self.val_dataset is not None
             if validated:
-                new_best = self._validate(step_epoch, t0)
-            if self._budget_probe(validated):
-                self._fit_schedule_to_budget(t0)
-            elif self._display_probe(validated):
-                self._display.set_total(self._reachable_steps(t0))  # type: ignore[union-attr]
+                new_best = self._validate(step_epoch)
+            if cfg.schedule.fit_to_budget and self.budget.refit_due(
+                p.step, schedule_of(self.scheduler).warmup_steps, validated
+            ):
+                self._fit_schedule_to_budget()
+            elif self._display_due(validated):
+                self._display.set_total(self.budget.reachable_step(p.step, self._configured_steps))  # type: ignore[union-attr]
             if self._periodic(cfg.checkpoint_every, end_of_epoch) or new_best:
                 self._checkpoint(step_epoch, new_best)
 
@@ -860,109 +708,53 @@ class Trainer:
             for param in group["params"]:
                 if param in old.state:
                     new.state[param] = old.state[param]
-        self.scheduler = build_scheduler(new, self.scheduler.lr_lambdas[0], 0, start_step=self.progress.step)
-        if self.world > 1:
-            # DDP registers the parameters that require grad when it wraps the model: wrap again. The old wrapper
-            # must go (its reducer hooks the same parameters); Accelerate keeps a reference in its model list.
-            old_wrapper = self.wrapped
-            self.acc._models = [m for m in self.acc._models if m is not old_wrapper]
-            self.wrapped = None
-            del old_wrapper
-            gc.collect()  # the old reducer must go before the new wrapper registers its hooks
-            self.wrapped = self.acc.prepare_model(unwrapped)
+        self.scheduler = build_scheduler(new, schedule_of(self.scheduler), 0, start_step=self.progress.step)
+        # Accelerate keeps a reference to every model and optimiser it prepared, and acts on all of them: under fp16
+        # it unscales the gradients of, and asks "was the step skipped?" of, every optimiser it holds; under DDP its
+        # model list holds the old wrapper, whose reducer hooks the same parameters and must be gone before a new
+        # wrapper registers its own (DDP registers the parameters that require grad when it wraps the model).
+        # free_memory() is Accelerate's public way to forget them all (it also collects the garbage); the model and
+        # the new optimiser are then prepared again: a new DDP wrapper, or in a single process the same model.
+        self.wrapped = self.optimizer = None
+        self.acc.free_memory()
+        self.wrapped = self.acc.prepare_model(unwrapped)
         self.raw_optimizer = new
         self.optimizer = self.acc.prepare_optimizer(new)
 
     # -- time budget -------------------------------------------------------------------------------------------------
 
-    def _out_of_time(self, t0: float) -> bool:
+    def _out_of_time(self) -> bool:
         """Whether one more step, plus the validation and checkpoint that close the run, would exceed the budget.
         Rank 0 decides and broadcasts, so all ranks stop at the same step."""
-        stop = False
-        if self.is_main:
-            budget = self.cfg.max_minutes * 60.0  # type: ignore[operator]
-            elapsed = time.monotonic() - t0
-            step = self._timers["step_ema"]
-            if step is None:
-                stop = elapsed >= budget
-            else:
-                reserve = self._estimate_val() + self._estimate_ckpt()
-                next_step = self.progress.step + 1
-                periodic = 0.0
-                if self.cfg.val_every is not None and next_step % self.cfg.val_every == 0:
-                    periodic += self._estimate_val()
-                if self.cfg.checkpoint_every is not None and next_step % self.cfg.checkpoint_every == 0:
-                    periodic += self._estimate_ckpt()
-                stop = elapsed + step + periodic + reserve > budget
+        stop = self.is_main and not self.budget.next_step_fits(self.progress.step + 1)
         return bool(self._broadcast(stop))
 
-    def _budget_probe(self, validated: bool) -> bool:
-        """Whether to (re-)estimate the schedule's length now: ``fit_to_budget`` runs, at the end of the warmup (at
-        least 20 steps, so the step time is measured), then every 25 steps and after every validation (the machine
-        may slow down or speed up during the run)."""
-        if not self.cfg.schedule.fit_to_budget or self.cfg.max_minutes is None:
-            return False
-        probe = max(20, self.scheduler.lr_lambdas[0].warmup_steps)
-        step = self.progress.step
-        return step == probe or (step > probe and (validated or (step - probe) % 25 == 0))
-
-    def _display_probe(self, validated: bool) -> bool:
+    def _display_due(self, validated: bool) -> bool:
         """Whether to re-estimate, for the progress display only, where a time-budgeted run will end: from the
-        second step on (the first is kept out of the step time), every 25 steps and after every validation, until
+        second step on (the first is kept out of the step time), every few steps and after every validation, until
         ``fit_to_budget`` fixes the run's length."""
-        if self._display is None or self.cfg.max_minutes is None or self._schedule_fitted:
+        if self._display is None or not self.budget.limited or self.budget.fitted or self.budget.step_s is None:
             return False
-        if self._timers["step_ema"] is None:
-            return False
-        return self._display.total is None or validated or self.progress.step % 25 == 0
+        return self._display.total is None or validated or self.progress.step % REFIT_EVERY == 0
 
-    def _reachable_steps(self, t0: float) -> int:
-        """The step the remaining time budget allows, from the measured step, validation and checkpoint times
-        (rank 0's clock); never later than ``max_steps``/``max_epochs``."""
-        budget = self.cfg.max_minutes * 60.0  # type: ignore[operator]
-        remaining = budget - (time.monotonic() - t0) - self._estimate_val() - self._estimate_ckpt()
-        step_time = self._timers["step_ema"]
-        steps = remaining / step_time if step_time else 0.0
-        every = self.cfg.val_every
-        if every is not None and self.val_dataset is not None and step_time:
-            # Each periodic validation costs about this many training steps.
-            steps = steps / (1.0 + self._estimate_val() / (every * step_time))
-        steps *= 0.97  # a small margin, so that the schedule ends before the budget's hard stop does
-        return max(self.progress.step, min(self._configured_steps, self.progress.step + int(steps)))
-
-    def _fit_schedule_to_budget(self, t0: float) -> None:
+    def _fit_schedule_to_budget(self) -> None:
         """Set the run's (and the schedule's) last step to the one the remaining time allows (rank 0 decides)."""
-        total = self._reachable_steps(t0) if self.is_main else self.total_steps
+        p = self.progress
+        total = self.budget.reachable_step(p.step, self._configured_steps) if self.is_main else self.total_steps
         total = int(self._broadcast(total))
-        self._schedule_fitted = True
+        self.budget.fitted = True
         if total != self.total_steps:
             self.total_steps = total
-            self.scheduler.lr_lambdas[0].total_steps = total
+            schedule_of(self.scheduler).refit(total)
             self.length_reason = "max_minutes"
         if self._display is not None:
             self._display.set_total(self.total_steps)
 
-    def _estimate_val(self) -> float:
-        if self.val_dataset is None:
-            return 0.0
-        if self._timers["val_last"] is not None:
-            return self._timers["val_last"]
-        # Before the first validation: one training step's time per sample (data loading dominates small models).
-        per_sample = self._timers["step_ema"] / (self.cfg.batch_size * self.cfg.grad_accum_steps)
-        return per_sample * len(self.val_dataset)  # type: ignore[arg-type]
-
-    def _estimate_ckpt(self) -> float:
-        if self._timers["ckpt_last"] is not None:
-            return self._timers["ckpt_last"]
-        # Weights plus two Adam moments at a conservative 200 MB/s, plus a fixed cost.
-        n = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return 0.2 + 3 * n / 200e6
-
     # -- validation, checkpoints, logging ----------------------------------------------------------------------------
 
-    def _validate(self, epoch: int, t0: float) -> bool:
+    def _validate(self, epoch: int) -> bool:
         """Score the model on the validation split (rank 0), log it, and tell whether it is the best so far."""
-        started = time.monotonic()
+        started = self.budget.clock()
         metrics = None
         self._barrier()
         if self.is_main:
@@ -987,9 +779,9 @@ class Trainer:
             finally:
                 self.model.train(was_training)
         metrics = self._broadcast(metrics)
-        seconds = time.monotonic() - started
-        self._timers["val"] += seconds
-        self._timers["val_last"] = seconds
+        seconds = self.budget.clock() - started
+        self._val_s += seconds
+        self.budget.record_validation(seconds)
         self._last_val_step, self._last_metrics = self.progress.step, metrics
         p, cfg = self.progress, self.cfg
         if cfg.select_metric not in metrics:
@@ -1009,7 +801,7 @@ class Trainer:
                 f"{seconds:.1f} s"
             )
         event = {"event": "val", "step": p.step, "epoch": epoch, "split": cfg.val_split, "metrics": metrics}
-        self._event({**event, "is_best": better, "seconds": round(seconds, 4), "elapsed_s": self._elapsed(t0)})
+        self._event({**event, "is_best": better, "seconds": round(seconds, 4), "elapsed_s": self._elapsed()})
         if self._tb is not None:
             for key, v in metrics.items():
                 self._tb.add_scalar(f"val/{key}", v, p.step)
@@ -1017,11 +809,11 @@ class Trainer:
 
     def _checkpoint(self, epoch: int, is_best: bool) -> None:
         """Save ``step-XXXXXXX`` (rank 0; every rank contributes its RNG state), move the pointers, prune."""
-        started = time.monotonic()
+        started = self.budget.clock()
         p = self.progress
-        name = f"step-{p.step:07d}"
+        target = self.run.checkpoint(p.step)
         if is_best:
-            p.best_checkpoint = name
+            p.best_checkpoint = target.name
         mine = {"rng": capture_rng_state(), "window": asdict(self.window)}
         per_rank = self._gather(mine)
         if self.is_main:
@@ -1040,19 +832,15 @@ class Trainer:
                 "epoch": epoch,
                 "seed": self.cfg.seed,
                 "val_split": self.cfg.val_split,
-                # What the model was trained on: predict uses the format to know whether the model needs text.
-                "data_format": (self.run_config.get("data") or {}).get("format"),
+                # What the model was trained on: eval and predict read frames at this size and clip length, and
+                # the format tells whether the model needs text.
+                "data": self._data_record(),
                 "metrics": self._last_metrics if self._last_val_step == p.step else None,
             }
             folder = save_checkpoint(
-                self.ckpt_root / name,
-                self.model,
-                preset=self.preset,
-                training_state=training_state,
-                meta=meta,
-                overwrite=True,
+                target, self.model, preset=self.preset, training_state=training_state, meta=meta, overwrite=True
             )
-            write_pointer(self.ckpt_root, "latest", folder, {"step": p.step})
+            self.run.point_latest(folder, p.step)
             if is_best:
                 info = {
                     "step": p.step,
@@ -1060,27 +848,14 @@ class Trainer:
                     "value": p.best_value,
                     "split": self.cfg.val_split,
                 }
-                write_pointer(self.ckpt_root, "best", folder, info)
-            self._prune()
+                self.run.point_best(folder, info)
+            self.run.prune(self.cfg.keep_last, keep=p.best_checkpoint)
             self._event({"event": "checkpoint", "step": p.step, "path": str(folder), "is_best": is_best})
         self._barrier()
         self._last_ckpt_step = p.step
-        self._timers["ckpt_last"] = time.monotonic() - started
+        self.budget.record_checkpoint(self.budget.clock() - started)
 
-    def _prune(self) -> None:
-        found = sorted(
-            (int(m.group(1)), d)
-            for d in self.ckpt_root.iterdir()
-            if d.is_dir() and (m := CHECKPOINT_PATTERN.match(d.name))
-        )
-        keep = {d.name for _, d in found[-self.cfg.keep_last :]}
-        if self.progress.best_checkpoint:
-            keep.add(self.progress.best_checkpoint)
-        for _, folder in found:
-            if folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def _log_train(self, epoch: int, t0: float) -> None:
+    def _log_train(self, epoch: int) -> None:
         w = self.window
         keys = sorted(w.sums)
         values = torch.tensor([w.sums[k] / max(1, w.steps) for k in keys], dtype=torch.float64)
@@ -1097,7 +872,7 @@ class Trainer:
             "losses": losses,
             "lr": lrs,
             "samples_per_s": round(w.samples / w.seconds, 3) if w.seconds > 0 else None,
-            "elapsed_s": self._elapsed(t0),
+            "elapsed_s": self._elapsed(),
         }
         self._event(event)
         if self._tb is not None:
@@ -1109,26 +884,23 @@ class Trainer:
 
     def _event(self, event: Mapping[str, Any]) -> None:
         if self.is_main:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(event) + "\n")
+            self.run.append_event(event)
 
-    @staticmethod
-    def _elapsed(t0: float) -> float:
-        return round(time.monotonic() - t0, 3)
+    def _elapsed(self) -> float:
+        return round(self.budget.elapsed(), 3)
 
     # -- the end -----------------------------------------------------------------------------------------------------
 
-    def _finish(self, t0: float, reason: str, resumed_from: str | None) -> TrainSummary:
+    def _finish(self, reason: str, resumed_from: str | None) -> TrainSummary:
         p = self.progress
         epoch = p.epoch if p.epoch_step else max(0, p.epoch - 1)
         if self.window.steps:
-            self._log_train(epoch, t0)
+            self._log_train(epoch)
         new_best = False
         if self.val_dataset is not None and self._last_val_step != p.step:
-            new_best = self._validate(epoch, t0)
+            new_best = self._validate(epoch)
         if self._last_ckpt_step != p.step or new_best:
             self._checkpoint(epoch, new_best)
-        train_time = self._timers["train"]
         digests = self._gather(parameter_digest(self.model.named_parameters()))
         memory, memory_kind = peak_memory(self.acc.device)
         per_rank_memory = [m for m in self._gather(memory) if m is not None]
@@ -1143,10 +915,10 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             epochs=round(p.step / self.steps_per_epoch, 4),
             samples_seen=p.samples_seen,
-            samples_per_s=round(self._session_samples / train_time, 3) if train_time > 0 else 0.0,
-            wall_time_s=self._elapsed(t0),
-            train_time_s=round(train_time, 3),
-            val_time_s=round(self._timers["val"], 3),
+            samples_per_s=round(self._session_samples / self._train_s, 3) if self._train_s > 0 else 0.0,
+            wall_time_s=self._elapsed(),
+            train_time_s=round(self._train_s, 3),
+            val_time_s=round(self._val_s, 3),
             world_size=self.world,
             device=str(self.acc.device),
             mixed_precision=str(self.acc.mixed_precision),
@@ -1155,7 +927,7 @@ class Trainer:
             peak_memory_kind=memory_kind,
             best=best,
             final_metrics=self._last_metrics,
-            last_checkpoint=str(self.ckpt_root / f"step-{p.step:07d}"),
+            last_checkpoint=str(self.run.checkpoint(p.step)),
             resumed_from=resumed_from,
             seed=self.cfg.seed,
             param_digests=digests,
@@ -1163,7 +935,7 @@ class Trainer:
             planned_steps=self._configured_steps,
         )
         if self.is_main:
-            atomic_write_text(self.out_dir / "train_summary.json", json.dumps(asdict(summary), indent=2))
+            self.run.write_summary(asdict(summary))
         return summary
 
     # -- collectives (no-ops in a single process) --------------------------------------------------------------------
@@ -1181,6 +953,24 @@ class Trainer:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def _data_record(self) -> dict[str, Any]:
+        """The training data as checkpoints record it (``meta.data``): the format, the size frames were read at (the
+        first training clip's, so a run that read frames as stored records the size they had) and the clip length.
+        Computed once."""
+        if self._data_meta is None:
+            data = self.run_config.get("data") or {}
+            record: dict[str, Any] = {"format": data.get("format"), "image_size": data.get("image_size")}
+            try:
+                frames = self.train_dataset[0].frames  # type: ignore[index]  # (T, 3, H, W)
+            except (AttributeError, IndexError, TypeError):
+                frames = None  # a dataset of other samples (library use): record what the config says
+            if frames is not None and frames.ndim == 4:
+                h, w = int(frames.shape[-2]), int(frames.shape[-1])
+                record["image_size"] = h if h == w else [h, w]
+                record["num_frames"] = int(frames.shape[0])
+            self._data_meta = record
+        return self._data_meta
 
     def _gather(self, obj: Any) -> list[Any]:
         if not self._distributed():
