@@ -62,10 +62,10 @@ import numpy as np
 import torch
 
 from avseg.data.base import (
-    BenchmarkReader,
     CheckReport,
     ClipRecord,
     ImageSize,
+    MetadataCSVReader,
     load_audio_features,
     load_frames,
     resize_frames,
@@ -73,7 +73,6 @@ from avseg.data.base import (
     sample_from_record,
 )
 from avseg.data.benchmarks import AVSS_NUM_CLASSES
-from avseg.data.refavs import read_metadata_csv
 from avseg.data.types import AVSSample
 from avseg.errors import DatasetWarning, MetadataError, MissingFileError, ShapeError
 from avseg.media.image import read_rgb
@@ -92,7 +91,6 @@ AVSS_SUBSETS = ("v1s", "v1m", "v2")
 AVSS_SPLIT_ORDER = ("train", "val", "test")
 Subset = Literal["v1s", "v1m", "v2"]
 _SUBSET_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
-_REQUIRED_COLUMNS = ("uid", "label", "split")
 
 
 # ---------------------------------------------------------------------- palette
@@ -215,7 +213,7 @@ def _split_order(names: set[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-class AVSSReader(BenchmarkReader):
+class AVSSReader(MetadataCSVReader):
     """AVSBench-semantic: one record per clip, padded to 10 frames, 71-class masks; see the module docstring.
 
     Args:
@@ -227,6 +225,7 @@ class AVSSReader(BenchmarkReader):
 
     format: ClassVar[str] = "avss"
     item_name: ClassVar[str] = "clips"
+    required_columns = ("uid", "label", "split")
 
     def __init__(
         self,
@@ -247,21 +246,12 @@ class AVSSReader(BenchmarkReader):
         if num_frames < longest:
             raise ValueError(f"num_frames={num_frames} is shorter than the {longest}-frame clips of {self.subsets}")
         self.num_frames = int(num_frames)
-        self.metadata_path = self.root / "metadata.csv"
         self.label2idx_path = self.root / "label2idx.json"
         self.palette = avss_palette(AVSS_NUM_CLASSES)
-        self._records: dict[str, list[ClipRecord]] | None = None
 
     # ------------------------------------------------------------------ index
 
-    def metadata_source(self) -> str:
-        """``root/metadata.csv``, the file every split is read from."""
-        return str(self.metadata_path)
-
-    def _why_empty(self) -> str:
-        rows = read_metadata_csv(self.metadata_path, _REQUIRED_COLUMNS)
-        if not rows:
-            return "the file has a header but no rows"
+    def _why_rows_yield_nothing(self, rows: list[tuple[int, dict[str, str]]]) -> str:
         return f"none of its {len(rows)} row(s) has a label in the selected subsets {list(self.subsets)}"
 
     def _parse(self) -> dict[str, list[ClipRecord]]:
@@ -272,7 +262,7 @@ class AVSSReader(BenchmarkReader):
         by_split: dict[str, list[ClipRecord]] = {}
         seen: set[tuple[str, str, str]] = set()
         duplicates: Counter[str] = Counter()
-        for number, row in read_metadata_csv(path, _REQUIRED_COLUMNS):
+        for number, row in self.metadata_rows():
             uid, label, split = row["uid"].strip(), row["label"].strip(), row["split"].strip()
             if not uid:
                 raise MetadataError(path, f"row {number}: empty uid")

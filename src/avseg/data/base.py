@@ -15,6 +15,7 @@ Roots are always passed in; no reader knows a default path.
 
 from __future__ import annotations
 
+import csv
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -406,6 +407,86 @@ class BenchmarkReader(ABC):
                     if reason is not None:
                         report.unreadable.append((path, reason))
         return report
+
+
+def read_metadata_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """Read a metadata CSV with a header row into ``(row number, {column: value})`` pairs.
+
+    Row numbers count data rows from 1 (the header is row 0), the way a spreadsheet user would count them after the
+    header. Blank lines are skipped (pandas skips them too). Extra columns are kept in the dicts and ignored by the
+    callers.
+
+    Args:
+        path: the CSV file (UTF-8, an optional BOM is accepted).
+        required: columns that must be in the header.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        MetadataError: not UTF-8 text, no header, a required column is missing, or a row has a different number of
+            fields than the header (the message names the row and its line).
+    """
+    if path.is_dir():
+        raise MetadataError(path, "is a folder, not a metadata CSV file")
+    if not path.is_file():
+        raise MissingFileError(path, "metadata CSV")
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise MetadataError(path, "empty file (no header row)")
+            header = [h.strip() for h in header]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise MetadataError(path, f"missing column(s) {missing}; header is {header}")
+            number = 0
+            for fields in reader:
+                if not fields or all(not v.strip() for v in fields):
+                    continue
+                number += 1
+                if len(fields) != len(header):
+                    raise MetadataError(
+                        path,
+                        f"row {number} (line {reader.line_num}): expected {len(header)} fields as in the header, "
+                        f"got {len(fields)}",
+                    )
+                rows.append((number, dict(zip(header, fields))))
+    except UnicodeDecodeError as err:
+        raise MetadataError(path, f"not UTF-8 text: {err}") from err
+    except csv.Error as err:
+        raise MetadataError(path, f"malformed CSV: {err}") from err
+    return rows
+
+
+class MetadataCSVReader(BenchmarkReader):
+    """A reader whose splits all come from one ``root/metadata.csv`` (Ref-AVS, AVSBench-semantic): the path, the
+    parsed-records cache and the empty-file diagnosis live here; subclasses parse the rows (``_parse``)."""
+
+    required_columns: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, root: str | Path, *, image_size: ImageSize = None) -> None:
+        super().__init__(root, image_size=image_size)
+        self.metadata_path = self.root / "metadata.csv"
+        self._records: dict[str, list[Any]] | None = None
+
+    def metadata_source(self) -> str:
+        """``root/metadata.csv``, the file every split is read from."""
+        return str(self.metadata_path)
+
+    def metadata_rows(self) -> list[tuple[int, dict[str, str]]]:
+        """The rows of ``metadata.csv`` (:func:`read_metadata_csv` with :attr:`required_columns`)."""
+        return read_metadata_csv(self.metadata_path, self.required_columns)
+
+    def _why_empty(self) -> str:
+        rows = self.metadata_rows()
+        if not rows:
+            return "the file has a header but no rows"
+        return self._why_rows_yield_nothing(rows)
+
+    def _why_rows_yield_nothing(self, rows: list[tuple[int, dict[str, str]]]) -> str:
+        """Why rows that exist give no sample (the reader's filter); the default says nothing more."""
+        return super()._why_empty()
 
 
 class AVSDataset(torch.utils.data.Dataset):

@@ -52,20 +52,18 @@ Splits are returned in the order train, val, test_s, test_u, test_n, then any ot
 
 from __future__ import annotations
 
-import csv
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 
 from avseg.data.base import (
-    BenchmarkReader,
     ClipRecord,
     ImageSize,
+    MetadataCSVReader,
     load_audio_features,
     load_binary_masks,
     load_frames,
@@ -74,7 +72,7 @@ from avseg.data.base import (
     sample_from_record,
 )
 from avseg.data.types import AVSSample
-from avseg.errors import DatasetWarning, MetadataError, MissingFileError
+from avseg.errors import DatasetWarning, MetadataError
 
 __all__ = [
     "REFAVS_NUM_FRAMES",
@@ -82,64 +80,12 @@ __all__ = [
     "RefAVSReader",
     "media_folder_name",
     "null_kind",
-    "read_metadata_csv",
 ]
 
 REFAVS_NUM_FRAMES = 10
 REFAVS_SPLIT_ORDER = ("train", "val", "test_s", "test_u", "test_n")
-_REQUIRED_COLUMNS = ("vid", "uid", "split", "fid", "exp")
 _DROPPED_SPLIT = "TODO"
 _NULL_UID = re.compile(r"^null_(?P<kind>[a-z]+)-.+_null_\d+$")
-
-
-def read_metadata_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """Read a metadata CSV with a header row into ``(row number, {column: value})`` pairs.
-
-    Row numbers count data rows from 1 (the header is row 0), the way a spreadsheet user would count them after the
-    header. Blank lines are skipped (pandas skips them too). Extra columns are kept in the dicts and ignored by the
-    callers.
-
-    Args:
-        path: the CSV file (UTF-8, an optional BOM is accepted).
-        required: columns that must be in the header.
-
-    Raises:
-        MissingFileError: the file does not exist.
-        MetadataError: not UTF-8 text, no header, a required column is missing, or a row has a different number of
-            fields than the header (the message names the row and its line).
-    """
-    if path.is_dir():
-        raise MetadataError(path, "is a folder, not a metadata CSV file")
-    if not path.is_file():
-        raise MissingFileError(path, "metadata CSV")
-    rows: list[tuple[int, dict[str, str]]] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise MetadataError(path, "empty file (no header row)")
-            header = [h.strip() for h in header]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise MetadataError(path, f"missing column(s) {missing}; header is {header}")
-            number = 0
-            for fields in reader:
-                if not fields or all(not v.strip() for v in fields):
-                    continue
-                number += 1
-                if len(fields) != len(header):
-                    raise MetadataError(
-                        path,
-                        f"row {number} (line {reader.line_num}): expected {len(header)} fields as in the header, "
-                        f"got {len(fields)}",
-                    )
-                rows.append((number, dict(zip(header, fields))))
-    except UnicodeDecodeError as err:
-        raise MetadataError(path, f"not UTF-8 text: {err}") from err
-    except csv.Error as err:
-        raise MetadataError(path, f"malformed CSV: {err}") from err
-    return rows
 
 
 def media_folder_name(uid: str) -> str:
@@ -158,7 +104,7 @@ def _split_order(names: set[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-class RefAVSReader(BenchmarkReader):
+class RefAVSReader(MetadataCSVReader):
     """Ref-AVSBench: one record per expression, 10 frames, binary masks; see the module docstring for the layout.
 
     Args:
@@ -173,6 +119,7 @@ class RefAVSReader(BenchmarkReader):
 
     format: ClassVar[str] = "refavs"
     item_name: ClassVar[str] = "expressions"
+    required_columns = ("vid", "uid", "split", "fid", "exp")
 
     def __init__(
         self,
@@ -189,29 +136,20 @@ class RefAVSReader(BenchmarkReader):
         if null_masks not in ("read", "zeros"):
             raise ValueError(f"null_masks must be 'read' or 'zeros', got {null_masks!r}")
         self.null_masks = null_masks
-        self.metadata_path = self.root / "metadata.csv"
-        self._records: dict[str, list[ClipRecord]] | None = None
 
     # ------------------------------------------------------------------ index
 
-    def metadata_source(self) -> str:
-        """``root/metadata.csv``, the file every split is read from."""
-        return str(self.metadata_path)
-
-    def _why_empty(self) -> str:
-        rows = read_metadata_csv(self.metadata_path, _REQUIRED_COLUMNS)
-        if not rows:
-            return "the file has a header but no rows"
+    def _why_rows_yield_nothing(self, rows: list[tuple[int, dict[str, str]]]) -> str:
         if all(row["split"].strip() == _DROPPED_SPLIT for _, row in rows):
             return f"all {len(rows)} row(s) have split {_DROPPED_SPLIT!r}, which is not part of any split"
-        return super()._why_empty()
+        return super()._why_rows_yield_nothing(rows)
 
     def _parse(self) -> dict[str, list[ClipRecord]]:
         """Parse ``metadata.csv`` once; warnings about dropped rows are emitted here, once per reader."""
         if self._records is not None:
             return self._records
         path = self.metadata_path
-        rows = read_metadata_csv(path, _REQUIRED_COLUMNS)
+        rows = self.metadata_rows()
         by_split: dict[str, list[ClipRecord]] = {}
         seen: dict[str, set[str]] = {}
         dropped_todo = 0

@@ -21,7 +21,7 @@ from avseg.data.types import AVSBatch
 from avseg.errors import AVSegWarning, ShapeError
 from avseg.layers.frozen import Frozen
 
-__all__ = ["AudioEncoder", "AudioEncoderConfig", "LogMelCNN"]
+__all__ = ["AudioEncoder", "AudioEncoderConfig", "LogMelCNN", "tiny_logmel_audio"]
 
 
 @dataclass
@@ -64,6 +64,12 @@ class AudioEncoderConfig:
     def dim(self) -> int:
         """Width of the features :class:`AudioEncoder` returns (256 with VGGish on two channels, else 128)."""
         return 2 * EMBEDDING_SIZE if self.encoder == "vggish" and self.two_channel else EMBEDDING_SIZE
+
+
+def tiny_logmel_audio() -> AudioEncoderConfig:
+    """A three-layer CNN (16-64 channels) over each second's log-mel examples, trained from scratch: the audio
+    encoder of the CPU presets, which have no VGGish weights to load."""
+    return AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64))
 
 
 class LogMelCNN(nn.Module):

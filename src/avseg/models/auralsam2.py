@@ -80,7 +80,7 @@ from torch import Tensor, nn
 from avseg.audio.vggish import EMBEDDING_SIZE
 from avseg.data.augment import ClipAugmentConfig
 from avseg.data.types import AVSBatch
-from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_audio
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import sam_multimask_losses
 from avseg.layers.sam2 import (
@@ -93,7 +93,12 @@ from avseg.layers.sam2 import (
     tiny_sam2_config,
     upsample_masks,
 )
-from avseg.layers.text import MINILM_PACKAGE, TextConfig, TextEncoderConfig, distilroberta_encoder, frozen_text_encoder
+from avseg.layers.text import (
+    TextConfig,
+    distilroberta_encoder,
+    frozen_text_encoder,
+    minilm_encoder,
+)
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
@@ -674,8 +679,8 @@ def auralsam2_tiny() -> AuralSAM2Config:
             residual_init=1.0,
         ),
         projector=ProjectorConfig(layers=3, dim=32),
-        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
-        text=TextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16)),
+        audio=tiny_logmel_audio(),
+        text=TextConfig(encoder=minilm_encoder()),
         tracking=TrackingConfig(multimask_output=False),
         loss=AuralSAM2LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
         train_frames=4,

@@ -96,17 +96,17 @@ from torch import Tensor, nn
 
 from avseg.data.types import AVSBatch
 from avseg.errors import ShapeError
-from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
-from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_audio
+from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone, tiny_resnet_backbone
 from avseg.layers.deformable_attention import MultiScaleDeformableAttention, level_reference_points
 from avseg.layers.losses import squared_dice_loss
 from avseg.layers.text import (
-    MINILM_PACKAGE,
     TextConfig,
     TextEncoderConfig,
     distilroberta_encoder,
     frozen_text_encoder,
     masked_mean,
+    minilm_encoder,
 )
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
@@ -1071,23 +1071,15 @@ def avsegformer_tiny() -> AVSegFormerConfig:
     return AVSegFormerConfig(
         input_size=128,
         pretrained=False,
-        backbone=BackboneConfig(
-            kind="resnet",
-            hf_config={
-                "embedding_size": 16,
-                "hidden_sizes": [16, 32, 64, 128],
-                "depths": [1, 1, 1, 1],
-                "layer_type": "basic",
-            },
-        ),
-        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
+        backbone=tiny_resnet_backbone(),
+        audio=tiny_logmel_audio(),
         transformer=TransformerConfig(
             dim=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=128, dropout=0.1, group_norm_groups=16
         ),
         queries=QueryConfig(num_queries=16),
         head=HeadConfig(mlp_hidden=64),
         text=AVSegFormerTextConfig(
-            encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16),
+            encoder=minilm_encoder(),
             clip_audio=True,
             positions=True,
         ),

@@ -89,16 +89,15 @@ from torch import Tensor, nn
 
 from avseg.data.types import AVSBatch
 from avseg.errors import ShapeError
-from avseg.layers.audio import AudioEncoder, AudioEncoderConfig
-from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone
+from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_audio
+from avseg.layers.backbones import BackboneConfig, BackboneKind, build_backbone, paper_backbone, tiny_resnet_backbone
 from avseg.layers.losses import soft_dice_loss
 from avseg.layers.text import (
-    MINILM_PACKAGE,
     TextConfig,
-    TextEncoderConfig,
     distilroberta_encoder,
     frozen_text_encoder,
     masked_mean,
+    minilm_encoder,
 )
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
@@ -1015,19 +1014,11 @@ def tpavi_tiny() -> TPAVIModelConfig:
     return TPAVIModelConfig(
         input_size=96,
         pretrained=False,
-        backbone=BackboneConfig(
-            kind="resnet",
-            hf_config={
-                "embedding_size": 16,
-                "hidden_sizes": [16, 32, 64, 128],
-                "depths": [1, 1, 1, 1],
-                "layer_type": "basic",
-            },
-        ),
-        audio=AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64)),
+        backbone=tiny_resnet_backbone(),
+        audio=tiny_logmel_audio(),
         tpavi=TPAVIConfig(position_encoding=True),
         decoder=DecoderConfig(channels=32, dilations=(1, 3), head_channels=(16, 8), full_resolution_head=False),
-        text=TPAVITextConfig(encoder=TextEncoderConfig(source=MINILM_PACKAGE, pretrained=True, max_tokens=16), dim=128),
+        text=TPAVITextConfig(encoder=minilm_encoder(), dim=128),
         kernel=KernelConfig(enabled=True, dim=128),
         loss=TPAVILossConfig(dice_weight=1.0),
         train_frames=4,
