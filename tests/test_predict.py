@@ -479,7 +479,7 @@ def test_command_caps_fps_with_one_warning_line(short_video, tpavi_run, tmp_path
     )
     assert status == 0
     warning_lines = [line for line in err.splitlines() if "warning" in line.lower()]
-    assert len(warning_lines) == 1 and warning_lines[0].startswith("warning: ")
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("avseg: warning: ")
     assert "requested 50 fps" in warning_lines[0] and "frame rate of 10 fps" in warning_lines[0]
     assert len(list((tmp_path / "o_masks").glob("*.png"))) == 20  # not 100: no frame written five times
     assert "20 frames (10 fps, all)" in stdout

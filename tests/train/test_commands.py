@@ -256,7 +256,7 @@ def test_a_budget_far_short_of_the_recipe_warns_in_one_line(refavs_root, tmp_pat
     assert summary["stopped_reason"] == "max_minutes" and 0 < summary["steps"] < 15
     warnings_printed = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings_printed == [
-        f"avseg train: warning: the time budget allowed {summary['steps']} optimiser steps, "
+        f"avseg: warning: the time budget allowed {summary['steps']} optimiser steps, "
         f"{summary['steps'] / 1000:.1%} of the 1,000 the recipe plans (max_steps/max_epochs): the model is far from "
         "trained; give a larger --max-minutes"
     ]

@@ -52,7 +52,7 @@ def predict(
     settings and per-frame timestamps. A video without sound runs on silence (with a warning) and its overlay has no
     audio track. The outputs, the device and the checkpoint are checked before anything is decoded: an output that
     is the input video (or one of the checkpoint's files) is refused. Progress goes to stderr: bars on a terminal,
-    a line every 15 s in a log; warnings are one ``warning:`` line each on stderr.
+    a line every 15 s in a log; warnings are one ``avseg: warning:`` line each on stderr.
 
     Args:
         video: input video file (mp4, mkv, webm, mov, ...) or folder of frames (with audio.wav).
@@ -152,7 +152,7 @@ def _print_summary(
 
 
 def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
-    """A ``warnings.showwarning`` that prints avseg's warnings as one ``warning: ...`` line on stderr, when they
+    """A ``warnings.showwarning`` that prints avseg's warnings as one ``avseg: warning: ...`` line on stderr, when they
     happen (a silent soundtrack or a lowered --fps changes the result), instead of Python's display with a line of
     avseg's source under it; other warnings go to ``previous``."""
 
@@ -160,7 +160,7 @@ def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
         if issubclass(category, AVSegWarning):
             from tqdm import tqdm
 
-            tqdm.write(f"warning: {message}", file=sys.stderr)  # clears and redraws a progress bar on a terminal
+            tqdm.write(f"avseg: warning: {message}", file=sys.stderr)  # clears and redraws a progress bar on a terminal
         else:
             previous(message, category, filename, lineno, file, line)
 

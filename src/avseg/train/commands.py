@@ -150,5 +150,5 @@ def train(
         print(f"  run folder: {out} (checkpoints/, metrics.jsonl, train_summary.json)")
         shortfall = budget_shortfall(summary)
         if shortfall is not None:
-            print(f"avseg train: warning: {shortfall}; give a larger --max-minutes", file=sys.stderr)
+            print(f"avseg: warning: {shortfall}; give a larger --max-minutes", file=sys.stderr)
     return 0
