@@ -30,15 +30,17 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--videos", type=int, default=40, help="videos to use (those with >= 2 expressions)")
     parser.add_argument("--expressions", type=int, default=4, help="expressions per video at most")
-    parser.add_argument("--image-size", type=int, default=None, help="reader frame size (default: the model's)")
+    parser.add_argument("--image-size", type=int, default=None, help="reader frame size (default: the size the checkpoint was trained at)")
     args = parser.parse_args()
 
+    from avseg.checkpoint import read_training_data
     from avseg.data.refavs import RefAVSReader
     from avseg.data.types import collate
     from avseg.models import load_model
 
     model = load_model(args.checkpoint).eval()
-    reader = RefAVSReader(args.data, image_size=args.image_size or getattr(model, "input_size", None))
+    size = args.image_size or read_training_data(args.checkpoint).image_size or model.input_size
+    reader = RefAVSReader(args.data, image_size=size)
     dataset = reader.dataset(args.split)
     by_video: dict[str, list[int]] = {}
     for index, record in enumerate(dataset.records):
