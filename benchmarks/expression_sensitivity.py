@@ -30,7 +30,12 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--videos", type=int, default=40, help="videos to use (those with >= 2 expressions)")
     parser.add_argument("--expressions", type=int, default=4, help="expressions per video at most")
-    parser.add_argument("--image-size", type=int, default=None, help="reader frame size (default: the size the checkpoint was trained at)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="reader frame size (default: the size the checkpoint was trained at)",
+    )
     args = parser.parse_args()
 
     from avseg.checkpoint import read_training_data
