@@ -60,3 +60,25 @@ def test_train_eval_and_predict_read_frames_at_one_size(tmp_path, monkeypatch, c
     command = "eval-64"
     assert main([*map(str, evaluate), "--pointer", "latest", "--image-size", "64"]) == 0
     assert sizes["eval-64"] == (64, 64)
+
+
+def test_the_recorded_size_is_read_without_the_training_transform(tmp_path):
+    """The checkpoint's data record decodes the first clip without the training transform: a transform draws random
+    numbers, which would shift the run's random stream."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from avseg.data.readers import get_reader
+    from avseg.train.trainer import Trainer
+
+    def transform(sample):
+        raise AssertionError("the training transform ran")
+
+    reader = get_reader("refavs", write_refavs_tree(tmp_path / "refavs").root, image_size=(40, 56))
+    dataset = reader.dataset("train", transform=transform)
+    fake = SimpleNamespace(_data_meta=None, run_config={"data": {"format": "refavs"}}, train_dataset=dataset)
+    state = torch.random.get_rng_state()
+    record = Trainer._data_record(fake)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert record["format"] == "refavs" and record["image_size"] == [40, 56] and record["num_frames"] == 10

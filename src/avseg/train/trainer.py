@@ -961,10 +961,10 @@ class Trainer:
         if self._data_meta is None:
             data = self.run_config.get("data") or {}
             record: dict[str, Any] = {"format": data.get("format"), "image_size": data.get("image_size")}
-            try:
-                frames = self.train_dataset[0].frames  # type: ignore[index]  # (T, 3, H, W)
-            except (AttributeError, IndexError, TypeError):
-                frames = None  # a dataset of other samples (library use): record what the config says
+            # The first clip as the reader decodes it, without the training transform: a transform draws random
+            # numbers, and taking them here would change the run's random stream (and break exact resumption).
+            reader, records = getattr(self.train_dataset, "reader", None), getattr(self.train_dataset, "records", None)
+            frames = reader.load(records[0]).frames if reader is not None and records else None  # (T, 3, H, W)
             if frames is not None and frames.ndim == 4:
                 h, w = int(frames.shape[-2]), int(frames.shape[-1])
                 record["image_size"] = h if h == w else [h, w]
