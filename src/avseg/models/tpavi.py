@@ -41,7 +41,6 @@ self-attention variant (``tpavi_vv_flag``) is computed the same way.
   are multiples of 32 and keeps other sizes working.
 * The official residual conv unit applies an in-place ReLU to its input, so its skip path and the stage features
   read by ``L_AVM`` are rectified; this file does the same explicitly.
-* AVSS ``L_AVM`` treats class 0 as background (the official code uses the last class index).
 * Only the "dot" mode is implemented (the only mode the released scripts use).
 * The top fusion block has no ``resConfUnit1``: the official code builds it but never calls it (1,180,160 unused
   parameters at 256 channels).
