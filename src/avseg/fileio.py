@@ -125,16 +125,7 @@ def check_output_file(path: str | Path, *, arg: str, inputs: Iterable[str | Path
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{arg} {path}: is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{arg} {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise UsageError(f"{arg} {path}: no permission to write in {parent}")
-            break
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise UsageError(f"{arg} {path}: is the input file {source}; choose another output path")
+    _check_writable_place(path, path.parents, arg=arg, inputs=inputs, kind="file", what="output path")
     return path
 
 
@@ -148,7 +139,15 @@ def check_output_dir(path: str | Path, *, arg: str, inputs: Iterable[str | Path]
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{arg} {path}: is a file, not a folder")
-    for parent in (path, *path.parents):
+    _check_writable_place(path, (path, *path.parents), arg=arg, inputs=inputs, kind="", what="output folder")
+    return path
+
+
+def _check_writable_place(
+    path: Path, candidates: Iterable[Path], *, arg: str, inputs: Iterable[str | Path], kind: str, what: str
+) -> None:
+    """The nearest existing folder among ``candidates`` must be a writable folder, and ``path`` none of ``inputs``."""
+    for parent in candidates:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"{arg} {path}: {parent} is a file, not a folder")
@@ -157,5 +156,4 @@ def check_output_dir(path: str | Path, *, arg: str, inputs: Iterable[str | Path]
             break
     for source in inputs:
         if _same_file(path, Path(source)):
-            raise UsageError(f"{arg} {path}: is the input {source}; choose another output folder")
-    return path
+            raise UsageError(f"{arg} {path}: is the input {kind + ' ' if kind else ''}{source}; choose another {what}")
