@@ -66,8 +66,9 @@ def main() -> None:
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes or --steps")
 
+    from avseg.data.benchmarks import default_metric_preset
     from avseg.data.readers import get_reader
-    from avseg.evaluate import default_preset, evaluate_split
+    from avseg.evaluate import evaluate_split
     from avseg.models import load_model
     from avseg.train.commands import train
 
@@ -90,7 +91,7 @@ def main() -> None:
         )
         model = load_model(run_dir, pointer="best")
         reader = get_reader(args.format, args.data, image_size=args.image_size)
-        preset = default_preset(args.format, getattr(model, "num_mask_channels", 1))
+        preset = default_metric_preset(args.format, getattr(model, "num_mask_channels", 1))
         results = {s: evaluate_split(model, reader.dataset(s), preset=preset) for s in splits}
         shuffled = {}
         if "test_s" in splits:

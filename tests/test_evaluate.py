@@ -155,11 +155,7 @@ def test_nothing_to_score_names_the_split(synthav):
     assert "MetricAccumulator" not in str(info.value)
 
 
-def test_device_is_checked_and_resolve_device_is_the_shared_one(synthav):
-    import avseg.device
-    from avseg.evaluate import resolve_device
-
-    assert resolve_device is avseg.device.resolve_device
+def test_device_is_checked(synthav):
     with pytest.raises(UsageError, match="device 'banana'"):
         evaluate_split(Oracle(OracleConfig()), synthav.dataset("test_s"), preset="avsbench", device="banana")
 

@@ -25,17 +25,15 @@ from avseg.media.audio import read_audio
 from avseg.media.image import read_mask, read_rgb, write_png
 from avseg.media.video import probe_video
 from avseg.models import get_entry
-from avseg.models.base import AVSOutput
+from avseg.models.base import AVSOutput, requires_text
 from avseg.predict import (
     DEFAULT_CLIP_LEN,
     FpsCappedWarning,
     Predictor,
     TextRequiredError,
     TrainingData,
-    model_requires_text,
     predict,
     read_training_data,
-    training_data_format,
 )
 from tests.toy_model import ToyConfig, ToyModel
 
@@ -160,7 +158,7 @@ def test_text_model_needs_text(video):
         predictor.predict_video(video)
     predictor.predict_video(video, "the white bar")
     assert predictor.model.seen[-1].text == ["the white bar"]
-    assert not model_requires_text(ProbeModel(ToyConfig()))
+    assert requires_text(ProbeModel(ToyConfig())) is None
 
 
 def test_video_without_audio_warns_and_overlay_is_silent(silent_video, tmp_path):
@@ -253,11 +251,11 @@ def test_predict_refuses_text_models_without_text_and_bad_outputs(video, tpavi_r
     from avseg.models import load_model
 
     model = load_model(tpavi_run)
-    assert model_requires_text(model, "refavs") and not model_requires_text(model, "avs-object")
-    assert not model_requires_text(model)  # tpavi-tiny also serves S4/MS3: text is optional
+    assert requires_text(model, "refavs") and requires_text(model, "avs-object") is None
+    assert requires_text(model) is None  # tpavi-tiny also serves S4/MS3: text is optional
     # The same weights, recorded as trained on Ref-AVS: this checkpoint needs an expression.
     refavs = with_meta(tpavi_run / "step-1", tmp_path / "refavs", {"data": {"format": "refavs", "num_frames": 10}})
-    assert training_data_format(refavs) == "refavs"
+    assert read_training_data(refavs).format == "refavs"
     with pytest.raises(TextRequiredError, match=r"trained on refavs data\): pass one with --text"):
         predict(video, checkpoint=refavs, out=tmp_path / "o.mp4", device="cpu")
     legacy = with_meta(tpavi_run / "step-1", tmp_path / "legacy", {"data_format": "refavs"})  # earlier trainers

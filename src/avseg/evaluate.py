@@ -44,15 +44,10 @@ __all__ = [
     "AudioShuffleWarning",
     "AudioShuffledDataset",
     "EvalResult",
-    "default_preset",
     "evaluate_split",
     "format_markdown",
     "markdown_path",
-    "resolve_device",
 ]
-
-default_preset = default_metric_preset
-"""The official metric preset of a format (see :func:`avseg.data.benchmarks.default_metric_preset`)."""
 
 
 class AudioShuffleWarning(AVSegWarning):
@@ -245,7 +240,7 @@ def evaluate_split(
     Args:
         model: an :class:`~avseg.models.base.AVSModel`.
         dataset: a reader's dataset for one split (``reader.dataset(split)``).
-        preset: metric preset name (:func:`default_preset` gives the official one of a format).
+        preset: metric preset name (:func:`avseg.data.benchmarks.default_metric_preset` gives a format's official one).
         group: grouping override (``video``, ``batch:K``); None keeps the preset's.
         batch_size: inference batch size (does not change the scores: grouping is the metric's, not the loader's).
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
@@ -556,7 +551,7 @@ def evaluate_command(
     size = image_size or trained.image_size or (model.recipe.image_size if model.recipe is not None else None)
     reader = get_reader(format, data, image_size=size)
     num_classes = getattr(model, "num_mask_channels", 1)
-    name = preset or default_preset(format, num_classes)
+    name = preset or default_metric_preset(format, num_classes)
     results: dict[str, EvalResult] = {}
     for split_name in split_names([split]):
         dataset = reader.dataset(split_name)

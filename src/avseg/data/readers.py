@@ -10,16 +10,14 @@ from typing import Any
 from avseg.data.base import BenchmarkReader
 from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat
 
-__all__ = ["FORMATS", "DatasetFormat", "get_reader", "reader_class"]
-
-FORMATS = FORMAT_READERS
+__all__ = ["DatasetFormat", "get_reader", "reader_class"]
 
 
 def reader_class(format: str) -> type[BenchmarkReader]:
     """The reader class of a format (ValueError listing the formats for an unknown one)."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown dataset format {format!r}; known: {sorted(FORMATS)}")
-    module, _, name = FORMATS[format].partition(":")
+    if format not in FORMAT_READERS:
+        raise ValueError(f"unknown dataset format {format!r}; known: {sorted(FORMAT_READERS)}")
+    module, _, name = FORMAT_READERS[format].partition(":")
     return getattr(importlib.import_module(module), name)
 
 

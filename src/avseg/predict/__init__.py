@@ -22,10 +22,8 @@ from avseg.predict.settings import (
     DEFAULT_FPS,
     SamplingSettings,
     TrainingData,
-    model_requires_text,
     read_training_data,
     sampling_settings,
-    training_data_format,
 )
 
 __all__ = [
@@ -40,11 +38,9 @@ __all__ = [
     "TextRequiredError",
     "TrainingData",
     "clip_audio_examples",
-    "model_requires_text",
     "predict",
     "read_training_data",
     "sampling_settings",
-    "training_data_format",
     "window_audio_examples",
     "window_example_starts",
 ]

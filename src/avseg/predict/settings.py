@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avseg.checkpoint import TrainingData, read_training_data
@@ -30,12 +29,10 @@ __all__ = [
     "SamplingSettings",
     "TrainingData",
     "model_name",
-    "model_requires_text",
     "positive_float",
     "positive_int",
     "read_training_data",
     "sampling_settings",
-    "training_data_format",
 ]
 
 DEFAULT_CLIP_LEN = 10
@@ -43,11 +40,6 @@ DEFAULT_CLIP_LEN = 10
 frames)."""
 DEFAULT_FPS = 1.0
 """Sampling rate used when the checkpoint records none (AVSBench and Ref-AVS are sampled at 1 frame/s)."""
-
-
-def training_data_format(checkpoint: str | Path) -> str | None:
-    """The dataset format a checkpoint was trained on, when recorded (:func:`read_training_data`)."""
-    return read_training_data(checkpoint).format
 
 
 @dataclass(frozen=True)
@@ -108,14 +100,6 @@ def _benchmark_frames(format: str | None) -> int | None:
 
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
-
-
-def model_requires_text(model: AVSModel, data_format: str | None = None) -> bool:
-    """Whether ``model`` must be given a referring expression (:func:`avseg.models.base.requires_text`), knowing the
-    dataset format it was trained on (``data_format``) or not."""
-    from avseg.models.base import requires_text
-
-    return requires_text(model, data_format) is not None
 
 
 def model_name(model: AVSModel) -> str:

@@ -49,12 +49,12 @@ class TimeBudget:
         val_every: steps between periodic validations (None: validation at epoch ends, not priced per step).
         checkpoint_every: steps between periodic checkpoints (None: likewise).
         checkpoint_bytes: bytes of the trained weights; a checkpoint writes them and two Adam moments.
-        first_step_s: the session's first step, kept out of the step time: it pays one-off costs (lazy
-            initialisation, the first batches) that would inflate every estimate.
+        first_step_s: the first step of this invocation (a resumed run starts a new one), kept out of the step
+            time: it pays one-off costs (lazy initialisation, the first batches) that would inflate every estimate.
         step_s: the step time, an exponential moving average of the steps after the first.
         last_val_s: the last validation's duration.
         last_checkpoint_s: the last checkpoint's duration.
-        fitted: whether the reachable step was estimated for the schedule in this session.
+        fitted: whether the reachable step was estimated for the schedule since this invocation started.
     """
 
     limit_s: float | None
@@ -154,8 +154,8 @@ class TimeBudget:
     def refit_due(self, step: int, warmup_steps: int, validated: bool) -> bool:
         """Whether to estimate the reachable step for the schedule after ``step``: first at the end of the warmup (at
         least :data:`FIRST_REFIT_STEP`), then every :data:`REFIT_EVERY` steps and after every validation (the
-        machine may slow down or speed up). Never before this session measured a step time: a resumed run estimates
-        as soon as it has one."""
+        machine may slow down or speed up). Never before this invocation has measured a step time: a resumed run
+        estimates as soon as it has one."""
         if self.limit_s is None or self.step_s is None:
             return False
         first = max(FIRST_REFIT_STEP, warmup_steps)

@@ -37,7 +37,6 @@ __all__ = [
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-DataFormat = DatasetFormat
 
 
 def check_val_split(split: str | None, where: str = "val_split") -> None:
@@ -181,7 +180,7 @@ class DataConfig:
     """
 
     root: str | None = None
-    format: DataFormat = "refavs"
+    format: DatasetFormat = "refavs"
     train_split: str = "train"
     image_size: int | None = None
     metric_preset: str | None = None

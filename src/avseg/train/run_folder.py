@@ -8,7 +8,7 @@
       checkpoints/best.json       pointer to the best checkpoint on the validation split
       metrics.jsonl               one JSON object per event (train, val, checkpoint, resume)
       run_config.yaml             the effective run config (accepted back by ``avseg train --config``)
-      train_summary.json          what the last session did (:class:`avseg.train.trainer.TrainSummary`)
+      train_summary.json          what the last `avseg train` invocation did (:class:`avseg.train.trainer.TrainSummary`)
       tensorboard/                optional
 
 Whole files are replaced atomically with :mod:`avseg.fileio` (they get the mode the umask gives new files); events
@@ -121,7 +121,7 @@ class RunFolder:
             return None
         return data if isinstance(data, dict) else None
 
-    # -- starting a session ------------------------------------------------------------------------------------------
+    # -- starting (or resuming) a run ----------------------------------------------------------------------------------
 
     def start(self, run_config: Mapping[str, Any], *, resumed_step: int | None) -> None:
         """Create ``checkpoints/``; start ``metrics.jsonl`` empty for a new run, or keep the events up to
@@ -150,7 +150,7 @@ class RunFolder:
 
         atomic_write_text(self.run_config, yaml.safe_dump(dict(run_config), sort_keys=False))
 
-    # -- during and after a session ----------------------------------------------------------------------------------
+    # -- during and after an invocation --------------------------------------------------------------------------------
 
     def append_event(self, event: Mapping[str, Any]) -> None:
         """Append one event to ``metrics.jsonl``."""

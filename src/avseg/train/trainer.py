@@ -443,7 +443,8 @@ class Trainer:
         if state is not None and self.progress.step >= self.total_steps:
             recorded = self._recorded_summary()
             if recorded is not None:
-                # Nothing to train: leave the run's files as they are (a new summary would describe an empty session).
+                # Nothing to train: leave the run's files as they are (a new summary would describe an invocation
+                # that did nothing).
                 self.already_complete = True
                 return recorded
         if state is None:
