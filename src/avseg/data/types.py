@@ -15,6 +15,9 @@ Conventions (all tensors on CPU until the trainer moves them):
   without a label hold zeros and have ``label_valid`` False.
 - ``frame_valid``: ``bool`` ``(T,)`` real frames (False on padding). ``label_valid``: ``bool`` ``(T,)`` frames whose
   mask is ground truth (S4/v1s training labels only the first frame).
+- ``native_masks``: optional ``uint8`` ``(T, H0, W0)``: the ground truth at the resolution stored on disk, read the way
+  the benchmark's official loader reads it. Readers fill it when built with ``native_masks=True`` (evaluation), so
+  that a metric preset can score at the resolution the official code scores at; ``masks`` stays at the model's size.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class AVSSample:
     """Source frame names (e.g. RVOS frame ids), used when predictions are written back under original names."""
     orig_size: tuple[int, int] | None = None
     """``(H, W)`` of the frames on disk before any resize."""
+    native_masks: Tensor | None = None
+    """``uint8`` ``(T, H0, W0)`` ground truth at the resolution on disk (see the module docstring), or None."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +96,10 @@ class AVSSample:
             raise ShapeError(f"{who}: audio_examples must be ({t}, 1, 96, 64), got {tuple(self.audio_examples.shape)}")
         if self.audio_embeddings is not None and self.audio_embeddings.shape != (t, 128):
             raise ShapeError(f"{who}: audio_embeddings must be ({t}, 128), got {tuple(self.audio_embeddings.shape)}")
+        native = self.native_masks
+        if native is not None and (native.ndim != 3 or native.shape[0] != t or native.dtype != torch.uint8):
+            got = f"{native.dtype} {tuple(native.shape)}"
+            raise ShapeError(f"{who}: native_masks must be uint8 ({t}, H0, W0), got {got}")
 
     def with_updates(self, **changes: Any) -> AVSSample:
         """A copy with some fields replaced (validated again)."""
@@ -109,6 +118,8 @@ class AVSBatch:
         audio_examples: ``float32`` ``(B, T, 1, 96, 64)``.
         audio_embeddings: ``float32`` ``(B, T, 128)`` or None.
         is_null, has_audio: ``bool`` ``(B,)``.
+        native_masks: per clip, ``uint8`` ``(T, H0, W0)`` ground truth at the resolution on disk (padded in time
+            like ``masks``), or None when the reader was not asked for it.
     """
 
     frames: Tensor
@@ -130,6 +141,7 @@ class AVSBatch:
     orig_size: list[tuple[int, int] | None]
     meta: list[dict[str, Any]]
     audio_embeddings: Tensor | None = None
+    native_masks: list[Tensor | None] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -163,6 +175,11 @@ class AVSBatch:
             audio_examples=take(self.audio_examples),
             audio_embeddings=take(self.audio_embeddings) if self.audio_embeddings is not None else None,
             frame_names=[tuple(names[i] for i in cpu if i < len(names)) for names in self.frame_names],
+            native_masks=(
+                None
+                if self.native_masks is None
+                else [None if m is None else m.index_select(0, index.to(m.device)) for m in self.native_masks]
+            ),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AVSBatch:
@@ -233,6 +250,11 @@ def collate(samples: Sequence[AVSSample], num_frames: int | None = None) -> AVSB
         frame_names=[s.frame_names for s in samples],
         orig_size=[s.orig_size for s in samples],
         meta=[s.meta for s in samples],
+        native_masks=(
+            [None if s.native_masks is None else _pad_time(s.native_masks, length) for s in samples]
+            if any(s.native_masks is not None for s in samples)
+            else None
+        ),
     )
 
 
