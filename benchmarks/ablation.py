@@ -90,7 +90,7 @@ def main() -> None:
             overrides=[*args.common, *overrides, "train.progress_bar=false"],
         )
         model = load_model(run_dir, pointer="best")
-        reader = get_reader(args.format, args.data, image_size=args.image_size)
+        reader = get_reader(args.format, args.data, image_size=args.image_size, native_masks=True)
         preset = default_metric_preset(args.format, getattr(model, "num_mask_channels", 1))
         results = {s: evaluate_split(model, reader.dataset(s), preset=preset) for s in splits}
         shuffled = {}

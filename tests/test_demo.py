@@ -54,7 +54,7 @@ def test_demo_writes_report_curve_and_overlays(tmp_path):
         assert report["splits"][split]["counts"]["frames"] > 0
     # The report's scores are those of the best checkpoint on the test splits: scoring it again gives the same.
     best = load_model(work / "run", pointer="best")
-    reader = RefAVSReader(work / "synthav" / "refavs", image_size=64)
+    reader = RefAVSReader(work / "synthav" / "refavs", image_size=64, native_masks=True)
     again = {s: evaluate_split(best, reader.dataset(s), preset="refavs", batch_size=4, progress=False) for s in SPLITS}
     expected = refavs_summary(again)
     assert set(report["refavs"]) == set(expected)

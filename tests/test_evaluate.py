@@ -33,7 +33,7 @@ from avseg.models.base import AVSModel, AVSOutput
 def synthav(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthav")
     synth(root, videos=10, seed=3, size=48, frames=10, workers=1)
-    return RefAVSReader(root / "refavs", image_size=48)
+    return RefAVSReader(root / "refavs", image_size=48, native_masks=True)
 
 
 @dataclass
@@ -211,3 +211,28 @@ def test_eval_command_end_to_end(synthav, tmp_path, capsys):
     assert len(list((tmp_path / "masks" / "test_s").glob("*/00000.png"))) == n_items
     assert len(list((tmp_path / "masks" / "test_s" / "overlays").glob("*.mp4"))) == 1
     assert "test_s" in capsys.readouterr().out
+
+
+def test_ground_truth_source_follows_the_preset(synthav):
+    plain = RefAVSReader(synthav.root, image_size=48)  # no native masks
+    with pytest.raises(UsageError, match=r"'refavs' scores against the ground truth at its resolution on disk.*"):
+        evaluate_split(Oracle(OracleConfig()), plain.dataset("test_s"), preset="refavs", progress=False)
+    # auralsam2_compat scores the masks at the model's input size: no native masks needed.
+    result = evaluate_split(Oracle(OracleConfig()), plain.dataset("test_s"), preset="auralsam2_compat", progress=False)
+    assert result.settings["gt_source"].startswith("input") and result.metrics["J"] == pytest.approx(1.0)
+    two = AVSDataset(synthav, synthav.dataset("test_s").records[:2])
+    native = evaluate_split(Oracle(OracleConfig()), two, preset="refavs", progress=False)
+    assert native.settings["gt_source"].startswith("native") and native.settings["gt_resolution"] == "48x48"
+    assert native.settings["resolution"] == "256x256" and native.settings["protocol"] is None
+
+
+def test_preset_and_protocol_arguments_are_checked(synthav):
+    from avseg.metrics.protocols import REFAVS_OFFICIAL
+
+    dataset = synthav.dataset("test_s")
+    with pytest.raises(UsageError, match="sets the preset and grouping"):
+        evaluate_split(Oracle(OracleConfig()), dataset, preset="refavs", protocol=REFAVS_OFFICIAL, progress=False)
+    with pytest.raises(UsageError, match="give a metric preset or an evaluation protocol"):
+        evaluate_split(Oracle(OracleConfig()), dataset, progress=False)
+    with pytest.raises(UsageError, match="'avss' is for semantic masks but the model predicts 1 mask channel"):
+        evaluate_split(Oracle(OracleConfig()), dataset, preset="avss", progress=False)

@@ -14,6 +14,7 @@ import avseg.models
 import avseg.models.registry
 from avseg.checkpoint import save_checkpoint
 from avseg.cli import main
+from avseg.metrics.protocols import AVSBENCH_TEST_SH, protocol_table
 from tests.data.fixtures_avs_object import write_s4_tree
 from tests.data.fixtures_avss import write_avss_tree
 from tests.toy_model import ToyModel
@@ -36,9 +37,17 @@ class EvalToy(ToyModel):
         return "optional" if self.config.use_text else "none"
 
 
+class EvalToyWithProtocol(EvalToy):
+    """The toy with a published S4 protocol (AVSBench test.sh: batches of 4 clips)."""
+
+    family = "evaltoy-official"
+    official_protocols = protocol_table(s4=AVSBENCH_TEST_SH)
+
+
 @pytest.fixture(autouse=True)
 def _register_toy(monkeypatch):
     monkeypatch.setitem(avseg.models.registry._FAMILIES, EvalToy.family, EvalToy)
+    monkeypatch.setitem(avseg.models.registry._FAMILIES, EvalToyWithProtocol.family, EvalToyWithProtocol)
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +184,37 @@ def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, cap
     assert table.startswith("## ") and "| test | all | 1 |" in table
     assert "eval test" in err and "1/1" in err  # the split's progress bar, with its true total
     assert f"wrote {tmp_path / 'out' / 'r.json'} and {tmp_path / 'out' / 'r.md'}" in out
+
+
+def test_official_protocol_is_recorded_in_json_and_markdown(tmp_path, s4_root, capsys):
+    ck = save_checkpoint(tmp_path / "ck", EvalToyWithProtocol(EvalToyConfig()))
+    out_json = tmp_path / "r.json"
+    args = [*on_s4(ck, s4_root), "--protocol", "official", "--json-out", out_json, "--device", "cpu"]
+    status, _, err = run_eval(capsys, *args)
+    assert status == 0, err
+    settings = json.loads(out_json.read_text())["splits"]["test"]["settings"]
+    assert settings["protocol"]["kind"] == "official" and settings["protocol"]["name"] == AVSBENCH_TEST_SH.name
+    assert settings["group"] == "batch:4" and settings["preset"] == "avsbench" and settings["benchmark"] == "s4"
+    assert settings["gt_source"].startswith("native") and settings["protocol"]["native_masks"] is True
+    table = (tmp_path / "r.md").read_text()
+    assert "Protocol `official` (AVSBench test.sh" in table and "grouping `batch:4`" in table
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--json-out", out_json, "--device", "cpu")
+    assert status == 0, err
+    settings = json.loads(out_json.read_text())["splits"]["test"]["settings"]
+    assert settings["protocol"]["kind"] == "default" and settings["group"] == "video"
+    assert "Protocol `default`" in (tmp_path / "r.md").read_text()
+
+
+def test_official_protocol_without_one_is_a_one_line_error(tmp_path, s4_root, capsys):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    status, out, err = run_eval(capsys, *on_s4(ck, s4_root), "--protocol", "official", "--device", "cpu")
+    assert status == 2 and "| test |" not in out
+    line = one_error_line(err)
+    assert "no published evaluation protocol for evaltoy on s4" in line and "evaltoy: none" in line
+
+
+def test_official_protocol_refuses_preset_and_group_before_loading(tmp_path, s4_root, capsys, no_loading):
+    ck = save_checkpoint(tmp_path / "ck", EvalToyWithProtocol(EvalToyConfig()))
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--protocol", "official", "--group", "video")
+    assert status == 2
+    assert "--protocol official fixes the metric preset and grouping; drop --group video" in one_error_line(err)

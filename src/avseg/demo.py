@@ -221,6 +221,7 @@ def demo(
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
     """
+    from avseg.data.readers import get_reader
     from avseg.device import resolve_device
     from avseg.evaluate import evaluate_split, format_markdown, refavs_summary
     from avseg.models import load_model
@@ -296,6 +297,8 @@ def demo(
     splits = ("test_s", "test_u", "test_n")
     print(f"[demo] evaluating {', '.join(splits)} with true and shuffled soundtracks ...", flush=True)
     best = load_model(run_dir, pointer="best")
+    # The official Ref-AVS preset scores against the ground truth at its resolution on disk.
+    reader = get_reader("refavs", work_dir / "synthav" / "refavs", image_size=size, native_masks=True)
     bars = sys.stderr.isatty()
     results, shuffled = {}, {}
     for split in splits:

@@ -9,10 +9,17 @@ soundtrack of another video: the gap between the normal and the shuffled score s
 ``evaluate`` (the ``avseg eval`` command) runs several splits and writes a JSON file and a markdown table; for
 Ref-AVS it adds the paper's summary rows (Seen = test_s, Unseen = test_u, Mix = their mean, Null = S on test_n).
 
-Evaluation resolution: the model sees frames at its configured ``image_size``; ground-truth masks are resized to that
-size with nearest neighbours by the reader, and the metric preset then applies its own rule (``refavs`` resizes both
-to 256x256). The official Ref-AVS code resizes the *original* GT bilinearly to 256x256; the difference is a thin
-boundary band and is recorded in ``settings["gt_source"]``.
+Evaluation resolution: the model sees frames at its configured ``image_size``. The ground truth is the one the metric
+preset names (``gt_source``): ``"native"`` presets score against the masks at their resolution on disk, read as the
+official loader reads them (the reader's ``native_masks``), ``"input"`` presets against the masks at the model's input
+size. The logits are resized to that ground truth (bilinear), then the preset's fixed size applies (``refavs``: both
+to 256x256, the ground truth bilinearly then ``> 0``, as the official Ref-AVS loader does). ``settings["gt_source"]``
+and ``settings["gt_resolution"]`` record where the ground truth came from and its size, ``settings["resolution"]``
+the size it was scored at.
+
+Protocols: ``evaluate_command`` (``avseg eval``) scores with an :class:`~avseg.metrics.protocols.EvalProtocol`. The
+default one is batch-independent (one group per video or expression); ``--protocol official`` reproduces the
+grouping and reading options of the script behind the model's published numbers. Every result records the protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,12 +40,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from avseg.checkpoint import read_training_data
 from avseg.data.base import AVSDataset
-from avseg.data.benchmarks import FORMAT_READERS, DatasetFormat, default_metric_preset, format_has_text
+from avseg.data.benchmarks import (
+    FORMAT_READERS,
+    DatasetFormat,
+    benchmarks_of_format,
+    default_metric_preset,
+    format_has_text,
+)
 from avseg.data.types import AVSSample, collate
 from avseg.device import resolve_device
 from avseg.errors import AVSegWarning, UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.metrics.accumulator import MetricAccumulator
+from avseg.metrics.presets import MetricPreset, get_preset
+from avseg.metrics.protocols import EvalProtocol, ProtocolKind, default_protocol, official_protocol
 
 __all__ = [
     "AudioShuffleWarning",
@@ -219,13 +234,38 @@ def _progress_bar(total: int, desc: str) -> Any:
     )
 
 
+def _check_reader_options(dataset: Dataset, protocol: EvalProtocol) -> None:
+    """Refuse a dataset whose reader was built without an option the protocol needs (e.g. duplicate rows kept):
+    its items, and so its groups, would differ from the official ones."""
+    reader = getattr(dataset, "reader", None)
+    for option, wanted in protocol.reader_options.items():
+        if reader is not None and hasattr(reader, option) and getattr(reader, option) != wanted:
+            raise UsageError(
+                f"protocol {protocol.name!r} reads the data with {option}={wanted!r}, but the dataset's reader has "
+                f"{option}={getattr(reader, option)!r}; build it with get_reader(format, root, {option}={wanted!r})"
+            )
+
+
+def _native_masks(batch: Any, metric: MetricPreset) -> list[torch.Tensor]:
+    """The per-item native ground truth ``(T, H0, W0)`` of a batch, for a preset that scores against it."""
+    native = batch.native_masks
+    if native is None or any(m is None for m in native):
+        raise UsageError(
+            f"metric preset {metric.name!r} scores against the ground truth at its resolution on disk, but the "
+            "dataset carries none: build the reader with native_masks=True (get_reader(format, root, "
+            "native_masks=True)), or use a preset whose gt_source is 'input'"
+        )
+    return native
+
+
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module,
     dataset: AVSDataset,
     *,
-    preset: str,
+    preset: str | MetricPreset | None = None,
     group: str | None = None,
+    protocol: EvalProtocol | None = None,
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
@@ -237,11 +277,19 @@ def evaluate_split(
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` and score it.
 
+    The ground truth is the one the preset names: a ``"native"`` preset needs a reader built with
+    ``native_masks=True`` and scores each item at its own resolution on disk; an ``"input"`` preset scores the masks
+    at the model's input size.
+
     Args:
         model: an :class:`~avseg.models.base.AVSModel`.
         dataset: a reader's dataset for one split (``reader.dataset(split)``).
-        preset: metric preset name (:func:`avseg.data.benchmarks.default_metric_preset` gives a format's official one).
-        group: grouping override (``video``, ``batch:K``); None keeps the preset's.
+        preset: metric preset name or :class:`~avseg.metrics.presets.MetricPreset`
+            (:func:`avseg.data.benchmarks.default_metric_preset` gives a format's official one); None with a
+            ``protocol``.
+        group: grouping override (``video``, ``batch:K``, ``ddp:R:K``); None keeps the preset's (or the protocol's).
+        protocol: an evaluation protocol (:mod:`avseg.metrics.protocols`), giving the preset and grouping (then
+            ``preset`` and ``group`` stay None); its reader options are checked against the dataset's reader.
         batch_size: inference batch size (does not change the scores: grouping is the metric's, not the loader's).
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
         num_workers: DataLoader workers.
@@ -253,16 +301,32 @@ def evaluate_split(
         split: the split name used in messages and in the result (default: the split of the dataset's records).
 
     Raises:
-        UsageError: when the split has no labelled frame to score (no items, or none with a ground-truth mask).
+        UsageError: when the split has no labelled frame to score (no items, or none with a ground-truth mask), when
+            a native preset gets no native masks, when preset and protocol are both given or neither is, or when the
+            preset's task (binary or semantic) does not fit the model's outputs.
     """
+    if protocol is not None:
+        if preset is not None or group is not None:
+            raise UsageError(f"evaluate_split: protocol {protocol.name!r} sets the preset and grouping; pass neither")
+        _check_reader_options(dataset, protocol)
+        preset, group = protocol.preset, protocol.group
+    elif preset is None:
+        raise UsageError("evaluate_split: give a metric preset or an evaluation protocol")
+    metric = get_preset(preset)
+    binary = getattr(model, "num_mask_channels", 1) == 1
+    if binary != (metric.task == "binary"):
+        channels = getattr(model, "num_mask_channels", 1)
+        raise UsageError(
+            f"metric preset {metric.name!r} is for {metric.task} masks but the model predicts {channels} mask "
+            "channel(s)"
+        )
     device = resolve_device(device, arg="device")
     split_name = split if split is not None else (dataset.records[0].split if dataset.records else "")
     was_training = model.training
     model.eval().to(device)
     source: Dataset = AudioShuffledDataset(dataset, shuffle_seed) if audio_shuffle else dataset
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    binary = getattr(model, "num_mask_channels", 1) == 1
-    overall = MetricAccumulator(preset, group=group)
+    overall = MetricAccumulator(metric, group=group)
     subsets: dict[str, MetricAccumulator] = {}
     items: list[dict[str, Any]] = []
     labelled = 0
@@ -274,13 +338,21 @@ def evaluate_split(
             logits = output.mask_logits[:, :, 0] if binary else output.mask_logits  # (B, T, H, W) | (B, T, K, H, W)
             logits = logits.float()
             ids = [u or v for u, v in zip(batch.uid, batch.video_id)]
-            valid = batch.label_valid
+            valid, frame_valid = batch.label_valid, batch.frame_valid
             labelled += int(valid.sum())
-            overall.update(logits, batch.masks, valid=valid, ids=ids)
+            if metric.gt_source == "native":
+                # Items differ in native size: one update each (groups span updates).
+                truth = [m[None] for m in _native_masks(batch, metric)]  # B x (1, T, H0, W0)
+            else:
+                truth = [batch.masks[i : i + 1] for i in range(batch.batch_size)]  # B x (1, T, H, W)
+                overall.update(logits, batch.masks, valid=valid, frame_valid=frame_valid, ids=ids)
             for i, mods in enumerate(batch.modalities):
+                one = {"valid": valid[i : i + 1], "frame_valid": frame_valid[i : i + 1], "ids": ids[i : i + 1]}
+                if metric.gt_source == "native":
+                    overall.update(logits[i : i + 1], truth[i], **one)
                 for key in _subset_keys(mods):
-                    acc = subsets.setdefault(key, MetricAccumulator(preset, group=group))
-                    acc.update(logits[i : i + 1], batch.masks[i : i + 1], valid=valid[i : i + 1], ids=ids[i : i + 1])
+                    acc = subsets.setdefault(key, MetricAccumulator(metric, group=group))
+                    acc.update(logits[i : i + 1], truth[i], **one)
                 items.append(
                     {
                         "id": ids[i],
@@ -312,8 +384,9 @@ def evaluate_split(
             "audio_shuffle": audio_shuffle,
             "shuffle_seed": shuffle_seed if audio_shuffle else None,
             "audio_shuffle_same_video": source.same_video if isinstance(source, AudioShuffledDataset) else None,
-            "gt_source": "reader masks (nearest-resized to the input size)",
+            "gt_source": _GT_SOURCES[metric.gt_source],
             "num_items": len(items),
+            "protocol": protocol.to_dict() if protocol is not None else None,
         }
     )
     return EvalResult(
@@ -323,6 +396,12 @@ def evaluate_split(
         items=items,
         settings=settings,
     )
+
+
+_GT_SOURCES = {
+    "native": "native: the reader's native_masks, at the resolution on disk",
+    "input": "input: the reader's masks, at the model's input size",
+}
 
 
 def _fmt(x: Any) -> str:
@@ -369,11 +448,18 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *
             )
     if results:
         s = next(iter(results.values())).settings
-        lines += [
-            "",
-            f"Metric preset `{s.get('preset')}`, grouping `{s.get('group')}`, resolution "
-            f"{s.get('resolution')}, threshold {s.get('threshold', 'argmax')}.",
-        ]
+        protocol = s.get("protocol") or {}
+        lines += [""]
+        if protocol:
+            options = ", ".join(f"{k}={v}" for k, v in protocol.get("reader_options", {}).items()) or "none"
+            lines.append(
+                f"Protocol `{protocol.get('kind', protocol.get('name'))}` ({protocol.get('name')}; source: "
+                f"{protocol.get('source')}; reader options: {options})."
+            )
+        lines.append(
+            f"Metric preset `{s.get('preset')}`, grouping `{s.get('group')}`, ground truth {s.get('gt_source')} "
+            f"({s.get('gt_resolution')}), scored at {s.get('resolution')}, threshold {s.get('threshold', 'argmax')}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -469,12 +555,28 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _benchmark_name(format: str, data: Path, image_size: int | None) -> str:
+    """The benchmark a dataset root holds: the format's only one, or the subset its reader finds (avs-object: S4 or
+    MS3)."""
+    from avseg.data.readers import get_reader
+
+    candidates = benchmarks_of_format(format)
+    if len(candidates) == 1:
+        return candidates[0].name
+    subset = getattr(get_reader(format, data, image_size=image_size), "subset", None)
+    names = [b.name for b in candidates]
+    if subset not in names:
+        raise UsageError(f"--data {data}: cannot tell which of {names} the {format} tree holds")
+    return str(subset)
+
+
 def evaluate_command(
     *,
     checkpoint: Path,
     data: Path,
     format: DatasetFormat = "refavs",
     split: str = "test_s",
+    protocol: ProtocolKind = "default",
     preset: str | None = None,
     group: str | None = None,
     batch_size: int = 4,
@@ -491,17 +593,25 @@ def evaluate_command(
 
     Writes per-expression, per-video and per-split metrics (for Ref-AVS also Seen, Unseen, Mix and Null S; for
     SynthAV also the audio-dependent subset) as JSON plus a markdown table beside it when --json-out is given, and
-    PNG masks and overlay videos when --save-masks is given. Output paths and the device are checked before anything
-    is loaded. A checkpoint that needs a referring expression (a Ref-AVS or RVOS model) is refused on data without
-    text (avs-object, avss). Each split shows a progress bar on stderr.
+    PNG masks and overlay videos when --save-masks is given. The default protocol scores each video or expression as
+    its own group (batch-independent); --protocol official reproduces the grouping, reading options and ground truth
+    of the official script behind the model family's published numbers. Both files record the protocol. Output
+    paths and the device are checked before anything is loaded. A checkpoint that needs a referring expression (a
+    Ref-AVS or RVOS model) is refused on data without text (avs-object, avss). Each split shows a progress bar on
+    stderr.
 
     Args:
         checkpoint: a checkpoint folder, or a training run folder (then --pointer chooses best or latest).
         data: the dataset root.
         format: the benchmark layout of --data.
         split: split name(s), comma-separated (e.g. test_s,test_u,test_n).
-        preset: metric preset (default: the benchmark's official one: refavs, avsbench, avss, davis).
-        group: evaluation grouping override: video, expression or batch:K (the official F depends on it).
+        protocol: default (one group per video or expression, duplicate metadata rows read once) or official (the
+            preset, grouping and reading options of the script behind the model family's published numbers, e.g.
+            batches of 4 for TPAVI on S4; refused for a model and benchmark without one).
+        preset: metric preset of the default protocol (default: the benchmark's official one: refavs, avsbench, avss,
+            davis).
+        group: grouping of the default protocol: video, expression, batch:K or ddp:R:K (the official F depends on
+            it).
         batch_size: inference batch size (scores do not depend on it).
         device: auto, cpu, cuda, cuda:1, ...
         image_size: model input size (default: the model config's image_size).
@@ -522,6 +632,9 @@ def evaluate_command(
 
     if overlays and save_masks is None:
         raise UsageError("--overlays needs --save-masks DIR")
+    if protocol == "official" and (preset is not None or group is not None):
+        given = " and ".join(f"--{name} {value}" for name, value in (("preset", preset), ("group", group)) if value)
+        raise UsageError(f"--protocol official fixes the metric preset and grouping; drop {given} or use the default")
     folder = resolve_checkpoint(checkpoint, pointer, fallback="latest" if pointer == "best" else "best")
     # Every output is checked before the model or the data is loaded: a bad path is one line now, not a traceback
     # after the whole evaluation.
@@ -549,9 +662,18 @@ def evaluate_command(
     # Frames are read at the size the model was trained at (its checkpoint records it), unless --image-size says
     # otherwise; a checkpoint that records none falls back to its preset's recipe.
     size = image_size or trained.image_size or (model.recipe.image_size if model.recipe is not None else None)
-    reader = get_reader(format, data, image_size=size)
     num_classes = getattr(model, "num_mask_channels", 1)
-    name = preset or default_metric_preset(format, num_classes)
+    benchmark = _benchmark_name(format, data, size)
+    if protocol == "official":
+        chosen = official_protocol(model, benchmark)
+    else:
+        chosen = default_protocol(preset or default_metric_preset(format, num_classes), text=format_has_text(format))
+        if group is not None:
+            chosen = replace(chosen, group=group)
+    options: dict[str, Any] = dict(chosen.reader_options)
+    if chosen.native_masks:
+        options["native_masks"] = True  # the preset scores against the ground truth at its resolution on disk
+    reader = get_reader(format, data, image_size=size, **options)
     results: dict[str, EvalResult] = {}
     for split_name in split_names([split]):
         dataset = reader.dataset(split_name)
@@ -561,8 +683,7 @@ def evaluate_command(
         results[split_name] = evaluate_split(
             model,
             dataset,
-            preset=name,
-            group=group,
+            protocol=chosen,
             batch_size=batch_size,
             device=torch_device,
             num_workers=num_workers,
@@ -577,7 +698,9 @@ def evaluate_command(
                 "preset_model": getattr(model, "preset", None),
                 "data": str(data),
                 "format": format,
+                "benchmark": benchmark,
                 "image_size": size,
+                "protocol": {"kind": protocol, **chosen.to_dict()},
             }
         )
     title = f"{getattr(model, 'preset', None) or model.family} on {data}"

@@ -181,6 +181,7 @@ def test_avs_projector_and_overrides():
     state, _ = convert_state_dict(random_state(shapes))
     assert released_overrides(state) == {
         "fuser.fusion_layout": "released",
+        "fuser.fusion_affinity": "dot",
         "prompts.shift_query_pe": True,
         "projector.layers": 2,
         "projector.dim": 8,
@@ -190,7 +191,10 @@ def test_avs_projector_and_overrides():
     fuser = tiny_released_fuser("batch")
     fuser.load_state_dict({k[len("fuser.") :]: v for k, v in state.items()}, strict=True)
     ref_state, _ = convert_state_dict(random_state(released_shapes(**TINY)))
-    assert released_overrides(ref_state)["projector.norm"] == "layer"
+    ref = released_overrides(ref_state)
+    assert ref["projector.norm"] == "layer"
+    # With a text projection: every expression padded and cut to 25 tokens, as the released _encode_text does.
+    assert ref["text.encoder.padding"] == "max_tokens" and ref["text.encoder.max_tokens"] == 25
 
 
 def test_prefixes_vggish_and_the_authors_legacy_layouts():
@@ -239,6 +243,7 @@ def test_cli_converts_a_full_size_refavs_checkpoint(tmp_path, capsys):
     assert meta["family"] == "auralsam2" and meta["preset"] == "auralsam2-l-refavs"
     cfg = meta["config"]
     assert cfg["fuser"]["fusion_layout"] == "released" and cfg["projector"]["layers"] == 2
+    assert cfg["fuser"]["fusion_affinity"] == "dot" and cfg["text"]["encoder"]["padding"] == "max_tokens"
     assert cfg["projector"]["dim"] == 128 and cfg["sam2"]["variant"] == "sam2-hiera-large"
     weights = load_file(str(tmp_path / "ck" / "model.safetensors"))
     assert all(k.startswith("fuser.") for k in weights)  # fuser-only: SAM2, VGGish and the text encoder are sources
@@ -269,5 +274,12 @@ def test_converted_config_keeps_the_preset_and_optionally_the_vggish_copy():
     cfg = converted_config(state, "auralsam2-b+-refavs")
     assert cfg.sam2.variant == "sam2-hiera-base-plus" and cfg.fuser.fusion_layout == "released"
     assert cfg.prompts.shift_query_pe and cfg.audio.vggish_weights == "vggish-10086976.pth"
+    assert (cfg.text.encoder.padding, cfg.text.encoder.max_tokens) == ("max_tokens", 25)
     kept = converted_config(state, "auralsam2-b+-refavs", keep_vggish=True)
     assert kept.audio.vggish_weights is None  # the checkpoint's own VGGish tensors are then loaded
+    # A paper variant supplies SAM2 and the text encoder; the released structure replaces its paper forms.
+    paper = converted_config(state, "auralsam2-l-refavs-paper")
+    assert paper.fuser.fusion_affinity == "dot" and paper.text.encoder.padding == "max_tokens"
+    # A preset without text takes no text settings; the text projection is then reported as not fitting it.
+    avs = converted_config(state, "auralsam2-l-avs")
+    assert avs.text.encoder is None and avs.fuser.fusion_layout == "released"

@@ -3,16 +3,19 @@
 - S4: ``s4_meta_data.csv`` with name / start-time / category / split columns; train clips with only ``{name}_1.png``
   masks, val/test clips with five; one clip whose wav is 3.5 s long (fewer than five 0.96 s log-mel examples).
 - MS3: ``ms3_meta_data.csv`` with name / split; frames named ``{name}.mp4_{k}.png`` directly under
-  ``visual_frames/{name}/``; palette masks whose foreground uses several palette indices.
+  ``visual_frames/{name}/``; palette masks whose foreground is index 255 (binary targets for the official loader),
+  or, with ``ms3_storage="objects"``, several palette indices 1..3 (one per sounding object).
 
 Frames are ``H x W`` RGB PNGs, masks are a rectangle per frame whose position depends on the clip and frame, so a
-test can compare the decoded masks with :func:`expected_mask`.
+test can compare the decoded masks with :func:`expected_mask`. ``mask_size`` writes the masks at another size than
+the frames (both subsets), as a copy whose masks were kept at another resolution would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile
@@ -40,6 +43,8 @@ MS3_ROWS = [
 ]
 
 PALETTE = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]], dtype=np.uint8)
+WHITE_AT_255 = np.zeros((256, 3), dtype=np.uint8)
+WHITE_AT_255[255] = 255
 
 
 @dataclass
@@ -76,7 +81,13 @@ def _wave(clip_index: int, seconds: float) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def write_s4_tree(base: Path, size: tuple[int, int] = SIZE, *, with_ms3: bool = False) -> AVSObjectTree:
+def write_s4_tree(
+    base: Path,
+    size: tuple[int, int] = SIZE,
+    *,
+    with_ms3: bool = False,
+    mask_size: tuple[int, int] | None = None,
+) -> AVSObjectTree:
     """Write ``base/avsbench_data/Single-source`` (and, with ``with_ms3``, ``Multi-sources`` too)."""
     root = base / "avsbench_data"
     sub = root / "Single-source"
@@ -93,7 +104,7 @@ def write_s4_tree(base: Path, size: tuple[int, int] = SIZE, *, with_ms3: bool = 
             write_png(data / "visual_frames" / rel / f"{name}_{k}.png", frame)
             tree.frames[(name, k)] = frame
             if k <= n_masks:
-                m = expected_mask(i, k, size)
+                m = expected_mask(i, k, mask_size or size)
                 write_png(data / "gt_masks" / rel / f"{name}_{k}.png", m * 255)  # 0/255 binary PNG, as S4 ships
                 tree.masks[(name, k)] = m
         seconds = 3.5 if name == S4_SHORT_AUDIO else 5.0
@@ -103,15 +114,22 @@ def write_s4_tree(base: Path, size: tuple[int, int] = SIZE, *, with_ms3: bool = 
         soundfile.write(wav, wave, SAMPLE_RATE, subtype="FLOAT")
         tree.waves[name] = wave
     if with_ms3:
-        ms3 = write_ms3_tree(base, size)
+        ms3 = write_ms3_tree(base, size, mask_size=mask_size)
         tree.frames.update(ms3.frames)
         tree.masks.update(ms3.masks)
         tree.waves.update(ms3.waves)
     return tree
 
 
-def write_ms3_tree(base: Path, size: tuple[int, int] = SIZE) -> AVSObjectTree:
-    """Write ``base/avsbench_data/Multi-sources``: ``.mp4_`` frame names and palette masks (indices 1..3)."""
+def write_ms3_tree(
+    base: Path,
+    size: tuple[int, int] = SIZE,
+    *,
+    mask_size: tuple[int, int] | None = None,
+    ms3_storage: Literal["binary", "objects"] = "binary",
+) -> AVSObjectTree:
+    """Write ``base/avsbench_data/Multi-sources``: ``.mp4_`` frame names and palette masks (foreground index 255, or
+    indices 1..3 with ``ms3_storage="objects"``)."""
     root = base / "avsbench_data"
     sub = root / "Multi-sources"
     data = sub / "ms3_data"
@@ -125,10 +143,14 @@ def write_ms3_tree(base: Path, size: tuple[int, int] = SIZE) -> AVSObjectTree:
             frame = _frame(i, k, size)
             write_png(data / "visual_frames" / name / f"{name}.mp4_{k}.png", frame)
             tree.frames[(name, k)] = frame
-            m = expected_mask(i, k, size)
-            # Foreground in several palette indices (one per sounding object); index 0 is background.
-            indices = m * (1 + (np.arange(size[1])[None, :] % 3)).astype(np.uint8)
-            write_png(data / "gt_masks" / split / name / f"{name}_{k}.png", indices.astype(np.uint8), palette=PALETTE)
+            m = expected_mask(i, k, mask_size or size)
+            path = data / "gt_masks" / split / name / f"{name}_{k}.png"
+            if ms3_storage == "objects":
+                # Foreground in several palette indices (one per sounding object); index 0 is background.
+                indices = m * (1 + (np.arange(m.shape[1])[None, :] % 3)).astype(np.uint8)
+                write_png(path, indices.astype(np.uint8), palette=PALETTE)
+            else:
+                write_png(path, m * 255, palette=WHITE_AT_255)
             tree.masks[(name, k)] = m
         wave = _wave(i, 5.0)
         wav = data / "audio_wav" / split / f"{name}.wav"

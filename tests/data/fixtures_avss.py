@@ -8,7 +8,8 @@ The tree (``write_avss_tree``):
   palette entry (it must read as background, with a warning);
 - a duplicated metadata row (v2 train), extra metadata columns, frame sizes that differ between clips;
 - audio: wav files at 22 050 Hz lasting 5 s (v1) or 10 s (v2);
-- ``label2idx.json`` with 71 entries, index 0 = background.
+- ``label2idx.json`` with 71 entries numbered from 1 (``"background": 1``), as the public copy of the file does;
+- ``mask_size`` writes every colour mask at that size instead of its clip's frame size.
 
 Colours are written from a hand-made table (``COLOURS``, worked out by hand from the bit-shift rule) so that the tests
 check the reader's palette against values it did not produce.
@@ -92,17 +93,17 @@ def label_map(h: int, w: int, classes: tuple[int, int], frame: int) -> np.ndarra
     return labels
 
 
-def expected_labels(uid: str, frame: int) -> np.ndarray:
+def expected_labels(uid: str, frame: int, mask_size: tuple[int, int] | None = None) -> np.ndarray:
     """The class map the reader must return for ``uid``'s ``frame`` (the off-palette pixel reads as 0)."""
     clip = next(c for c in CLIPS if c[0] == uid)
-    (h, w), classes = clip[3], clip[4]
+    (h, w), classes = mask_size or clip[3], clip[4]
     labels = label_map(h, w, classes, frame)
     if (clip[1], uid, frame) == OFF_PALETTE_AT[:3]:
         labels[OFF_PALETTE_AT[3]] = 0
     return labels
 
 
-def write_avss_tree(root: Path) -> AVSSFixture:
+def write_avss_tree(root: Path, *, mask_size: tuple[int, int] | None = None) -> AVSSFixture:
     """Write the tiny AVSBench-semantic tree under ``root`` (created) and return what to expect."""
     root.mkdir(parents=True, exist_ok=True)
     with (root / "metadata.csv").open("w", newline="", encoding="utf-8") as f:
@@ -112,7 +113,7 @@ def write_avss_tree(root: Path) -> AVSSFixture:
             writer.writerow([uid.split("_")[-1], uid, 0, 0, "thing", split, label])
         writer.writerow(["clipA", "v2_clipA", 0, 0, "thing", "train", "v2"])  # duplicated row
     names = ["background"] + [f"class_{i:02d}" for i in range(1, 71)]
-    (root / "label2idx.json").write_text(json.dumps({n: i for i, n in enumerate(names)}), encoding="utf-8")
+    (root / "label2idx.json").write_text(json.dumps({n: i + 1 for i, n in enumerate(names)}), encoding="utf-8")
 
     for seed, (uid, label, split, (h, w), classes) in enumerate(CLIPS):
         clip = root / label / uid
@@ -120,9 +121,10 @@ def write_avss_tree(root: Path) -> AVSSFixture:
         write_frames(clip / "frames", h, w, n, seed)
         write_wav(clip / "audio.wav", float(n), freq=200.0 + 50 * seed)
         n_masks = 1 if (label == "v1s" and split == "train") else n
+        mh, mw = mask_size or (h, w)
         for i in range(n_masks):
-            rgb = np.zeros((h, w, 3), dtype=np.uint8)
-            labels = label_map(h, w, classes, i)
+            rgb = np.zeros((mh, mw, 3), dtype=np.uint8)
+            labels = label_map(mh, mw, classes, i)
             for c in np.unique(labels):
                 rgb[labels == c] = COLOURS[int(c)]
             if (label, uid, i) == OFF_PALETTE_AT[:3]:

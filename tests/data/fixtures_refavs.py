@@ -9,7 +9,8 @@ The tree (``write_refavs_tree``):
   ``null_c`` and one ``null_m`` expression; two ``TODO`` rows (one with an unparsable fid, which must not matter);
 - each null uid has its own ``media/null_x-{vid}`` folder and all-zero masks under ``gt_mask/null_x-{vid}/fid_0``;
 - masks use gray values 255 (first object), 1 and 128 (second object), so only ``> 0`` gives the right binary mask;
-- audio: 10-s wav files at 22 050 Hz (the reader resamples to 16 kHz).
+- audio: 10-s wav files at 22 050 Hz (the reader resamples to 16 kHz);
+- ``mask_size`` writes every mask at that size instead of its video's frame size.
 """
 
 from __future__ import annotations
@@ -90,13 +91,16 @@ def write_frames(folder: Path, h: int, w: int, n: int, seed: int) -> None:
         Image.fromarray(image).save(folder / f"{i}.jpg", quality=95)
 
 
-def write_refavs_tree(root: Path, *, modalities: bool = True, extra_column: bool = True) -> RefAVSFixture:
+def write_refavs_tree(
+    root: Path, *, modalities: bool = True, extra_column: bool = True, mask_size: tuple[int, int] | None = None
+) -> RefAVSFixture:
     """Write the tiny Ref-AVS tree under ``root`` (created) and return what to expect.
 
     Args:
         root: destination folder.
         modalities: add avseg's optional ``modalities`` column (SynthAV writes it; real files do not).
         extra_column: add an unrelated extra column, which the reader must ignore.
+        mask_size: ``(H, W)`` of every mask (default: its video's frame size).
     """
     root.mkdir(parents=True, exist_ok=True)
     header = ["vid", "uid", "split", "fid", "exp"] + (["modalities"] if modalities else [])
@@ -113,13 +117,13 @@ def write_refavs_tree(root: Path, *, modalities: bool = True, extra_column: bool
         write_frames(root / "media" / folder / "frames", h, w, 10, seed)
         write_wav(root / "media" / folder / "audio.wav", 10.0, freq=220.0 * (seed + 1))
     for (folder, fid), value in OBJECTS.items():
-        h, w = SIZES_HW[folder]
+        h, w = mask_size or SIZES_HW[folder]
         for i in range(10):
             path = root / "gt_mask" / folder / f"fid_{fid}" / f"0000{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(object_mask(h, w, fid, i, value)).save(path)
     for folder, vid in NULL_FOLDERS.items():
-        h, w = SIZES_HW[vid]
+        h, w = mask_size or SIZES_HW[vid]
         for i in range(10):
             path = root / "gt_mask" / folder / "fid_0" / f"0000{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

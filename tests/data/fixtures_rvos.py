@@ -7,7 +7,8 @@
 - ``valid/``: no ``mask_dict.json`` (no public ground truth); expressions have neither ``anno_id`` nor ``obj_id``.
 - ``ytvos/``: Ref-YouTube-VOS style, no ``anno_id``; masks keyed ``"{vid}/{obj_id}"``.
 
-RLEs are written with :func:`avseg.data.rle.encode` (itself tested against pycocotools in ``test_rle.py``).
+RLEs are written with :func:`avseg.data.rle.encode` (itself tested against pycocotools in ``test_rle.py``), at
+``mask_size`` (default: the frames' size ``SIZE``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RVOSTree:
     """The root and what was written: per-split sorted frame ids, per-key mask lists, and the expressions."""
 
     root: Path
+    mask_size: tuple[int, int] = SIZE
+    """``(H, W)`` of every written RLE."""
     frame_ids: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """``(split, vid)`` -> frame ids in sorted order."""
     masks: dict[tuple[str, str], list[np.ndarray | None]] = field(default_factory=dict)
@@ -66,9 +69,12 @@ def _write_split(tree: RVOSTree, split: str, videos: dict[str, Any], masks: dict
             tree.masks[(split, key)] = ms
 
 
-def write_rvos_tree(base: Path) -> RVOSTree:
-    """Write the tree under ``base/rvos`` and return what was written."""
-    tree = RVOSTree(root=base / "rvos")
+def write_rvos_tree(base: Path, *, mask_size: tuple[int, int] = SIZE) -> RVOSTree:
+    """Write the tree under ``base/rvos`` (masks at ``mask_size``, at least 12x16) and return what was written."""
+    tree = RVOSTree(root=base / "rvos", mask_size=mask_size)
+
+    def at(top: int, left: int, height: int, width: int) -> np.ndarray:
+        return box(top, left, height, width, mask_size)
 
     train_videos = {
         "vidA": {
@@ -85,10 +91,10 @@ def write_rvos_tree(base: Path) -> RVOSTree:
         },
     }
     train_masks = {
-        "0": [box(0, 0, 4, 4), box(1, 1, 4, 4), box(2, 2, 4, 4)],
-        "1": [box(6, 8, 5, 6), box(6, 9, 5, 6), box(0, 0, 4, 4)],  # overlaps key "0" on the last frame
-        "2": [box(3, 3, 3, 3), None, box(5, 5, 3, 3)],  # absent on the middle frame
-        "3": [box(0, 0, 2, 2), box(0, 4, 2, 2), box(0, 8, 2, 2), box(0, 12, 2, 2)],
+        "0": [at(0, 0, 4, 4), at(1, 1, 4, 4), at(2, 2, 4, 4)],
+        "1": [at(6, 8, 5, 6), at(6, 9, 5, 6), at(0, 0, 4, 4)],  # overlaps key "0" on the last frame
+        "2": [at(3, 3, 3, 3), None, at(5, 5, 3, 3)],  # absent on the middle frame
+        "3": [at(0, 0, 2, 2), at(0, 4, 2, 2), at(0, 8, 2, 2), at(0, 12, 2, 2)],
     }
     _write_split(tree, "train", train_videos, train_masks)
 
@@ -103,14 +109,14 @@ def write_rvos_tree(base: Path) -> RVOSTree:
             "expressions": {"0": {"exp": "a person surfing", "obj_id": "1"}, "1": {"exp": "a wave", "obj_id": "2"}},
         }
     }
-    ytvos_masks = {"vidD/1": [box(1, 1, 3, 5), box(2, 2, 3, 5)], "vidD/2": [None, box(8, 0, 4, 16)]}
+    ytvos_masks = {"vidD/1": [at(1, 1, 3, 5), at(2, 2, 3, 5)], "vidD/2": [None, at(8, 0, 4, 16)]}
     _write_split(tree, "ytvos", ytvos_videos, ytvos_masks)
     return tree
 
 
 def union(tree: RVOSTree, split: str, keys: list[str], frame_positions: list[int]) -> np.ndarray:
     """Reference union of the written masks of ``keys`` at the given sorted-frame positions: ``(T, H, W)`` uint8."""
-    out = np.zeros((len(frame_positions), *SIZE), dtype=np.uint8)
+    out = np.zeros((len(frame_positions), *tree.mask_size), dtype=np.uint8)
     for key in keys:
         for t, pos in enumerate(frame_positions):
             m = tree.masks[(split, key)][pos]

@@ -139,7 +139,7 @@ def test_ms3_mp4_infix_frames_and_palette_masks(ms3):
     sample = reader.load(rec)
     i = ms3_clip_index("ms3clipA")
     for k in range(1, 6):
-        # Palette indices 1..3 are all foreground.
+        # Palette index 255 (white) is foreground: the official loader's ToTensor makes it 1.
         np.testing.assert_array_equal(sample.masks[k - 1].numpy(), expected_mask(i, k))
         np.testing.assert_array_equal(sample.frames[k - 1].permute(1, 2, 0).numpy(), ms3.frames[("ms3clipA", k)])
     assert sample.label_valid.all() and sample.meta == {"subset": "ms3"}

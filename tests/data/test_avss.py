@@ -234,13 +234,20 @@ def test_check_names_missing_and_corrupt_files(tree: AVSSFixture) -> None:
 
 def test_label2idx_class_names_and_check(tree: AVSSFixture) -> None:
     reader = quiet_reader(tree.root)
+    path = tree.root / "label2idx.json"
+    # The fixture numbers the classes from 1 ("background": 1), as the public copy of the file does; the official
+    # loader only checks the entry count, and label = palette position = value - 1.
+    assert json.loads(path.read_text())["background"] == 1
     names = reader.class_names()
     assert len(names) == 71 and names[0] == "background" and names[70] == "class_70"
-    path = tree.root / "label2idx.json"
-    path.write_text(json.dumps({f"c{i}": i for i in range(70)}), encoding="utf-8")
-    with pytest.raises(MetadataError, match="71 distinct indices"):
-        reader.class_names()
-    assert [p for p, _ in reader.check().unreadable] == [path]
+    assert reader.check().ok
+    path.write_text(json.dumps({n: i for i, n in enumerate(names)}), encoding="utf-8")  # numbered from 0
+    assert reader.class_names() == names
+    for bad in ({f"c{i}": i for i in range(70)}, {f"c{i}": i + 2 for i in range(71)}):
+        path.write_text(json.dumps(bad), encoding="utf-8")
+        with pytest.raises(MetadataError, match=r"71 distinct indices 0\.\.70 or 1\.\.71"):
+            reader.class_names()
+        assert [p for p, _ in reader.check().unreadable] == [path]
     path.unlink()
     report = reader.check()
     assert report.missing == [(path, "label2idx")]

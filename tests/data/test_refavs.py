@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 from pathlib import Path
 
@@ -64,6 +65,23 @@ def test_duplicate_keeps_first_row(tree: RefAVSFixture) -> None:
     reader = quiet_reader(tree.root)
     dogs = [r for r in reader.index("train") if r.uid == f"{VID_B}_dog_1"]
     assert len(dogs) == 1 and dogs[0].text == "the barking dog"
+
+
+def test_keep_duplicate_rows_follows_the_csv(tree: RefAVSFixture) -> None:
+    # The official loader is metadata[metadata['split'] == split]: every row of the split, in file order.
+    with (tree.root / "metadata.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    reader = RefAVSReader(tree.root, keep_duplicate_rows=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = reader.splits()
+    messages = [str(w.message) for w in caught if issubclass(w.category, DatasetWarning)]
+    assert not any("repeats" in m for m in messages) and any("'TODO'" in m for m in messages)
+    for split in splits:
+        expected = [(r["uid"], r["exp"], r["fid"]) for r in rows if r["split"] == split]
+        assert [(r.uid, r.text, r.object_id) for r in reader.index(split)] == expected, split
+    assert len(reader.index("train")) == tree.counts["train"]["items"] + tree.duplicates["train"]
+    assert len(reader.index("test_s")) == tree.counts["test_s"]["items"] + tree.duplicates["test_s"]
 
 
 def test_record_fields_and_null_folders(tree: RefAVSFixture) -> None:

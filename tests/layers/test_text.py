@@ -1,8 +1,11 @@
-"""The shared text input (avseg.layers.text): the text config and the frozen encoder's checkpoint policy."""
+"""The shared text input (avseg.layers.text): the text config, padding, and the frozen encoder's checkpoint policy."""
 
 from __future__ import annotations
 
-from avseg.layers.text import TextConfig, TextEncoderConfig, frozen_text_encoder
+import pytest
+import torch
+
+from avseg.layers.text import MINILM_PACKAGE, TextConfig, TextEncoder, TextEncoderConfig, frozen_text_encoder
 from avseg.models.avsegformer import AVSegFormerTextConfig
 from avseg.models.tpavi import TPAVITextConfig
 
@@ -29,3 +32,51 @@ def test_the_encoders_own_pretrained_switch_wins_and_random_encoders_are_checkpo
 def test_every_family_text_config_is_the_shared_one() -> None:
     for config in (TextConfig(), TPAVITextConfig(), AVSegFormerTextConfig()):
         assert isinstance(config, TextConfig) and config.encoder is None  # no text unless an encoder is named
+
+
+# A random one-layer BERT with the vocabulary of the MiniLM package's tokenizer (which ships with avseg[text]).
+MINILM_SHAPED_BERT = {**TINY_BERT, "vocab_size": 30522}
+LONG = "the man in the red shirt playing a very loud electric guitar on the left side of the stage"
+
+
+def released_style_encoder(padding: str, max_tokens: int = 8) -> TextEncoder:
+    torch.manual_seed(0)
+    config = TextEncoderConfig(
+        source=MINILM_PACKAGE, pretrained=False, hf_config=MINILM_SHAPED_BERT, max_tokens=max_tokens, padding=padding
+    )
+    return TextEncoder(config, pretrained=False).eval()
+
+
+def test_max_tokens_padding_is_the_released_encode_text() -> None:
+    encoder = released_style_encoder("max_tokens")
+    texts = ["a dog", LONG]
+    with torch.no_grad():
+        tokens, mask = encoder(texts)
+        assert tokens.shape == (2, 8, 8) and mask.shape == (2, 8)
+        for i, text in enumerate(texts):
+            # The released AVmodel._encode_text, one expression per call: tokenizer(*[text], max_length, padding to
+            # max_length, truncation), then the frozen encoder on input ids *and* attention mask.
+            enc = encoder.tokenizer(*[text], max_length=8, padding="max_length", truncation=True, return_tensors="pt")
+            expected = encoder.model(**enc).last_hidden_state[0]  # (8, D), pad positions included
+            torch.testing.assert_close(tokens[i], expected, atol=1e-6, rtol=0)
+            assert mask[i].tolist() == enc["attention_mask"][0].bool().tolist()
+        alone, _ = encoder(["a dog"])
+    assert mask[0].sum() == 4 and not mask[0, 4:].any()  # [CLS] a dog [SEP], then padding on the right
+    assert mask[1].all()  # the long expression is cut to 8 tokens
+    assert tokens[0, 4:].abs().sum() > 0  # the pad positions carry the encoder's features, as released
+    torch.testing.assert_close(alone[0], tokens[0], atol=1e-6, rtol=0)  # whatever else is in the batch
+
+
+def test_longest_padding_gives_the_same_features_on_the_real_tokens() -> None:
+    fixed = released_style_encoder("max_tokens")
+    longest = released_style_encoder("longest")
+    with torch.no_grad():
+        short, short_mask = longest(["a dog", "a cat"])
+        mixed, mixed_mask = longest(["a dog", LONG])
+        reference, _ = fixed(["a dog"])
+    assert short.shape[1] == 4 and mixed.shape[1] == 8  # the padded length follows the batch
+    assert short_mask[0].all() and mixed_mask[0].sum() == 4
+    torch.testing.assert_close(short[0], reference[0, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[0, :4], reference[0, :4], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="padding"):
+        TextEncoderConfig(padding="left")  # type: ignore[arg-type]

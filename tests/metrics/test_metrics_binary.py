@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,13 +150,20 @@ def test_null_s_by_hand():
     assert float(null_s(logits, threshold=0.4, mode="ratio")) == pytest.approx(3 / 16)
 
 
-def test_resize_mask_bilinear_gt0_dilates_by_hand():
-    # 2 -> 256 along an axis: output pixel d samples source (d + 0.5) / 128 - 0.5; source pixel 0 has a non-zero
-    # weight for d <= 191 (at d = 192 the sample is past the last source centre), so one foreground corner pixel
-    # becomes a 192 x 192 block, against 128 x 128 with nearest.
+def test_resize_mask_bilinear_gt0_follows_cv2_rounding_by_hand():
+    # 2 -> 256 along an axis: output pixel d samples source x = (d + 0.5) / 128 - 0.5 (clamped at 0), where source
+    # pixel 0 weighs w(d) = 1 - x. One foreground corner pixel stored as `level` gives level * w(dy) * w(dx) at
+    # (dy, dx); cv2's uint8 resize rounds that, so the pixel is foreground when it is >= 0.5.
+    x = np.clip((np.arange(256) + 0.5) / 128 - 0.5, 0, 1)
+    weight = np.clip(1 - x, 0, 1)
+    for level in (255, 1):
+        mask = torch.tensor([[level, 0], [0, 0]], dtype=torch.uint8)
+        expected = level * np.outer(weight, weight) >= 0.5
+        np.testing.assert_array_equal(resize_mask(mask, (256, 256)).numpy().astype(bool), expected)
+    # 0/255 storage dilates (about a 192-px block); 0/1 storage does not (about the 128-px block nearest gives).
+    assert int(resize_mask(torch.tensor([[255, 0], [0, 0]], dtype=torch.uint8), (256, 256))[:, 0].sum()) == 192
+    assert int(resize_mask(torch.tensor([[1, 0], [0, 0]], dtype=torch.uint8), (256, 256))[:, 0].sum()) == 128
     mask = torch.tensor([[1, 0], [0, 0]], dtype=torch.uint8)
-    bilinear = resize_mask(mask, (256, 256))
-    assert int(bilinear.sum()) == 192 * 192 and bool(bilinear[:192, :192].all())
     assert int(resize_mask(mask, (256, 256), mode="nearest").sum()) == 128 * 128
     assert resize_mask(mask * 255, (2, 2)).tolist() == [[1, 0], [0, 0]]  # same size: only binarised
 

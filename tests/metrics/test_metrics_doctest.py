@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["binary", "semantic", "davis", "presets", "accumulator"])
+@pytest.mark.parametrize("name", ["binary", "semantic", "davis", "presets", "protocols", "accumulator"])
 def test_doctests(name):
     module = importlib.import_module(f"avseg.metrics.{name}")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,17 +163,22 @@ def test_invalid_frames_are_dropped_for_binary_presets():
 
 
 def test_refavs_threshold_04_and_gt_resize_by_hand():
-    # Logits 0 (p = 0.5) are foreground at 0.4 but not at 0.5. The 2x2 GT has one foreground pixel; bilinear to
-    # 256 then > 0 makes it a 192x192 block (see test_resize_mask_bilinear_gt0_dilates_by_hand), so a full
-    # prediction scores J = 192^2 / 256^2 = 0.5625 (+ eps) at 0.4.
+    # Logits 0 (p = 0.5) are foreground at 0.4 but not at 0.5. The 2x2 GT stored as 0/255 has one foreground pixel;
+    # cv2's bilinear resize to 256 rounds 255 * w(dy) * w(dx), w(d) = 1 - clamp((d + 0.5) / 128 - 0.5, 0, 1), and
+    # "> 0" keeps the pixels where that reaches 0.5 (nearly a 192x192 block), so a full prediction scores
+    # J = n / 256^2 (+ eps) at 0.4.
+    weight = 1 - np.clip((np.arange(256) + 0.5) / 128 - 0.5, 0, 1)
+    n = int((255 * np.outer(weight, weight) >= 0.5).sum())
+    assert 190**2 < n < 192**2
     logits = torch.zeros(1, 1, 2, 2)
-    masks = torch.tensor([[[[1, 0], [0, 0]]]], dtype=torch.uint8)
+    masks = torch.tensor([[[[255, 0], [0, 0]]]], dtype=torch.uint8)
     result = run("refavs", logits, masks)
-    assert result["J"] == pytest.approx(192**2 / (256**2 + EPS))
+    assert result["J"] == pytest.approx(n / (256**2 + EPS))
     assert result["settings"]["resolution"] == "256x256" and result["settings"]["resize"] == 256
     assert result["settings"]["threshold"] == 0.4 and result["settings"]["gt_resize_mode"] == "bilinear_gt0"
-    # F: p = 0.5 everywhere: P = 0.5625, R = 1 for th <= 0.5 -> 1.3 * 0.5625 / (0.3 * 0.5625 + 1).
-    assert result["F"] == pytest.approx(1.3 * 0.5625 / (0.3 * 0.5625 + 1))
+    # F: p = 0.5 everywhere: P = n / 256^2, R = 1 for th <= 0.5 -> 1.3 * P / (0.3 * P + 1).
+    precision = n / 256**2
+    assert result["F"] == pytest.approx(1.3 * precision / (0.3 * precision + 1))
     assert run("avsbench", logits, masks)["J"] == 0.0  # same logits at 0.5: empty prediction
 
 
@@ -264,8 +270,6 @@ def test_accumulator_validates_inputs():
         acc.update(torch.zeros(1, 1, 3, 3, dtype=torch.int64), torch.zeros(1, 1, 3, 3, dtype=torch.uint8))
     with pytest.raises(ShapeError, match="bool or integer"):
         acc.update(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3))
-    with pytest.raises(ShapeError, match="resolution given"):
-        acc.update(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
     with pytest.raises(ShapeError, match="valid"):
         acc.update(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8), valid=torch.ones(1, 2))
     with pytest.raises(ShapeError, match="ids"):
@@ -275,6 +279,56 @@ def test_accumulator_validates_inputs():
     semantic = MetricAccumulator("avss")
     with pytest.raises(ShapeError, match=r"\(B, T, K, H, W\)"):
         semantic.update(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8))
+
+
+def test_logits_are_brought_to_the_ground_truth_size():
+    # 3x3 logits against a 4x6 ground truth (resize=None): the logits are resized bilinearly, never the masks.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 2, 3, 3, generator=g)
+    masks = (torch.rand(1, 2, 4, 6, generator=g) > 0.5).to(torch.uint8)
+    result = run("avsbench", logits, masks)
+    up = torch.nn.functional.interpolate(logits, size=(4, 6), mode="bilinear", align_corners=False)
+    expected = run("avsbench", up, masks)
+    assert result["J"] == expected["J"] and result["F"] == expected["F"]
+    assert result["settings"]["resolution"] == "4x6" and result["settings"]["gt_resolution"] == "4x6"
+    # With a fixed size, both go there and the record keeps the size the ground truth was given at.
+    fixed = run("refavs", logits, masks)
+    assert fixed["settings"]["resolution"] == "256x256" and fixed["settings"]["gt_resolution"] == "4x6"
+
+
+def test_avss_ground_truth_resize_is_pil_nearest():
+    # The AVSS loader resizes val/test colour masks to 224 with PIL's NEAREST (pixel centres), not floor(dst*scale).
+    from PIL import Image
+
+    labels = torch.randint(0, 5, (1, 2, 30, 40), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    logits = torch.zeros(1, 2, 5, 224, 224)
+    pil = [Image.fromarray(m.numpy()).resize((224, 224), Image.NEAREST) for m in labels[0]]
+    logits[0] = torch.nn.functional.one_hot(torch.from_numpy(np.stack(pil)).long(), 5).permute(0, 3, 1, 2) * 9.0
+    result = run("avss", logits, labels)  # predicting PIL's resized labels exactly scores 1
+    assert result["J"] == pytest.approx(1.0) and result["F"] == pytest.approx(1.0)
+    assert result["settings"]["gt_resize_mode"] == "nearest_exact"
+
+
+def test_preset_resolution_fields():
+    table = {name: (get_preset(name).gt_source, get_preset(name).resize) for name in list_presets()}
+    assert table == {
+        "auralsam2_compat": ("input", None),
+        "avsbench": ("native", None),
+        "avss": ("native", 224),
+        "avss_corrected": ("native", 224),
+        "davis": ("native", None),
+        "refavs": ("native", 256),
+        "simtoken_compat": ("native", None),
+    }
+    assert get_preset("avss").zero_padded_logits and not get_preset("avss_corrected").zero_padded_logits
+    for name in list_presets():
+        assert "Eval " in get_preset(name).notes  # every note says what evaluation does with it
+    with pytest.raises(ValueError, match="zero_padded_logits"):
+        MetricPreset(name="x", zero_padded_logits=True)
+    with pytest.raises(ValueError, match="bilinearly"):
+        MetricPreset(name="x", task="semantic", f_mode="per_class", gt_resize_mode="bilinear_gt0")
+    with pytest.raises(ValueError, match="gt_source"):
+        MetricPreset(name="x", gt_source="disk")  # type: ignore[arg-type]
 
 
 def test_accumulator_reset_and_ids():

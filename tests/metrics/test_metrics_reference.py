@@ -258,10 +258,11 @@ def test_refavs_gt_resize_matches_naive_bilinear_then_gt0():
     rng = np.random.default_rng(4)
     preset = dataclasses.replace(get_preset("refavs"), resize=32)
     masks = random_masks(rng, (5, 3, 20, 24), empty_frac=0.2, full_frac=0.0)
-    masks = masks * (rng.random(masks.shape) < 0.3)  # sparse foreground: the dilation by "> 0" is visible
-    resized = np.stack([[naive_bilinear(m.astype(np.float64), 32, 32) > 0 for m in video] for video in masks])
+    masks = masks * (rng.random(masks.shape) < 0.3) * 255  # sparse 0/255 foreground: the dilation is visible
+    # cv2 rounds its uint8 bilinear result, then "> 0": the interpolated level must reach 0.5.
+    resized = np.stack([[naive_bilinear(m.astype(np.float64), 32, 32) >= 0.5 for m in video] for video in masks])
     resized = resized.astype(np.uint8)
-    assert resized.sum() > masks.sum() * (32 * 32) / (20 * 24)  # "> 0" after bilinear dilates the masks
+    assert resized.sum() > (masks > 0).sum() * (32 * 32) / (20 * 24)  # bilinear then "> 0" dilates the masks
     logits = correlated_logits(rng, resized)  # predictions already at the scoring size
     acc = MetricAccumulator(preset)
     acc.update(torch.from_numpy(logits), torch.from_numpy(masks))
@@ -283,7 +284,8 @@ def test_refavs_logit_resize_is_naive_bilinear():
 
 
 def test_refavs_end_to_end_with_both_resized():
-    """Prediction and GT both at another size than 256: the preset resizes logits bilinearly and GT bilinear > 0."""
+    """Prediction and GT both at another size than 256: the preset resizes logits bilinearly and the GT as cv2 does
+    (bilinear on the stored 0/1 levels, rounded, then > 0)."""
     rng = np.random.default_rng(6)
     preset = dataclasses.replace(get_preset("refavs"), resize=16)
     masks = random_masks(rng, (4, 2, 8, 8), empty_frac=0.25, full_frac=0.0)
@@ -292,7 +294,7 @@ def test_refavs_end_to_end_with_both_resized():
     acc.update(torch.from_numpy(logits), torch.from_numpy(masks))
     result = acc.compute()
     lg = np.stack([[naive_bilinear(x.astype(np.float64), 16, 16) for x in v] for v in logits])
-    gt = np.stack([[naive_bilinear(m.astype(np.float64), 16, 16) > 0 for m in v] for v in masks]).astype(np.uint8)
+    gt = np.stack([[naive_bilinear(m.astype(np.float64), 16, 16) >= 0.5 for m in v] for v in masks]).astype(np.uint8)
     j, _, s = naive_binary(lg, gt, 4, 0.4)
     assert result["J"] == pytest.approx(j, abs=1e-9)
     assert result["S"] == pytest.approx(s, abs=1e-12)
@@ -310,10 +312,13 @@ def test_avss_matches_naive_reference(official):
     valid = np.ones((n_videos, t), dtype=bool)
     valid[0, 2:] = False  # padded frames: black images, all-background labels
     labels[0, 2:] = 0
-    acc = MetricAccumulator("avss" if official else "avss_corrected")
+    # At the size given (the presets' 224x224 resize is tested elsewhere).
+    acc = MetricAccumulator(dataclasses.replace(get_preset("avss" if official else "avss_corrected"), resize=None))
     acc.update(torch.from_numpy(logits[:2]), torch.from_numpy(labels[:2]), valid=torch.from_numpy(valid[:2]))
     acc.update(torch.from_numpy(logits[2:]), torch.from_numpy(labels[2:]), valid=torch.from_numpy(valid[2:]))
     result = acc.compute()
+    if official:  # the official models multiply their logits by the frame-validity flag
+        logits = logits * valid[:, :, None, None, None]
     miou, f, miou_nobg, f_nobg = naive_avss(
         logits.reshape(-1, k, h, w), labels.reshape(-1, h, w), valid.reshape(-1), official=official
     )

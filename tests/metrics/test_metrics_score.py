@@ -82,8 +82,9 @@ def test_json_turns_nan_into_null(tmp_path, capsys):
 
 
 def test_semantic_text_output(tmp_path, capsys):
-    # Class 1 predicted everywhere on a 1x2 frame labelled [1, 1], plus a padded all-background frame:
-    # official: class 0 IoU 0 (frame 2), class 1 (1 + 0) / 2, class 2 unseen -> (0 + 0.5 + 0) / 3.
+    # Class 1 predicted everywhere on a 1x2 frame labelled [1, 1], plus a padded all-background frame. The official
+    # models zero the logits of padded frames, so frame 2 is predicted as background: class 0 IoU 1 (frame 2 only),
+    # class 1 IoU 1 (frame 1 only), class 2 unseen -> (1 + 1 + 0) / 3.
     logits = np.zeros((1, 2, 3, 1, 2), dtype=np.float32)
     logits[:, :, 1] = 5.0
     masks = np.array([[[[1, 1]], [[0, 0]]]], dtype=np.uint8)
@@ -91,7 +92,7 @@ def test_semantic_text_output(tmp_path, capsys):
     pred, gt = write(tmp_path, logits, masks, valid=valid)
     assert score(pred=pred, gt=gt, preset="avss") == 0
     out = capsys.readouterr().out
-    assert "preset=avss " in out and f"J    {1 / 6:.6f}" in out
+    assert "preset=avss " in out and f"J    {2 / 3:.6f}" in out
     assert "corrected: mIoU 1.000000" in out  # valid frame only, class 1 alone
 
 

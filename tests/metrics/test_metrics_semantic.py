@@ -1,11 +1,19 @@
 """Hand-computed AVSS (AVSBench-semantic) scores: the official quirks and the corrected variant."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from avseg.metrics import MetricAccumulator, avss_corrected, avss_official, avss_scores, semantic_frame_stats
+from avseg.metrics import (
+    MetricAccumulator,
+    avss_corrected,
+    avss_official,
+    avss_scores,
+    get_preset,
+    semantic_frame_stats,
+)
 
 # Three classes (0 = background). One video, 1x4-pixel frames, the last frame padded:
 #   f0: label 0 0 1 1   pred 0 1 1 1
@@ -70,10 +78,17 @@ def test_corrected_drops_padding_unseen_classes_and_background():
 
 
 def test_accumulator_avss_presets():
-    official = MetricAccumulator("avss")
+    as_given = dataclasses.replace(get_preset("avss"), resize=None)  # score the 1x4 frames as they are
+    official = MetricAccumulator(as_given)
     official.update(class_logits(), LABELS, valid=VALID, ids=["v"])
     result = official.compute()
-    assert result["J"] == pytest.approx(1 / 3) and result["miou"] == result["J"]
+    # The official models multiply their logits by the frame-validity flag, so the padded f2 is predicted as
+    # background (0 0 0 0): class 0 scores (1/2 + 1 + 1) / 3, class 1 only f0 (2/3), class 2 is unseen.
+    assert result["J"] == pytest.approx((5 / 6 + 2 / 3 + 0) / 3) and result["miou"] == result["J"]
+    kept = MetricAccumulator(dataclasses.replace(as_given, zero_padded_logits=False))
+    kept.update(class_logits(), LABELS, valid=VALID, ids=["v"])
+    result = kept.compute()  # the model's own prediction on the padded frame: the statistics above
+    assert result["J"] == pytest.approx(1 / 3)
     assert result["corrected"]["miou"] == pytest.approx((0.75 + 2 / 3) / 2)
     assert result["per_class"]["count"] == [3, 2, 0]
     assert result["counts"]["classes_seen"] == 2 and result["counts"]["scored_frames"] == 3

@@ -8,13 +8,17 @@ from typing import Any
 import pytest
 import torch
 
+from avseg.config import config_from_dict
 from avseg.data.augment import ClipAugment, ClipAugmentConfig
 from avseg.data.types import AVSBatch, random_batch
+from avseg.errors import UsageError
 from avseg.layers.sam2 import Sam2Prompt
-from avseg.models.auralsam2 import AuralSAM2, PromptConfig, TrackingConfig, auralsam2_tiny
+from avseg.models.auralsam2 import AuralSAM2, AuralSAM2Config, PromptConfig, TrackingConfig, auralsam2_tiny
+from avseg.models.auralsam2_fuser import AuralFuser
 from avseg.models.registry import get_entry
 
-PAPER_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
+FULL_PRESETS = ["auralsam2-b+-avs", "auralsam2-l-avs", "auralsam2-b+-refavs", "auralsam2-l-refavs"]
+PAPER_VARIANTS = [f"{name}-paper" for name in FULL_PRESETS]
 
 
 def square_batch(b: int = 2, t: int = 3, size: int = 64, **kwargs: Any) -> AVSBatch:
@@ -50,7 +54,7 @@ def test_forward_shapes_and_aux(tiny):
     assert len(out.aux["pixel_embeddings"]) == 3 and out.aux["audio_embeddings"][0].shape == (2, 3, 32)
 
 
-def test_sam2_is_frozen_in_the_paper_presets_and_only_the_fuser_trains():
+def test_sam2_is_frozen_in_the_full_size_presets_and_only_the_fuser_trains():
     cfg = get_entry("auralsam2-l-refavs").config(pretrained=False)
     assert cfg.fuser.residual_init == 0.0  # released: the fusion starts as the identity (the tiny preset does not)
     with torch.device("meta"):
@@ -69,8 +73,9 @@ def test_sam2_is_frozen_in_the_paper_presets_and_only_the_fuser_trains():
     assert sum(p.numel() for p in no_decay["params"]) == norms and no_decay["weight_decay"] == 0.0
 
 
-def _paper_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, text=768, hidden=1024, proj=(3, 64)):
-    """Parameters of the paper-preset fuser, counted by hand from the method's description."""
+def _full_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, text=768, hidden=1024, proj=(2, 128)):
+    """Parameters of the full-size fuser, counted by hand from the method's description (the released projector:
+    ``Linear-GELU-LN-Linear`` or ``conv-BN-conv``, which have the same count)."""
     lin = lambda o, i: o * i + o  # noqa: E731
     norm = 2 * dim
     visual = 2 * norm + lin(dim, dim) + lin(2 * dim, dim) + lin(dim, dim) + (dim * dim * sr * sr + dim) + norm
@@ -86,20 +91,48 @@ def _paper_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, t
     return sum(depths) * visual + 3 * audio_depth * audio + 3 * fusion + patches + smooth + 2 * head + text_proj
 
 
-@pytest.mark.parametrize("name", PAPER_PRESETS)
-def test_paper_presets_build_on_meta_with_the_expected_sizes(name):
+@pytest.mark.parametrize("name", FULL_PRESETS)
+def test_full_size_presets_build_on_meta_with_the_released_values(name):
     cfg = get_entry(name).config(pretrained=False)
+    refavs = name.endswith("refavs")
     assert cfg.sam2.image_size == 1024 and cfg.recipe.optim.lr == 1e-4 and cfg.recipe.schedule.kind == "poly"
     assert cfg.recipe.optim.weight_decay == 0.05 and cfg.sam2.trainable == ()
-    assert cfg.recipe.augment == ClipAugmentConfig()  # the released augmentation, as a data transform
+    assert cfg.recipe.augment == ClipAugmentConfig(grayscale=0.05)  # the released augmentation, as a data transform
+    assert cfg.fuser.fusion_affinity == "dot" and cfg.loss.audiocon_samples == (64 if refavs else 128)
+    projector = (cfg.projector.layers, cfg.projector.dim, cfg.projector.norm, cfg.projector.source)
+    assert projector == ((2, 128, "layer", "residual") if refavs else (2, 128, "batch", "fused"))
     with torch.device("meta"):
         model = AuralSAM2(cfg)
-    refavs = name.endswith("refavs")
-    assert model.num_parameters(trainable_only=True) == _paper_fuser_count(text=768 if refavs else None)
+    assert model.num_parameters(trainable_only=True) == _full_fuser_count(text=768 if refavs else None)
     sam2 = sum(p.numel() for p in model.sam2.parameters())
     assert (sam2 > 200e6) == ("-l-" in name)  # Hiera-L vs Hiera-b+
     assert (model.text_encoder is not None) == refavs
     assert model.config.tracking.eval_conditioning == ("middle" if refavs else "first")
+
+
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
+def test_paper_variants_carry_the_papers_values(name):
+    cfg = get_entry(name).config(pretrained=False)
+    released = get_entry(name.removesuffix("-paper")).config(pretrained=False)
+    assert cfg.recipe.optim.weight_decay == 0.01 and cfg.recipe.augment.grayscale == 0.1
+    assert cfg.fuser.fusion_affinity == "softmax"  # supplement, Eq. 10
+    assert (cfg.projector.layers, cfg.projector.dim) == (3, 64)
+    assert cfg.loss.audiocon_samples * 2 * 2 == 512  # per scale and frame: 2 classes x (hard + easy)
+    # Everything else is the released preset's.
+    same = dataclasses.replace(
+        cfg,
+        fuser=released.fuser,
+        projector=released.projector,
+        loss=released.loss,
+        recipe=dataclasses.replace(
+            cfg.recipe, optim=released.recipe.optim, augment=released.recipe.augment, notes=released.recipe.notes
+        ),
+    )
+    assert same == released
+    with torch.device("meta"):
+        fuser = AuralFuser(cfg.fuser, cfg.projector)
+    refavs = name.endswith("refavs-paper")
+    assert sum(p.numel() for p in fuser.parameters()) == _full_fuser_count(text=768 if refavs else None, proj=(3, 64))
 
 
 def test_hooks_inject_levels_in_reverse_order(tiny):
@@ -278,3 +311,53 @@ def test_training_on_drawn_frames_tracks_only_them_and_supervises_them(monkeypat
         assert model(batch).computed_frames.all()  # evaluation tracks every frame
     with pytest.raises(ValueError, match="train_frames"):
         dataclasses.replace(cfg, train_frames=0)
+
+
+EXPRESSION = "the red circle"
+LONG = "the small red circle that moves to the left of the large blue square while the music plays"
+
+
+def _expression_model(layout: str) -> AuralSAM2:
+    torch.manual_seed(0)
+    overrides: dict[str, Any] = {"fuser.fusion_layout": layout}
+    if layout == "released":
+        overrides["text.encoder.padding"] = "max_tokens"  # as the released code and converted checkpoints
+    return AuralSAM2(get_entry("auralsam2-tiny").config(**overrides)).eval()
+
+
+def _clip0(model: AuralSAM2, batch: AVSBatch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(batch)
+    return torch.cat([out.mask_logits[0].flatten(), out.object_logits[0]])
+
+
+@pytest.mark.parametrize("layout", ["released", "per_position"])
+def test_an_expression_gets_the_same_masks_whatever_else_is_in_the_batch(layout):
+    model = _expression_model(layout)
+    batch = square_batch(b=2, t=3, texts=[EXPRESSION, "a dog"])
+    beside_long = dataclasses.replace(batch, text=[EXPRESSION, LONG])
+    reference = _clip0(model, batch)
+    scale = reference.abs().max().item()  # a random tiny SAM2 gives logits of about 3e-3
+    torch.testing.assert_close(_clip0(model, beside_long), reference, atol=1e-4 * scale, rtol=0)
+    # Not because the expression is ignored: another one changes the clip's output.
+    other = _clip0(model, dataclasses.replace(batch, text=["the blue square", "a dog"]))
+    assert (other - reference).abs().max() > 1e-3 * scale
+    if layout == "released":
+        # The released layout reads padded positions unmasked: padded only to the batch's longest expression, the
+        # clip's output would change with the expression beside it.
+        model.text_encoder.module.config.padding = "longest"
+        assert (_clip0(model, beside_long) - _clip0(model, batch)).abs().max() > 1e-2 * scale
+
+
+def test_the_released_layout_needs_the_released_text_padding():
+    with pytest.raises(ValueError, match=r"text\.encoder\.padding to 'max_tokens'"):
+        get_entry("auralsam2-tiny").config(**{"fuser.fusion_layout": "released"})
+    model = _expression_model("released")
+    with pytest.raises(UsageError, match=r"clips \[1\]"):
+        model(square_batch(b=2, t=2, texts=[EXPRESSION, None]))
+    # A converted checkpoint saved before the padding option existed is read with the released padding.
+    released = {"fuser.fusion_layout": "released", "text.encoder.padding": "max_tokens"}
+    old = dataclasses.asdict(get_entry("auralsam2-l-refavs").config(**released))
+    del old["text"]["encoder"]["padding"]
+    upgraded = config_from_dict(AuralSAM2Config, AuralSAM2.upgrade_config(old))
+    assert upgraded.text.encoder.padding == "max_tokens"

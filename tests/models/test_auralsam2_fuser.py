@@ -55,6 +55,10 @@ def test_config_validation_names_the_bad_value():
         FuserConfig(dim=30, heads=4)
     with pytest.raises(ValueError, match="fusion_layout"):
         FuserConfig(fusion_layout="rows")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fusion_affinity"):
+        FuserConfig(fusion_affinity="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="per_position"):
+        FuserConfig(fusion_layout="released", fusion_affinity="softmax")
     with pytest.raises(ValueError, match=r"projector\.layers"):
         ProjectorConfig(layers=0)
 
@@ -157,6 +161,44 @@ def test_per_position_fusion_matches_explicit_sums():
     torch.testing.assert_close(a_out[0], expected_a, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_softmax_affinity_is_the_papers_attention():
+    torch.manual_seed(0)
+    fusion = CrossModalFusion(dim=6, inner_dim=4, layout="per_position", affinity="softmax")
+    _randomise_batch_norms(fusion)
+    fusion.eval()
+    t, hw, length = 2, 3, 4
+    x, audio = torch.randn(t, hw, 6), torch.randn(1, length, 6)
+    ones_f, ones_t = torch.ones(1, t, dtype=torch.bool), torch.ones(1, length, dtype=torch.bool)
+    x_out, a_out, _ = fusion(x, audio, frame_valid=ones_f, token_valid=ones_t)
+    # Eq. 10 of the paper's supplement, entry by entry: softmax(q·kᵀ/√d)·v with d = 4, one modality's queries over
+    # the other's keys.
+    a = fusion.audio_align(audio[0])  # (L, C)
+    positions = x.reshape(t * hw, 6)
+    q, k, v = fusion.frame_q(positions), fusion.frame_k(positions), fusion.frame_v(positions)
+    qa, ka, va = fusion.audio_q(a), fusion.audio_k(a), fusion.audio_v(a)
+    p = t * hw
+    frame_rows = []
+    for i in range(p):
+        e = [math.exp(float(q[i] @ ka[j]) / 2.0) for j in range(length)]
+        y = sum(e[j] / sum(e) * va[j] for j in range(length))
+        frame_rows.append(positions[i] + fusion.frame_out(y[None])[0])
+    audio_rows = []
+    for j in range(length):
+        e = [math.exp(float(qa[j] @ k[i]) / 2.0) for i in range(p)]
+        y = sum(e[i] / sum(e) * v[i] for i in range(p))
+        audio_rows.append(a[j] + fusion.audio_out(y[None])[0])
+    expected_x = F.layer_norm(torch.stack(frame_rows), (6,), fusion.frame_norm.weight, fusion.frame_norm.bias)
+    expected_a = F.layer_norm(torch.stack(audio_rows), (6,), fusion.audio_norm.weight, fusion.audio_norm.bias)
+    torch.testing.assert_close(x_out.reshape(p, 6), expected_x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a_out[0], expected_a, atol=1e-5, rtol=1e-5)
+    # The released form (dot products over the number of positions, no softmax) is another function of the same
+    # weights.
+    fusion.affinity = "dot"
+    x_dot, a_dot, _ = fusion(x, audio, frame_valid=ones_f, token_valid=ones_t)
+    assert not torch.allclose(x_dot, x_out, atol=1e-3) and not torch.allclose(a_dot, a_out, atol=1e-3)
+
+
 def _released_fusion_reference(fusion: CrossModalFusion, x: torch.Tensor, audio: torch.Tensor, h: int, w: int):
     """The released ``TPAVIModuleDIY.forward`` for one clip, written from a reading of it with conv layers."""
     inner = fusion.inner
@@ -220,9 +262,134 @@ def test_released_layout_reproduces_the_released_block():
     assert not torch.allclose(x_pp, x_out, atol=1e-3)
 
 
-def test_padded_frames_and_tokens_do_not_change_real_outputs():
+@pytest.mark.parametrize("affinity", ["dot", "softmax"])
+def _sam2_sine_encoding(c: int, h: int, w: int) -> torch.Tensor:
+    """SAM2's ``PositionEmbeddingSine(num_pos_feats=c, normalize=True)`` of an ``h × w`` map → ``(h*w, c)``."""
+    half = c // 2
+    y = torch.ones(h, w).cumsum(0)
+    x = torch.ones(h, w).cumsum(1)
+    y = y / (y[-1:, :] + 1e-6) * 2 * math.pi
+    x = x / (x[:, -1:] + 1e-6) * 2 * math.pi
+    dim_t = 10000 ** (2 * torch.div(torch.arange(half), 2, rounding_mode="floor") / half)
+    px, py = x[..., None] / dim_t, y[..., None] / dim_t
+    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=3).flatten(2)
+    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=3).flatten(2)
+    return torch.cat((py, px), dim=2).reshape(h * w, c)
+
+
+def _heads(lin: torch.nn.Linear, x: torch.Tensor, heads: int) -> torch.Tensor:
+    n, m, c = x.shape
+    return F.linear(x, lin.weight, lin.bias).reshape(n, m, heads, c // heads).permute(0, 2, 1, 3)
+
+
+def _released_attention(attn, x: torch.Tensor, kv_source: torch.Tensor, heads: int) -> torch.Tensor:
+    """``Attention`` / ``OneDAttention``: softmax(q kᵀ · d^-1/2) v over all keys, then ``proj``."""
+    n, m, c = x.shape
+    q = _heads(attn.q, x, heads)
+    kv = F.linear(kv_source, attn.kv.weight, attn.kv.bias).reshape(n, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+    weights = (q @ kv[0].transpose(-2, -1) * (c // heads) ** -0.5).softmax(dim=-1)
+    return attn.proj((weights @ kv[1]).transpose(1, 2).reshape(n, m, c))
+
+
+def _released_pvt_block(block, x: torch.Tensor, h: int, w: int, heads: int) -> torch.Tensor:
+    """The released ``Block`` (PVT-v2): spatially reduced attention, then ``fc1 → DWConv → GELU → fc2``."""
+    n, _, c = x.shape
+    y = block.norm1(x)
+    src = block.attn.norm(block.attn.sr(y.permute(0, 2, 1).reshape(n, c, h, w)).reshape(n, c, -1).permute(0, 2, 1))
+    x = x + _released_attention(block.attn, y, src, heads)
+    y = block.mlp.fc1(block.norm2(x))
+    y = block.mlp.dwconv(y.transpose(1, 2).reshape(n, -1, h, w)).flatten(2).transpose(1, 2)
+    return x + block.mlp.fc2(F.gelu(y))
+
+
+def _released_token_block(block, d: torch.Tensor, heads: int) -> torch.Tensor:
+    """The released ``OneDBlock`` on a clip's ``(L, C)`` tokens (unsqueezed to one batch): no mask, no dwconv."""
+    x = d[None]
+    y = block.norm1(x)
+    x = x + _released_attention(block.attn, y, y, heads)
+    return (x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x)))))[0]
+
+
+def _released_refavs_fuser_reference(fuser, fpn, audio, text_features, heads):
+    """The released Ref-AVS ``AuralFuser.forward`` for one clip, written from a reading of it (``aural_fuser.py``),
+    on avseg's module weights: ``d = cat([audio (T, C), text_proj(text).squeeze()])`` (T + 25 tokens), the constant
+    1-D encoding of position 0 on every token, three levels of patch embedding, smoothing, sine encoding, PVT and
+    token blocks and the released fusion. Returns the fused maps ``(T, h*w, C)`` and the first ``T`` rows of ``d``
+    per level (what the released decoder reads, ``av_a_feats[i][frame]``)."""
+    t, c = audio.shape
+    d = torch.cat([audio, fuser.text_proj(text_features).squeeze()])  # (T + 25, C)
+    fix = torch.zeros(c)
+    fix[1::2] = 1.0  # positionalencoding1d(C, 1): sin(0), cos(0), ...
+    feats, dense, sparse = None, [], []
+    for i in range(3):
+        x = fuser.patch_embeds[i](fpn[i])
+        h, w = x.shape[-2:]
+        x_pos = _sam2_sine_encoding(c, h, w)[None]
+        x = x.flatten(2).permute(0, 2, 1)
+        if i > 0:
+            x = x + feats
+            x = fuser.smooth_convs[i - 1](x.permute(0, 2, 1).reshape(t, c, h, w)).flatten(2).permute(0, 2, 1)
+        x = x + x_pos
+        d = d + fix
+        for block in fuser.visual_blocks[i]:
+            x = _released_pvt_block(block, x, h, w, heads)
+        for block in fuser.audio_blocks[i]:
+            d = _released_token_block(block, d, heads)
+        x, d, _ = _released_fusion_reference(fuser.fusion[i], x + x_pos, d + fix, h, w)
+        feats = x
+        dense.append(x)
+        sparse.append(d[:t])
+    return dense, sparse
+
+
+@torch.no_grad()
+def test_released_refavs_fuser_with_25_padded_text_tokens_matches_the_released_forward():
+    from avseg.layers.text import MINILM_PACKAGE, TextEncoder, TextEncoderConfig
+
     torch.manual_seed(0)
-    fuser = AuralFuser(tiny_fuser_config(text_dim=6, text_hidden=8)).eval()
+    heads, t = 2, 3
+    cfg = tiny_fuser_config(audio_dim=16, text_dim=8, text_hidden=20, fusion_layout="released", residual_init=1.0)
+    fuser = AuralFuser(cfg).eval()
+    _randomise_batch_norms(fuser)
+    bert = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 1}
+    bert.update(num_attention_heads=2, intermediate_size=16)
+    text_config = TextEncoderConfig(source=MINILM_PACKAGE, pretrained=False, hf_config=bert, padding="max_tokens")
+    encoder = TextEncoder(text_config, pretrained=False).eval()
+    texts = ["the dog", "the woman on the left who sings while the man plays the piano"]
+    fpn = pyramid(2 * t, 16, seed=2)
+    audio = torch.randn(2, t, 16)
+    tokens, valid = encoder(texts)  # (2, 25, 8): both expressions padded to 25, as released
+    assert tokens.shape[1] == 25 and not valid.all()
+    out = fuser(fpn, audio, frame_valid=torch.ones(2, t, dtype=torch.bool), text=tokens, text_valid=valid)
+    for clip, text in enumerate(texts):
+        # The released AVmodel._encode_text: one expression per forward, padded and cut to 25, with the mask.
+        enc = encoder.tokenizer(*[text], max_length=25, padding="max_length", truncation=True, return_tensors="pt")
+        text_features = encoder.model(**enc).last_hidden_state  # (1, 25, 8)
+        frames = slice(clip * t, (clip + 1) * t)
+        dense, sparse = _released_refavs_fuser_reference(
+            fuser, [f[frames] for f in fpn], audio[clip], text_features, heads
+        )
+        for level in range(3):
+            torch.testing.assert_close(out.dense[level][frames], dense[level], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out.sparse[level][clip], sparse[level], atol=1e-4, rtol=1e-4)
+    # Padded only to the batch's longest expression, the short expression alone gets 4 tokens instead of 25: the
+    # released layout reads padding unmasked, so its output would depend on the expressions batched with it.
+    encoder.config.padding = "longest"
+    short, short_valid = encoder(texts[:1])
+    alone = fuser(
+        [f[:t] for f in fpn],
+        audio[:1],
+        frame_valid=torch.ones(1, t, dtype=torch.bool),
+        text=short,
+        text_valid=short_valid,
+    )
+    assert not torch.allclose(alone.dense[2], out.dense[2][:t], atol=1e-3)
+
+
+@pytest.mark.parametrize("affinity", ["dot", "softmax"])
+def test_padded_frames_and_tokens_do_not_change_real_outputs(affinity):
+    torch.manual_seed(0)
+    fuser = AuralFuser(tiny_fuser_config(text_dim=6, text_hidden=8, fusion_affinity=affinity)).eval()
     for m in fuser.fusion:
         for bn in (m.frame_out[1], m.audio_out[1]):
             torch.nn.init.ones_(bn.weight)
@@ -347,12 +514,21 @@ def test_temporal_positions_follow_the_seconds():
     assert not torch.allclose(default.sparse[2], later.sparse[2])
 
 
-def test_drawn_frames_weigh_the_text_as_the_whole_clip_does():
+@pytest.mark.parametrize("affinity", ["dot", "softmax"])
+def test_drawn_frames_weigh_the_text_as_the_whole_clip_does(affinity):
     # A 4-frame clip made of frames (0, 1, 0, 1) fuses each frame as its 2 drawn frames do once the text's share is
-    # scaled by 2/4: the fusion's sums over positions and tokens then differ by the same factor 2. (No token blocks:
-    # their softmax attention would see the repeated audio tokens.)
+    # scaled by 2/4: the fusion's sums over positions and tokens then differ by the same factor 2 (dot), or each
+    # audio token counts twice in the softmax over tokens (softmax). (No token blocks: their attention would see
+    # the repeated audio tokens.)
     torch.manual_seed(0)
-    cfg = tiny_fuser_config(text_dim=10, text_hidden=20, audio_depth=0, audio_position="temporal", residual_init=1.0)
+    cfg = tiny_fuser_config(
+        text_dim=10,
+        text_hidden=20,
+        audio_depth=0,
+        audio_position="temporal",
+        residual_init=1.0,
+        fusion_affinity=affinity,
+    )
     fuser = AuralFuser(cfg).eval()
     _randomise_batch_norms(fuser)
     feats, audio = pyramid(2, 16), torch.randn(1, 2, 12)

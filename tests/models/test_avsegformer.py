@@ -448,3 +448,19 @@ def test_summary_adds_the_expression_and_the_clip_to_the_audio_token(tiny: AVSeg
         clip = torch.stack([audio[0].mean(0), audio[1, :2].mean(0)])  # padded seconds left out
         expected = audio + (sentence + clip)[:, None]  # the second sample has no text: its sentence is zero
     torch.testing.assert_close(seen["audio"][:, 0], expected.flatten(0, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_real_frames_do_not_depend_on_the_pixels_stored_in_padded_frames() -> None:
+    torch.manual_seed(0)
+    overrides = {"text.encoder": None, "transformer.dropout": 0.0}
+    model = create_model("avsegformer-tiny", train_frames=None, **overrides).train()
+    batch = random_batch(b=2, t=4, size=S)
+    batch.frame_valid[0, 2:] = False  # clip 0: two real frames, then padding stored as black frames
+    batch.frames[0, 2:] = 0
+    grey = copy.copy(batch)
+    grey.frames = batch.frames.clone()
+    grey.frames[0, 2:] = 128
+    # The official loaders pad after normalising (zero tensors), so what the padded frames hold must not matter;
+    # in training the backbone's batch norm pools statistics over every frame, padding included.
+    real = batch.frame_valid
+    torch.testing.assert_close(model(grey).mask_logits[real], model(batch).mask_logits[real])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avseg.data.types import AVSBatch, random_batch
 from avseg.errors import ShapeError
@@ -169,3 +170,25 @@ def test_families_declare_their_text_input_from_their_config(preset: str) -> Non
     batch = random_batch(1, 2, 32)  # no expressions: an optional text branch must run without them
     with torch.no_grad():
         assert model(batch).mask_logits.shape == (1, 2, 1, 32, 32)
+
+
+def test_normalize_frames_gives_zero_on_padded_frames_and_imagenet_values_on_real_ones() -> None:
+    model = ToyModel(ToyConfig())
+    batch = random_batch(2, 4, 8)
+    batch.frame_valid[0, 2:] = False  # clip 0: two real frames, then padding (the reader stores black frames there)
+    batch.frames[0, 2:] = 0
+    x = model.normalize_frames(batch)  # (B*T, 3, H, W)
+    assert x.shape == (8, 3, 8, 8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (batch.frames.flatten(0, 1).float() / 255.0 - mean) / std  # (B*T, 3, H, W)
+    real = batch.frame_valid.flatten()
+    # The official loaders pad with zero tensors after normalising: a padded frame is 0, not (0 - mean) / std.
+    assert torch.count_nonzero(x[~real]) == 0
+    torch.testing.assert_close(x[real], expected[real])
+    # Selecting frames and resizing keep the rule: the selected padded frame stays 0 at the new size.
+    picked = model.normalize_frames(batch, torch.tensor([1, 3]), (16, 16))  # (B*2, 3, 16, 16)
+    assert picked.shape == (4, 3, 16, 16) and torch.count_nonzero(picked[1]) == 0
+    torch.testing.assert_close(
+        picked[3], F.interpolate(expected[7:8], size=(16, 16), mode="bilinear", antialias=True)[0]
+    )

@@ -445,3 +445,118 @@ def test_train_frames_runs_the_visual_path_on_a_frame_sample_and_the_loss_skips_
     # Evaluation runs every frame.
     with torch.no_grad():
         assert model.eval()(batch).computed_frames.all()
+
+
+# -- AVSS: padded clips ----------------------------------------------------------------------------------------------
+
+
+def official_avss_av_kl(pred_masks, a_fea_list, v_map_list, gt_temporal_mask_flag, count_stages):  # type: ignore[no-untyped-def]
+    """AVSS ``A_MaskedV_SimmLoss`` with ``kl_flag`` (no feature normalisation, average pooling, no threshold), written
+    from the official code: foreground = argmax class != 0 (``bg_idx``), and per stage the KL of each of the ``B*10``
+    frames is weighted by ``gt_temporal_mask_flag`` and divided by the flag's sum over the batch."""
+    fg = (pred_masks.softmax(1).argmax(1).unsqueeze(1) != 0).float()  # (B*10, 1, H, W)
+    total = 0.0
+    for stage in count_stages:
+        a_fea, v_map = a_fea_list[stage].reshape(-1, a_fea_list[stage].shape[-1]), v_map_list[stage]  # (B*10, C)
+        pooled = torch.nn.AdaptiveAvgPool2d(v_map.shape[-2:])(fg)
+        masked_v_fea = torch.mul(v_map, pooled).mean(-1).mean(-1)  # (B*10, C)
+        loss = F.kl_div(masked_v_fea.softmax(dim=-1).log(), a_fea.softmax(dim=-1), reduction="none").sum(-1)
+        total += torch.sum(loss * gt_temporal_mask_flag) / torch.sum(gt_temporal_mask_flag)
+    return total / len(count_stages)
+
+
+def avss_batch():  # type: ignore[no-untyped-def]
+    """Clip 0 as an AVSS v1s training clip (5 real frames, frame 0 labelled, 5 padded black frames); clip 1 as v2."""
+    batch = random_batch(b=2, t=10, size=64, classes=71)
+    batch.frame_valid[0, 5:] = False
+    batch.frames[0, 5:] = 0
+    batch.audio_examples[0, 5:] = 0
+    batch.label_valid[0, 1:] = False
+    batch.masks[0, 1:] = 0
+    return batch
+
+
+@pytest.mark.parametrize("frames", ["labelled", "real"])
+def test_avss_av_kl_matches_the_official_loss_on_a_padded_v1s_clip(frames: str) -> None:
+    torch.manual_seed(0)
+    overrides = {"loss.dice_weight": 0.0, "loss.av_kl_weight": 0.5, "loss.av_kl_reduction": "mean"}
+    overrides |= {"loss.av_kl_frames": frames, "text.encoder": None, "kernel.enabled": False}
+    model = create_model("tpavi-tiny", num_classes=71, train_frames=None, **overrides).eval()
+    batch = avss_batch()
+    with torch.no_grad():
+        out = model(batch)
+        got = model.losses(batch, out)["av_kl"]
+    # The official decoder's in-place ReLU leaves the stage features rectified when the loss reads them.
+    maps = [m.clamp_min(0) for m in out.aux["stage_features"]]
+    audio = out.aux["audio_features"]
+    flag = (batch.label_valid if frames == "labelled" else batch.frame_valid).flatten().float()  # (B*10,)
+    expected = official_avss_av_kl(out.aux["logits"], audio, maps, flag, (0, 1, 2, 3))
+    torch.testing.assert_close(got, torch.as_tensor(expected))
+    if frames == "labelled":  # official: 11 labelled frames count, not the 15 real ones
+        other = official_avss_av_kl(out.aux["logits"], audio, maps, batch.frame_valid.flatten().float(), (0, 1, 2, 3))
+        assert not torch.isclose(got, torch.as_tensor(other))
+
+
+def test_avss_presets_follow_the_official_loss_and_ms3_sums_over_its_labelled_frames() -> None:
+    for name in ("tpavi-r50-avss", "tpavi-pvt-avss"):
+        cfg = get_entry(name).config()
+        loss = cfg.loss
+        assert (loss.av_kl_frames, loss.av_kl_reduction, loss.av_kl_stages) == ("labelled", "mean", (0, 1, 2, 3))
+        assert cfg.tpavi.temporal_window == 5  # pre_reshape_for_tpavi: reshape(-1, 5, C, H, W)
+    for name in ("tpavi-r50-ms3", "tpavi-pvt-ms3"):
+        loss = get_entry(name).config().loss
+        assert (loss.av_kl_frames, loss.av_kl_reduction) == ("labelled", "sum")
+    with pytest.raises(ValueError, match="av_kl_frames"):
+        get_entry("tpavi-tiny").config(**{"loss.av_kl_frames": "all"})
+
+
+def test_real_frames_do_not_depend_on_the_pixels_stored_in_padded_frames() -> None:
+    torch.manual_seed(0)
+    model = create_model("tpavi-tiny", train_frames=None, **{"text.encoder": None}).train()
+    batch = avss_batch()
+    batch.masks.clamp_(max=1)
+    grey = copy.copy(batch)
+    grey.frames = batch.frames.clone()
+    grey.frames[0, 5:] = 128  # other pixel values in the padded frames
+    # Training mode: the backbone's batch norm pools statistics over every frame of the batch, padding included.
+    out_black, out_grey = model(batch).mask_logits, model(grey).mask_logits
+    real = batch.frame_valid
+    torch.testing.assert_close(out_grey[real], out_black[real])
+
+
+@pytest.mark.parametrize(("visual", "heads"), [(False, 1), (True, 2)])
+def test_temporal_windows_attend_as_the_official_avss_code_on_its_short_clips(visual: bool, heads: int) -> None:
+    block = randomise(TPAVIBlock(channels=8, inter_channels=4, heads=heads, visual_attention=visual))
+    x, audio = torch.randn(2, 8, 6, 3, 4), torch.randn(2, 6, 128)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    window = torch.arange(6) // 3  # two windows of 3 frames, as the official code cuts 10 frames into 2 × 5
+    z, _ = block(x, audio, valid, window=window)
+
+    def dense(xs: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        out = dense_tpavi(block, xs, a)
+        return (out + dense_tpavi(block, xs, None)) / 2 if visual else out
+
+    # Official: reshape (B*T, ...) to (B*T/w, w, ...) and run the block on each short clip.
+    short = x.view(2, 8, 2, 3, 3, 4).permute(0, 2, 1, 3, 4, 5).reshape(4, 8, 3, 3, 4)  # (B*2, C, 3, h, w)
+    expected = dense(short, audio.reshape(4, 3, 128)).view(2, 2, 8, 3, 3, 4).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
+    torch.testing.assert_close(z, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(z, block(x, audio, valid)[0], rtol=1e-4, atol=1e-5)  # not the whole-clip attention
+
+
+def test_with_temporal_windows_the_first_five_frames_of_a_ten_frame_clip_are_a_five_frame_clip() -> None:
+    torch.manual_seed(0)
+    overrides = {"text.encoder": None, "kernel.enabled": False, "tpavi.position_encoding": False}
+    model = create_model("tpavi-tiny", train_frames=None, **overrides, **{"tpavi.temporal_window": 5}).eval()
+    for block in model.tpavi.values():
+        torch.nn.init.normal_(block.W_z[1].weight)  # a trained block: the attention reaches the output
+    batch = random_batch(b=1, t=10, size=64)
+    first = batch.select_frames(torch.arange(5))
+    with torch.no_grad():
+        whole = model(batch).mask_logits  # (1, 10, 1, 64, 64)
+        model.config.tpavi.temporal_window = None
+        across = model(batch).mask_logits
+    model.config.tpavi.temporal_window = 5
+    with torch.no_grad():
+        short = model(first).mask_logits  # (1, 5, 1, 64, 64)
+    torch.testing.assert_close(whole[:, :5], short, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(whole[:, :5], across[:, :5], rtol=1e-4, atol=1e-4)

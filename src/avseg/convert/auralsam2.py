@@ -40,9 +40,10 @@ Also dropped: ``vgg.*`` by default (VGGish is frozen in training, so these are t
 weights, which the preset names), ``vgg.pproc.*`` (post-processing is off), and the ``v_model.*`` / ``t_model.*``
 weights of whole-model dicts (the public SAM2 and DistilRoBERTa weights, rebuilt from the preset's sources).
 
-The converted model uses the released structure (``fuser.fusion_layout = "released"``,
-``prompts.shift_query_pe = True``, the released projector read from the weights) on the preset's SAM2; every
-other key is reported, never silently ignored.
+The converted model uses the released structure (``fuser.fusion_layout = "released"``, ``fuser.fusion_affinity =
+"dot"``, ``prompts.shift_query_pe = True``, the released projector read from the weights and, with a text projection,
+expressions padded to 25 tokens: ``text.encoder.padding = "max_tokens"``) on the preset's SAM2; every other key is
+reported, never silently ignored.
 """
 
 from __future__ import annotations
@@ -248,11 +249,19 @@ def convert_state_dict(
 def released_overrides(state: Mapping[str, Tensor]) -> dict[str, Any]:
     """Config overrides that give an avseg AuralSAM2 the released structure of this (avseg-named) state dict.
 
-    The fusion uses the released layout and the decoder hooks the released in-place update; the projector's depth,
-    width, norm and input are read from its weights (Ref-AVS: ``Linear-GELU-LN-Linear`` on the fusion's residual
-    branch; AVS: ``conv-BN-conv`` on the fused maps).
+    The fusion uses the released layout and affinities and the decoder hooks the released in-place update; the
+    projector's depth, width, norm and input are read from its weights (Ref-AVS: ``Linear-GELU-LN-Linear`` on the
+    fusion's residual branch; AVS: ``conv-BN-conv`` on the fused maps). With a text projection, expressions are
+    padded and truncated to 25 tokens, as the released ``_encode_text`` does, because the released fusion reads the
+    padded positions too.
     """
-    overrides: dict[str, Any] = {"fuser.fusion_layout": "released", "prompts.shift_query_pe": True}
+    overrides: dict[str, Any] = {
+        "fuser.fusion_layout": "released",
+        "fuser.fusion_affinity": "dot",
+        "prompts.shift_query_pe": True,
+    }
+    if any(k.startswith("fuser.text_proj.") for k in state):
+        overrides.update({"text.encoder.padding": "max_tokens", "text.encoder.max_tokens": 25})
     proj = sorted(
         int(m.group(1))
         for k in state
@@ -283,7 +292,11 @@ def converted_config(state: Mapping[str, Tensor], preset: str, *, keep_vggish: b
     ``keep_vggish``, no VGGish weights file, so that the checkpoint's VGGish tensors are the ones used)."""
     from avseg.models.registry import get_entry
 
-    config = get_entry(preset).config(**released_overrides(state))
+    overrides = released_overrides(state)
+    if get_entry(preset).config().text.encoder is None:
+        # A preset without text cannot take the text settings; the text projection is then reported as unexpected.
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("text.")}
+    config = get_entry(preset).config(**overrides)
     if keep_vggish:  # None overrides are dropped by the registry, so this one is applied directly
         config = dataclasses.replace(config, audio=dataclasses.replace(config.audio, vggish_weights=None))
     return config

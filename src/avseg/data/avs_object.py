@@ -41,9 +41,29 @@ Quirks and the rules avseg applies:
   every split.
 - **MS3 frame names** carry the source file's extension, ``{name}.mp4_{k}.png`` (preprocessing names frames after
   ``video_name`` including ``.mp4``), and live outside any split folder; masks do not have the infix.
-- **Masks.** S4 masks are loaded by the official code with PIL mode ``'1'`` and MS3 masks with mode ``'P'``; avseg
-  reads the stored values and treats any value > 0 as foreground, which is the same for the 0/255 (S4) and
-  palette-index (MS3) masks the benchmark ships. Masks stored at another size than the frames are resized nearest.
+- **S4 masks** are read as ``avs_s4/dataloader.py::S4Dataset.__getitem__`` reads them:
+  ``load_image_in_PIL_to_Tensor(path, mode='1')``, i.e. ``Image.open(path).convert('1')`` followed by
+  ``transforms.ToTensor()`` (0/1 floats for a mode ``'1'`` image), which ``avs_s4/test.py`` feeds to
+  ``utils/utility.py::mask_iou`` as they are. avseg calls PIL's conversion itself, so the result is the official one
+  whatever the storage: 0/255 masks give their foreground exactly, while grey pixels (anti-aliased or resized PNGs)
+  go through PIL's default Floyd-Steinberg dithering rather than a ``> 0`` test (a grey pixel becomes foreground or
+  not depending on the error diffused from its neighbours), and palette or RGB masks are first reduced to their
+  luminance. A mask whose brightest pixel is below 255 (0/1 storage, a dark palette colour) is dithered as a whole,
+  so its official reading is a speckle or nothing: the reader emits one :class:`~avseg.errors.DatasetWarning` naming
+  the first such file.
+- **MS3 masks** are read as ``avs_ms3/dataloader.py::MS3Dataset.__getitem__`` reads them:
+  ``Image.open(path).convert('P')`` followed by ``transforms.ToTensor()``, which divides the palette index of a
+  ``'P'`` image by 255, and ``avs_ms3/test.py`` scores these values with ``utils/utility.py::mask_iou``
+  (``pred * target``, ``max(pred, target)``). The official metric therefore sees a binary target only when the
+  stored indices are 0 and 255: a grey 0/255 PNG keeps its values through ``convert('P')``, and a mode ``'1'`` PNG
+  becomes 0/255. Any other storage (0/1 or one palette index per object, grey edges, RGB masks mapped through PIL's
+  web palette) gives fractional targets such as 1/255, for which the official IoU is meaningless. avseg reads every
+  nonzero index as foreground, which equals the official target for 0/255 storage and is the intended mask
+  otherwise, and emits one DatasetWarning naming the first file whose values are not 0/255.
+- **Resolution.** The official loaders score masks at the size stored on disk (224x224 after preprocessing), the
+  frames' size. avseg decodes each mask at its stored size; ``masks`` is brought to the frames' size and then to
+  ``image_size`` (nearest), and with ``native_masks=True`` the decoded masks are returned as they are in
+  ``native_masks`` (unlabelled S4 training frames as zeros).
 - **Audio.** ``audio_log_mel/*.pkl`` are pickled torch tensors; unpickling runs arbitrary code, so avseg never opens
   them and recomputes the ``(5, 1, 96, 64)`` VGGish log-mel examples from ``audio_wav`` instead. Clips with fewer than
   five complete 0.96 s examples repeat the last example, as ``preprocess_s4.py::extract_one_log_mel`` does
@@ -62,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from avseg.data.base import (
@@ -71,16 +92,17 @@ from avseg.data.base import (
     ImageSize,
     _MissingPath,
     load_audio_features,
-    load_binary_masks,
     load_frames,
     resize_frames,
     resize_masks,
     sample_from_record,
+    stack_native_masks,
 )
 from avseg.data.types import AVSSample
 from avseg.errors import DatasetWarning, MetadataError, MissingFileError
+from avseg.media.image import _open as open_image
 
-__all__ = ["AVSObjectReader", "Subset"]
+__all__ = ["AVSObjectReader", "Subset", "read_ms3_mask", "read_s4_mask"]
 
 Subset = Literal["s4", "ms3"]
 
@@ -116,6 +138,37 @@ def _is_subset_folder(path: Path, layout: _Layout) -> bool:
     return (path / layout.csv_name).is_file() or (path / layout.data_dir).is_dir()
 
 
+def read_s4_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """Read an S4 mask as the official loader does: PIL's mode ``'1'`` conversion (see the module docstring).
+
+    Returns:
+        ``uint8`` ``(H, W)`` 0/1 mask, and whether the stored mask has foreground but no pixel at full brightness
+        (255), which PIL's dithering turns into a speckle.
+
+    Raises:
+        MissingFileError, CorruptMediaError: the file is missing or cannot be decoded.
+    """
+    image = open_image(path, "mask")
+    luminance = np.asarray(image.convert("L"))
+    brightest = int(luminance.max()) if luminance.size else 0
+    return np.asarray(image.convert("1"), dtype=np.uint8), 0 < brightest < 255
+
+
+def read_ms3_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """Read an MS3 mask through PIL's mode ``'P'`` conversion, as the official loader does (module docstring).
+
+    Returns:
+        ``uint8`` ``(H, W)`` 0/1 mask (every nonzero index is foreground), and whether any index is neither 0 nor
+        255, i.e. whether the official ``ToTensor`` would give fractional targets.
+
+    Raises:
+        MissingFileError, CorruptMediaError: the file is missing or cannot be decoded.
+    """
+    indices = np.asarray(open_image(path, "mask").convert("P"))
+    fractional = bool(((indices != 0) & (indices != 255)).any())
+    return (indices > 0).astype(np.uint8), fractional
+
+
 class AVSObjectReader(BenchmarkReader):
     """Reader of AVSBench-object v1, S4 or MS3 (layout and quirks in the module docstring).
 
@@ -123,13 +176,22 @@ class AVSObjectReader(BenchmarkReader):
         root: the ``avsbench_data`` folder, or its ``Single-source`` / ``Multi-sources`` folder.
         image_size: resize frames (bilinear) and masks (nearest) to this size; None keeps the stored size.
         subset: ``"s4"`` or ``"ms3"``; None picks the only subset present under ``root``.
+        native_masks: also return the masks at their stored size, read by the official rule, as
+            ``native_masks`` ``(5, H0, W0)``.
     """
 
     format = "avs-object"
     item_name = "clips"
 
-    def __init__(self, root: str | Path, *, image_size: ImageSize = None, subset: Subset | None = None) -> None:
-        super().__init__(root, image_size=image_size)
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        image_size: ImageSize = None,
+        subset: Subset | None = None,
+        native_masks: bool = False,
+    ) -> None:
+        super().__init__(root, image_size=image_size, native_masks=native_masks)
         if subset is not None and subset not in _LAYOUTS:
             raise ValueError(f"subset must be 's4', 'ms3' or None, got {subset!r}")
         self.subset: Subset = self._resolve_subset(subset)
@@ -138,6 +200,7 @@ class AVSObjectReader(BenchmarkReader):
         self.csv_path = self.subset_root / self.layout.csv_name
         self.data_root = self.subset_root / self.layout.data_dir
         self._rows: dict[str, list[_Row]] | None = None
+        self._warned_storage = False
 
     def _resolve_subset(self, subset: Subset | None) -> Subset:
         present = [
@@ -275,13 +338,35 @@ class AVSObjectReader(BenchmarkReader):
 
     # ----------------------------------------------------------------------------------------------- decoding
 
+    def _read_mask(self, path: Path) -> np.ndarray:
+        """One mask by the subset's official rule, warning once per reader about storage that rule misreads."""
+        if self.subset == "s4":
+            mask, odd = read_s4_mask(path)
+            why = (
+                "its brightest pixel is below 255, so PIL's mode '1' conversion (the official S4 reading, applied "
+                "here too) dithers the whole object into a speckle or nothing; S4 masks are expected as 0/255"
+            )
+        else:
+            mask, odd = read_ms3_mask(path)
+            why = (
+                "its palette indices are not only 0 and 255, so the official MS3 loader (convert('P'), ToTensor) "
+                "would feed fractional targets (index / 255) to the metric; avseg reads every nonzero index as "
+                "foreground"
+            )
+        if odd and not self._warned_storage:
+            self._warned_storage = True
+            warnings.warn(f"{path}: {why} (further masks like it are not reported)", DatasetWarning, stacklevel=3)
+        return mask
+
     def load(self, record: ClipRecord) -> AVSSample:
         """Decode one clip: 5 frames, binary masks (unlabelled frames are zeros), 16 kHz audio and log-mel examples."""
         frames = load_frames(record.frame_paths)  # (5, 3, H, W)
         orig_size = (int(frames.shape[-2]), int(frames.shape[-1]))
-        masks = load_binary_masks(record.mask_refs, orig_size, record.num_frames)  # (5, H, W)
+        decoded = [None if ref is None else self._read_mask(ref) for ref in record.mask_refs]
+        # (5, H0, W0) at the stored size; unlabelled frames are zeros
+        native = stack_native_masks(decoded, record.num_frames, default_size=orig_size, sources=record.mask_refs)
         frames = resize_frames(frames, self.image_size)
-        masks = resize_masks(masks, self.image_size)
+        masks = resize_masks(resize_masks(native, orig_size), self.image_size)
         wave, examples, has_audio = load_audio_features(record.audio_path, record.num_frames, pad_mode="repeat_last")
         meta = {"subset": record.extra["subset"]}
         if "category" in record.extra:
@@ -297,6 +382,7 @@ class AVSObjectReader(BenchmarkReader):
             has_audio=has_audio,
             frame_names=tuple(f"{record.video_id}_{k}" for k in range(1, record.num_frames + 1)),
             orig_size=orig_size,
+            native_masks=native if self.native_masks else None,
             meta=meta,
         )
 

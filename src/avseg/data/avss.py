@@ -10,7 +10,7 @@ On-disk layout (``OpenNLPLab/AVSBench``, ``avs_scripts/avss/{config,color_datalo
 
     AVSBench-semantic/
     ├── metadata.csv                         # columns used: uid, label (v1s|v1m|v2), split (train|val|test)
-    ├── label2idx.json                       # 71 entries, class name -> palette index; 0 = background (black)
+    ├── label2idx.json                       # 71 entries, class name -> index (public copy: "background": 1)
     └── {label}/{uid}/
         ├── frames/{0..N-1}.jpg              # N = 5 for v1s/v1m, 10 for v2
         ├── audio.wav                        # sample rate not documented; avseg resamples to 16 kHz
@@ -19,10 +19,13 @@ On-disk layout (``OpenNLPLab/AVSBench``, ``avs_scripts/avss/{config,color_datalo
 Quirks and the rules avseg applies:
 
 - **Colour masks.** Labels are stored as RGB colours from the PASCAL-VOC bit-shift palette over 71 indices
-  (``get_v2_pallete``): index ``j``'s bits 0, 1, 2 go to the top bit of R, G, B, bits 3, 4, 5 to the next bit, and so
-  on, so 0 = black, 1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), 4 = (0, 0, 128). A pixel is decoded by exact
-  colour match (``color_mask_to_label``). AVSBench takes the argmax of the per-class match maps, so a colour that
-  matches no palette entry silently becomes 0 (background). avseg does the same but counts such pixels and emits one
+  (``color_dataloader.py::get_v2_pallete``, the same in AVSegFormer ``dataloader/v2_dataset.py``): index ``j``'s
+  bits 0, 1, 2 go to the top bit of R, G, B, bits 3, 4, 5 to the next bit, and so on, so 0 = black,
+  1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), 4 = (0, 0, 128). The official loader opens each mask with
+  ``Image.open(path).convert('RGB')`` (``load_color_mask_in_PIL_to_Tensor``) and decodes pixels by exact colour
+  match (``color_mask_to_label``), so the label of a pixel is the palette position of its colour: black is label 0
+  (background). AVSBench takes the argmax of the per-class match maps, so a colour that matches no palette entry
+  silently becomes 0 (background). avseg does the same but counts such pixels and emits one
   :class:`~avseg.errors.DatasetWarning` per file that has any, because JPEG-compressed or bilinearly resized masks
   would otherwise lose their labels without a word.
 - **Padding to T = 10.** Every clip is padded to ``num_frames`` (10) with zero frames and zero labels, as the
@@ -40,11 +43,23 @@ Quirks and the rules avseg applies:
   instead of silently shortening the clip.
 - **Resolution.** Frames and masks are read at the size on disk; a mask whose size differs from its frames is
   brought to the frame grid (nearest). ``image_size`` resizes both (bilinear frames, nearest labels). The official
-  loader centre-crops 224 for training and resizes to 224x224 for val/test; that is a transform choice, not done here.
+  loader centre-crops 224 for training and, for val/test, resizes the colour mask to 224x224 with PIL ``NEAREST``
+  before decoding it (``resize_img``), so scores are computed at 224x224; that is a transform choice, not done
+  here. With ``native_masks=True`` the label maps at their stored size are returned as ``native_masks``
+  (``(10, H0, W0)``, zeros on unlabelled and padded frames); PIL ``NEAREST`` picks the same source pixels on a label
+  map as on the colour mask, so resizing these labels with it gives the official 224x224 targets (torch's
+  ``nearest-exact`` agrees with PIL at most sizes, its ``nearest`` does not).
 - **Duplicate rows** (same label and uid within a split) are kept once, with one DatasetWarning giving the count.
-- ``label2idx.json`` is only needed for class names (:meth:`AVSSReader.class_names`); the palette does not depend on
-  it. Its ordering is **unverified** (no public copy was read), so avseg never reorders by it. ``check()`` reports the
-  file when it is missing or does not hold 71 distinct indices 0..70.
+- ``label2idx.json`` is only needed for class names (:meth:`AVSSReader.class_names`); labels never depend on it.
+  The official code reads it twice: ``get_v2_pallete`` only asserts that it has 71 entries (one per palette
+  colour), and ``V2Dataset.classes`` returns its keys in file order. The AVSBench repositories do not ship the file;
+  the public copy in ``YenanLiu/DDESeg`` (an AVSS method; 70 classes in alphabetical order after background)
+  numbers the classes from 1: ``"background": 1``,
+  ``"accordion": 2``, ..., ``"woman": 71``, in file order; since background pixels are black (palette position 0),
+  a file value ``v`` is label ``v - 1``. avseg accepts files numbered 0..70 or 1..71 and orders the names by value.
+  Consequence for the official metric (``avss/test.py``): ``miou_noBg = mean(miou_pc[:-1])`` drops label 70 (the last
+  class, ``"woman"`` in that copy), not background (label 0), so "noBg" scores still include background.
+  ``check()`` reports the file when it is missing or does not hold 71 entries numbered 0..70 or 1..71.
 
 Splits are returned in the order train, val, test, then any others alphabetically.
 """
@@ -71,6 +86,7 @@ from avseg.data.base import (
     resize_frames,
     resize_masks,
     sample_from_record,
+    stack_native_masks,
 )
 from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.data.types import AVSSample
@@ -221,6 +237,7 @@ class AVSSReader(MetadataCSVReader):
         image_size: resize frames (bilinear) and label maps (nearest) to this size; None keeps the size on disk.
         subsets: which label subsets to index: ``v1s`` (≈ AVSBench-object S4 clips), ``v1m`` (≈ MS3 clips), ``v2``.
         num_frames: length every clip is padded to (10 in AVSBench; at least the longest selected subset).
+        native_masks: also return the label maps at their stored size as ``native_masks`` ``(T, H0, W0)``.
     """
 
     format: ClassVar[str] = "avss"
@@ -234,8 +251,9 @@ class AVSSReader(MetadataCSVReader):
         image_size: ImageSize = None,
         subsets: Sequence[Subset] = AVSS_SUBSETS,
         num_frames: int = 10,
+        native_masks: bool = False,
     ) -> None:
-        super().__init__(root, image_size=image_size)
+        super().__init__(root, image_size=image_size, native_masks=native_masks)
         if isinstance(subsets, str):
             subsets = (subsets,)  # type: ignore[assignment]
         bad = [s for s in subsets if s not in AVSS_SUBSETS]
@@ -310,11 +328,14 @@ class AVSSReader(MetadataCSVReader):
         )
 
     def class_names(self) -> list[str]:
-        """Class names ordered by index (0 = background) from ``label2idx.json``.
+        """Class names by label (``names[0]`` is background) from ``label2idx.json``.
+
+        The file maps the 71 names to distinct integers numbered either 0..70 or 1..71 (public copies use 1..71, with
+        ``"background": 1``); a name's label is its value minus the first value (see the module docstring).
 
         Raises:
             MissingFileError: the file is missing.
-            MetadataError: it is not a JSON object mapping names to the 71 distinct indices 0..70.
+            MetadataError: it is not a JSON object mapping 71 names to the distinct integers 0..70 or 1..71.
         """
         path = self.label2idx_path
         if not path.is_file():
@@ -329,12 +350,13 @@ class AVSSReader(MetadataCSVReader):
             if not isinstance(idx, int) or isinstance(idx, bool):
                 raise MetadataError(path, f"key {name!r}: index {idx!r} is not an integer")
         indices = sorted(mapping.values())
-        if indices != list(range(AVSS_NUM_CLASSES)):
+        first = indices[0] if indices else 0
+        if first not in (0, 1) or indices != list(range(first, first + AVSS_NUM_CLASSES)):
             span = f"{indices[0]}..{indices[-1]}" if indices else "none"
             raise MetadataError(
                 path,
-                f"expected the {AVSS_NUM_CLASSES} distinct indices 0..{AVSS_NUM_CLASSES - 1}, got {len(mapping)} "
-                f"entries ({len(set(indices))} distinct, range {span})",
+                f"expected {AVSS_NUM_CLASSES} distinct indices 0..{AVSS_NUM_CLASSES - 1} or 1..{AVSS_NUM_CLASSES}, "
+                f"got {len(mapping)} entries ({len(set(indices))} distinct, range {span})",
             )
         return [name for name, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
 
@@ -385,17 +407,11 @@ class AVSSReader(MetadataCSVReader):
         real = len(record.frame_paths)
         frames = load_frames(record.frame_paths)  # (N, 3, H, W)
         h, w = int(frames.shape[-2]), int(frames.shape[-1])
-        masks = torch.zeros((t, h, w), dtype=torch.uint8)
-        for i, ref in enumerate(record.mask_refs):
-            if ref is None:
-                continue
-            label = torch.from_numpy(read_color_mask(ref, self.palette))
-            if tuple(label.shape) != (h, w):
-                label = resize_masks(label[None], (h, w))[0]
-            masks[i] = label
+        labels = [None if ref is None else read_color_mask(ref, self.palette) for ref in record.mask_refs]
+        native = stack_native_masks(labels, t, default_size=(h, w), sources=record.mask_refs)  # (T, H0, W0)
         frames = torch.cat([frames, frames.new_zeros((t - real, 3, h, w))])  # (T, 3, H, W), zero padding
         frames = resize_frames(frames, self.image_size)
-        masks = resize_masks(masks, self.image_size)
+        masks = resize_masks(resize_masks(native, (h, w)), self.image_size)
         frame_valid = torch.arange(t) < real
         label_valid = torch.zeros(t, dtype=torch.bool)
         label_valid[: len(record.mask_refs)] = torch.tensor([ref is not None for ref in record.mask_refs])
@@ -411,5 +427,6 @@ class AVSSReader(MetadataCSVReader):
             has_audio=has_audio,
             frame_names=tuple(p.stem for p in record.frame_paths),
             orig_size=(h, w),
+            native_masks=native if self.native_masks else None,
             meta=dict(record.extra),
         )

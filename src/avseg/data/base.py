@@ -6,7 +6,10 @@ A reader works in three layers:
 1. **Index**: :meth:`BenchmarkReader.index` parses the metadata of one split into :class:`ClipRecord` objects (paths
    only; nothing is decoded). Metadata quirks are handled here, with a :class:`~avseg.errors.DatasetWarning`.
 2. **Decoding**: :meth:`BenchmarkReader.load` turns a record into an :class:`~avseg.data.types.AVSSample` with the
-   helpers below (frames, masks, audio), resizing to ``image_size`` when asked.
+   helpers below (frames, masks, audio), resizing to ``image_size`` when asked. Masks are decoded once, at the size
+   stored on disk, by the benchmark's official rule (:func:`stack_native_masks`); ``masks`` is that ground truth
+   brought to the frame size, and a reader built with ``native_masks=True`` also returns it untouched as
+   ``native_masks``, for metrics that score at the official resolution.
 3. **Checking**: :meth:`BenchmarkReader.check` walks every record of every split and reports counts and the files
    that are missing or unreadable, so that users learn what is wrong with their copy of a dataset.
 
@@ -30,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from avseg.data.types import AUDIO_SAMPLE_RATE, AVSSample
-from avseg.errors import AudioPaddedWarning, AVSegError, MetadataError, MissingFileError, UsageError
+from avseg.errors import AudioPaddedWarning, AVSegError, DatasetWarning, MetadataError, MissingFileError, UsageError
 from avseg.media.image import read_mask, read_rgb
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "resize_frames",
     "resize_masks",
     "sample_from_record",
+    "stack_native_masks",
     "to_size",
 ]
 
@@ -174,6 +178,47 @@ def load_binary_masks(refs: Sequence[Path | None], size_hw: tuple[int, int], num
             m = resize_masks(torch.from_numpy(m)[None], size_hw)[0].numpy()
         masks[i] = torch.from_numpy((m > 0).astype(np.uint8))
     return masks
+
+
+def stack_native_masks(
+    masks: Sequence[np.ndarray | None],
+    num_frames: int,
+    *,
+    default_size: tuple[int, int],
+    sources: Sequence[object] | None = None,
+) -> Tensor:
+    """Stack per-frame ground truth decoded at the size stored on disk into one clip tensor.
+
+    The clip's grid is the size of its first decoded mask (``default_size``, normally the frames' size on disk, when
+    no frame has one). A mask of another size than that first one is brought to it (nearest) with a
+    :class:`~avseg.errors.DatasetWarning` naming it, since one tensor cannot hold two resolutions.
+
+    Args:
+        masks: one entry per real frame: ``uint8`` ``(H0, W0)`` labels (0/1 or class indices), or None for a frame
+            without ground truth.
+        num_frames: ``T``; frames past ``len(masks)`` (padding) are zeros.
+        default_size: ``(H0, W0)`` when no frame has a mask.
+        sources: per frame, what the mask was read from (a path, an RLE key), for the warning.
+
+    Returns:
+        ``uint8`` ``(T, H0, W0)``; frames without a mask hold zeros.
+    """
+    decoded = [(i, m) for i, m in enumerate(masks) if m is not None]
+    size = tuple(decoded[0][1].shape) if decoded else tuple(default_size)
+    out = torch.zeros((num_frames, *size), dtype=torch.uint8)
+    for i, m in decoded:
+        tensor = torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
+        if tuple(tensor.shape) != size:
+            where = sources[i] if sources is not None else f"frame {i}"
+            warnings.warn(
+                f"{where}: mask size {tuple(tensor.shape)} differs from {size}, the size of the clip's first mask; "
+                "it was resized (nearest) to that size",
+                DatasetWarning,
+                stacklevel=3,
+            )
+            tensor = resize_masks(tensor[None], size)[0]  # type: ignore[arg-type]
+        out[i] = tensor
+    return out
 
 
 def load_audio_features(
@@ -314,18 +359,25 @@ class BenchmarkReader(ABC):
     Args:
         root: the dataset folder (layout per benchmark, see each reader's docstring).
         image_size: resize frames and masks to this size (int = square); None keeps the size on disk.
+        native_masks: also return each sample's ground truth at the resolution stored on disk, read by the
+            benchmark's official rule, as ``AVSSample.native_masks`` ``uint8`` ``(T, H0, W0)`` (zeros on unlabelled
+            and padded frames). Off by default: it costs one more tensor per sample and is needed only to score at
+            the official resolution.
     """
 
     format: ClassVar[str]
     item_name: ClassVar[str] = "expressions"
 
-    def __init__(self, root: str | Path, *, image_size: ImageSize = None) -> None:
+    def __init__(self, root: str | Path, *, image_size: ImageSize = None, native_masks: bool = False) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"{self.root}: is a file, not a {self.format} dataset folder")
         if not self.root.is_dir():
             raise MissingFileError(self.root, f"{self.format} dataset root folder")
         self.image_size = to_size(image_size)
+        if not isinstance(native_masks, bool):
+            raise UsageError(f"native_masks must be True or False, got {native_masks!r}")
+        self.native_masks = native_masks
 
     def splits(self) -> list[str]:
         """Split names present in the metadata, in a stable order."""
@@ -465,8 +517,8 @@ class MetadataCSVReader(BenchmarkReader):
 
     required_columns: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, root: str | Path, *, image_size: ImageSize = None) -> None:
-        super().__init__(root, image_size=image_size)
+    def __init__(self, root: str | Path, *, image_size: ImageSize = None, native_masks: bool = False) -> None:
+        super().__init__(root, image_size=image_size, native_masks=native_masks)
         self.metadata_path = self.root / "metadata.csv"
         self._records: dict[str, list[Any]] | None = None
 

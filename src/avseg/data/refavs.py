@@ -6,7 +6,7 @@ On-disk layout (``GeWu-Lab/Ref-AVS``, ``data/metadata.csv`` and ``datasets/datas
     ├── metadata.csv                          # columns vid,uid,split,fid,exp (extra columns are ignored)
     ├── media/{folder}/frames/{0..9}.jpg      # 10 frames per 10-s clip, original resolution
     ├── media/{folder}/audio.wav              # sample rate not documented; avseg resamples to 16 kHz
-    └── gt_mask/{folder}/fid_{fid}/{00000..00009}.png   # binary masks (pixel > 0 = foreground)
+    └── gt_mask/{folder}/fid_{fid}/{00000..00009}.png   # binary masks (grey level > 0 = foreground)
 
 ``folder`` is ``uid.rsplit('_', 2)[0]``, as the official loader (``REFAVS.__getitem__``) and SimToken derive it. For a
 normal row ``uid = {vid}_{category}_{k}`` and the folder is ``vid``; for a null row (below) it is the null folder.
@@ -21,9 +21,12 @@ Quirks and the rules avseg applies:
 - **Rows with split ``TODO``** (25 in the release) are not part of any split: they are dropped and one
   :class:`~avseg.errors.DatasetWarning` gives their count. They are dropped before their other fields are
   validated.
-- **Duplicate uids within a split** (the release has test_s 2288 rows / 2287 uids and test_u 1656 / 1646): the first
-  row is kept, later ones are dropped, and one DatasetWarning gives the count per split. The official loader keeps
-  every row, so its test_s/test_u lengths are 1 and 10 larger.
+- **Duplicate uids within a split** (the release has test_s 2288 rows / 2287 uids and test_u 1656 / 1646): by
+  default the first row is kept, later ones are dropped, and one DatasetWarning gives the count per split. The
+  official loader (``REFAVS.__init__``: ``metadata[metadata['split'] == split]``) keeps every row in CSV order, so
+  its test_s/test_u lengths are 1 and 10 larger, and since the official metrics are averaged over batches of 4
+  expressions, dropping a row shifts every later batch. ``keep_duplicate_rows=True`` keeps every row in CSV order,
+  as the official loader does (no warning then).
 - **Null expressions** have uids ``null_c-{vid}_null_{k}`` or ``null_m-{vid}_null_{k}`` (``fid = 0``, the ``vid``
   column holds the plain vid). Their target is absent: ``is_null = True`` and the ground truth is all zeros. Because
   the folder comes from the uid, they read their media from ``media/null_c-{vid}`` (or ``null_m-``), not from
@@ -39,9 +42,28 @@ Quirks and the rules avseg applies:
   kept (the folder wins, as in the official loader) and counted in one DatasetWarning.
 - **Frames are fixed to 10** (``frame_n`` "Fixed to 10" in the official config); masks ``0000{i}.png`` for
   ``i = 0..9`` are ``00000.png``..``00009.png``.
+- **Masks as the official code reads them.** ``REFAVS.__getitem__`` reads each mask with ``cv2.imread(path)``
+  (3-channel BGR: a grey PNG is replicated, a palette PNG gives its colours, alpha is dropped), resizes it to
+  256x256 with ``cv2.resize`` (default ``INTER_LINEAR``, on uint8), converts it with ``cv2.COLOR_BGR2GRAY`` and
+  keeps ``> 0``; ``scripts/train.py::test`` scores those 256x256 targets. avseg reads the colours with PIL
+  (``convert('RGB')``, the same values as cv2 for 8-bit PNGs) and applies OpenCV's fixed-point grey conversion,
+  ``(9798 R + 19235 G + 3735 B + 2**14) >> 15``, so a pixel is foreground exactly when cv2 would give it a grey
+  level > 0 (for grey masks: any value > 0; a pure-blue value below 5 reads as 0, as in cv2). ``masks`` is that
+  binary mask brought to the frames' size and ``image_size`` (nearest).
 - **Resolution.** Frames and masks are stored at their original resolution, which differs between videos: pass
-  ``image_size`` to resize (bilinear frames, nearest masks) before batching. The official evaluation resizes GT
-  masks to 256x256 bilinearly and thresholds ``> 0``; that belongs to the metric preset, not to this reader.
+  ``image_size`` to resize (bilinear frames, nearest masks) before batching. With ``native_masks=True`` a sample also
+  carries the ground truth at the stored resolution as the official code holds it before resizing: the grey levels
+  (``native_masks``, ``uint8`` ``(10, H0, W0)``, 0 = background; null expressions all 0). The 256x256 rule belongs
+  to the metric preset (``refavs``), which needs the levels, not a binary mask: cv2's uint8 bilinear resize rounds,
+  so a 256x256 pixel whose bilinear interpolation of the stored levels is ``v`` comes out > 0 when ``v >= 0.5``.
+  For 0/255 masks that is a foreground weight of at least 1/510, close to but not the same as thresholding the
+  interpolated 0/1 mask at > 0; for 0/1-stored masks it is a weight of at least 0.5. Compared with ``cv2.resize`` +
+  ``cv2.cvtColor`` on random masks at sizes from 48x80 to 1080x1920, the rule ``bilinear(levels) >= 0.5``
+  (half-pixel centres, no antialiasing; :func:`avseg.metrics.binary.resize_mask`) matched every pixel for 0/255
+  masks and all but one for 0/128 masks, and missed up to about 30 pixels per frame for 0/1 masks (OpenCV's
+  vectorised fixed-point sums); thresholding the interpolated binary mask at > 0 missed up to about 50 pixels per
+  frame for 0/255 masks and most boundary pixels for 0/1 masks. (avseg converts to grey before resizing, cv2 after;
+  the two orders agree exactly for grey masks.)
 - **Audio.** The official code embeds the whole ``audio.wav`` with towhee VGGish (10 x 128); avseg computes the VGGish
   log-mel examples from the wav (resampled to 16 kHz), one per frame, repeating the last example when the clip is
   short (:func:`~avseg.data.base.load_audio_features`, ``pad_mode="repeat_last"``).
@@ -58,6 +80,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from avseg.data.base import (
@@ -65,14 +88,15 @@ from avseg.data.base import (
     ImageSize,
     MetadataCSVReader,
     load_audio_features,
-    load_binary_masks,
     load_frames,
     resize_frames,
     resize_masks,
     sample_from_record,
+    stack_native_masks,
 )
 from avseg.data.types import AVSSample
 from avseg.errors import DatasetWarning, MetadataError
+from avseg.media.image import read_rgb
 
 __all__ = [
     "REFAVS_NUM_FRAMES",
@@ -80,6 +104,7 @@ __all__ = [
     "RefAVSReader",
     "media_folder_name",
     "null_kind",
+    "read_gray_mask",
 ]
 
 REFAVS_NUM_FRAMES = 10
@@ -99,6 +124,21 @@ def null_kind(uid: str) -> str | None:
     return match.group("kind") if match else None
 
 
+def read_gray_mask(path: Path) -> np.ndarray:
+    """A mask's grey levels as the official loader sees them: colours converted by OpenCV's ``BGR2GRAY`` rule.
+
+    Returns:
+        ``uint8`` ``(H, W)`` grey levels, ``(9798 R + 19235 G + 3735 B + 2**14) >> 15`` (OpenCV's fixed-point
+        ``cv2.cvtColor(..., cv2.COLOR_BGR2GRAY)`` on 8-bit data); foreground is ``> 0``.
+
+    Raises:
+        MissingFileError, CorruptMediaError: the file is missing or cannot be decoded.
+    """
+    rgb = read_rgb(path).astype(np.int32)
+    gray = (9798 * rgb[..., 0] + 19235 * rgb[..., 1] + 3735 * rgb[..., 2] + (1 << 14)) >> 15
+    return gray.astype(np.uint8)
+
+
 def _split_order(names: set[str]) -> list[str]:
     known = [s for s in REFAVS_SPLIT_ORDER if s in names]
     return known + sorted(names - set(known))
@@ -115,6 +155,10 @@ class RefAVSReader(MetadataCSVReader):
             ``check()``, read and verified empty by ``load()``), as the official loader does; ``"zeros"`` expects no
             files and returns zero masks.
         num_frames: frames per clip (10 in Ref-AVSBench, "fixed"; SynthAV can be generated with other lengths).
+        keep_duplicate_rows: keep every row of a split in CSV order, repeated uids included, as the official loader
+            does (its evaluation batches follow that order); False keeps the first row of each uid and warns.
+        native_masks: also return the masks' grey levels at their stored resolution as ``native_masks``
+            ``(10, H0, W0)`` (module docstring).
     """
 
     format: ClassVar[str] = "refavs"
@@ -128,14 +172,17 @@ class RefAVSReader(MetadataCSVReader):
         image_size: ImageSize = None,
         null_masks: Literal["read", "zeros"] = "read",
         num_frames: int = REFAVS_NUM_FRAMES,
+        keep_duplicate_rows: bool = False,
+        native_masks: bool = False,
     ) -> None:
-        super().__init__(root, image_size=image_size)
+        super().__init__(root, image_size=image_size, native_masks=native_masks)
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.num_frames = int(num_frames)
         if null_masks not in ("read", "zeros"):
             raise ValueError(f"null_masks must be 'read' or 'zeros', got {null_masks!r}")
         self.null_masks = null_masks
+        self.keep_duplicate_rows = bool(keep_duplicate_rows)
 
     # ------------------------------------------------------------------ index
 
@@ -174,7 +221,7 @@ class RefAVSReader(MetadataCSVReader):
                 raise MetadataError(path, f"row {number}: fid {row['fid']!r} is not an integer") from None
             if uid.count("_") < 2 or not media_folder_name(uid):
                 raise MetadataError(path, f"row {number}: uid {uid!r} is not of the form {{vid}}_{{category}}_{{k}}")
-            if uid in seen.setdefault(split, set()):
+            if uid in seen.setdefault(split, set()) and not self.keep_duplicate_rows:
                 duplicates[split] += 1
                 continue
             seen[split].add(uid)
@@ -249,25 +296,29 @@ class RefAVSReader(MetadataCSVReader):
             A sample with ``T = 10``: ``frames`` ``uint8`` ``(10, 3, H, W)``, ``masks`` ``uint8`` ``(10, H, W)`` in
             {0, 1} (all zero for null expressions), ``frame_valid`` and ``label_valid`` all True, ``text`` = the
             expression, ``object_id`` = ``str(fid)``, ``audio_examples`` ``(10, 1, 96, 64)``. ``H, W`` is
-            ``image_size`` when set, else the size on disk (``orig_size``).
+            ``image_size`` when set, else the size on disk (``orig_size``). With ``native_masks``: ``native_masks``
+            ``uint8`` ``(10, H0, W0)``, the grey levels at the masks' stored size (module docstring).
 
         Raises:
             MissingFileError, CorruptMediaError: a frame, mask or the audio file is missing or unreadable (named).
         """
         frames = load_frames(record.frame_paths)  # (10, 3, H, W)
         size_hw = (int(frames.shape[-2]), int(frames.shape[-1]))
-        masks = load_binary_masks(record.mask_refs, size_hw, record.num_frames)  # (10, H, W), None refs are zeros
-        if record.is_null and bool(masks.any()):
-            frame = int(masks.flatten(1).any(1).nonzero()[0])
+        grays = [None if ref is None else read_gray_mask(ref) for ref in record.mask_refs]
+        native = stack_native_masks(grays, record.num_frames, default_size=size_hw, sources=record.mask_refs)
+        if record.is_null and bool(native.any()):
+            frame = int(native.flatten(1).any(1).nonzero()[0])
             warnings.warn(
                 f"{record.mask_refs[frame]}: null expression {record.uid!r} has foreground in its ground-truth mask; "
                 "the mask is set to zeros (a null expression has no target)",
                 DatasetWarning,
                 stacklevel=2,
             )
-            masks.zero_()
+            native.zero_()
         frames = resize_frames(frames, self.image_size)
-        masks = resize_masks(masks, self.image_size)
+        binary = (native > 0).to(torch.uint8)
+        masks = resize_masks(resize_masks(binary, size_hw), self.image_size)  # (10, H, W)
+        meta = dict(record.extra)
         wave, examples, has_audio = load_audio_features(record.audio_path, record.num_frames, pad_mode="repeat_last")
         valid = torch.ones(record.num_frames, dtype=torch.bool)
         return sample_from_record(
@@ -281,5 +332,6 @@ class RefAVSReader(MetadataCSVReader):
             has_audio=has_audio,
             frame_names=tuple(p.stem for p in record.frame_paths),
             orig_size=size_hw,
-            meta=dict(record.extra),
+            native_masks=native if self.native_masks else None,
+            meta=meta,
         )

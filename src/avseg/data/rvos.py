@@ -40,6 +40,13 @@ Quirks and the rules avseg applies:
 - **Splits without ground truth** (MeViS ``valid``, Ref-YouTube-VOS ``valid``: no ``mask_dict.json``) load with empty
   masks and ``label_valid`` all False, without an error; ``check()`` adds a note.
 - **No audio.** RVOS is text-only: ``has_audio`` is False and the audio fields hold silence (no warning).
+- **Resolution.** The MeViS and ReVOS evaluation scripts (``eval_queue`` in their ``eval_mevis.py`` /
+  ``eval_revos.py``, reused by Sa2VA) decode the ground-truth RLEs of ``mask_dict.json`` with pycocotools at the size
+  each RLE records and compare predictions of that size with them (``db_eval_iou``). avseg decodes each
+  RLE at its own size; ``masks`` is brought to the frames' size on disk and then to ``image_size`` (nearest), and with
+  ``native_masks=True`` the union at the RLE size is returned as ``native_masks`` (the size of the expression's first
+  RLE; frames where the object is absent, and the frames of splits without ground truth, hold zeros; an expression
+  without any RLE uses the frames' size).
 - **Long videos.** ``max_frames`` keeps at most that many frames per video, uniformly spread over the whole video
   (positions ``floor(i * (n - 1) / (k - 1) + 0.5)``, ``i = 0..k-1``, so the first and last frames are kept).
   ``frame_names`` are the kept frame ids, so predictions can be written under the original names.
@@ -69,6 +76,7 @@ from avseg.data.base import (
     resize_frames,
     resize_masks,
     sample_from_record,
+    stack_native_masks,
 )
 from avseg.data.types import AVSSample
 from avseg.errors import DatasetWarning, MetadataError, MissingFileError
@@ -126,13 +134,21 @@ class RVOSReader(BenchmarkReader):
         root: folder holding one sub-folder per split.
         image_size: resize frames (bilinear) and masks (nearest) to this size; None keeps the stored size.
         max_frames: keep at most this many frames per video, uniformly spaced; None keeps every frame.
+        native_masks: also return the masks at the size their RLEs record as ``native_masks`` ``(T, H0, W0)``.
     """
 
     format = "rvos"
     item_name = "expressions"
 
-    def __init__(self, root: str | Path, *, image_size: ImageSize = None, max_frames: int | None = None) -> None:
-        super().__init__(root, image_size=image_size)
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        image_size: ImageSize = None,
+        max_frames: int | None = None,
+        native_masks: bool = False,
+    ) -> None:
+        super().__init__(root, image_size=image_size, native_masks=native_masks)
         if max_frames is not None and (isinstance(max_frames, bool) or max_frames < 1):
             raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
         self.max_frames = max_frames
@@ -302,11 +318,14 @@ class RVOSReader(BenchmarkReader):
 
     # ----------------------------------------------------------------------------------------------- decoding
 
-    def _decode_masks(self, record: ClipRecord, size_hw: tuple[int, int]) -> torch.Tensor:
-        out = np.zeros((record.num_frames, *size_hw), dtype=np.uint8)
+    def _decode_masks(self, record: ClipRecord, frame_size: tuple[int, int]) -> torch.Tensor:
+        """The union of the expression's masks at the size its RLEs record: ``uint8`` ``(T, H0, W0)``."""
+        t_len = record.num_frames
         if not any(ref is not None for ref in record.mask_refs):
-            return torch.from_numpy(out)
+            return torch.zeros((t_len, *frame_size), dtype=torch.uint8)
         path = self.root / record.split / MASKS_FILE
+        union: list[np.ndarray | None] = [None] * t_len
+        sources: list[str] = [f"{path}: frame {pos}" for pos in record.mask_refs]
         for key in record.extra["mask_keys"]:
             entries = self._mask_entries(record, key)
             for t, pos in enumerate(record.mask_refs):
@@ -318,21 +337,26 @@ class RVOSReader(BenchmarkReader):
                 except ValueError as err:
                     fid = record.extra["frame_ids"][t]
                     raise MetadataError(path, f"key {key!r}, frame {pos} ({fid}): bad RLE: {err}") from None
-                if m.shape != size_hw:
-                    m = resize_masks(torch.from_numpy(m)[None], size_hw)[0].numpy()
-                out[t] |= m
-        return torch.from_numpy(out)
+                previous = union[t]
+                if previous is None:
+                    union[t], sources[t] = m, f"{path}: key {key!r}, frame {pos}"
+                    continue
+                if m.shape != previous.shape:
+                    # Objects of one frame must share a grid to be united; the first object's RLE sets it.
+                    m = resize_masks(torch.from_numpy(m)[None], previous.shape)[0].numpy()  # type: ignore[arg-type]
+                union[t] = previous | m
+        return stack_native_masks(union, t_len, default_size=frame_size, sources=sources)
 
     def load(self, record: ClipRecord) -> AVSSample:
         """Decode one expression: the kept frames, the union of its objects' masks, silent audio."""
         frames = load_frames(record.frame_paths)  # (T, 3, H, W)
         orig_size = (int(frames.shape[-2]), int(frames.shape[-1]))
-        masks = self._decode_masks(record, orig_size)  # (T, H, W)
+        native = self._decode_masks(record, orig_size)  # (T, H0, W0)
         wave, examples, _ = load_audio_features(None, record.num_frames)
         return sample_from_record(
             record,
             frames=resize_frames(frames, self.image_size),
-            masks=resize_masks(masks, self.image_size),
+            masks=resize_masks(resize_masks(native, orig_size), self.image_size),  # (T, H, W)
             frame_valid=torch.ones(record.num_frames, dtype=torch.bool),
             label_valid=torch.tensor(record.labelled, dtype=torch.bool),
             audio_wave=wave,
@@ -340,6 +364,7 @@ class RVOSReader(BenchmarkReader):
             has_audio=False,
             frame_names=record.extra["frame_ids"],
             orig_size=orig_size,
+            native_masks=native if self.native_masks else None,
             meta={
                 "exp_id": record.extra["exp_id"],
                 "anno_ids": list(record.extra["anno_ids"]),

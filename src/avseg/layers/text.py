@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -63,17 +63,28 @@ class TextEncoderConfig:
             ``pretrained`` switch (None).
         hf_config: transformers config keyword arguments (with ``model_type``) for a random-weight build; empty means
             "read the source's ``config.json``", which works offline only for folders and the package.
-        max_tokens: expressions are padded/truncated to this many tokens (25 in Ref-AVS).
+        max_tokens: expressions are truncated to this many tokens, special tokens included (25 in Ref-AVS).
+        padding: ``"longest"``: pad to the longest expression of the batch; the returned mask marks the padding and
+            the encoder's attention mask hides it, so a model that masks padding gets the same features on the real
+            tokens whatever else is in the batch. ``"max_tokens"``: pad every expression to ``max_tokens``, as the
+            released AuralSAM2 does (``padding="max_length"`` to 25 tokens): a model that attends to the padded
+            positions without a mask then still sees inputs that do not depend on the batch. In both, padding is
+            added on the tokenizer's side (the right for RoBERTa and BERT) with its pad token, and the encoder
+            receives the attention mask, so the features at padded positions are the encoder's outputs for pad
+            tokens that attend to the real ones.
     """
 
     source: str = MINILM_PACKAGE
     pretrained: bool | None = None
     hf_config: dict[str, Any] = field(default_factory=dict)
     max_tokens: int = 25
+    padding: Literal["longest", "max_tokens"] = "longest"
 
     def __post_init__(self) -> None:
         if self.max_tokens < 2:
             raise ValueError(f"text max_tokens must be >= 2 (room for the special tokens), got {self.max_tokens}")
+        if self.padding not in ("longest", "max_tokens"):
+            raise ValueError(f"text padding must be 'longest' or 'max_tokens', got {self.padding!r}")
         if self.hf_config and "model_type" not in self.hf_config:
             raise ValueError(f"text hf_config needs a 'model_type' key, got keys {sorted(self.hf_config)}")
         self.hf_config = dict(self.hf_config)
@@ -92,11 +103,13 @@ class TextConfig:
     encoder: TextEncoderConfig | None = None
 
 
-def distilroberta_encoder(max_tokens: int = 25) -> TextEncoderConfig:
+def distilroberta_encoder(
+    max_tokens: int = 25, padding: Literal["longest", "max_tokens"] = "longest"
+) -> TextEncoderConfig:
     """A fresh config of DistilRoBERTa-base (``distilbert/distilroberta-base``), the text encoder of the Ref-AVS
-    baselines, with its shape for random-weight builds; Ref-AVS pads or cuts expressions to 25 tokens."""
+    baselines, with its shape for random-weight builds; Ref-AVS cuts expressions to 25 tokens."""
     return TextEncoderConfig(
-        source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=max_tokens
+        source="distilbert/distilroberta-base", hf_config=DISTILROBERTA_BASE, max_tokens=max_tokens, padding=padding
     )
 
 
@@ -167,13 +180,15 @@ class TextEncoder(nn.Module):
 
         Returns:
             ``tokens (N, L, D)`` last-layer token features and ``mask (N, L)`` bool, True on real tokens, with
-            ``L`` the longest expression's token count (at most ``max_tokens``) and ``D = hidden_size``.
+            ``D = hidden_size`` and ``L = max_tokens`` (``padding="max_tokens"``) or the longest expression's token
+            count, at most ``max_tokens`` (``padding="longest"``).
         """
         device = next(self.model.parameters()).device
-        # Padding to the longest expression (not to max_tokens) gives the same features on the real tokens, since the
-        # attention mask hides the padding, at a fraction of the cost.
+        # "longest" gives the same features on the real tokens as "max_tokens" (the attention mask hides the padding)
+        # at a fraction of the cost; "max_tokens" is for models that read the padded positions too.
+        padding = "max_length" if self.config.padding == "max_tokens" else "longest"
         enc = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.config.max_tokens, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.config.max_tokens, return_tensors="pt"
         )
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)

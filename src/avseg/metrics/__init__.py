@@ -32,7 +32,16 @@ from avseg.metrics.binary import (
     resize_mask,
 )
 from avseg.metrics.davis import boundary_radius, davis_jf, db_eval_boundary, db_eval_iou, seg2bmap
-from avseg.metrics.presets import Grouping, MetricPreset, get_preset, group_ranges, list_presets, parse_group
+from avseg.metrics.presets import (
+    Grouping,
+    MetricPreset,
+    distributed_indices,
+    get_preset,
+    group_indices,
+    group_ranges,
+    list_presets,
+    parse_group,
+)
 from avseg.metrics.score import score
 from avseg.metrics.semantic import (
     SemanticScores,
@@ -61,6 +70,7 @@ __all__ = [
     "davis_jf",
     "db_eval_boundary",
     "db_eval_iou",
+    "distributed_indices",
     "eval_fmeasure",
     "fmeasure_at_threshold",
     "fmeasure_curve",
@@ -69,6 +79,7 @@ __all__ = [
     "fmeasure_sweep_max",
     "frame_iou_stats",
     "get_preset",
+    "group_indices",
     "group_ranges",
     "list_presets",
     "mask_iou",

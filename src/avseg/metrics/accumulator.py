@@ -8,10 +8,12 @@ Usage (evaluation loops, SynthAV, ``avseg score``)::
         acc.update(out.mask_logits, batch.masks, valid=batch.valid, ids=batch.ids)
     result = acc.compute()                                # {"J": ..., "F": ..., "J&F": ..., "settings": {...}, ...}
 
-``update`` turns each batch into small per-frame statistics at once (on the device of the logits) and keeps them on
-the CPU, one record per video/expression in the order given. ``compute`` forms the evaluation groups from those
-records, so a ``batch:K`` grouping spans ``update`` calls and does not depend on the loader's batch size. See
-:mod:`avseg.metrics.presets` for why the grouping is recorded with every result.
+``update`` brings the logits to the ground truth given (bilinear), or both to the preset's fixed size, turns each
+batch into small per-frame statistics at once (on the device of the logits) and keeps them on the CPU, one record per
+video/expression in the order given. Items whose ground truth differs in size (native resolutions) are passed in
+separate ``update`` calls. ``compute`` forms the evaluation groups from those records, so a ``batch:K`` grouping
+spans ``update`` calls and does not depend on the loader's batch size. See :mod:`avseg.metrics.presets` for why the
+grouping is recorded with every result.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from avseg.metrics.binary import (
     resize_mask,
 )
 from avseg.metrics.davis import db_eval_boundary
-from avseg.metrics.presets import Grouping, MetricPreset, get_preset, group_ranges, parse_group
+from avseg.metrics.presets import Grouping, MetricPreset, get_preset, group_indices, parse_group
 from avseg.metrics.semantic import SemanticScores, SemanticStats, avss_scores, semantic_frame_stats
 
 __all__ = ["MetricAccumulator"]
@@ -47,7 +49,8 @@ class _Item:
     """Per-frame statistics of one video/expression (CPU tensors, first axis = frames kept)."""
 
     id: str
-    size: tuple[int, int]
+    size: tuple[int, int]  # scored at
+    gt_size: tuple[int, int]  # ground truth as given
     dropped: int = 0  # invalid frames left out (binary presets)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -65,6 +68,18 @@ def _weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
 
 def _float(x: torch.Tensor | float) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _resize_gt(masks: torch.Tensor, size: tuple[int, int], mode: str, semantic: bool) -> torch.Tensor:
+    """Ground truth ``(B, T, H, W)`` at ``size``: binary masks as :func:`resize_mask` (``nearest_exact``: pixel
+    centres, like PIL's ``Image.NEAREST``), class labels by nearest neighbours (never blended)."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks if semantic else (masks > 0).to(torch.uint8)
+    if not semantic and mode != "nearest_exact":
+        return resize_mask(masks, size, mode=mode)  # type: ignore[arg-type]
+    interp = "nearest-exact" if mode == "nearest_exact" else "nearest"
+    out = torch.nn.functional.interpolate(masks.float(), size=size, mode=interp)  # (B, T, H', W'): T as channels
+    return out.to(masks.dtype) if semantic else (out > 0).to(torch.uint8)
 
 
 class MetricAccumulator:
@@ -109,17 +124,23 @@ class MetricAccumulator:
         masks: torch.Tensor,
         *,
         valid: torch.Tensor | None = None,
+        frame_valid: torch.Tensor | None = None,
         ids: Sequence[str] | None = None,
     ) -> None:
         """Add a batch of videos/expressions.
 
+        The logits are brought to the ground truth, never the reverse: with ``preset.resize = S`` both go to
+        ``S×S`` (logits bilinear, ground truth by ``preset.gt_resize_mode``); otherwise the logits are resized
+        bilinearly to the ground truth's ``H', W'`` when they differ.
+
         Args:
             logits: ``(B, T, H, W)`` mask logits for binary presets or ``(B, T, K, H, W)`` class logits for semantic
                 presets (float; any device).
-            masks: ``(B, T, H', W')`` ground truth: binary masks (``> 0`` is foreground) or class labels. ``H', W'``
-                must equal ``H, W`` unless the preset resizes both to a fixed size.
+            masks: ``(B, T, H', W')`` ground truth: binary masks (``> 0`` is foreground) or class labels.
             valid: optional ``(B, T)`` bool, False for padded or unlabelled frames. Binary presets and
                 ``avss_corrected`` drop those frames; the official ``avss`` preset scores them anyway.
+            frame_valid: optional ``(B, T)`` bool, False for padded frames (default: ``valid``); a preset with
+                ``zero_padded_logits`` sets the logits of those frames to 0 before scoring.
             ids: optional ``B`` video/expression ids for the per-video results (default: running numbers).
         """
         semantic = self.preset.task == "semantic"
@@ -138,28 +159,27 @@ class MetricAccumulator:
         b, t = logits.shape[:2]
         if tuple(masks.shape[:2]) != (b, t):
             raise ShapeError(f"masks {tuple(masks.shape)} and logits {tuple(logits.shape)} disagree on (B, T)")
+        for name, flag in (("valid", valid), ("frame_valid", frame_valid)):
+            if flag is not None and (tuple(flag.shape) != (b, t) or flag.dtype != torch.bool):
+                raise ShapeError(
+                    f"{name} must be a bool tensor of shape {(b, t)}, got {flag.dtype} {tuple(flag.shape)}"
+                )
         if valid is None:
             valid = torch.ones(b, t, dtype=torch.bool)
-        elif tuple(valid.shape) != (b, t) or valid.dtype != torch.bool:
-            raise ShapeError(f"valid must be a bool tensor of shape {(b, t)}, got {valid.dtype} {tuple(valid.shape)}")
+        if frame_valid is None:
+            frame_valid = valid
         if ids is None:
             ids = [str(len(self._items) + i) for i in range(b)]
         elif len(ids) != b:
             raise ShapeError(f"ids has {len(ids)} entries for a batch of {b}")
         masks = masks.to(logits.device)
-        if self.preset.resize is not None:
-            size = (self.preset.resize, self.preset.resize)
-            logits = resize_logits(logits, size)
-            if semantic:
-                masks = torch.nn.functional.interpolate(masks.float(), size=size, mode="nearest").to(masks.dtype)
-            else:
-                masks = resize_mask(masks, size, mode=self.preset.gt_resize_mode)
-        if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):
-            raise ShapeError(
-                f"logits are {tuple(logits.shape[-2:])} and masks {tuple(masks.shape[-2:])} pixels; preset "
-                f"{self.preset.name!r} scores at the resolution given (resize=None), so both must match"
-            )
-        size = (int(masks.shape[-2]), int(masks.shape[-1]))
+        if self.preset.zero_padded_logits:
+            keep = frame_valid.to(logits.device).view(b, t, *([1] * (logits.dim() - 2)))
+            logits = logits * keep  # the official models multiply their output by the frame-validity flag
+        gt_size = (int(masks.shape[-2]), int(masks.shape[-1]))
+        size = (self.preset.resize, self.preset.resize) if self.preset.resize is not None else gt_size
+        logits = resize_logits(logits, size)
+        masks = _resize_gt(masks, size, self.preset.gt_resize_mode, semantic)
         with torch.no_grad():
             per_frame = self._semantic_stats(logits, masks) if semantic else self._binary_stats(logits, masks)
         valid_cpu = valid.cpu()
@@ -170,7 +190,7 @@ class MetricAccumulator:
                 stats = {key: value[valid_cpu[i]] for key, value in stats.items()}
                 dropped = int((~valid_cpu[i]).sum())
             stats["valid"] = valid_cpu[i].clone() if semantic else torch.ones(t - dropped, dtype=torch.bool)
-            self._items.append(_Item(str(ids[i]), size, dropped, stats))
+            self._items.append(_Item(str(ids[i]), size, gt_size, dropped, stats))
 
     def _binary_stats(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.preset
@@ -242,7 +262,7 @@ class MetricAccumulator:
 
     def _compute_binary(self) -> dict[str, Any]:
         p = self.preset
-        groups = [[self._items[i] for i in r] for r in group_ranges(len(self._items), self.grouping)]
+        groups = [[self._items[i] for i in g] for g in group_indices(len(self._items), self.grouping)]
         values = [self._group_value(g) for g in groups]
         weights = [float(n) if p.group_weighting == "frames" else (1.0 if n else 0.0) for *_, n in values]
         j = _weighted_mean([v[0] for v in values], weights)
@@ -251,7 +271,11 @@ class MetricAccumulator:
         pixels = _float(_cat(self._items, "pixels").sum())
         fg_ratio = fg / pixels if pixels else float("nan")
         if p.null_s_reduction == "pooled":
-            s = math.sqrt(fg_ratio) if p.null_s == "sqrt_ratio" else fg_ratio
+            # Over every group's frames: the items a ``ddp`` grouping repeats count again, as in the gathered sums.
+            members = [item for g in groups for item in g]
+            pooled_pixels = _float(_cat(members, "pixels").sum())
+            ratio = _float(_cat(members, "fg").sum()) / pooled_pixels if pooled_pixels else float("nan")
+            s = math.sqrt(ratio) if p.null_s == "sqrt_ratio" else ratio
         else:
             s = _weighted_mean([v[2] for v in values], weights)
         counted = _cat(self._items, "counted")
@@ -287,6 +311,7 @@ class MetricAccumulator:
             "counts": {
                 "videos": len(self._items),
                 "groups": sum(1 for *_, n in values if n),
+                "group_members": sum(len(g) for g in groups),
                 "frames": int(counted.shape[0]),
                 "j_frames": int(counted.sum()),
                 "empty_gt_frames": int((gt_area == 0).sum()),
@@ -351,6 +376,7 @@ class MetricAccumulator:
 
     def _settings(self) -> dict[str, Any]:
         sizes = sorted({item.size for item in self._items})
+        gt_sizes = sorted({item.gt_size for item in self._items})
         settings = self.preset.to_dict()
         settings = {"preset": settings.pop("name"), **settings}
         # Keep only the knobs that shaped this result, so that the record reads unambiguously.
@@ -368,17 +394,23 @@ class MetricAccumulator:
                 "group_weighting",
             ]
         else:
-            drop = ["include_invalid_frames", "unseen_classes", "no_bg_index"]
+            drop = ["include_invalid_frames", "zero_padded_logits", "unseen_classes", "no_bg_index"]
             drop.append("bound_th" if self.preset.f_mode == "beta_sweep_max" else "num_thresholds")
-        if self.preset.resize is None or self.preset.task == "semantic":
+        if self.preset.resize is None:
             drop.append("gt_resize_mode")
         for key in drop:
             settings.pop(key)
         settings["group"] = str(self.grouping)
-        settings["resolution"] = f"{sizes[0][0]}x{sizes[0][1]}" if len(sizes) == 1 else [f"{h}x{w}" for h, w in sizes]
+        settings["resolution"] = _sizes(sizes)
+        settings["gt_resolution"] = _sizes(gt_sizes)
         settings["from_logits"] = True
         settings["avseg_version"] = __version__
         return settings
+
+
+def _sizes(sizes: Sequence[tuple[int, int]]) -> str | list[str]:
+    """``"HxW"`` for one size, a list of them for several."""
+    return f"{sizes[0][0]}x{sizes[0][1]}" if len(sizes) == 1 else [f"{h}x{w}" for h, w in sizes]
 
 
 def _summary(scores: SemanticScores) -> dict[str, float]:

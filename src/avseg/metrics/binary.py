@@ -558,16 +558,18 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resize_mask(
     mask: torch.Tensor, size: tuple[int, int], *, mode: Literal["bilinear_gt0", "nearest"] = "bilinear_gt0"
 ) -> torch.Tensor:
-    """Resize a binary ground-truth mask over the last two axes.
+    """Resize a ground-truth mask over the last two axes; returns 0/1.
 
-    ``bilinear_gt0`` is Ref-AVS's ``cv2.resize`` (bilinear) followed by ``> 0``, which slightly dilates the mask.
-    OpenCV interpolates 8-bit images with 11-bit fixed-point weights, so a pixel whose foreground weight is below
-    about ``1 / (2·value)`` rounds to 0 there but counts here; for 0/255 masks this affects at most isolated pixels
-    next to diagonal corners (not verified against OpenCV itself). ``nearest`` uses ``floor(dst·scale)`` like
-    ``cv2.INTER_NEAREST``.
+    ``bilinear_gt0`` is Ref-AVS's rule: ``cv2.resize`` (bilinear, on the stored uint8 grey levels) followed by
+    ``> 0``. OpenCV rounds the interpolated uint8 value, so a pixel is foreground when the bilinear interpolation
+    (half-pixel centres, no antialiasing) of the stored levels is at least 0.5: for 0/255 masks any foreground
+    weight of 1/510 or more (a slight dilation), for 0/1 masks a weight of at least 0.5. Give the levels as stored
+    (the Ref-AVS reader's ``native_masks``); a 0/1 mask is treated as stored 0/1. Against OpenCV on random masks this
+    matches every pixel for 0/255 masks (OpenCV's fixed-point sums can differ on a few pixels for other levels).
+    ``nearest`` uses ``floor(dst·scale)`` like ``cv2.INTER_NEAREST``.
 
     Args:
-        mask: ``(..., H, W)`` ground truth, ``> 0`` is foreground.
+        mask: ``(..., H, W)`` ground truth, ``> 0`` is foreground; integer grey levels for ``bilinear_gt0``.
         size: ``(H_out, W_out)``.
         mode: ``"bilinear_gt0"`` or ``"nearest"``.
 
@@ -576,13 +578,13 @@ def resize_mask(
     """
     if mode not in ("bilinear_gt0", "nearest"):
         raise ValueError(f"mode must be 'bilinear_gt0' or 'nearest', got {mode!r}")
-    binary = mask > 0
     if tuple(mask.shape[-2:]) == tuple(size):
-        return binary.to(torch.uint8)
+        return (mask > 0).to(torch.uint8)
     lead = mask.shape[:-2]
-    x = binary.reshape(-1, 1, *mask.shape[-2:]).float()  # (N, 1, H, W)
     if mode == "bilinear_gt0":
-        out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False) > 0
+        x = mask.reshape(-1, 1, *mask.shape[-2:]).float()  # (N, 1, H, W) stored levels
+        out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False) >= 0.5
     else:
+        x = (mask > 0).reshape(-1, 1, *mask.shape[-2:]).float()
         out = F.interpolate(x, size=tuple(size), mode="nearest") > 0
     return out.reshape(*lead, *size).to(torch.uint8)

@@ -6,6 +6,11 @@ its position, as thresholding would silently score it as background). The ground
 (or bool) ``(N, T, H, W)`` binary masks (0/1 or 0/255) for the binary presets, class labels for the semantic ones,
 and optionally ``valid`` (bool ``(N, T)``, False for padded frames) and ``ids`` (``N`` strings). The ``N``
 videos/expressions are scored in the order stored, which matters for a ``batch:K`` grouping.
+
+The ground truth is the file's: a preset's ``gt_source`` (native or input size) says which masks evaluation reads, and
+here the user chooses by what they save. Logits must have the masks' size unless the preset resizes both
+(``refavs``: 256, ``avss``: 224). The ``avss`` preset zeroes the logits of frames whose ``valid`` is False, as the
+official models do.
 """
 
 import json as _json
@@ -124,9 +129,12 @@ def _validate(
             f"{pred_path} key 'logits' {logits.shape} and {gt_path} key 'masks' {masks.shape} disagree on (N, T)"
         )
     if resize is None and logits.shape[-2:] != masks.shape[-2:]:
+        # Evaluation resizes a model's logits to the ground truth; saved predictions are expected at the size of
+        # the masks saved beside them, so a mismatch here is more likely a mix-up of files than a choice.
         raise ShapeError(
             f"{pred_path} key 'logits' is {logits.shape[-2:]} pixels but {gt_path} key 'masks' is "
-            f"{masks.shape[-2:]}; this preset scores at the resolution given, so they must match"
+            f"{masks.shape[-2:]}; this preset scores at the resolution given by the ground truth, so save the logits "
+            "at the masks' size"
         )
 
 
@@ -197,9 +205,13 @@ def _summary_lines(result: dict[str, Any], show_s: bool) -> list[str]:
     counts = result["counts"]
     lines = []
     if st["task"] == "semantic":
+        padded = "dropped"
+        if st["include_invalid_frames"]:
+            padded = "scored(logits zeroed)" if st["zero_padded_logits"] else "scored"
+        resize = f" resize={st['resize']}(gt {st['gt_resize_mode']}, logits bilinear)" if st["resize"] else ""
         lines.append(
-            f"preset={st['preset']} group={st['group']} resolution={st['resolution']} threshold=argmax(softmax) "
-            f"F=per_class(beta2={st['beta2']}) padded_frames={'scored' if st['include_invalid_frames'] else 'dropped'}"
+            f"preset={st['preset']} group={st['group']} resolution={st['resolution']}{resize} "
+            f"threshold=argmax(softmax) F=per_class(beta2={st['beta2']}) padded_frames={padded}"
             f" unseen_classes={st['unseen_classes']} no_bg_index={st['no_bg_index']}"
         )
         lines.append(
@@ -254,7 +266,7 @@ def score(
         gt: .npz with key ``masks``: uint8 (N, T, H, W) binary masks (0/1 or 0/255) or class labels; optional
             ``valid`` bool (N, T) (False = padded frame) and ``ids`` (N,) strings.
         preset: metric preset: avsbench, refavs, avss, avss_corrected, davis, simtoken_compat or auralsam2_compat.
-        group: evaluation grouping: video, expression or batch:K (default: the preset's own).
+        group: evaluation grouping: video, expression, batch:K or ddp:R:K (default: the preset's own).
         json: print the full result (per-video values, settings) as JSON instead of the summary.
         null: also print the null-split S (printed anyway when every ground-truth frame is empty).
 

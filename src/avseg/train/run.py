@@ -149,11 +149,14 @@ def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None 
     The model is built after seeding (the same initial weights on every rank and in every run with this seed); the
     training split gets the preset's augmentation (:meth:`avseg.models.base.AVSModel.train_transform`, with
     ``data.hflip``); validation reads ``train.val_split`` (its first ``data.val_items`` items when set) without
-    augmentation and scores it with ``data.metric_preset`` or the format's official preset.
+    augmentation and scores it with ``data.metric_preset`` or the format's official preset, against the ground truth
+    that preset names (a preset that scores at the resolution on disk gets a reader that keeps it), so that a
+    validation score is what ``avseg eval`` reports.
     """
     from avseg.data.base import AVSDataset
     from avseg.data.benchmarks import default_metric_preset
     from avseg.data.readers import get_reader
+    from avseg.metrics.presets import get_preset
     from avseg.models.registry import create_model
     from avseg.train.trainer import Trainer, seed_everything
 
@@ -162,9 +165,14 @@ def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None 
     net = create_model(run_cfg.model, **run_cfg.model_overrides)
     reader = get_reader(data_cfg.format, Path(data_cfg.root), image_size=data_cfg.image_size, **data_cfg.options)
     train_ds = reader.dataset(data_cfg.train_split, transform=net.train_transform(hflip=data_cfg.hflip))
+    metric_preset = data_cfg.metric_preset or default_metric_preset(data_cfg.format, net.num_mask_channels)
     val_ds = None
     if cfg.val_split is not None:
-        val_ds = reader.dataset(cfg.val_split)
+        val_reader = reader
+        if get_preset(metric_preset).gt_source == "native":
+            options = {**data_cfg.options, "native_masks": True}
+            val_reader = get_reader(data_cfg.format, Path(data_cfg.root), image_size=data_cfg.image_size, **options)
+        val_ds = val_reader.dataset(cfg.val_split)
         if data_cfg.val_items is not None:
             val_ds = AVSDataset(val_ds.reader, val_ds.records[: data_cfg.val_items], transform=val_ds.transform)
     return Trainer(
@@ -173,7 +181,7 @@ def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None 
         cfg,
         out,
         val_dataset=val_ds,
-        metric_preset=data_cfg.metric_preset or default_metric_preset(data_cfg.format, net.num_mask_channels),
+        metric_preset=metric_preset,
         preset=run_cfg.model,
         run_config=config_to_dict(run_cfg),
         clock_start=clock_start,
