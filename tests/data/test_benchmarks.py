@@ -39,6 +39,9 @@ def test_facts():
     assert get_benchmark("avss").num_classes == 71 and get_benchmark("refavs").num_classes == 1
     assert default_metric_preset("avss", 71) == "avss" and default_metric_preset("avss", 1) == "avsbench"
     assert default_metric_preset("rvos") == "davis" and default_metric_preset("refavs") == "refavs"
+    vos = get_benchmark("vos")
+    assert (vos.format, vos.metric_preset, vos.text, vos.frames) == ("vos", "davis", False, None)
+    assert not format_has_text("vos") and reader_class("vos").format == "vos"
     with pytest.raises(ValueError, match="unknown dataset format 'nope'"):
         default_metric_preset("nope")
     with pytest.raises(ValueError, match="unknown benchmark 'avs'"):

@@ -26,7 +26,9 @@ from avseg.data.rvos import RVOSReader
 from avseg.data.synthav import (
     CLASSES,
     COLOURS,
+    DEFAULT_LAYOUTS,
     HELD_OUT_CLASS,
+    LAYOUTS,
     SPLITS,
     Scene,
     SceneObject,
@@ -40,6 +42,7 @@ from avseg.data.synthav import (
     split_for_index,
     synth,
 )
+from avseg.data.vos import VOSReader
 
 N, SIZE, SEED = 10, 64, 3
 READERS = {"refavs": RefAVSReader, "avss": AVSSReader, "rvos": RVOSReader}
@@ -430,6 +433,94 @@ def test_readers_load_samples_with_the_right_content(dataset):
     sample = rvos.load(record)
     assert tuple(sample.frames.shape) == (10, 3, SIZE, SIZE) and sample.masks.any()
     assert sample.frame_names == tuple(f"{i:05d}" for i in range(10))
+
+
+# ------------------------------------------------------------------------------------------------ VOS layout
+
+
+@pytest.fixture(scope="module")
+def with_vos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synthav_vos") / "out"
+    assert synth(out, videos=N, seed=SEED, size=SIZE, frames=10, workers=1, layouts=LAYOUTS) == 0
+    return out, json.loads((out / "manifest.json").read_text())
+
+
+def test_vos_is_written_only_when_asked_and_leaves_the_other_layouts_unchanged(dataset, with_vos):
+    out, manifest = dataset
+    assert DEFAULT_LAYOUTS == ("refavs", "avss", "rvos") and not (out / "vos").exists()
+    assert set(manifest["layouts"]) == set(DEFAULT_LAYOUTS)
+    both, manifest_vos = with_vos
+    default, more = _tree_hashes(out), _tree_hashes(both)
+    assert {k: v for k, v in more.items() if not k.startswith("vos/") and k != "manifest.json"} == {
+        k: v for k, v in default.items() if k != "manifest.json"
+    }
+    assert {k: v for k, v in manifest_vos.items() if k != "layouts"} == {
+        k: v for k, v in manifest.items() if k != "layouts"
+    }
+    assert {k: v for k, v in manifest_vos["layouts"].items() if k != "vos"} == manifest["layouts"]
+
+
+def test_vos_layout_reads_back_with_every_object_on_every_frame(with_vos):
+    out, manifest = with_vos
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean tree raises no DatasetWarning
+        reader = VOSReader(out / "vos")
+        report = reader.check()
+    assert report.ok, (report.missing[:3], report.unreadable[:3])
+    assert {s: vars(c) for s, c in report.splits.items()} == manifest["layouts"]["vos"]["splits"]
+    assert set(reader.splits()) == set(SPLITS)
+    checked = 0
+    for split in ("train", "test_n"):
+        for record in reader.index(split):
+            info = manifest["video_info"][record.video_id]
+            _frames, labels = render_scene(generate_scene(SEED, info["index"], size=SIZE))
+            fid = int(record.object_id) - 1
+            visible = [t for t in range(10) if (labels[t] == fid + 1).any()]
+            sample = reader.load(record)
+            assert np.array_equal(sample.masks.numpy(), (labels == fid + 1).astype(np.uint8))
+            assert sample.label_valid.all() and sample.meta["first_frame"] == visible[0]
+            assert sample.meta["category"] == info["objects"][fid]["class"]
+            assert sample.frame_names == tuple(f"{t:05d}" for t in range(10)) and not sample.has_audio
+            for t in (0, 9):
+                jpeg = out / "vos" / split / "JPEGImages" / record.video_id / f"{t:05d}.jpg"
+                assert (
+                    jpeg.read_bytes() == (out / "refavs/media" / record.video_id / "frames" / f"{t}.jpg").read_bytes()
+                )
+            checked += 1
+    videos = {vid: info for vid, info in manifest["video_info"].items() if info["split"] in ("train", "test_n")}
+    assert checked == sum(len(info["objects"]) for info in videos.values())  # every object of every video
+
+
+def test_layouts_option_selects_what_is_written(tmp_path, capsys):
+    out = tmp_path / "only_vos"
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--videos",
+                "5",
+                "--size",
+                "32",
+                "--frames",
+                "3",
+                "--workers",
+                "1",
+                "--layouts",
+                "vos",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "vos"]
+    assert list(json.loads((out / "manifest.json").read_text())["layouts"]) == ["vos"]
+    assert f"check with: avseg data check {out / 'vos'} --format vos" in capsys.readouterr().out
+    assert VOSReader(out / "vos").check().ok
+    with pytest.raises(ValueError, match=r"--layouts must name one or more of refavs, avss, rvos, vos, got \['voss'\]"):
+        synth(tmp_path / "bad", videos=1, size=32, layouts=("voss",))
+    with pytest.raises(ValueError, match="--layouts must name one or more"):
+        synth(tmp_path / "bad", videos=1, size=32, layouts=())
 
 
 # ------------------------------------------------------------------------------------------------ command

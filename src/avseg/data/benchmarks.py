@@ -1,10 +1,10 @@
 """The benchmarks avseg reads and scores, in one table.
 
-A *benchmark* is what a paper reports on (S4, MS3, AVSS, Ref-AVS, RVOS); a *format* is the on-disk layout a reader
-understands (``avs-object`` holds both S4 and MS3). Every other module asks this table: the readers
-(:func:`avseg.data.readers.get_reader`), ``avseg data check``, the training and evaluation commands (the official
-metric preset of a format), the model registry (a preset's ``tasks`` are benchmark names) and ``avseg predict`` and
-``avseg eval`` (whether the data carries referring expressions).
+A *benchmark* is what a paper reports on (S4, MS3, AVSS, Ref-AVS, RVOS, semi-supervised VOS); a *format* is the
+on-disk layout a reader understands (``avs-object`` holds both S4 and MS3). Every other module asks this table: the
+readers (:func:`avseg.data.readers.get_reader`), ``avseg data check``, the training and evaluation commands (the
+official metric preset of a format), the model registry (a preset's ``tasks`` are benchmark names) and
+``avseg predict`` and ``avseg eval`` (whether the data carries referring expressions).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ __all__ = [
     "get_benchmark",
 ]
 
-DatasetFormat = Literal["refavs", "avs-object", "avss", "rvos"]
+DatasetFormat = Literal["refavs", "avs-object", "avss", "rvos", "vos"]
 """The reader formats, as ``--format`` takes them."""
 
-BenchmarkName = Literal["s4", "ms3", "avss", "refavs", "rvos"]
+BenchmarkName = Literal["s4", "ms3", "avss", "refavs", "rvos", "vos"]
 """The benchmarks, as model presets name them in ``tasks``."""
 
 AVSS_NUM_CLASSES = 71
@@ -42,6 +42,7 @@ FORMAT_READERS: Mapping[str, str] = MappingProxyType(
         "avs-object": "avseg.data.avs_object:AVSObjectReader",
         "avss": "avseg.data.avss:AVSSReader",
         "rvos": "avseg.data.rvos:RVOSReader",
+        "vos": "avseg.data.vos:VOSReader",
     }
 )
 """Each format's reader class as ``module:Class``, imported only when asked for."""
@@ -79,6 +80,7 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
             Benchmark("avss", "avss", "avss", text=False, frames=10, num_classes=AVSS_NUM_CLASSES),
             Benchmark("refavs", "refavs", "refavs", text=True, frames=10),
             Benchmark("rvos", "rvos", "davis", text=True, frames=None),
+            Benchmark("vos", "vos", "davis", text=False, frames=None),
         )
     }
 )

@@ -1,10 +1,11 @@
 """SynthAV: a synthetic audio-visual benchmark that needs no download.
 
 Generated scenes of moving coloured shapes, each class with its own sound, written in the Ref-AVSBench,
-AVSBench-semantic and RVOS layouts so that every reader, model and metric of avseg can be trained and tested on a
-CPU. Modules: :mod:`~avseg.data.synthav.scene` (scenes and rendering), :mod:`~avseg.data.synthav.audio` (timbres and
-the mix), :mod:`~avseg.data.synthav.expressions` (templates and the resolver), :mod:`~avseg.data.synthav.writers`
-(the three layouts and the manifest), :mod:`~avseg.data.synthav.commands` (``avseg data synth``).
+AVSBench-semantic, RVOS and (when asked for) YouTube-VOS layouts so that every reader, model and metric of avseg can
+be trained and tested on a CPU. Modules: :mod:`~avseg.data.synthav.scene` (scenes and rendering),
+:mod:`~avseg.data.synthav.audio` (timbres and the mix), :mod:`~avseg.data.synthav.expressions` (templates and the
+resolver), :mod:`~avseg.data.synthav.writers` (the layouts and the manifest), :mod:`~avseg.data.synthav.commands`
+(``avseg data synth``).
 """
 
 from avseg.data.synthav.audio import SAMPLE_RATE, class_pitch, class_sound, mix_scene
@@ -35,13 +36,23 @@ from avseg.data.synthav.scene import (
     split_for_index,
     video_id,
 )
-from avseg.data.synthav.writers import GENERATOR_VERSION, VideoResult, generate_video, label2idx, write_tables
+from avseg.data.synthav.writers import (
+    DEFAULT_LAYOUTS,
+    GENERATOR_VERSION,
+    LAYOUTS,
+    VideoResult,
+    generate_video,
+    label2idx,
+    write_tables,
+)
 
 __all__ = [
     "CLASSES",
     "COLOURS",
+    "DEFAULT_LAYOUTS",
     "GENERATOR_VERSION",
     "HELD_OUT_CLASS",
+    "LAYOUTS",
     "SAMPLE_RATE",
     "SEEN_CLASSES",
     "SPLITS",

@@ -1,4 +1,4 @@
-"""``avseg data synth``: generate the SynthAV benchmark in the Ref-AVS, AVSS and RVOS layouts."""
+"""``avseg data synth``: generate the SynthAV benchmark in the Ref-AVS, AVSS, RVOS and VOS layouts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from avseg.data.synthav.scene import SPLITS
-from avseg.data.synthav.writers import LAYOUTS, VideoResult, generate_video, write_tables
+from avseg.data.synthav.writers import (
+    DEFAULT_LAYOUTS,
+    LAYOUTS,
+    VideoResult,
+    check_layouts,
+    generate_video,
+    write_tables,
+)
 from avseg.fileio import check_output_dir
 
 __all__ = ["synth"]
@@ -37,19 +44,30 @@ def _prepare(out: Path) -> None:
             shutil.rmtree(out / name)
 
 
-def _one(args: tuple[Path, int, int, int, int]) -> VideoResult:
+def _one(args: tuple[Path, int, int, int, int, tuple[str, ...]]) -> VideoResult:
     return generate_video(*args)
 
 
-def synth(out: Path, videos: int = 200, seed: int = 0, size: int = 224, frames: int = 10, workers: int = 2) -> int:
+def synth(
+    out: Path,
+    videos: int = 200,
+    seed: int = 0,
+    size: int = 224,
+    frames: int = 10,
+    workers: int = 2,
+    layouts: tuple[str, ...] = DEFAULT_LAYOUTS,
+) -> int:
     """Generate SynthAV, a synthetic audio-visual benchmark, in the Ref-AVS, AVSS and RVOS layouts.
 
     Every video shows 1-4 coloured shapes moving over a textured background; each shape class has its own sound and
     the soundtrack mixes the objects sounding in each second. From the same scenes it writes ``OUT/refavs`` (referring
     expressions with the modalities they need, null expressions included), ``OUT/avss`` (v2 clips with masks of the
-    sounding objects), ``OUT/rvos`` (the visual-only expressions) and ``OUT/manifest.json`` (settings, classes and
-    sounds, per-layout counts as ``avseg data check`` reports them, and every expression's template and target).
-    The same seed always gives identical files. The Ref-AVS and AVSS readers expect 10 frames per clip.
+    sounding objects), ``OUT/rvos`` (the visual-only expressions), with ``--layouts ... vos`` also ``OUT/vos``
+    (semi-supervised VOS in the YouTube-VOS layout: every object of every video, annotated on every frame, read with
+    ``--format vos``), and ``OUT/manifest.json`` (settings, classes and sounds, per-layout counts as
+    ``avseg data check`` reports them, and every expression's template and target). The same seed always gives
+    identical files, and a layout's files do not depend on which other layouts are written. The Ref-AVS and AVSS
+    readers expect 10 frames per clip.
 
     Args:
         out: output folder (created; an earlier SynthAV output there is replaced; other content is refused).
@@ -59,6 +77,7 @@ def synth(out: Path, videos: int = 200, seed: int = 0, size: int = 224, frames: 
         size: frame side in pixels (frames and masks are square).
         frames: frames per video, one per second of audio.
         workers: worker processes (1 runs in this process).
+        layouts: the layouts to write, among refavs, avss, rvos and vos (e.g. --layouts refavs avss rvos vos).
     """
     for name, value, least in (
         ("videos", videos, 1),
@@ -68,18 +87,21 @@ def synth(out: Path, videos: int = 200, seed: int = 0, size: int = 224, frames: 
     ):
         if value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
-    if frames != 10:
-        print(f"warning: --frames {frames}: the refavs and avss readers expect 10 frames per clip", file=sys.stderr)
+    layouts = check_layouts(layouts)
+    fixed = [name for name in layouts if name in ("refavs", "avss")]
+    if frames != 10 and fixed:
+        readers = f"{' and '.join(fixed)} reader{'s expect' if len(fixed) > 1 else ' expects'}"
+        print(f"warning: --frames {frames}: the {readers} 10 frames per clip", file=sys.stderr)
     out = Path(out)
     _prepare(out)
     start = time.perf_counter()
-    jobs = [(out, seed, i, size, frames) for i in range(videos)]
+    jobs = [(out, seed, i, size, frames, layouts) for i in range(videos)]
     if workers == 1 or videos == 1:
         results = [_one(job) for job in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_one, jobs, chunksize=max(1, videos // (4 * workers))))
-    manifest = write_tables(out, results, seed=seed, size=size, num_frames=frames)
+    manifest = write_tables(out, results, seed=seed, size=size, num_frames=frames, layouts=layouts)
     elapsed = time.perf_counter() - start
 
     print(f"SynthAV {manifest['generator']['version']}: {videos} videos, seed {seed}, {size}x{size}, {frames} frames")
@@ -95,5 +117,6 @@ def synth(out: Path, videos: int = 200, seed: int = 0, size: int = 224, frames: 
                     f"{layout:<8} {split:<8} {c['videos']:>7} {c['items']:>7} {c['null_items']:>6} "
                     f"{c['labelled_frames']:>16}"
                 )
-    print(f"check with: avseg data check {out / 'refavs'} --format refavs (and avss, rvos)")
+    others = f" (and {', '.join(layouts[1:])})" if len(layouts) > 1 else ""
+    print(f"check with: avseg data check {out / layouts[0]} --format {layouts[0]}{others}")
     return 0

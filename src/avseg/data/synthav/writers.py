@@ -1,4 +1,4 @@
-"""Write SynthAV scenes as Ref-AVSBench, AVSBench-semantic (v2) and RVOS trees, plus a manifest.
+"""Write SynthAV scenes as Ref-AVSBench, AVSBench-semantic (v2), RVOS and YouTube-VOS-style trees, plus a manifest.
 
 Output tree (``OUT`` is the folder given to ``avseg data synth``)::
 
@@ -15,10 +15,14 @@ Output tree (``OUT`` is the folder given to ``avseg data synth``)::
     │   ├── metadata.csv                               # uid,label,split (label v2)
     │   ├── label2idx.json                             # 71 entries: background 0, classes 1..K, unused_{j}
     │   └── v2/{vid}/{frames/{i}.jpg, audio.wav, labels_rgb/{i}.png}
-    └── rvos/{split}/                                  # read with --format rvos
-        ├── meta_expressions.json
-        ├── mask_dict.json                             # anno_id -> per-frame COCO RLE
-        └── JPEGImages/{vid}/{00000..}.jpg
+    ├── rvos/{split}/                                  # read with --format rvos
+    │   ├── meta_expressions.json
+    │   ├── mask_dict.json                             # anno_id -> per-frame COCO RLE
+    │   └── JPEGImages/{vid}/{00000..}.jpg
+    └── vos/{split}/                                   # read with --format vos (only when asked for)
+        ├── meta.json                                  # {"videos": {vid: {"objects": {id: {"category", "frames"}}}}}
+        ├── JPEGImages/{vid}/{00000..}.jpg
+        └── Annotations/{vid}/{00000..}.png            # palette PNG: pixel = object id (fid + 1), 0 background
 
 Layout decisions (avseg's, documented here and in the manifest):
 
@@ -34,8 +38,14 @@ Layout decisions (avseg's, documented here and in the manifest):
 - **RVOS.** RVOS is text-only, so only ``visual`` expressions go there (no audio, no nulls); ``test_n`` videos have
   none, so there is no ``rvos/test_n``. ``anno_id`` is ``10 * video_index + fid`` (unique within a split), ``obj_id``
   the fid, ``exp_id`` the position among the video's RVOS expressions.
-- **Frames** are written once (JPEG, quality 95) under ``refavs/media/{vid}`` and hard-linked into the other
-  layouts; if the file system refuses links, they are copied.
+- **VOS** (semi-supervised video object segmentation, YouTube-VOS layout). Every video of every split, with every
+  object: its id is ``fid + 1`` (ids 1..n) and its category its shape class; ``frames`` lists the frames where some
+  of it is visible. Every frame is annotated in every split (no split is named ``valid`` or ``test``, which the
+  reader treats as first-frame-only), so an object hidden on a frame has an empty, labelled mask there.
+- **Layouts.** ``refavs``, ``avss`` and ``rvos`` are written by default; ``vos`` when asked for (``layouts``). The
+  files of a layout do not depend on which other layouts are written.
+- **Frames** are written once (JPEG, quality 95) in the first layout that holds them (``refavs/media/{vid}`` by
+  default) and hard-linked into the other layouts; if the file system refuses links, they are copied.
 
 Every file is written to a temporary name and renamed (with the permissions the umask gives, so that a shared folder
 stays readable), and contains no time stamps or absolute paths, so the same seed gives byte-identical trees.
@@ -48,7 +58,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,16 +84,21 @@ from avseg.fileio import atomic_file, atomic_write_bytes, atomic_write_text
 from avseg.media.image import write_jpeg, write_png
 
 __all__ = [
+    "DEFAULT_LAYOUTS",
     "GENERATOR_VERSION",
     "LAYOUTS",
     "VideoResult",
+    "check_layouts",
     "generate_video",
     "label2idx",
     "write_tables",
 ]
 
 GENERATOR_VERSION = "synthav-1"
-LAYOUTS = ("refavs", "avss", "rvos")
+LAYOUTS = ("refavs", "avss", "rvos", "vos")
+"""Every layout SynthAV can write, in the order they are written."""
+DEFAULT_LAYOUTS = ("refavs", "avss", "rvos")
+"""The layouts ``avseg data synth`` writes unless told otherwise."""
 NULL_MEANINGS = {
     "c": "the expression names an object that is absent from the video (avseg's meaning; Ref-AVS does not document c)",
     "m": "the expression names an object that is present but never sounds (avseg's meaning; Ref-AVS does not "
@@ -102,6 +117,7 @@ class VideoResult:
         refavs_rows: rows of ``refavs/metadata.csv`` (column -> value).
         rvos_video: the video's entry of ``meta_expressions.json``, or None when it has no visual expression.
         rvos_masks: ``mask_dict.json`` entries (``str(anno_id)`` -> per-frame RLE list).
+        vos_video: the video's entry of the VOS ``meta.json``, or None when that layout is not written.
         info: the video's manifest entry (objects, sounding seconds).
         expressions: manifest entries per Ref-AVS uid.
     """
@@ -112,6 +128,7 @@ class VideoResult:
     refavs_rows: list[dict[str, str]] = field(default_factory=list)
     rvos_video: dict[str, Any] | None = None
     rvos_masks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    vos_video: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     expressions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -189,8 +206,45 @@ def _object_info(scene: Scene) -> list[dict[str, Any]]:
     return out
 
 
-def generate_video(out: Path, seed: int, index: int, size: int, num_frames: int) -> VideoResult:
-    """Generate video ``index`` and write its files in all three layouts (metadata files come later).
+class _Media:
+    """One video's frames and soundtrack: written at the first place a layout asks for them, linked at the others."""
+
+    def __init__(self, frames: np.ndarray, wave: np.ndarray) -> None:
+        self.frames, self.wave = frames, wave
+        self.frame_files: list[Path] | None = None
+        self.audio_file: Path | None = None
+
+    def place_frames(self, folder: Path, name_of: Callable[[int], str]) -> None:
+        targets = [folder / name_of(i) for i in range(len(self.frames))]
+        if self.frame_files is None:
+            for path, frame in zip(targets, self.frames):
+                write_jpeg(path, frame, quality=_JPEG_QUALITY)
+            self.frame_files = targets
+        else:
+            for src, dst in zip(self.frame_files, targets):
+                _link(src, dst)
+
+    def place_audio(self, path: Path) -> None:
+        if self.audio_file is None:
+            _write_wav(path, self.wave)
+            self.audio_file = path
+        else:
+            _link(self.audio_file, path)
+
+
+def check_layouts(layouts: Iterable[str]) -> tuple[str, ...]:
+    """``layouts`` in writing order, without repeats (ValueError naming an unknown or missing layout)."""
+    asked = list(layouts)
+    unknown = [name for name in asked if name not in LAYOUTS]
+    if unknown or not asked:
+        raise ValueError(f"--layouts must name one or more of {', '.join(LAYOUTS)}, got {asked}")
+    return tuple(name for name in LAYOUTS if name in asked)
+
+
+def generate_video(
+    out: Path, seed: int, index: int, size: int, num_frames: int, layouts: Iterable[str] = DEFAULT_LAYOUTS
+) -> VideoResult:
+    """Generate video ``index`` and write its files in the given layouts (metadata files come later).
 
     Args:
         out: the output root (``OUT``).
@@ -198,40 +252,35 @@ def generate_video(out: Path, seed: int, index: int, size: int, num_frames: int)
         index: video index.
         size: frame side in pixels.
         num_frames: ``T``.
+        layouts: the layouts to write (names of :data:`LAYOUTS`).
 
     Returns:
         What the video contributes to the metadata files and the manifest.
     """
+    layouts = check_layouts(layouts)
     scene = generate_scene(seed, index, size=size, num_frames=num_frames)
     frames, labels = render_scene(scene)  # (T, S, S, 3), (T, S, S)
     wave = mix_scene(scene)
     expressions = select_expressions(scene, np.random.default_rng([seed, index, 2]))
     vid, split, t_count = scene.vid, scene.split, scene.num_frames
     result = VideoResult(index=index, vid=vid, split=split)
+    media = _Media(frames, wave)
 
-    # Frames and audio, written once and linked into every other place that holds them.
-    refavs, avss = out / "refavs", out / "avss"
-    media = refavs / "media" / vid
-    frame_files = [media / "frames" / f"{i}.jpg" for i in range(t_count)]
-    for path, frame in zip(frame_files, frames):
-        write_jpeg(path, frame, quality=_JPEG_QUALITY)
-    _write_wav(media / "audio.wav", wave)
-
-    def copy_media(folder: Path, name_of: Any) -> None:
-        for i, src in enumerate(frame_files):
-            _link(src, folder / name_of(i))
-
-    # Ref-AVS: masks of every referred object, null media folders and their empty masks, metadata rows.
+    # Ref-AVS: media, masks of every referred object, null media folders and their empty masks, metadata rows.
     uids = _uids(scene, expressions)
+    refavs = out / "refavs"
+    if "refavs" in layouts:
+        media.place_frames(refavs / "media" / vid / "frames", lambda i: f"{i}.jpg")
+        media.place_audio(refavs / "media" / vid / "audio.wav")
     zero_mask: Path | None = None
     done: set[str] = set()  # null folders and object mask folders already written
     for uid, e in zip(uids, expressions):
         if e.target is None:
             folder = uid.rsplit("_", 2)[0]
-            if folder not in done:
+            if "refavs" in layouts and folder not in done:
                 done.add(folder)
-                copy_media(refavs / "media" / folder / "frames", lambda i: f"{i}.jpg")
-                _link(media / "audio.wav", refavs / "media" / folder / "audio.wav")
+                media.place_frames(refavs / "media" / folder / "frames", lambda i: f"{i}.jpg")
+                media.place_audio(refavs / "media" / folder / "audio.wav")
                 for i in range(t_count):
                     dst = refavs / "gt_mask" / folder / "fid_0" / f"{i:05d}.png"
                     if zero_mask is None:
@@ -243,7 +292,7 @@ def generate_video(out: Path, seed: int, index: int, size: int, num_frames: int)
         else:
             fid = e.target
             mask_dir = refavs / "gt_mask" / vid / f"fid_{fid}"
-            if mask_dir.name not in done:
+            if "refavs" in layouts and mask_dir.name not in done:
                 done.add(mask_dir.name)
                 for i in range(t_count):
                     write_png(mask_dir / f"{i:05d}.png", np.where(labels[i] == fid + 1, 255, 0).astype(np.uint8))
@@ -252,33 +301,49 @@ def generate_video(out: Path, seed: int, index: int, size: int, num_frames: int)
         )
 
     # AVSS v2: the same frames and audio, colour masks of the objects sounding in each second.
-    clip = avss / "v2" / vid
-    copy_media(clip / "frames", lambda i: f"{i}.jpg")
-    _link(media / "audio.wav", clip / "audio.wav")
-    palette = avss_palette(AVSS_NUM_CLASSES)
-    for i in range(t_count):
-        semantic = np.zeros((size, size), dtype=np.uint8)
-        for o in scene.objects:
-            if o.sounding[i]:
-                semantic[labels[i] == o.fid + 1] = class_index(o.cls)
-        write_png(clip / "labels_rgb" / f"{i}.png", palette[semantic])
+    if "avss" in layouts:
+        clip = out / "avss" / "v2" / vid
+        media.place_frames(clip / "frames", lambda i: f"{i}.jpg")
+        media.place_audio(clip / "audio.wav")
+        palette = avss_palette(AVSS_NUM_CLASSES)
+        for i in range(t_count):
+            semantic = np.zeros((size, size), dtype=np.uint8)
+            for o in scene.objects:
+                if o.sounding[i]:
+                    semantic[labels[i] == o.fid + 1] = class_index(o.cls)
+            write_png(clip / "labels_rgb" / f"{i}.png", palette[semantic])
 
     # RVOS: visual-only expressions with per-frame RLE masks.
-    rvos_expressions: dict[str, dict[str, Any]] = {}
+    frame_ids = [f"{i:05d}" for i in range(t_count)]
     rvos_ids: dict[str, str] = {}
-    for uid, e in zip(uids, expressions):
-        if e.target is None or "audio" in e.modalities:
-            continue
-        anno = 10 * index + e.target
-        exp_id = str(len(rvos_expressions))
-        rvos_expressions[exp_id] = {"exp": e.text, "anno_id": [anno], "obj_id": [e.target]}
-        rvos_ids[uid] = f"{vid}/{exp_id}"
-        if str(anno) not in result.rvos_masks:
-            result.rvos_masks[str(anno)] = [rle.encode(labels[i] == e.target + 1) for i in range(t_count)]
-    if rvos_expressions:
-        frame_ids = [f"{i:05d}" for i in range(t_count)]
-        copy_media(out / "rvos" / split / "JPEGImages" / vid, lambda i: f"{frame_ids[i]}.jpg")
-        result.rvos_video = {"frames": frame_ids, "expressions": rvos_expressions}
+    if "rvos" in layouts:
+        rvos_expressions: dict[str, dict[str, Any]] = {}
+        for uid, e in zip(uids, expressions):
+            if e.target is None or "audio" in e.modalities:
+                continue
+            anno = 10 * index + e.target
+            exp_id = str(len(rvos_expressions))
+            rvos_expressions[exp_id] = {"exp": e.text, "anno_id": [anno], "obj_id": [e.target]}
+            rvos_ids[uid] = f"{vid}/{exp_id}"
+            if str(anno) not in result.rvos_masks:
+                result.rvos_masks[str(anno)] = [rle.encode(labels[i] == e.target + 1) for i in range(t_count)]
+        if rvos_expressions:
+            media.place_frames(out / "rvos" / split / "JPEGImages" / vid, lambda i: f"{frame_ids[i]}.jpg")
+            result.rvos_video = {"frames": frame_ids, "expressions": rvos_expressions}
+
+    # VOS: every object, a palette annotation of all of them on every frame.
+    if "vos" in layouts:
+        root = out / "vos" / split
+        media.place_frames(root / "JPEGImages" / vid, lambda i: f"{frame_ids[i]}.jpg")
+        vos_palette = avss_palette(256)
+        for i in range(t_count):
+            write_png(root / "Annotations" / vid / f"{frame_ids[i]}.png", labels[i], vos_palette)
+        objects = {}
+        for o in scene.objects:
+            visible = [frame_ids[i] for i in range(t_count) if (labels[i] == o.fid + 1).any()]
+            if visible:  # an object hidden on every frame has no annotation to condition on
+                objects[str(o.fid + 1)] = {"category": o.cls, "frames": visible}
+        result.vos_video = {"objects": objects}
 
     result.info = {"index": index, "split": split, "objects": _object_info(scene)}
     for uid, e in zip(uids, expressions):
@@ -307,21 +372,7 @@ def _counts(videos: int, items: int, null_items: int, labelled_frames: int) -> d
     return {"videos": videos, "items": items, "null_items": null_items, "labelled_frames": labelled_frames}
 
 
-def write_tables(out: Path, results: list[VideoResult], *, seed: int, size: int, num_frames: int) -> dict[str, Any]:
-    """Merge the per-video results into the metadata files of each layout and write ``manifest.json`` (last).
-
-    Args:
-        out: the output root.
-        results: every video's result (any order; they are sorted by index).
-        seed, size, num_frames: the generation settings, recorded in the manifest.
-
-    Returns:
-        The manifest.
-    """
-    results = sorted(results, key=lambda r: r.index)
-    t_count = num_frames
-    layouts: dict[str, dict[str, Any]] = {}
-
+def _refavs_table(out: Path, results: list[VideoResult], t_count: int) -> dict[str, Any]:
     rows = [row for r in results for row in r.refavs_rows]
     _write_csv(out / "refavs" / "metadata.csv", REFAVS_COLUMNS, rows)
     refavs_counts = {}
@@ -331,8 +382,10 @@ def write_tables(out: Path, results: list[VideoResult], *, seed: int, size: int,
             nulls = sum(row["uid"].startswith("null_") for row in mine)
             videos = len({row["vid"] for row in mine})
             refavs_counts[split] = _counts(videos, len(mine), nulls, len(mine) * t_count)
-    layouts["refavs"] = {"format": "refavs", "path": "refavs", "item_name": "expressions", "splits": refavs_counts}
+    return {"format": "refavs", "path": "refavs", "item_name": "expressions", "splits": refavs_counts}
 
+
+def _avss_table(out: Path, results: list[VideoResult], t_count: int) -> dict[str, Any]:
     avss_rows = [{"uid": r.vid, "label": "v2", "split": r.split} for r in results]
     _write_csv(out / "avss" / "metadata.csv", ("uid", "label", "split"), avss_rows)
     _write_json(out / "avss" / "label2idx.json", label2idx())
@@ -341,8 +394,10 @@ def write_tables(out: Path, results: list[VideoResult], *, seed: int, size: int,
         n = sum(r.split == split for r in results)
         if n:
             avss_counts[split] = _counts(n, n, 0, n * t_count)
-    layouts["avss"] = {"format": "avss", "path": "avss", "item_name": "clips", "splits": avss_counts}
+    return {"format": "avss", "path": "avss", "item_name": "clips", "splits": avss_counts}
 
+
+def _rvos_table(out: Path, results: list[VideoResult], t_count: int) -> dict[str, Any]:
     rvos_counts = {}
     for split in SPLITS:
         mine = [r for r in results if r.split == split and r.rvos_video is not None]
@@ -354,7 +409,55 @@ def write_tables(out: Path, results: list[VideoResult], *, seed: int, size: int,
         _write_json(out / "rvos" / split / "mask_dict.json", masks)
         items = sum(len(v["expressions"]) for v in videos.values())  # type: ignore[union-attr]
         rvos_counts[split] = _counts(len(videos), items, 0, items * t_count)
-    layouts["rvos"] = {"format": "rvos", "path": "rvos", "item_name": "expressions", "splits": rvos_counts}
+    return {"format": "rvos", "path": "rvos", "item_name": "expressions", "splits": rvos_counts}
+
+
+def _vos_table(out: Path, results: list[VideoResult], t_count: int) -> dict[str, Any]:
+    vos_counts = {}
+    for split in SPLITS:
+        mine = [r for r in results if r.split == split and r.vos_video is not None]
+        if not mine:
+            continue
+        videos = {r.vid: r.vos_video for r in mine}
+        _write_json(out / "vos" / split / "meta.json", {"videos": videos})
+        objects = sum(len(v["objects"]) for v in videos.values())  # type: ignore[union-attr]
+        with_objects = sum(bool(v["objects"]) for v in videos.values())  # type: ignore[union-attr]
+        vos_counts[split] = _counts(with_objects, objects, 0, objects * t_count)
+    return {"format": "vos", "path": "vos", "item_name": "objects", "splits": vos_counts}
+
+
+def write_tables(
+    out: Path,
+    results: list[VideoResult],
+    *,
+    seed: int,
+    size: int,
+    num_frames: int,
+    layouts: Iterable[str] = DEFAULT_LAYOUTS,
+) -> dict[str, Any]:
+    """Merge the per-video results into the metadata files of each layout and write ``manifest.json`` (last).
+
+    Args:
+        out: the output root.
+        results: every video's result (any order; they are sorted by index).
+        seed, size, num_frames: the generation settings, recorded in the manifest.
+        layouts: the layouts the videos were written in; the manifest's ``layouts`` lists exactly these.
+
+    Returns:
+        The manifest.
+    """
+    results = sorted(results, key=lambda r: r.index)
+    t_count = num_frames
+    written = check_layouts(layouts)
+    entries: dict[str, dict[str, Any]] = {}
+    if "refavs" in written:
+        entries["refavs"] = _refavs_table(out, results, t_count)
+    if "avss" in written:
+        entries["avss"] = _avss_table(out, results, t_count)
+    if "rvos" in written:
+        entries["rvos"] = _rvos_table(out, results, t_count)
+    if "vos" in written:
+        entries["vos"] = _vos_table(out, results, t_count)
 
     manifest = {
         "generator": {"name": "synthav", "version": GENERATOR_VERSION},
@@ -378,7 +481,7 @@ def write_tables(out: Path, results: list[VideoResult], *, seed: int, size: int,
         "splits": list(SPLITS),
         "null_kinds": NULL_MEANINGS,
         "templates": {t.id: {"modalities": "+".join(t.modalities), "pattern": t.pattern} for t in TEMPLATES.values()},
-        "layouts": layouts,
+        "layouts": entries,
         "video_info": {r.vid: r.info for r in results},
         "expressions": {uid: entry for r in results for uid, entry in r.expressions.items()},
     }
