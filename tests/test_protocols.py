@@ -17,6 +17,7 @@ from avseg.metrics.protocols import (
     AVSBENCH_TEST_SH,
     AVSEGFORMER_AVS,
     AVSEGFORMER_AVSS,
+    DAVIS2017_SEMI,
     REFAVS_OFFICIAL,
     EvalProtocol,
     default_protocol,
@@ -25,6 +26,7 @@ from avseg.metrics.protocols import (
 from avseg.models.auralsam2 import AuralSAM2
 from avseg.models.avsegformer import AVSegFormer
 from avseg.models.base import AVSModel
+from avseg.models.sam2_vos import SAM2VOS
 from avseg.models.tpavi import TPAVI
 
 
@@ -152,6 +154,7 @@ def test_each_family_declares_the_protocol_of_its_published_numbers():
         "refavs": REFAVS_OFFICIAL,
     }
     assert dict(AuralSAM2.official_protocols) == {"s4": AURALSAM2_AVS, "ms3": AURALSAM2_AVS, "refavs": AURALSAM2_REFAVS}
+    assert dict(SAM2VOS.official_protocols) == {"vos": DAVIS2017_SEMI}
     table = {
         AVSBENCH_TEST_SH: ("avsbench", "batch:4", {}),
         AVSBENCH_AVSS_TEST_SH: ("avss", "batch:4", {}),
@@ -160,6 +163,7 @@ def test_each_family_declares_the_protocol_of_its_published_numbers():
         REFAVS_OFFICIAL: ("refavs", "batch:4", {"keep_duplicate_rows": True}),
         AURALSAM2_AVS: ("auralsam2_compat", "ddp:4:1", {}),
         AURALSAM2_REFAVS: ("auralsam2_compat", "ddp:4:4", {"keep_duplicate_rows": True}),
+        DAVIS2017_SEMI: ("davis_semi", "video", {}),
     }
     for protocol, (preset, group, options) in table.items():
         assert (protocol.preset, protocol.group, dict(protocol.reader_options)) == (preset, group, options)

@@ -90,9 +90,15 @@ COMMANDS: tuple[Command, ...] = (
         "Convert a released AVSegFormer checkpoint (.pth) to an avseg checkpoint folder.",
     ),
     Command(
+        ("convert", "tpavi"),
+        "avseg.convert.tpavi:convert",
+        "Convert a TPAVI checkpoint of the AVSBench code (.pth) to an avseg checkpoint folder.",
+    ),
+    Command(
         ("convert", "sam2"),
         "avseg.convert.sam2:convert",
-        "Convert an official SAM2/SAM2.1 checkpoint (.pt) to the folder avseg's SAM2 layer loads.",
+        "Convert an official SAM2/SAM2.1 checkpoint (.pt), or the SAM2 of an avseg checkpoint, to the folder avseg's "
+        "SAM2 layer loads.",
     ),
     Command(
         ("convert", "auralsam2"),

@@ -62,6 +62,7 @@ __all__ = [
     "evaluate_split",
     "format_markdown",
     "markdown_path",
+    "per_video_means",
 ]
 
 
@@ -177,7 +178,9 @@ class EvalResult:
             ``counts``, ``settings``), without the per-video list.
         subsets: the same metrics per modality subset, when the dataset records modalities: ``audio`` (every
             expression that needs audio), ``no_audio``, and ``cues:audio``, ``cues:visual``, ``cues:audio+visual``.
-        items: per expression (or clip): ids, modalities, ``J``, ``F``, ``S``.
+        items: per expression, clip or object (VOS): ids, modalities, ``J``, ``F``, ``S``, frames scored.
+        videos: per video, the mean ``J``, ``F`` and ``J&F`` of its items (for VOS, of its objects, as DAVIS reports
+            a sequence), over the items with a score.
         settings: preset, grouping, resolution, thresholds, audio shuffling, model and data facts.
     """
 
@@ -185,6 +188,7 @@ class EvalResult:
     metrics: dict[str, Any]
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)
     items: list[dict[str, Any]] = field(default_factory=list)
+    videos: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -202,6 +206,7 @@ class EvalResult:
             "metrics": self.metrics,
             "subsets": self.subsets,
             "items": self.items,
+            "videos": self.videos,
             "settings": self.settings,
         }
 
@@ -215,6 +220,28 @@ def _subset_keys(modalities: tuple[str, ...]) -> list[str]:
 
 def _strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "per_video"}
+
+
+def per_video_means(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per video (in order of first appearance), the mean ``J`` and ``F`` of its items that have a score, and
+    ``J&F = (J + F) / 2``; a video none of whose items has a score gets NaN.
+
+    Example:
+        >>> items = [{"video_id": "a", "J": 0.5, "F": 1.0}, {"video_id": "a", "J": 1.0, "F": 0.0}]
+        >>> per_video_means(items)
+        [{'video_id': 'a', 'items': 2, 'J': 0.75, 'F': 0.5, 'J&F': 0.625}]
+    """
+    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in items:
+        by_video[item["video_id"]].append(item)
+    out = []
+    for video, members in by_video.items():
+        means = {}
+        for key in ("J", "F"):
+            values = [float(m[key]) for m in members if key in m and not np.isnan(m[key])]
+            means[key] = float(np.mean(values)) if values else float("nan")
+        out.append({"video_id": video, "items": len(members), **means, "J&F": (means["J"] + means["F"]) / 2})
+    return out
 
 
 def _progress_bar(total: int, desc: str) -> Any:
@@ -339,15 +366,22 @@ def evaluate_split(
             logits = logits.float()
             ids = [u or v for u, v in zip(batch.uid, batch.video_id)]
             valid, frame_valid = batch.label_valid, batch.frame_valid
+            # Semi-supervised VOS: the frame each object is given on; earlier frames are not scored.
+            first = [int(m.get("first_frame", 0)) for m in batch.meta]
             labelled += int(valid.sum())
             if metric.gt_source == "native":
                 # Items differ in native size: one update each (groups span updates).
                 truth = [m[None] for m in _native_masks(batch, metric)]  # B x (1, T, H0, W0)
             else:
                 truth = [batch.masks[i : i + 1] for i in range(batch.batch_size)]  # B x (1, T, H, W)
-                overall.update(logits, batch.masks, valid=valid, frame_valid=frame_valid, ids=ids)
+                overall.update(logits, batch.masks, valid=valid, frame_valid=frame_valid, ids=ids, first_frame=first)
             for i, mods in enumerate(batch.modalities):
-                one = {"valid": valid[i : i + 1], "frame_valid": frame_valid[i : i + 1], "ids": ids[i : i + 1]}
+                one = {
+                    "valid": valid[i : i + 1],
+                    "frame_valid": frame_valid[i : i + 1],
+                    "ids": ids[i : i + 1],
+                    "first_frame": first[i : i + 1],
+                }
                 if metric.gt_source == "native":
                     overall.update(logits[i : i + 1], truth[i], **one)
                 for key in _subset_keys(mods):
@@ -376,8 +410,15 @@ def evaluate_split(
         what = f"{len(items)} item(s), none with a ground-truth mask" if items else "the split has no items"
         raise UsageError(f"no labelled frames to score in split {split_name!r} ({what})")
     result = overall.compute()
+    if metric.task == "binary" and not result["counts"]["frames"]:
+        counts = result["counts"]
+        raise UsageError(
+            f"no frames left to score in split {split_name!r}: metric preset {metric.name!r} leaves out "
+            f"{counts['unscored_frames']} labelled frame(s) (before each item's first frame"
+            f"{', and its first and last scored frame' if metric.skip_end_frames else ''}) and none remain"
+        )
     for item, scores in zip(items, result["per_video"]):
-        item.update({k: scores[k] for k in ("J", "F", "S") if k in scores})
+        item.update({k: scores[k] for k in ("J", "F", "S", "frames") if k in scores})
     settings = dict(result["settings"])
     settings.update(
         {
@@ -394,6 +435,7 @@ def evaluate_split(
         metrics=_strip(result),
         subsets={k: _strip(acc.compute()) for k, acc in sorted(subsets.items())},
         items=items,
+        videos=per_video_means(items),
         settings=settings,
     )
 
@@ -570,6 +612,20 @@ def _benchmark_name(format: str, data: Path, image_size: int | None) -> str:
     return str(subset)
 
 
+def _with_vos_prompt(model: Any, prompt: str, folder: Path) -> Any:
+    """``model`` with its evaluation prompt set to ``prompt`` (UsageError for a model that takes no prompt)."""
+    from avseg.predict.prompts import is_promptable
+
+    if not is_promptable(model):
+        name = getattr(model, "preset", None) or model.family
+        raise UsageError(
+            f"--vos-prompt {prompt}: {folder} holds a {name} model, which is given no first-frame prompt (only "
+            "promptable VOS models such as sam2-* are); drop --vos-prompt"
+        )
+    model.config = replace(model.config, eval_prompt=prompt)
+    return model
+
+
 def evaluate_command(
     *,
     checkpoint: Path,
@@ -587,6 +643,7 @@ def evaluate_command(
     overlays: int = 0,
     json_out: Path | None = None,
     audio_shuffle: bool = False,
+    vos_prompt: Literal["mask", "box", "points"] | None = None,
     num_workers: int = 0,
 ) -> int:
     """Evaluate a checkpoint on one or more splits of a benchmark and print a table.
@@ -599,6 +656,12 @@ def evaluate_command(
     paths and the device are checked before anything is loaded. A checkpoint that needs a referring expression (a
     Ref-AVS or RVOS model) is refused on data without text (avs-object, avss). Each split shows a progress bar on
     stderr.
+
+    Semi-supervised VOS (--format vos, DAVIS 2017 / YouTube-VOS layouts): a promptable model (sam2-*) is given each
+    object on its first annotated frame (--vos-prompt: its ground-truth mask, box or clicks) and tracks it; J and
+    boundary F are scored per object without that frame and the last one (davis_semi, as davis2017-evaluation's
+    semi-supervised task does), J&F = (mean J + mean F) / 2 over objects, and the JSON lists every object and the
+    mean of each video's objects.
 
     Args:
         checkpoint: a checkpoint folder, or a training run folder (then --pointer chooses best or latest).
@@ -623,12 +686,16 @@ def evaluate_command(
         audio_shuffle: give every sample the soundtrack of another video (does the model listen?); each soundtrack is
             used once. A split with a single video, or one video holding more than half of the items, cannot be fully
             shuffled: a warning says how many items keep their own video's sound.
+        vos_prompt: how a promptable (sam2) model is given each object on its first annotated frame: its
+            ground-truth mask, its box, or clicks at the centre of the object and of the errors (default: the
+            checkpoint's eval_prompt, mask unless its config says otherwise); recorded in the results.
         num_workers: data-loading worker processes.
     """
     from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
     from avseg.models import load_model
     from avseg.models.base import requires_text
+    from avseg.predict.prompts import is_promptable
 
     if overlays and save_masks is None:
         raise UsageError("--overlays needs --save-masks DIR")
@@ -651,6 +718,8 @@ def evaluate_command(
                 raise UsageError(f"--json-out {json_out}: {path} is also the --save-masks folder; choose another name")
     torch_device = resolve_device(device)
     model = load_model(folder)
+    if vos_prompt is not None:
+        model = _with_vos_prompt(model, vos_prompt, folder)
     trained = read_training_data(folder)
     reason = requires_text(model, trained.format)
     if reason is not None and not format_has_text(format):
@@ -700,6 +769,7 @@ def evaluate_command(
                 "format": format,
                 "benchmark": benchmark,
                 "image_size": size,
+                "vos_prompt": getattr(model.config, "eval_prompt", None) if is_promptable(model) else None,
                 "protocol": {"kind": protocol, **chosen.to_dict()},
             }
         )

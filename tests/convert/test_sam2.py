@@ -360,3 +360,33 @@ def test_load_upstream_reads_weights_only(tmp_path):
     torch.save({"model": _tiny_upstream(), "optimizer": {"step": 3}}, path)
     state = load_upstream(path)
     assert "image_encoder.trunk.patch_embed.proj.weight" in state and "optimizer" not in state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_sam2_of_an_avseg_checkpoint_exports_to_a_folder_the_layer_loads(tmp_path, dtype, capsys):
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from avseg.checkpoint import save_checkpoint
+    from avseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("sam2-tiny")
+    save_checkpoint(tmp_path / "ckpt", model, preset="sam2-tiny")
+    out = tmp_path / "exported"
+    assert main(["convert", "sam2", str(tmp_path / "ckpt"), str(out), "--dtype", dtype]) == 0
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["preset"] == "sam2-tiny" and record["dtype"] == dtype and record["image_size"] == 128
+    stored = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {getattr(torch, dtype)}
+    layer = build_sam2(dataclasses.replace(model.sam2.config, weights=str(out)), pretrained=True)
+    ours, theirs = model.sam2.model.state_dict(), layer.model.state_dict()
+    assert set(ours) == set(theirs)
+    for key, value in ours.items():  # float16 rounds each weight to 11 significant bits
+        expected = value.to(getattr(torch, dtype)).float()
+        assert torch.equal(theirs[key].float(), expected), key
+    capsys.readouterr()
+    # --variant belongs to .pt files
+    assert main(["convert", "sam2", str(tmp_path / "ckpt"), str(tmp_path / "other"), "--variant", "test-tiny"]) == 2
+    assert "--variant applies to .pt files" in capsys.readouterr().err

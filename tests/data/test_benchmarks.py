@@ -40,7 +40,7 @@ def test_facts():
     assert default_metric_preset("avss", 71) == "avss" and default_metric_preset("avss", 1) == "avsbench"
     assert default_metric_preset("rvos") == "davis" and default_metric_preset("refavs") == "refavs"
     vos = get_benchmark("vos")
-    assert (vos.format, vos.metric_preset, vos.text, vos.frames) == ("vos", "davis", False, None)
+    assert (vos.format, vos.metric_preset, vos.text, vos.frames) == ("vos", "davis_semi", False, None)
     assert not format_has_text("vos") and reader_class("vos").format == "vos"
     with pytest.raises(ValueError, match="unknown dataset format 'nope'"):
         default_metric_preset("nope")

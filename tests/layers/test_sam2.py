@@ -15,7 +15,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
 from avseg.config import config_from_dict, config_to_dict
-from avseg.errors import ShapeError
+from avseg.errors import ShapeError, UsageError
 from avseg.layers.sam2 import (
     NO_OBJECT_SCORE,
     DecoderHooks,
@@ -521,3 +521,129 @@ def test_hooks_may_be_a_function_of_the_frame(layer):
     assert sorted(seen) == [0, 1, 2]
     with pytest.raises(ShapeError, match="one entry per frame"):
         layer.propagate(_video(3), prompts={1: Sam2Prompt()}, hooks=[None, None])
+
+
+# -- the per-frame step ------------------------------------------------------------------------------------------------
+
+
+def test_propagate_is_a_loop_of_track_step_and_remember(layer, one_thread):
+    frames = 7
+    video = _video(frames, batch=2)
+    prompts = {4: Sam2Prompt(), 1: Sam2Prompt(points=torch.tensor([[[20.0, 30.0]], [[40.0, 12.0]]]))}
+    with torch.no_grad():
+        features = layer.encode_frames(video.flatten(0, 1))  # (2*7, …), b-major
+        expected = layer.propagate(features=features, num_frames=frames, prompts=prompts)
+        # SAM2's video predictor by hand: the conditioning frames, forward from the earliest, then backward
+        bank = layer.memory_bank(frames)
+        outputs = {}
+        plan = [(1, True, False), (4, True, False), (2, False, False), (3, False, False), (5, False, False)]
+        plan += [(6, False, False), (0, False, True)]
+        for frame, conditioning, reverse in plan:
+            feats = features.select([frame, frames + frame])
+            step = layer.track_step(
+                feats, bank, frame, prompt=prompts.get(frame), conditioning=conditioning, reverse=reverse
+            )
+            layer.remember(feats, bank, step, conditioning=conditioning)
+            outputs[frame] = step
+    for name in ("masks", "multimask_logits", "multimask_iou", "object_score_logits"):
+        stacked = torch.stack([getattr(outputs[t], name) for t in range(frames)], dim=1)
+        assert torch.equal(stacked, getattr(expected, name)), name
+    # the step's candidates are SAM2's: three for a single click and for tracked frames (multimask_output_for_tracking)
+    assert outputs[1].mask_logits.shape == (2, 3, 16, 16) and outputs[1].iou_pred.shape == (2, 3)
+    assert outputs[1].image_embeddings.shape == (2, 128, 4, 4) and outputs[1].prompted
+    assert not outputs[2].prompted and outputs[2].prompt_masks is None
+
+
+def test_a_corrective_pass_is_transformers_single_frame_forward_with_the_previous_mask(layer, one_thread):
+    video = _video(3)
+    model = layer.model
+    with torch.no_grad():
+        features = layer.encode_frames(video[0])
+        bank = layer.memory_bank(3)
+        first = features.select(0)
+        step = layer.track_step(first, bank, 0, prompt=Sam2Prompt(points=_points((20, 30))), conditioning=True)
+        layer.remember(first, bank, step, conditioning=True)
+        feats = features.select(1)
+        tracked = layer.track_step(feats, bank, 1)  # decoded from memory
+        clicks = Sam2Prompt(points=_points((50, 40), (12, 8)), point_labels=torch.tensor([[1, 0]]))
+        corrected = layer.track_step(
+            feats,
+            bank,
+            1,
+            prompt=clicks,
+            previous_masks=tracked.masks,
+            image_embeddings=tracked.image_embeddings,
+        )
+        # transformers' own SAM head pass on the memory-conditioned features with the previous mask logits as the
+        # dense prompt (``_run_single_frame_inference`` with ``prev_sam_mask_logits``)
+        decoder = model.mask_decoder
+        labels = clicks.point_labels[:, None].int()  # (1, 1, 2)
+        reference = model._single_frame_forward(
+            input_points=clicks.points[:, None],
+            input_labels=labels,
+            input_masks=tracked.masks,
+            image_embeddings=[decoder.conv_s0(feats.fpn[0]), decoder.conv_s1(feats.fpn[1]), tracked.image_embeddings],
+            multimask_output=model._use_multimask(False, {"point_labels": labels}),
+        )
+        without_previous = layer.track_step(feats, bank, 1, prompt=clicks)
+        recomputed = layer.track_step(feats, bank, 1, prompt=clicks, previous_masks=tracked.masks)
+    assert corrected.mask_logits.shape[1] == 1  # two clicks: one mask
+    torch.testing.assert_close(corrected.masks, reference.pred_masks, rtol=0, atol=1e-5)
+    torch.testing.assert_close(corrected.object_pointer, reference.object_pointer[:, 0], rtol=0, atol=1e-5)
+    expected_score = reference.object_score_logits.reshape(1)
+    torch.testing.assert_close(corrected.object_score_logits, expected_score, rtol=0, atol=1e-5)
+    # the previous mask is an input that matters, and reusing the image embeddings equals conditioning again
+    assert (corrected.masks - without_previous.masks).abs().max() > 1e-2
+    torch.testing.assert_close(recomputed.masks, corrected.masks, rtol=0, atol=1e-5)
+
+
+def test_the_remembered_pass_is_what_later_frames_read(layer):
+    video = _video(6)
+    with torch.no_grad():
+        features = layer.encode_frames(video[0, 4:])
+        cond, nxt = features.select(0), features.select(1)  # the object is present on frame 4 with these clicks
+        results = []
+        for correct in (False, True):
+            bank = layer.memory_bank(6)
+            step = layer.track_step(cond, bank, 4, prompt=Sam2Prompt(points=_points((20, 30))), conditioning=True)
+            if correct:
+                clicks = Sam2Prompt(points=_points((20, 30), (50, 40)), point_labels=torch.tensor([[1, 0]]))
+                step = layer.track_step(
+                    cond,
+                    bank,
+                    4,
+                    prompt=clicks,
+                    conditioning=True,
+                    previous_masks=step.masks,
+                    image_embeddings=step.image_embeddings,
+                )
+            assert step.object_score_logits.item() > 0
+            layer.remember(cond, bank, step, conditioning=True)
+            results.append(layer.track_step(nxt, bank, 5))
+    assert (results[0].masks - results[1].masks).abs().max() > 1e-2
+
+
+def test_track_step_rejects_inconsistent_inputs(layer):
+    features = layer.encode_frames(_video(1)[0])
+    bank = layer.memory_bank(4)
+    mask = torch.ones(1, 1, SIZE, SIZE)
+    with pytest.raises(UsageError, match="mask prompt"):
+        layer.track_step(features, bank, 0, prompt=Sam2Prompt(masks=mask, points=_points((3, 4))), conditioning=True)
+    with pytest.raises(UsageError, match="memory bank is empty"):
+        layer.track_step(features, bank, 2)
+    with pytest.raises(ShapeError, match="previous_masks"):
+        layer.track_step(features, bank, 0, conditioning=True, previous_masks=torch.zeros(2, 1, 16, 16))
+    with pytest.raises(UsageError, match="num_frames"):
+        layer.memory_bank(0)
+
+
+def test_a_conditioning_memory_replaces_the_frames_tracked_memory(layer):
+    # SAM2's predictor removes a frame's non-conditioning output once the frame gets a conditioning one
+    with torch.no_grad():
+        features = layer.encode_frames(_video(1)[0])
+        bank = layer.memory_bank(8)
+        step = layer.track_step(features, bank, 3, prompt=Sam2Prompt(), conditioning=True)
+        tracked = layer.remember(features, bank, step, conditioning=False)
+        stored = layer.remember(features, bank, step, conditioning=True)
+    assert 3 not in bank.tracked and bank.cond[3] is stored and stored is not tracked
+    assert [offset for offset, _ in bank.memories(5, reverse=False)] == [0]

@@ -38,6 +38,7 @@ def test_registry_and_grouping_parser():
         "avss",
         "avss_corrected",
         "davis",
+        "davis_semi",
         "refavs",
         "simtoken_compat",
     ]
@@ -259,6 +260,26 @@ def test_davis_preset_by_hand():
     assert result["settings"]["f_mode"] == "boundary" and result["settings"]["bound_th"] == 0.008
 
 
+def test_davis_semi_is_davis_without_each_items_first_and_last_scored_frame():
+    # One item of 5 frames whose prediction is right on frames 1..3 only: davis_semi scores exactly those.
+    obj = torch.zeros(5, 8, 8, dtype=torch.uint8)
+    obj[:, 2:6, 2:6] = 1
+    logits = torch.where(obj > 0, 5.0, -5.0)
+    logits[0], logits[4] = -5.0, -5.0  # missed on the first (conditioning) and last frames
+    semi = run("davis_semi", logits[None], obj[None])
+    assert semi["J"] == 1.0 and semi["F"] == 1.0 and semi["counts"]["frames"] == 3
+    assert semi["counts"]["unscored_frames"] == 2
+    assert run("davis", logits[None], obj[None])["J"] == pytest.approx(3 / 5)
+    # The end frames are those of the labelled frames from the item's first frame on.
+    acc = MetricAccumulator("davis_semi")
+    valid = torch.tensor([[True, True, True, False, True]])
+    acc.update(logits[None], obj[None], valid=valid, first_frame=[1])
+    result = acc.compute()
+    assert result["counts"]["frames"] == 1 and result["J"] == 1.0  # frame 2: after 1, before the last labelled (4)
+    with pytest.raises(ShapeError, match="first_frame 5 of item 0 is outside its 5 frames"):
+        acc.update(logits[None], obj[None], first_frame=[5])
+
+
 # ------------------------------------------------------------------------------------------------ accumulator
 
 
@@ -317,6 +338,7 @@ def test_preset_resolution_fields():
         "avss": ("native", 224),
         "avss_corrected": ("native", 224),
         "davis": ("native", None),
+        "davis_semi": ("native", None),
         "refavs": ("native", 256),
         "simtoken_compat": ("native", None),
     }
@@ -329,6 +351,8 @@ def test_preset_resolution_fields():
         MetricPreset(name="x", task="semantic", f_mode="per_class", gt_resize_mode="bilinear_gt0")
     with pytest.raises(ValueError, match="gt_source"):
         MetricPreset(name="x", gt_source="disk")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="skip_end_frames is for binary presets"):
+        MetricPreset(name="x", task="semantic", f_mode="per_class", gt_resize_mode="nearest", skip_end_frames=True)
 
 
 def test_accumulator_reset_and_ids():

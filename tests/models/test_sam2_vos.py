@@ -14,6 +14,8 @@ from avseg.config import config_from_dict, config_to_dict
 from avseg.data.augment import ClipAugmentConfig
 from avseg.data.types import AVSBatch, random_batch
 from avseg.layers.sam2 import NO_OBJECT_SCORE
+from avseg.layers.sam2 import layer as sam2_layer
+from avseg.layers.sam2.memory import MemoryBank
 from avseg.layers.sam2.prompts import PromptPlan, PromptSimulationConfig
 from avseg.models import sam2_vos
 from avseg.models.registry import get_entry, list_models, load_model
@@ -50,15 +52,24 @@ def force_plan(monkeypatch: pytest.MonkeyPatch, plan: PromptPlan) -> None:
 
 
 def record_decodes(monkeypatch: pytest.MonkeyPatch, model: SAM2VOS) -> list[dict[str, Any]]:
-    """Record the prompt of every decoder pass."""
+    """Record the prompt of every decoder pass (the layer's ``track_step``)."""
     calls: list[dict[str, Any]] = []
-    original = model._decode
+    original = model.sam2.track_step
 
-    def spy(features, pix, points, labels, mask_input, *, conditioning):
-        calls.append({"points": points, "labels": labels, "mask_input": mask_input, "conditioning": conditioning})
-        return original(features, pix, points, labels, mask_input, conditioning=conditioning)
+    def spy(features, bank, frame, *, prompt=None, conditioning=False, previous_masks=None, **kwargs):
+        calls.append(
+            {
+                "points": None if prompt is None else prompt.points,
+                "labels": None if prompt is None else prompt.point_labels,
+                "mask_input": previous_masks,
+                "conditioning": conditioning,
+            }
+        )
+        return original(
+            features, bank, frame, prompt=prompt, conditioning=conditioning, previous_masks=previous_masks, **kwargs
+        )
 
-    monkeypatch.setattr(model, "_decode", spy)
+    monkeypatch.setattr(model.sam2, "track_step", spy)
     return calls
 
 
@@ -66,12 +77,12 @@ def record_memories(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     """Record ``(frame, conditioning)`` of every memory stored."""
     added: list[tuple[int, bool]] = []
 
-    class Bank(sam2_vos.MemoryBank):
+    class Bank(MemoryBank):
         def add(self, frame, memory, *, conditioning):
             added.append((frame, conditioning))
             super().add(frame, memory, conditioning=conditioning)
 
-    monkeypatch.setattr(sam2_vos, "MemoryBank", Bank)
+    monkeypatch.setattr(sam2_layer, "MemoryBank", Bank)
     return added
 
 
@@ -304,6 +315,26 @@ def test_evaluation_reads_only_the_conditioning_frames_ground_truth(prompt):
             )
         )
     torch.testing.assert_close(alone.mask_logits[0], again.mask_logits[1], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("prompt", ["mask", "points"])
+def test_evaluation_binarises_the_memory_of_prompted_frames_as_sam2s_predictor(prompt, monkeypatch):
+    # SAM2's video predictor encodes the memory of every frame the user prompted (clicks or a mask) from the
+    # binarised mask (``_consolidate_temp_output_across_obj(..., is_mask_from_pts=True)``), tracked frames from
+    # sigmoid probabilities
+    torch.manual_seed(0)
+    model = SAM2VOS(tiny_config(eval_prompt=prompt, eval_clicks=2)).eval()
+    seen: list[bool] = []
+    original = model.sam2._encode_memory
+
+    def spy(features, high_res_masks, scores, *, binarize):
+        seen.append(binarize)
+        return original(features, high_res_masks, scores, binarize=binarize)
+
+    monkeypatch.setattr(model.sam2, "_encode_memory", spy)
+    with torch.no_grad():
+        model(square_batch(b=1, t=3, size=64))
+    assert seen == [True, False, False]
 
 
 def test_evaluation_clicks_follow_the_error_regions(monkeypatch):

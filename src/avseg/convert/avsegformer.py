@@ -79,7 +79,9 @@ _HEAD_RULES: tuple[tuple[str, Replacement], ...] = (
     (r"^vggish\.(features|embeddings)\.(\d+)\.(weight|bias)$", r"audio_encoder.vggish.module.\1.\2.\3"),
 )
 
-_PVT = "backbone.model.encoder.layers"
+# The backbone rules below are shared with the TPAVI converter (the two released codes build the same PVT-v2-b5 and
+# B2_ResNet backbones under the prefix ``backbone.``).
+PVT_ENCODER = "backbone.model.encoder.layers"
 _PVT_BLOCK_PARTS = {
     "norm1": "layer_norm_1",
     "norm2": "layer_norm_2",
@@ -91,22 +93,22 @@ _PVT_BLOCK_PARTS = {
     "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
     "mlp.fc2": "mlp.dense2",
 }
-_PVT_RULES: tuple[tuple[str, Replacement], ...] = (
+PVT_RULES: tuple[tuple[str, Replacement], ...] = (
     (
         r"^backbone\.patch_embed(\d)\.(proj|norm)\.(weight|bias)$",
-        lambda m: f"{_PVT}.{int(m[1]) - 1}.patch_embedding.{'proj' if m[2] == 'proj' else 'layer_norm'}.{m[3]}",
+        lambda m: f"{PVT_ENCODER}.{int(m[1]) - 1}.patch_embedding.{'proj' if m[2] == 'proj' else 'layer_norm'}.{m[3]}",
     ),
     (
         r"^backbone\.block(\d)\.(\d+)\.(" + "|".join(re.escape(k) for k in _PVT_BLOCK_PARTS) + r")\.(weight|bias)$",
-        lambda m: f"{_PVT}.{int(m[1]) - 1}.blocks.{m[2]}.{_PVT_BLOCK_PARTS[m[3]]}.{m[4]}",
+        lambda m: f"{PVT_ENCODER}.{int(m[1]) - 1}.blocks.{m[2]}.{_PVT_BLOCK_PARTS[m[3]]}.{m[4]}",
     ),
-    (r"^backbone\.norm(\d)\.(weight|bias)$", lambda m: f"{_PVT}.{int(m[1]) - 1}.layer_norm.{m[2]}"),
+    (r"^backbone\.norm(\d)\.(weight|bias)$", lambda m: f"{PVT_ENCODER}.{int(m[1]) - 1}.layer_norm.{m[2]}"),
 )
-_PVT_KV = re.compile(r"^backbone\.block(\d)\.(\d+)\.attn\.kv\.(weight|bias)$")
+PVT_KV = re.compile(r"^backbone\.block(\d)\.(\d+)\.attn\.kv\.(weight|bias)$")
 
 _RESNET = "backbone.model"
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_RESNET_RULES: tuple[tuple[str, Replacement], ...] = (
+RESNET_RULES: tuple[tuple[str, Replacement], ...] = (
     (r"^backbone\.conv1\.weight$", f"{_RESNET}.embedder.embedder.convolution.weight"),
     (rf"^backbone\.bn1\.{_BN}$", rf"{_RESNET}.embedder.embedder.normalization.\1"),
     (
@@ -165,7 +167,7 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
     """
     state = {k.removeprefix("module."): v for k, v in state.items()}
     kind = _backbone_kind(list(state))
-    rules = _HEAD_RULES + (_PVT_RULES if kind == "pvt_v2" else _RESNET_RULES)
+    rules = _HEAD_RULES + (PVT_RULES if kind == "pvt_v2" else RESNET_RULES)
     converted: dict[str, Tensor] = {}
     dropped: dict[str, str] = {}
     unknown: list[str] = []
@@ -175,11 +177,11 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
         if reason is not None:
             dropped[raw] = reason
             continue
-        kv = _PVT_KV.match(name) if kind == "pvt_v2" else None
+        kv = PVT_KV.match(name) if kind == "pvt_v2" else None
         if kv is not None:
             # The released attention reshapes kv to (B, N, 2, heads, d): the first C outputs are keys, the rest values.
             half = tensor.shape[0] // 2
-            block = f"{_PVT}.{int(kv[1]) - 1}.blocks.{kv[2]}.attention"
+            block = f"{PVT_ENCODER}.{int(kv[1]) - 1}.blocks.{kv[2]}.attention"
             converted[f"{block}.key.{kv[3]}"] = tensor[:half]
             converted[f"{block}.value.{kv[3]}"] = tensor[half:]
             continue

@@ -39,6 +39,10 @@ attention ``out_proj`` → ``o_proj``; ``norm{n}`` → ``layer_norm{n}``; three-
   ``obj_ptr_tpos_proj`` (SAM2.1) → ``temporal_positional_encoding_projection_layer``.
 
 Every tensor keeps its shape. A key the map does not know, or a model key no upstream key fills, is an error.
+
+The input may also be an avseg checkpoint (or training run) folder of any model built on the SAM2 layer, e.g. a
+``sam2-tiny`` fine-tuned with ``avseg train``: its SAM2 (already in transformers' names) is written to the same
+folder format, so that another model can load it through ``sam2.weights``; ``--dtype float16`` halves the file.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from avseg.errors import CheckpointError, MissingFileError
+from avseg.errors import CheckpointError, MissingFileError, UsageError
 
 __all__ = ["KEY_RULES", "convert", "convert_state_dict", "detect_variant", "load_upstream", "upstream_to_avseg_key"]
 
@@ -267,6 +271,48 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _write_folder(out_dir: Path, tensors: Mapping[str, Tensor], hf_config: Any, record: Mapping[str, Any]) -> None:
+    """Write ``model.safetensors``, ``config.json`` and ``conversion.json`` into ``out_dir``, each atomically."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from avseg.fileio import atomic_file, atomic_write_bytes, atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / "model.safetensors") as tmp:
+        save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
+    with tempfile.TemporaryDirectory() as staging:
+        hf_config.save_pretrained(staging)
+        atomic_write_bytes(out_dir / "config.json", (Path(staging) / "config.json").read_bytes())
+    atomic_write_text(out_dir / "conversion.json", json.dumps(dict(record), indent=2) + "\n")
+
+
+def _export_checkpoint(folder: Path, out_dir: Path, dtype: torch.dtype) -> int:
+    """Write the SAM2 layer of an avseg checkpoint (or run folder) as a layer folder (see the module docstring)."""
+    from avseg.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+    from avseg.models import load_model
+
+    checkpoint = resolve_checkpoint(folder, "best", fallback="latest")
+    model = load_model(checkpoint)
+    layer = getattr(model, "sam2", None)
+    if layer is None or not hasattr(layer, "model"):
+        raise CheckpointError(checkpoint, f"a {model.family} model has no SAM2 layer to export")
+    tensors = {key: value.detach().to(dtype).contiguous().clone() for key, value in layer.model.state_dict().items()}
+    record = {
+        "source": str(checkpoint),
+        "sha256": _sha256(checkpoint / WEIGHTS_FILE),
+        "preset": getattr(model, "preset", None),
+        "variant": layer.config.variant,
+        "image_size": layer.config.image_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "tensors": len(tensors),
+    }
+    _write_folder(out_dir, tensors, layer.model.config, record)
+    print(f"{checkpoint}: SAM2 of {record['preset'] or model.family}, {len(tensors)} tensors -> {out_dir}")
+    return 0
+
+
 def convert(
     input: Path,
     out_dir: Path,
@@ -283,26 +329,39 @@ def convert(
         "test-tiny",
     ]
     | None = None,
+    dtype: Literal["float32", "float16"] = "float32",
 ) -> int:
-    """Convert an official SAM2/SAM2.1 checkpoint (.pt) to the folder avseg's SAM2 layer loads.
+    """Convert an official SAM2/SAM2.1 checkpoint (.pt), or the SAM2 of an avseg checkpoint, to the folder avseg's
+    SAM2 layer loads.
 
     The output folder holds config.json and model.safetensors in transformers' Sam2VideoModel format and
-    conversion.json (source file, SHA-256, variant). Load it with Sam2LayerConfig(variant=..., weights=OUT_DIR).
+    conversion.json (source, SHA-256, variant). Load it with Sam2LayerConfig(variant=..., weights=OUT_DIR).
 
     Args:
-        input: sam2_hiera_*.pt / sam2.1_hiera_*.pt, or a checkpoint holding SAM2 under a prefix (AuralSAM2, Sa2VA).
-        out_dir: folder to write (created; existing files of the same names are replaced).
-        variant: the model shape; default: detected from the trunk's width and depth and the SAM2.1 keys.
+        input: sam2_hiera_*.pt / sam2.1_hiera_*.pt, a checkpoint holding SAM2 under a prefix (AuralSAM2, Sa2VA), or
+            an avseg checkpoint or training run folder of a model built on the SAM2 layer (e.g. a fine-tuned
+            sam2-tiny; a run folder's best checkpoint, else its latest).
+        out_dir: folder to write (created; existing files of the same names are replaced, each atomically).
+        variant: the model shape of a .pt file; default: detected from the trunk's width and depth and the SAM2.1
+            keys (an avseg checkpoint records its own).
+        dtype: dtype of the written weights (float16 halves the file; the layer computes in float32 either way).
 
     Returns:
         0 on success.
     """
-    from safetensors.torch import save_file
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
+    from avseg.fileio import check_output_dir
     from avseg.layers.sam2.config import Sam2LayerConfig, hf_video_config_kwargs
 
     input, out_dir = Path(input), Path(out_dir)
+    if dtype not in ("float32", "float16"):
+        raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
+    check_output_dir(out_dir, arg="OUT_DIR", inputs=[input])
+    if input.is_dir():
+        if variant is not None:
+            raise UsageError("--variant applies to .pt files; an avseg checkpoint records its SAM2 variant")
+        return _export_checkpoint(input, out_dir, getattr(torch, dtype))
     upstream = load_upstream(input)
     detected = detect_variant(upstream)
     variant = variant or detected  # type: ignore[assignment]
@@ -332,11 +391,8 @@ def convert(
     if wrong:
         raise CheckpointError(input, f"shapes do not fit {variant}: {wrong[:10]}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to(torch.float32).contiguous().clone() for key, value in state.items()}
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    hf_config.save_pretrained(out_dir)
+    tensors = {key: value.detach().to(getattr(torch, dtype)).contiguous().clone() for key, value in state.items()}
     record = {"source": input.name, "sha256": _sha256(input), "variant": variant, "tensors": len(tensors)}
-    (out_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    _write_folder(out_dir, tensors, hf_config, record)
     print(f"{input}: {variant}, {len(tensors)} tensors -> {out_dir}")
     return 0

@@ -80,7 +80,7 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
             Benchmark("avss", "avss", "avss", text=False, frames=10, num_classes=AVSS_NUM_CLASSES),
             Benchmark("refavs", "refavs", "refavs", text=True, frames=10),
             Benchmark("rvos", "rvos", "davis", text=True, frames=None),
-            Benchmark("vos", "vos", "davis", text=False, frames=None),
+            Benchmark("vos", "vos", "davis_semi", text=False, frames=None),
         )
     }
 )

@@ -41,7 +41,7 @@ from avseg.metrics.davis import db_eval_boundary
 from avseg.metrics.presets import Grouping, MetricPreset, get_preset, group_indices, parse_group
 from avseg.metrics.semantic import SemanticScores, SemanticStats, avss_scores, semantic_frame_stats
 
-__all__ = ["MetricAccumulator"]
+__all__ = ["MetricAccumulator", "scored_frames"]
 
 
 @dataclass
@@ -52,6 +52,7 @@ class _Item:
     size: tuple[int, int]  # scored at
     gt_size: tuple[int, int]  # ground truth as given
     dropped: int = 0  # invalid frames left out (binary presets)
+    unscored: int = 0  # valid frames the protocol leaves out: before the first frame, and the end frames
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -68,6 +69,41 @@ def _weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
 
 def _float(x: torch.Tensor | float) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def scored_frames(valid: torch.Tensor, first_frame: Sequence[int] | None, *, skip_end_frames: bool) -> torch.Tensor:
+    """The frames a binary preset scores: valid frames from each item's first frame on, less the first and the last
+    of those with ``skip_end_frames`` (the semi-supervised DAVIS protocol; see :mod:`avseg.metrics.presets`).
+
+    Args:
+        valid: ``(B, T)`` bool, the labelled frames.
+        first_frame: per item, the frame the object is given on (its conditioning frame); None: 0 for every item.
+        skip_end_frames: leave out the first and the last of each item's remaining frames.
+
+    Returns:
+        ``(B, T)`` bool.
+
+    Example:
+        >>> import torch
+        >>> valid = torch.tensor([[True, True, True, True, True], [True, False, True, True, True]])
+        >>> scored_frames(valid, [0, 1], skip_end_frames=True).int().tolist()  # item 1: labelled 2, 3, 4 from 1 on
+        [[0, 1, 1, 1, 0], [0, 0, 0, 1, 0]]
+    """
+    b, t = valid.shape
+    if first_frame is not None and len(first_frame) != b:
+        raise ShapeError(f"first_frame has {len(first_frame)} entries for a batch of {b}")
+    scored = valid.clone()
+    for i, first in enumerate(first_frame or []):
+        if not 0 <= int(first) < t:
+            raise ShapeError(f"first_frame {int(first)} of item {i} is outside its {t} frames")
+        scored[i, : int(first)] = False
+    if skip_end_frames:
+        for i in range(b):
+            kept = torch.nonzero(scored[i]).flatten()
+            if len(kept):
+                scored[i, kept[0]] = False
+                scored[i, kept[-1]] = False
+    return scored
 
 
 def _resize_gt(masks: torch.Tensor, size: tuple[int, int], mode: str, semantic: bool) -> torch.Tensor:
@@ -126,6 +162,7 @@ class MetricAccumulator:
         valid: torch.Tensor | None = None,
         frame_valid: torch.Tensor | None = None,
         ids: Sequence[str] | None = None,
+        first_frame: Sequence[int] | None = None,
     ) -> None:
         """Add a batch of videos/expressions.
 
@@ -142,6 +179,9 @@ class MetricAccumulator:
             frame_valid: optional ``(B, T)`` bool, False for padded frames (default: ``valid``); a preset with
                 ``zero_padded_logits`` sets the logits of those frames to 0 before scoring.
             ids: optional ``B`` video/expression ids for the per-video results (default: running numbers).
+            first_frame: optional, per item, the frame its object is given on (semi-supervised VOS:
+                ``meta["first_frame"]``). Binary presets leave out the frames before it and, with
+                ``skip_end_frames``, the first and the last of the remaining valid frames (:func:`scored_frames`).
         """
         semantic = self.preset.task == "semantic"
         want = 5 if semantic else 4
@@ -183,14 +223,17 @@ class MetricAccumulator:
         with torch.no_grad():
             per_frame = self._semantic_stats(logits, masks) if semantic else self._binary_stats(logits, masks)
         valid_cpu = valid.cpu()
+        scored = scored_frames(valid_cpu, first_frame, skip_end_frames=self.preset.skip_end_frames)
         for i in range(b):
             stats = {key: value[i] for key, value in per_frame.items()}
-            dropped = 0
-            if not semantic:  # binary presets drop invalid frames outright
-                stats = {key: value[valid_cpu[i]] for key, value in stats.items()}
+            dropped = unscored = 0
+            if not semantic:  # binary presets drop invalid and unscored frames outright
+                stats = {key: value[scored[i]] for key, value in stats.items()}
                 dropped = int((~valid_cpu[i]).sum())
-            stats["valid"] = valid_cpu[i].clone() if semantic else torch.ones(t - dropped, dtype=torch.bool)
-            self._items.append(_Item(str(ids[i]), size, gt_size, dropped, stats))
+                unscored = int((valid_cpu[i] & ~scored[i]).sum())
+            kept = t - dropped - unscored
+            stats["valid"] = valid_cpu[i].clone() if semantic else torch.ones(kept, dtype=torch.bool)
+            self._items.append(_Item(str(ids[i]), size, gt_size, dropped, unscored, stats))
 
     def _binary_stats(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.preset
@@ -316,6 +359,7 @@ class MetricAccumulator:
                 "j_frames": int(counted.sum()),
                 "empty_gt_frames": int((gt_area == 0).sum()),
                 "invalid_frames_dropped": sum(item.dropped for item in self._items),
+                "unscored_frames": sum(item.unscored for item in self._items),
             },
             "per_video": per_video,
         }
@@ -382,6 +426,7 @@ class MetricAccumulator:
         # Keep only the knobs that shaped this result, so that the record reads unambiguously.
         if self.preset.task == "semantic":
             drop = [
+                "skip_end_frames",
                 "threshold",
                 "s_threshold",
                 "empty_gt",

@@ -43,10 +43,19 @@ Presets; "S" is the null-split score, "GT" where the ground truth is read from a
     avss               argmax       -         per_class (b2 0.3)  video       native -> 224 (nearest)    -
     avss_corrected     argmax       -         per_class (b2 0.3)  video       native -> 224 (nearest)    -
     davis              0.5          one       boundary (0.008)    expression  native                     -
+    davis_semi         0.5          one       boundary (0.008)    video       native                     -
     simtoken_compat    0.4          tn_ratio  beta_sweep_max      expression  native                     sqrt_ratio
     auralsam2_compat   0.5          tn_ratio  beta_sweep_max      batch:4     input                      ratio, pooled
 
 ``avss`` also zeroes the logits of padded frames (``zero_padded_logits``), as the official models do.
+
+Semi-supervised VOS (``davis_semi``, ``skip_end_frames``): the object is given on its first frame, so that frame is
+not scored. ``davis2017-evaluation`` (``davis2017/evaluation.py::DAVISEvaluation.evaluate``, semi-supervised task)
+scores every object on ``all_gt_masks[:, 1:-1]``: the first and the last frame of the sequence are left out, and
+``evaluation_method.py`` reports ``J&F = (mean J + mean F) / 2`` over all objects (SAM2's ``sav_benchmark.py`` skips
+the same two frames of each object). avseg takes them relative to each item: its scored frames are its labelled
+frames from its first frame (``first_frame``, the conditioning frame) on, and of those the first and the last are
+left out; frames before an item's first frame are never scored (the object was not given yet).
 """
 
 from __future__ import annotations
@@ -245,6 +254,8 @@ class MetricPreset:
             frame then has all-zero logits, its argmax is class 0 (background), which matches its all-zero label.
         unseen_classes: semantic only: ``"zero"`` keeps never-seen classes as 0 in the mean, ``"drop"`` omits them.
         no_bg_index: semantic only: class index removed for the no-background means.
+        skip_end_frames: binary only: leave out each item's first and last scored frame (the semi-supervised
+            DAVIS protocol, where the first one is the conditioning frame whose ground truth the model was given).
         notes: provenance, what evaluation does with the preset, and unverified points.
     """
 
@@ -270,6 +281,7 @@ class MetricPreset:
     zero_padded_logits: bool = False
     unseen_classes: Literal["zero", "drop"] = "zero"
     no_bg_index: int = -1
+    skip_end_frames: bool = False
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -303,6 +315,8 @@ class MetricPreset:
                 f"MetricPreset {self.name!r}: zero_padded_logits is for semantic presets (binary presets drop padded "
                 "frames)"
             )
+        if self.skip_end_frames and self.task != "binary":
+            raise ValueError(f"MetricPreset {self.name!r}: skip_end_frames is for binary presets (one object per item)")
         if self.num_thresholds < 1 or self.beta2 <= 0:
             raise ValueError(
                 f"MetricPreset {self.name!r}: bad num_thresholds={self.num_thresholds} or beta2={self.beta2}"
@@ -403,6 +417,23 @@ _PRESETS: MappingProxyType[str, MetricPreset] = MappingProxyType(
                 "and binarised at sigmoid > 0.5."
             ),
         ),
+        "davis_semi": MetricPreset(
+            name="davis_semi",
+            empty_gt="one",
+            iou_eps=0.0,
+            f_mode="boundary",
+            bound_th=0.008,
+            group="video",
+            skip_end_frames=True,
+            notes=(
+                "DAVIS 2017 semi-supervised (davis2017-evaluation davis2017/evaluation.py::DAVISEvaluation.evaluate "
+                "and evaluation_method.py): 'davis' per object, on the frames all_gt_masks[:, 1:-1] - the first "
+                "(conditioning) and the last frame are not scored - J and F the per-object means, J&F = (mean J + "
+                "mean F) / 2 over all objects. Eval passes each item's first_frame: its scored frames are its "
+                "labelled frames from there on, less the first and the last; scored at the native ground truth's "
+                "resolution (the reader's native_masks) with the logits bilinear-resized to it, sigmoid > 0.5."
+            ),
+        ),
         "simtoken_compat": MetricPreset(
             name="simtoken_compat",
             threshold=0.4,
@@ -447,7 +478,7 @@ def list_presets() -> list[str]:
 
     Example:
         >>> list_presets()
-        ['auralsam2_compat', 'avsbench', 'avss', 'avss_corrected', 'davis', 'refavs', 'simtoken_compat']
+        ['auralsam2_compat', 'avsbench', 'avss', 'avss_corrected', 'davis', 'davis_semi', 'refavs', 'simtoken_compat']
     """
     return sorted(_PRESETS)
 

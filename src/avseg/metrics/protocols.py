@@ -20,6 +20,7 @@ reproduces the grouping of the script behind the published number:
     avsegformer  refavs     refavs            batch:4   keep_duplicate_rows      Ref-AVS run_refavs.py + test()
     auralsam2    s4, ms3    auralsam2_compat  ddp:4:1   -                        AuralSAM2 avs.code main.py
     auralsam2    refavs     auralsam2_compat  ddp:4:4   keep_duplicate_rows      AuralSAM2 ref-avs.code main.py
+    sam2         vos        davis_semi        video     -                        davis2017-evaluation (semi-sup.)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "AVSBENCH_TEST_SH",
     "AVSEGFORMER_AVS",
     "AVSEGFORMER_AVSS",
+    "DAVIS2017_SEMI",
     "REFAVS_OFFICIAL",
     "EvalProtocol",
     "ProtocolKind",
@@ -204,6 +206,25 @@ AURALSAM2_REFAVS = EvalProtocol(
     notes=(
         "4 expressions per GPU and batch, 4 GPUs: J and F are means over every batch of every rank, the null S is "
         "sum fg / sum pixels over every batch (no sqrt), all including the expressions the sampler repeats."
+    ),
+)
+
+
+DAVIS2017_SEMI = EvalProtocol(
+    name="DAVIS 2017 semi-supervised",
+    preset="davis_semi",
+    group="video",
+    source=(
+        "davisvideochallenge/davis2017-evaluation evaluation_method.py --task semi-supervised and "
+        "davis2017/evaluation.py::DAVISEvaluation.evaluate (all_gt_masks[:, 1:-1]: first and last frame not "
+        "scored; J and boundary F per object, J&F = (mean J + mean F) / 2 over objects); facebookresearch/sam2 "
+        "tools/vos_inference.py (the first annotated frame's mask is the prompt) and sav_dataset/utils/"
+        "sav_benchmark.py (skip_first_and_last=True)"
+    ),
+    notes=(
+        "One object per item, prompted on its first annotated frame; the conditioning and last frames are not "
+        "scored, nor frames before an object's first frame. Items are independent, so batching does not change "
+        "the score."
     ),
 )
 

@@ -73,7 +73,8 @@ from avseg.layers.sam2 import (
     tiny_sam2_config,
     upsample_masks,
 )
-from avseg.layers.sam2.memory import FrameMemory, MemoryBank, last_reads
+from avseg.layers.sam2.layer import Sam2StepOutput
+from avseg.layers.sam2.memory import last_reads
 from avseg.layers.sam2.prompts import (
     PointSampling,
     PromptSimulationConfig,
@@ -82,6 +83,7 @@ from avseg.layers.sam2.prompts import (
     sample_error_points,
     uniform,
 )
+from avseg.metrics.protocols import DAVIS2017_SEMI, protocol_table
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
@@ -229,6 +231,7 @@ class SAM2VOS(AVSModel):
 
     family = "sam2"
     config_class = SAM2VOSConfig
+    official_protocols = protocol_table(vos=DAVIS2017_SEMI)
 
     def __init__(self, config: SAM2VOSConfig) -> None:
         super().__init__(config)
@@ -317,44 +320,16 @@ class SAM2VOS(AVSModel):
 
     # -- tracking ------------------------------------------------------------------------------------------------
 
-    def _decode(
-        self,
-        features: Sam2Features,
-        image_embeddings: Tensor,
-        points: Tensor | None,
-        labels: Tensor | None,
-        mask_input: Tensor | None,
-        *,
-        conditioning: bool,
-    ) -> DecodeStep:
-        """SAM2's ``_forward_sam_heads``: one decoder pass from clicks (``(B, P, 2)`` at the input size, labels
-        ``(B, P)``) and the previous mask logits ``(B, 1, S/4, S/4)``, with SAM2's multimask rule."""
-        prompt = Sam2Prompt(points=points, point_labels=labels, masks=mask_input)
-        multimask = self.sam2._use_multimask(conditioning, prompt)
-        out = self.sam2.decode(features, prompt, image_embeddings=image_embeddings, multimask_output=multimask)
-        present = out.object_score_logits > 0  # (B, 1)
-        candidates = torch.where(present[:, :, None, None], out.mask_logits, NO_OBJECT_SCORE)  # (B, M, s, s)
-        rows = torch.arange(candidates.shape[0], device=candidates.device)
-        best = out.iou_pred.argmax(dim=-1)  # (B,)
+    @staticmethod
+    def _decode_step(out: Sam2StepOutput) -> DecodeStep:
+        """A decoder pass of the layer as the loss reads it."""
         return DecodeStep(
-            candidates=candidates,
+            candidates=out.mask_logits,
             iou_pred=out.iou_pred,
-            object_logits=out.object_score_logits[:, 0],
-            masks=candidates[rows, best][:, None],
-            pointer=self.sam2._pointer(out.mask_tokens[rows, best], present),
+            object_logits=out.object_score_logits,
+            masks=out.masks,
+            pointer=out.object_pointer,
         )
-
-    def _mask_step(self, features: Sam2Features, mask: Tensor) -> tuple[DecodeStep, Tensor]:
-        """A mask-prompted frame: the mask is the output (SAM2's ``use_mask_input_as_output_without_sam``)."""
-        out = self.sam2._mask_as_output(features, mask)
-        step = DecodeStep(
-            candidates=out["masks"],
-            iou_pred=out["multimask_iou"][:, :1],
-            object_logits=out["object_score_logits"][:, 0],
-            masks=out["masks"],
-            pointer=out["object_pointer"],
-        )
-        return step, out["high_res_masks"]
 
     def _track(
         self,
@@ -391,52 +366,48 @@ class SAM2VOS(AVSModel):
             ``(frame, passes)`` in processing order.
         """
         sam2 = self.sam2
-        config = sam2.model.config
         size = (sam2.image_size, sam2.image_size)
         cond = list(prompts)
         order = cond + [t for t in range(start, num_frames) if t not in prompts]
         plan = [(t, False) for t in order if t not in prompts]
-        pointers = min(num_frames, config.max_object_pointers_in_encoder)
-        bank = MemoryBank(
-            num_maskmem=config.num_maskmem, max_object_pointers=pointers, max_cond_frames=config.max_cond_frame_num
-        )
-        last = last_reads(plan, max(config.num_maskmem, pointers) - 1, num_frames)
+        bank = sam2.memory_bank(num_frames)
+        last = last_reads(plan, bank.read_window, num_frames)
         tracked = 0  # position in ``plan`` of the next tracked frame
         for frame in order:
             feats = features(frame)
             prompt = prompts.get(frame)
             conditioning = prompt is not None
-            if prompt is not None and prompt.masks is not None:
-                step, high_res = self._mask_step(feats, prompt.masks)
-                steps = [step]
-            else:
-                if conditioning:
-                    pix = feats.fpn[2] + sam2.model.no_memory_embedding.view(1, -1, 1, 1)
-                else:
-                    pix = sam2._condition_on_memory(feats, bank, frame, reverse=False)
-                points = prompt.points if prompt is not None else None
-                labels = prompt.point_labels if prompt is not None else None
-                steps = [self._decode(feats, pix, points, labels, None, conditioning=conditioning)]
-                for _ in range(corrections.get(frame, 0)):
-                    from_gt = prob_from_gt > 0 and uniform(generator) < prob_from_gt
-                    pred = None if from_gt else upsample_masks(steps[-1].masks[:, 0], size) > 0
-                    new_points, new_labels = sample_error_points(gt[frame], pred, method=method, generator=generator)
-                    points = new_points if points is None else torch.cat([points, new_points], dim=1)
-                    labels = new_labels if labels is None else torch.cat([labels, new_labels], dim=1)
-                    # SAM2 feeds the previous mask logits back with the clicks (``iter_use_prev_mask_pred``)
-                    steps.append(self._decode(feats, pix, points, labels, steps[-1].masks, conditioning=conditioning))
-                high_res = F.interpolate(steps[-1].masks.float(), size=size, mode="bilinear", align_corners=False)
-            final = steps[-1]
-            # SAM2's video predictor binarises, in eval mode, the masks of frames that received clicks
-            clicked = (prompt is not None and prompt.points is not None) or corrections.get(frame, 0) > 0
-            binarize = not sam2.memory_training and clicked
-            memory, memory_pos = sam2._encode_memory(feats, high_res, final.object_logits[:, None], binarize=binarize)
-            as_cond = conditioning or (corrected_as_cond and corrections.get(frame, 0) > 0)
-            bank.add(frame, FrameMemory(features=memory, pos=memory_pos, pointer=final.pointer), conditioning=as_cond)
+            out = sam2.track_step(feats, bank, frame, prompt=prompt, conditioning=conditioning)
+            passes = [out]
+            points, labels = _clicks(prompt)
+            corrected = corrections.get(frame, 0) if out.image_embeddings is not None else 0  # not on a mask prompt
+            for _ in range(corrected):
+                from_gt = prob_from_gt > 0 and uniform(generator) < prob_from_gt
+                pred = None if from_gt else upsample_masks(out.masks[:, 0], size) > 0
+                new_points, new_labels = sample_error_points(gt[frame], pred, method=method, generator=generator)
+                points = new_points if points is None else torch.cat([points, new_points], dim=1)
+                labels = new_labels if labels is None else torch.cat([labels, new_labels], dim=1)
+                boxes = prompt.boxes if prompt is not None else None
+                clicks = Sam2Prompt(points=points, point_labels=labels, boxes=boxes)
+                # SAM2 decodes again from the same memory-conditioned features and feeds the previous mask logits
+                # back with the clicks (``iter_use_prev_mask_pred``)
+                out = sam2.track_step(
+                    feats,
+                    bank,
+                    frame,
+                    prompt=clicks,
+                    conditioning=conditioning,
+                    previous_masks=out.masks,
+                    image_embeddings=out.image_embeddings,
+                )
+                passes.append(out)
+            as_cond = conditioning or (corrected_as_cond and corrected > 0)
+            # SAM2's rule: in eval mode the memory of a frame prompted with clicks, a box or a mask is binarised
+            sam2.remember(feats, bank, out, conditioning=as_cond)
             if not conditioning:
                 bank.forget([t for t in list(bank.tracked) if last.get(t, -1) <= tracked])
                 tracked += 1
-            yield frame, steps
+            yield frame, [self._decode_step(p) for p in passes]
 
     # -- forward -------------------------------------------------------------------------------------------------
 
@@ -517,6 +488,63 @@ class SAM2VOS(AVSModel):
             objects[index, start:] = objs
         return AVSOutput(mask_logits=logits, object_logits=objects)
 
+    def track(
+        self,
+        batch: AVSBatch,
+        *,
+        start: int = 0,
+        points: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        masks: Tensor | None = None,
+    ) -> AVSOutput:
+        """Track objects given by user prompts on frame ``start`` through the rest of the clip (SAM2's video
+        predictor with one prompted frame), by the evaluation path with the prompt given instead of drawn from the
+        ground truth. Frames before ``start`` are predicted absent.
+
+        Args:
+            batch: frames ``(B, T, 3, H, W)`` uint8, one row per object (rows may repeat one video);
+                ``batch.orig_size[i]``: the ``(H0, W0)`` frame the coordinates of row ``i`` refer to (the video's
+                own resolution; None: the frames' ``(H, W)``).
+            start: the prompted frame.
+            points: ``(B, P, 2)`` float ``(x, y)`` pixel coordinates in the ``orig_size`` frame, scaled here to
+                SAM2's input size as SAM2's predictor scales them (``x / W0 * S``).
+            point_labels: ``(B, P)`` int: 1 a positive click, 0 a negative one, 2 and 3 the top-left and
+                bottom-right corners of a box.
+            masks: ``(B, H', W')`` instead of points: each object's mask on frame ``start``, at any resolution
+                (brought to SAM2's input size by nearest neighbours; SAM2 outputs it as that frame's mask).
+
+        Returns:
+            ``mask_logits (B, T, 1, H, W)`` and ``object_logits (B, T)``, as :meth:`forward` in eval mode.
+        """
+        b, t, _, h, w = batch.frames.shape
+        device = batch.frames.device
+        if not 0 <= start < t:
+            raise ValueError(f"track: start frame {start} is outside a clip of {t} frames")
+        if (masks is None) == (points is None) or (points is None) != (point_labels is None):
+            raise ValueError("track: give points with point_labels, or masks (one prompt kind per call)")
+        s = self.sam2.image_size
+        if masks is not None:
+            if masks.dim() != 3 or masks.shape[0] != b:
+                raise ValueError(f"track: masks must be (B={b}, H, W), got {tuple(masks.shape)}")
+            prompt = Sam2Prompt(masks=self._masks_at_input_size(masks[:, None].to(device)).float())  # (B, 1, S, S)
+        else:
+            if points.dim() != 3 or points.shape[0] != b or points.shape[-1] != 2:
+                raise ValueError(f"track: points must be (B={b}, P, 2), got {tuple(points.shape)}")
+            if tuple(point_labels.shape) != tuple(points.shape[:2]):
+                got = tuple(point_labels.shape)
+                raise ValueError(f"track: point_labels must be {tuple(points.shape[:2])}, got {got}")
+            sizes = [size or (h, w) for size in batch.orig_size]
+            scale = torch.tensor([[s / w0, s / h0] for h0, w0 in sizes], device=device)  # (B, 2)
+            prompt = Sam2Prompt(
+                points=points.to(device).float() * scale[:, None], point_labels=point_labels.to(device).long()
+            )
+        logits = batch.frames.new_full((b, t, 1, h, w), NO_OBJECT_SCORE, dtype=torch.float32)
+        objects = batch.frames.new_full((b, t), NO_OBJECT_SCORE, dtype=torch.float32)
+        with torch.no_grad():
+            tracked, scores = self._track_from(batch, torch.arange(b, device=device), start, prompt)
+        logits[:, start:], objects[:, start:] = tracked, scores
+        return AVSOutput(mask_logits=logits, object_logits=objects)
+
     def _eval_prompt(self, gt: Tensor) -> tuple[Sam2Prompt, int]:
         """The conditioning frame's prompt from its ground truth ``(B, S, S)`` and the clicks still to add."""
         cfg = self.config
@@ -529,15 +557,18 @@ class SAM2VOS(AVSModel):
         points, labels = sample_error_points(gt, None, method="center")
         return Sam2Prompt(points=points, point_labels=labels), cfg.eval_clicks - 1
 
-    def _track_from(self, batch: AVSBatch, index: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    def _track_from(
+        self, batch: AVSBatch, index: Tensor, start: int, prompt: Sam2Prompt | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Tracks ``index`` of ``batch`` from frame ``start`` to the end: ``(n, T - start, 1, H, W)`` logits and
-        ``(n, T - start)`` object scores. Frames are encoded ``eval_chunk`` at a time, in processing order."""
+        ``(n, T - start)`` object scores. Frames are encoded ``eval_chunk`` at a time, in processing order. The
+        conditioning prompt is ``prompt`` (at SAM2's input size, no further clicks) or else the evaluation prompt."""
         cfg = self.config
         _, t, _, h, w = batch.frames.shape
         n = len(index)
         tracks = _select_tracks(batch, index)
         gt = self._masks_at_input_size(tracks.masks[:, start : start + 1])[:, 0]  # (n, S, S)
-        prompt, clicks = self._eval_prompt(gt)
+        prompt, clicks = self._eval_prompt(gt) if prompt is None else (prompt, 0)
         cache: dict[int, Sam2Features] = {}
 
         def features(frame: int) -> Sam2Features:
@@ -614,6 +645,16 @@ class SAM2VOS(AVSModel):
         }
         out["loss"] = sum((weights[k] * out[k] for k in keys), output.mask_logits.new_zeros(()))
         return out
+
+
+def _clicks(prompt: Sam2Prompt | None) -> tuple[Tensor | None, Tensor | None]:
+    """A prompt's clicks ``(B, P, 2)`` and labels ``(B, P)`` (positive where not given), the start of corrections."""
+    if prompt is None or prompt.points is None:
+        return None, None
+    labels = prompt.point_labels
+    if labels is None:
+        labels = torch.ones(prompt.points.shape[:2], dtype=torch.long, device=prompt.points.device)
+    return prompt.points, labels
 
 
 def _select_tracks(batch: AVSBatch, index: Tensor) -> AVSBatch:

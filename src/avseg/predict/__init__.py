@@ -4,6 +4,7 @@
   work, then the rest of this package.
 - :mod:`avseg.predict.predictor`: :class:`Predictor`, a model plus its sampling settings, which decodes a video,
   cuts it into clips with their audio (:mod:`avseg.audio.alignment`) and segments every sampled frame.
+- :mod:`avseg.predict.prompts`: the clicks, box or mask that tell a promptable model (SAM2) what to track.
 - :mod:`avseg.predict.prediction`: :class:`Prediction`, the masks of a video, written as PNGs, an overlay video and a
   settings record.
 - :mod:`avseg.predict.settings`: what a checkpoint records about its training data (:func:`read_training_data`) and
@@ -17,6 +18,7 @@ from avseg.audio.alignment import AudioAlign, clip_audio_examples, window_audio_
 from avseg.predict.command import predict
 from avseg.predict.prediction import OVERLAY_SUFFIXES, Prediction
 from avseg.predict.predictor import FpsCappedWarning, Predictor, TextRequiredError
+from avseg.predict.prompts import ObjectPrompt, VideoPrompts, is_promptable, parse_prompts
 from avseg.predict.settings import (
     DEFAULT_CLIP_LEN,
     DEFAULT_FPS,
@@ -32,12 +34,16 @@ __all__ = [
     "OVERLAY_SUFFIXES",
     "AudioAlign",
     "FpsCappedWarning",
+    "ObjectPrompt",
     "Prediction",
     "Predictor",
     "SamplingSettings",
     "TextRequiredError",
     "TrainingData",
+    "VideoPrompts",
     "clip_audio_examples",
+    "is_promptable",
+    "parse_prompts",
     "predict",
     "read_training_data",
     "sampling_settings",

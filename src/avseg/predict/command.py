@@ -21,6 +21,7 @@ from avseg.errors import AVSegWarning, MissingFileError, UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.predict.prediction import OVERLAY_SUFFIXES, Prediction
 from avseg.predict.predictor import Predictor, fallback_pointer
+from avseg.predict.prompts import parse_prompts
 from avseg.predict.settings import positive_float
 
 __all__ = ["predict"]
@@ -42,6 +43,10 @@ def predict(
     overlay_fps: float | None = None,
     audio_align: Literal["window", "clip"] = "window",
     batch_size: int = 1,
+    points: str | None = None,
+    box: str | None = None,
+    mask: Path | None = None,
+    prompt_frame: int | None = None,
     quiet: bool = False,
 ) -> int:
     """Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.
@@ -53,6 +58,12 @@ def predict(
     audio track. The outputs, the device and the checkpoint are checked before anything is decoded: an output that
     is the input video (or one of the checkpoint's files) is refused. Progress goes to stderr: bars on a terminal,
     a line every 15 s in a log; warnings are one ``avseg: warning:`` line each on stderr.
+
+    A promptable model (sam2-*) tracks the object you give on one frame, with --points, --box or --mask in the video's
+    own pixel coordinates, through the rest of the video (earlier frames stay empty); it samples every frame unless
+    --fps (or its checkpoint) says otherwise. A mask with several ids tracks one object per id and writes palette
+    PNGs holding those ids. Prompt options for a model that takes none, or no prompt for one that needs it, are
+    refused before the video is decoded, as are points outside the frame and a mask of another size.
 
     Args:
         video: input video file (mp4, mkv, webm, mov, ...) or folder of frames (with audio.wav).
@@ -73,6 +84,12 @@ def predict(
         audio_align: audio example per frame: window (centred on the frame's window) or clip (the benchmark readers'
             consecutive 0.96 s examples from each clip's start).
         batch_size: clips per forward pass (raise it on a GPU).
+        points: clicks on the object to track (promptable models): "x,y[,label];..." in the video's pixels, label 1
+            (default) on the object, 0 on the background.
+        box: the box of the object to track (promptable models): "x0,y0,x1,y1", top-left and bottom-right corners.
+        mask: PNG mask of the object(s) to track (promptable models), of the video's size: binary, or palette/grey
+            ids with one object per id.
+        prompt_frame: the sampled frame the prompt is on (default: 0, the first).
         quiet: show no progress (warnings and the summary are still printed).
     """
     out, video = Path(out), Path(video)
@@ -85,7 +102,9 @@ def predict(
     # Everything a user can get wrong is checked here, before the model loads or a frame decodes.
     torch_device = resolve_device(device, arg="--device")
     folder = resolve_checkpoint(Path(checkpoint), pointer, fallback=fallback_pointer(pointer))
-    masks_dir, sidecar = _check_outputs(out, masks_dir, inputs=_input_paths(video, Path(checkpoint), folder))
+    inputs = _input_paths(video, Path(checkpoint), folder) + ([Path(mask)] if mask is not None else [])
+    masks_dir, sidecar = _check_outputs(out, masks_dir, inputs=inputs)
+    prompts = parse_prompts(points, box, mask, prompt_frame)
 
     predictor = Predictor.from_checkpoint(
         folder,
@@ -97,12 +116,13 @@ def predict(
         audio_align=audio_align,
         batch_size=batch_size,
     )
+    predictor.check_prompts(prompts)  # before any frame is decoded
     if text and not predictor.reads_text:
         print(f"note: model {predictor.name} does not read text; --text is ignored")
     with warnings.catch_warnings():  # restores the filters and showwarning afterwards
         warnings.simplefilter("always", AVSegWarning)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        prediction = predictor.predict_video(video, text, progress=not quiet)
+        prediction = predictor.predict_video(video, text, prompts=prompts, progress=not quiet)
 
     files = prediction.write_masks(masks_dir, progress=not quiet)
     overlay = prediction.write_overlay(out, overlay_fps=overlay_fps, progress=not quiet)
@@ -133,7 +153,12 @@ def _print_summary(
 ) -> None:
     """What was written, where, and what the model found, on stdout."""
     height, width = prediction.size
-    png_kind = "0/255 grey" if prediction.kind == "binary" else "AVSS palette"
+    if prediction.kind == "binary":
+        png_kind = "0/255 grey"
+    elif "object_ids" in prediction.extra:
+        png_kind = f"palette, object ids {prediction.extra['object_ids']}"
+    else:
+        png_kind = "AVSS palette"
     print(f"masks:    {masks_dir}/ ({num_files} PNG{'s' * (num_files != 1)}, {width}x{height}, {png_kind})")
     stale = sorted(
         p.name for p in masks_dir.glob("[0-9][0-9][0-9][0-9][0-9].png") if int(p.stem) >= prediction.num_frames

@@ -25,6 +25,14 @@ model.
 4. **Masks.** The logits of each kept frame are upsampled bilinearly to the video's resolution, then thresholded
    (``sigmoid > threshold``, binary models, ``K = 1``) or arg-maxed over classes (semantic models, ``K > 1``), into a
    :class:`~avseg.predict.prediction.Prediction`.
+
+**Promptable models** (SAM2, :func:`~avseg.predict.prompts.is_promptable`) track the object(s) a user gives on one
+frame (:class:`~avseg.predict.prompts.VideoPrompts`: clicks, a box or a mask, in the video's pixel coordinates)
+through the whole video: the sampled frames are one clip, run by the model's
+:meth:`~avseg.models.sam2_vos.SAM2VOS.track` from the prompted frame on; earlier frames are predicted empty. Without a
+rate recorded in the checkpoint or given, such a model samples every frame of the video, as VOS benchmarks do. Each
+object is thresholded at ``sigmoid > threshold``; with several objects a pixel takes the id of its highest-scoring
+object (the output PNGs then hold the objects' ids, as DAVIS results do).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,11 +55,12 @@ from avseg.checkpoint import resolve_checkpoint
 from avseg.data.base import resize_frames
 from avseg.data.types import AVSSample, collate
 from avseg.device import resolve_device
-from avseg.errors import AVSegError, AVSegWarning, MissingFileError
+from avseg.errors import AVSegError, AVSegWarning, MissingFileError, UsageError
 from avseg.media.video import FramePick, VideoClip, probe_video, read_video
 from avseg.predict.memory import check_memory
 from avseg.predict.prediction import Prediction
 from avseg.predict.progress import Progress
+from avseg.predict.prompts import VideoPrompts, is_promptable
 from avseg.predict.settings import (
     TrainingData,
     model_name,
@@ -97,8 +107,9 @@ class Predictor:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
         image_size: model input size, int (square) or ``(h, w)``.
         clip_len: frames per forward clip.
-        fps: frames sampled per second of video.
-        threshold: sigmoid threshold of binary models.
+        fps: frames sampled per second of video (a promptable model without one, here or in its checkpoint,
+            samples every frame).
+        threshold: sigmoid threshold of binary models and of each object a promptable model tracks.
         frame_pick: which frame of each window is sampled (``"last"``, ``"first"``, ``"center"``).
         audio_align: ``"window"`` or ``"clip"`` (:mod:`avseg.audio.alignment`).
         batch_size: clips per forward pass.
@@ -149,6 +160,9 @@ class Predictor:
         self.text_reason = base.requires_text(model, self.training.format) if requires_text is None else None
         self.requires_text = bool(requires_text) if requires_text is not None else self.text_reason is not None
         self.reads_text = self.requires_text or model.text_input != "none"
+        self.promptable = is_promptable(model)
+        # Tracking follows the object frame by frame: every frame, unless a rate is given or recorded.
+        self.every_frame = self.promptable and fps is None and self.training.fps is None
 
     @classmethod
     def from_checkpoint(
@@ -175,6 +189,19 @@ class Predictor:
             )
         return text or None
 
+    def check_prompts(self, prompts: VideoPrompts | None) -> None:
+        """Refuse a promptable model without prompts, and prompts for a model that takes none (UsageError)."""
+        if self.promptable and prompts is None:
+            raise UsageError(
+                f'model {self.name} tracks the object(s) you give on one frame: pass --points "x,y[,label];...", '
+                '--box "x0,y0,x1,y1" or --mask MASK.png (Python: predict_video(..., prompts=parse_prompts(...)))'
+            )
+        if not self.promptable and prompts is not None:
+            raise UsageError(
+                f"{prompts.source}: model {self.name} takes no prompt (it finds the objects by itself); drop the "
+                "prompt options, or use a promptable (sam2) checkpoint"
+            )
+
     def predict_video(
         self,
         video_path: str | Path,
@@ -183,6 +210,7 @@ class Predictor:
         fps: float | None = None,
         clip_len: int | None = None,
         frame_pick: FramePick | None = None,
+        prompts: VideoPrompts | None = None,
         progress: bool = False,
     ) -> Prediction:
         """Decode a video (file or folder of frames) with its soundtrack and segment every sampled frame.
@@ -197,6 +225,8 @@ class Predictor:
             fps: sampling rate (default: the predictor's).
             clip_len: frames per forward clip (default: the predictor's).
             frame_pick: frame-picking rule (default: the predictor's).
+            prompts: the object(s) a promptable model tracks (required by it, refused by other models); checked
+                against the video's size before decoding.
             progress: show the progress of decoding and of the clips on stderr (a bar on a terminal, else a line
                 every 15 s).
 
@@ -204,11 +234,16 @@ class Predictor:
             The :class:`Prediction`.
         """
         text = self.check_text(text)
+        self.check_prompts(prompts)
         rate = positive_float(fps if fps is not None else self.fps, "fps")
         path = Path(video_path)
         if not path.exists():
             raise MissingFileError(path, "video")
         info = probe_video(path, folder_fps=rate)
+        if prompts is not None:
+            prompts.check(info.height, info.width, what=str(path))
+        if fps is None and self.every_frame and not path.is_dir() and info.source_fps > 0:
+            rate = info.source_fps
         sample_fps: float | None = rate
         requested = None
         if not path.is_dir() and info.source_fps > 0 and rate >= info.source_fps * (1 - _RATE_TOLERANCE):
@@ -237,7 +272,9 @@ class Predictor:
                 folder_fps=rate,
                 progress=bar.update,
             )
-        prediction = self.predict_clip(clip, text, clip_len=clip_len, has_audio=has_audio, progress=progress)
+        prediction = self.predict_clip(
+            clip, text, clip_len=clip_len, has_audio=has_audio, prompts=prompts, progress=progress
+        )
         if requested is not None:
             prediction.extra["requested_fps"] = requested
         return prediction
@@ -249,6 +286,7 @@ class Predictor:
         *,
         clip_len: int | None = None,
         has_audio: bool | None = None,
+        prompts: VideoPrompts | None = None,
         progress: bool = False,
     ) -> Prediction:
         """Segment frames that were already decoded (by :func:`~avseg.media.video.read_video` or built by hand).
@@ -259,9 +297,11 @@ class Predictor:
             text: the referring expression.
             clip_len: frames per forward clip (default: the predictor's).
             has_audio: whether the source has sound (default: ``clip.audio`` is present and not all zero).
+            prompts: the object(s) a promptable model tracks (then the frames are one clip; ``clip_len`` is unused).
             progress: show the progress over clips on stderr.
         """
         text = self.check_text(text)
+        self.check_prompts(prompts)
         length = positive_int(clip_len if clip_len is not None else self.clip_len, "clip_len")
         rate = float(clip.sample_fps or clip.source_fps or self.fps)
         num_frames, height, width = clip.frames.shape[0], clip.frames.shape[2], clip.frames.shape[3]
@@ -274,36 +314,24 @@ class Predictor:
         if has_audio is None:
             has_audio = clip.audio is not None and bool(np.any(wave))
 
-        masks = torch.zeros((num_frames, height, width), dtype=torch.uint8)
+        if prompts is not None:
+            prompts.check(height, width)
+            prompts.check_frame(num_frames)
+            length = max(1, num_frames)  # one clip: the model tracks through the whole video
         clip_starts = list(range(0, num_frames, length))
-        groups = [clip_starts[i : i + self.batch_size] for i in range(0, len(clip_starts), self.batch_size)]
-        num_classes = 1
-        elapsed = 0.0
-        with Progress("segmenting", len(clip_starts), "clip", enabled=progress) as bar:
-            for group in groups:
-                samples = [
-                    self._sample(clip, wave, rate, s, min(s + length, num_frames), length, text, has_audio)
-                    for s in group
-                ]
-                batch = collate(samples, num_frames=length).to(self.device)
-                tic = time.perf_counter()
-                with torch.inference_mode():
-                    logits = self.model(batch).mask_logits  # (B, T, K, h, w)
-                    if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
-                        raise AVSegError(
-                            f"model {self.name} returned mask_logits of shape {tuple(logits.shape)}, "
-                            f"expected ({len(group)}, {length}, K, h, w)"
-                        )
-                    num_classes = int(logits.shape[2])
-                    for i, start in enumerate(group):
-                        stop = min(start + length, num_frames)
-                        # Padded frames (beyond `stop`) are dropped here; they never reach the outputs.
-                        masks[start:stop] = _logits_to_masks(logits[i, : stop - start], (height, width), self.threshold)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                elapsed += time.perf_counter() - tic
-                bar.update(len(group))
-
+        with Progress("tracking" if prompts else "segmenting", len(clip_starts), "clip", enabled=progress) as bar:
+            samples = (
+                self._sample(clip, wave, rate, s, min(s + length, num_frames), length, text, has_audio)
+                for s in clip_starts
+            )
+            if prompts is not None:
+                masks, num_classes, elapsed = self._track(next(samples), prompts, (height, width))
+                bar.update(1)
+            else:
+                masks, num_classes, elapsed = self._segment(
+                    samples, clip_starts, num_frames, length, (height, width), bar
+                )
+        extra = {} if prompts is None else {"prompt": prompts.record(), "object_ids": prompts.object_ids}
         foreground = (masks > 0).flatten(1).float().mean(1).double().numpy() if num_frames else np.zeros(0)
         return Prediction(
             masks=masks,
@@ -328,7 +356,72 @@ class Predictor:
             elapsed_s=elapsed,
             device=str(self.device),
             image_size=self.image_size,
+            extra=extra,
         )
+
+    def _segment(
+        self,
+        samples: Iterator[AVSSample],
+        clip_starts: list[int],
+        num_frames: int,
+        length: int,
+        size: tuple[int, int],
+        bar: Progress,
+    ) -> tuple[Tensor, int, float]:
+        """Run the clips ``batch_size`` at a time: ``uint8`` masks ``(T, H, W)``, the mask channels ``K`` and the
+        seconds spent in the model and the upsampling."""
+        masks = torch.zeros((num_frames, *size), dtype=torch.uint8)
+        num_classes = 1
+        elapsed = 0.0
+        for first in range(0, len(clip_starts), self.batch_size):
+            group = clip_starts[first : first + self.batch_size]
+            batch = collate([next(samples) for _ in group], num_frames=length).to(self.device)
+            tic = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.model(batch).mask_logits  # (B, T, K, h, w)
+                if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
+                    raise AVSegError(
+                        f"model {self.name} returned mask_logits of shape {tuple(logits.shape)}, "
+                        f"expected ({len(group)}, {length}, K, h, w)"
+                    )
+                num_classes = int(logits.shape[2])
+                for i, start in enumerate(group):
+                    stop = min(start + length, num_frames)
+                    # Padded frames (beyond `stop`) are dropped here; they never reach the outputs.
+                    masks[start:stop] = _logits_to_masks(logits[i, : stop - start], size, self.threshold)
+            self._synchronize()
+            elapsed += time.perf_counter() - tic
+            bar.update(len(group))
+        return masks, num_classes, elapsed
+
+    def _track(self, sample: AVSSample, prompts: VideoPrompts, size: tuple[int, int]) -> tuple[Tensor, int, float]:
+        """Track the prompted objects through ``sample`` (every sampled frame): ``uint8`` masks ``(T, H, W)`` (0/1
+        for one object, else the objects' ids), the number of objects and the seconds spent."""
+        objects = prompts.objects
+        # One row per object; every row holds the same frames (SAM2 tracks each object with its own memory).
+        batch = collate([sample] * len(objects), num_frames=sample.num_frames).to(self.device)
+        tic = time.perf_counter()
+        with torch.inference_mode():
+            if prompts.kind == "mask":
+                masks = torch.from_numpy(np.stack([o.mask for o in objects]))  # (n, H, W) bool
+                output = self.model.track(batch, start=prompts.frame, masks=masks)
+            else:
+                points, labels = objects[0].clicks()  # (P, 2) in the video's pixels, (P,)
+                output = self.model.track(
+                    batch,
+                    start=prompts.frame,
+                    points=torch.from_numpy(points)[None],
+                    point_labels=torch.from_numpy(labels)[None],
+                )
+            tracked = output.mask_logits[:, :, 0].transpose(0, 1)  # (T, n, h, w): the objects as channels
+            ids = prompts.object_ids if len(objects) > 1 else None
+            masks = _logits_to_masks(tracked, size, self.threshold, object_ids=ids)
+        self._synchronize()
+        return masks, len(objects), time.perf_counter() - tic
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _sample(
         self,
@@ -363,13 +456,24 @@ class Predictor:
         )
 
 
-def _logits_to_masks(logits: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
-    """``(n, K, h, w)`` logits → ``uint8`` ``(n, H, W)`` on the CPU: bilinear upsampling, then threshold or argmax."""
+def _logits_to_masks(
+    logits: Tensor, size: tuple[int, int], threshold: float, *, object_ids: list[int] | None = None
+) -> Tensor:
+    """``(n, K, h, w)`` logits → ``uint8`` ``(n, H, W)`` on the CPU: bilinear upsampling, then threshold or argmax.
+
+    With ``object_ids`` the ``K`` channels are tracked objects, not classes: a pixel takes the id of its
+    highest-scoring object where that object's ``sigmoid > threshold``, else 0.
+    """
     n, k = logits.shape[:2]
     per_step = max(1, _UPSAMPLE_BUDGET // max(1, k * size[0] * size[1]))
+    ids = None if object_ids is None else torch.tensor(object_ids, dtype=torch.uint8)
     out = []
     for i in range(0, n, per_step):
         up = F.interpolate(logits[i : i + per_step].float(), size=size, mode="bilinear", align_corners=False)
-        labels = up[:, 0].sigmoid() > threshold if k == 1 else up.argmax(dim=1)
+        if ids is not None:
+            best = up.max(dim=1)
+            labels = torch.where(best.values.sigmoid() > threshold, ids.to(up.device)[best.indices], 0)
+        else:
+            labels = up[:, 0].sigmoid() > threshold if k == 1 else up.argmax(dim=1)
         out.append(labels.to(torch.uint8).cpu())
     return torch.cat(out) if out else torch.zeros((0, *size), dtype=torch.uint8)

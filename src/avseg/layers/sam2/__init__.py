@@ -30,7 +30,7 @@ from avseg.layers.sam2.decoder import (
     select_mask,
     upsample_masks,
 )
-from avseg.layers.sam2.layer import Sam2Layer, build_sam2
+from avseg.layers.sam2.layer import Sam2Layer, Sam2StepOutput, build_sam2
 from avseg.layers.sam2.outputs import Sam2Features, Sam2FrameOutput, Sam2TrackOutput
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Sam2Layer",
     "Sam2LayerConfig",
     "Sam2Prompt",
+    "Sam2StepOutput",
     "Sam2TrackOutput",
     "Sam2Variant",
     "build_sam2",

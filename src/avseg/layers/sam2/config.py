@@ -115,8 +115,9 @@ class Sam2LayerConfig:
     Attributes:
         variant: the released model whose shape to build (``"sam2.1-hiera-large"`` …), or ``"test-tiny"``.
         weights: where ``pretrained=True`` builds read weights: a Hugging Face hub id (default
-            ``facebook/<variant>``), a folder in Hugging Face format, or a folder written by
-            ``avseg convert sam2 IN.pt OUT_DIR`` (the official ``.pt`` files and the AuralSAM2 / Sa2VA SAM2 weights).
+            ``facebook/<variant>``), a folder in Hugging Face format, a folder written by
+            ``avseg convert sam2 IN OUT_DIR`` (the official ``.pt`` files, the AuralSAM2 / Sa2VA SAM2 weights, or the
+            SAM2 of an avseg checkpoint), or a packaged asset ``avseg:<name>`` (:mod:`avseg.assets`).
         image_size: square input size (multiple of 32). The released models use 1024; smaller sizes interpolate the
             trunk's position embedding, as SAM2 does.
         trainable: the parts (of :data:`SAM2_PARTS`) that train; the others are frozen: no gradients to their
@@ -155,10 +156,12 @@ class Sam2LayerConfig:
 
     @property
     def default_weights(self) -> str:
-        """``weights``, or the official Hugging Face hub id of the variant."""
+        """``weights`` (a packaged ``avseg:<name>`` resolved to its folder), or the variant's official hub id."""
+        from avseg.assets import resolve_weights
+
         if not self.weights and self.variant == "test-tiny":
             raise ValueError("the test-tiny SAM2 shape has no released weights; set sam2.weights to a folder")
-        return self.weights or f"facebook/{self.variant}"
+        return resolve_weights(self.weights) if self.weights else f"facebook/{self.variant}"
 
 
 def hiera_trunk_overrides(**trunk: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 :class:`Sam2Layer` holds a transformers ``Sam2VideoModel`` (``layer.model``) and uses its submodules directly. It
 replaces transformers' video API (an inference session, one frame and one object per call, under
-``torch.inference_mode``) by three calls the SAM2-based methods need:
+``torch.inference_mode``) by the calls the SAM2-based methods need:
 
 * :meth:`Sam2Layer.encode_frames`: all frames of a batch of clips through the image encoder in one call (or a few
   chunks), returning the FPN levels at strides 4, 8 and 16 and their position encodings (:class:`Sam2Features`).
@@ -11,6 +11,9 @@ replaces transformers' video API (an inference session, one frame and one object
 * :meth:`Sam2Layer.propagate` / :meth:`Sam2Layer.propagate_iter`: SAM2's memory tracking through a clip from any set
   of conditioning frames, ``B`` tracks at once, differentiable when gradients are enabled, with a memory bank that
   keeps only what SAM2 can still read (:mod:`avseg.layers.sam2.memory`).
+* :meth:`Sam2Layer.track_step` / :meth:`Sam2Layer.remember` (with :meth:`Sam2Layer.memory_bank`): the per-frame
+  step that ``propagate`` loops over, public for callers that prompt frames as they go (corrective clicks on a
+  tracked frame, SAM2's training loop).
 
 The per-frame tracking step follows transformers' ``Sam2VideoModel`` (``_run_single_frame_inference``,
 ``_prepare_memory_conditioned_features``, ``_single_frame_forward``, ``_encode_new_memory``), which follows upstream
@@ -30,13 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.errors import ShapeError
+from avseg.errors import ShapeError, UsageError
 from avseg.layers.sam2.config import SAM2_PARTS, Sam2LayerConfig, hf_video_config_kwargs, merge_dicts
 from avseg.layers.sam2.decoder import (
     NO_OBJECT_SCORE,
@@ -52,11 +56,39 @@ from avseg.layers.sam2.outputs import Sam2Features, Sam2FrameOutput, Sam2TrackOu
 if TYPE_CHECKING:
     from transformers import Sam2VideoModel
 
-__all__ = ["Sam2Layer", "build_sam2"]
+__all__ = ["Sam2Layer", "Sam2StepOutput", "build_sam2"]
 
 FrameLoader = Callable[[list[int]], Tensor]
 """``indices -> (B, len(indices), 3, S, S)`` normalised frames, for videos too long to hold in memory."""
 HookSource = Sequence["DecoderHooks | None"] | Callable[[int], "DecoderHooks | None"]
+
+
+@dataclass
+class Sam2StepOutput(Sam2FrameOutput):
+    """One decoder pass of :meth:`Sam2Layer.track_step` on one frame of ``B`` tracks: the frame's output (the fields
+    of :class:`Sam2FrameOutput`) and what a corrective pass, SAM2's loss and :meth:`Sam2Layer.remember` read.
+
+    Attributes:
+        mask_logits: ``(B, M, S/4, S/4)`` the pass's candidate masks as SAM2 outputs them (``M`` = 3 with multimask
+            output, else 1), set to -1024 where the object score is negative; a mask prompt's mask (``M`` = 1).
+        iou_pred: ``(B, M)`` their predicted IoUs (1 for a mask prompt).
+        image_embeddings: ``(B, C, S/16, S/16)`` the features the pass decoded from (memory-conditioned, or with
+            SAM2's no-memory embedding on a conditioning frame); None for a mask prompt.
+        prompted: the frame was prompted with clicks, a box or a mask (SAM2 then binarises, in eval mode, the mask
+            it stores in memory).
+        prompt_masks: ``(B, 1, S, S)`` a mask prompt as logits ±10 at the input size, which the memory encoder reads
+            instead of the upsampled ``masks``; None otherwise.
+    """
+
+    mask_logits: Tensor
+    iou_pred: Tensor
+    image_embeddings: Tensor | None
+    prompted: bool
+    prompt_masks: Tensor | None = None
+
+    def frame_output(self) -> Sam2FrameOutput:
+        """The frame's output alone, without the tensors only a further pass or the memory encoder needs."""
+        return Sam2FrameOutput(**{f.name: getattr(self, f.name) for f in fields(Sam2FrameOutput)})
 
 
 class _FeatureSource:
@@ -359,6 +391,8 @@ class Sam2Layer(nn.Module):
             tracked, token = masks, tokens[:, 0]
         return {
             "masks": tracked,  # (B, 1, S/4, S/4)
+            "mask_logits": masks,  # (B, M, S/4, S/4)
+            "iou_pred": iou,  # (B, M)
             "multimask_logits": torch.where(absent, NO_OBJECT_SCORE, masks_all[:, 1:]),  # (B, 3, S/4, S/4)
             "multimask_iou": iou_all[:, 1:],  # (B, 3)
             "object_score_logits": scores,  # (B, 1)
@@ -391,6 +425,8 @@ class Sam2Layer(nn.Module):
         batch = masks.shape[0]
         return {
             "masks": low,
+            "mask_logits": low,
+            "iou_pred": low.new_ones(batch, 1),
             "multimask_logits": low.expand(batch, self.num_multimask_outputs, *low.shape[-2:]),
             "multimask_iou": low.new_ones(batch, self.num_multimask_outputs),
             "object_score_logits": 20.0 * present - 10.0,
@@ -470,44 +506,149 @@ class Sam2Layer(nn.Module):
             and config.multimask_min_pt_num <= clicks <= config.multimask_max_pt_num
         )
 
-    def _track_step(
+    def memory_bank(self, num_frames: int) -> MemoryBank:
+        """An empty memory bank for ``B`` tracks through a ``num_frames``-frame video, sized as SAM2 sizes it
+        (``num_maskmem`` memories, ``min(num_frames, max_object_pointers_in_encoder)`` pointers, the closest
+        ``max_cond_frame_num`` conditioning frames)."""
+        if num_frames < 1:
+            raise UsageError(f"num_frames must be >= 1, got {num_frames}")
+        config = self.model.config
+        return MemoryBank(
+            num_maskmem=config.num_maskmem,
+            max_object_pointers=min(num_frames, config.max_object_pointers_in_encoder),
+            max_cond_frames=config.max_cond_frame_num,
+        )
+
+    def track_step(
         self,
         features: Sam2Features,
         bank: MemoryBank,
         frame: int,
         *,
-        prompt: Sam2Prompt | None,
-        conditioning: bool,
-        reverse: bool,
-        hooks: DecoderHooks | None,
-        multimask_output: bool | None,
-        binarize_memory_masks: bool | None,
-    ) -> tuple[Sam2FrameOutput, FrameMemory]:
-        """Decode one frame of ``B`` tracks from its prompt and the memory, and encode its memory."""
-        if prompt is not None and prompt.masks is not None:
-            out = self._mask_as_output(features, prompt.masks)
-            high_res = out.pop("high_res_masks")
+        prompt: Sam2Prompt | None = None,
+        conditioning: bool = False,
+        previous_masks: Tensor | None = None,
+        image_embeddings: Tensor | None = None,
+        reverse: bool = False,
+        hooks: DecoderHooks | None = None,
+        multimask_output: bool | None = None,
+    ) -> Sam2StepOutput:
+        """One decoder pass on one frame of ``B`` tracks, as SAM2's ``track_step`` (the memory is not updated: see
+        :meth:`remember`).
+
+        A conditioning frame is decoded from its prompt alone (SAM2's no-memory embedding); any other frame from
+        its features conditioned on ``bank`` by memory attention, with or without a prompt. Corrective clicks on a
+        frame already decoded are a second pass with all the clicks so far, the first pass's ``masks`` as
+        ``previous_masks`` and its ``image_embeddings`` (so memory attention does not run again), as SAM2's training
+        loop and interactive predictor do; :meth:`remember` then stores the final pass.
+
+        Args:
+            features: the frame's features (``N = B``).
+            bank: the memory read by a frame that is not a conditioning frame (see :meth:`memory_bank`).
+            frame: the frame's index in the video (memory reads are relative to it).
+            prompt: clicks and/or a box (``points (B, P, 2)`` in pixels of the ``S × S`` input, ``point_labels (B,
+                P)``, ``boxes (B, 4)``), custom ``sparse_embeddings``, or ``masks (B, 1, H, W)``: a mask prompt is the
+                frame's output (logits ±10, SAM2's ``add_new_mask``) and cannot be combined with clicks or
+                ``previous_masks``.
+            conditioning: decode without memory (SAM2's ``is_init_cond_frame``: a frame prompted before tracking);
+                it also selects SAM2's multimask rule for conditioning frames.
+            previous_masks: ``(B, 1, S/4, S/4)`` mask logits of an earlier pass on this frame, fed to the decoder
+                with the clicks as a dense prompt (SAM2's ``prev_sam_mask_logits``; SAM2's interactive predictor
+                clamps them to ±32 first, its training loop does not).
+            image_embeddings: ``(B, C, S/16, S/16)`` features to decode from instead of conditioning on ``bank``
+                (an earlier pass's ``image_embeddings``).
+            reverse: the frame is tracked backwards (it reads the frames after it).
+            hooks: residuals added inside the mask decoder.
+            multimask_output: three candidates (True) or one (False); None: SAM2's rule (three for 0-1 clicks, on
+                conditioning frames and, by the model config, on tracked ones).
+
+        Returns:
+            The pass (:class:`Sam2StepOutput`): ``masks (B, 1, S/4, S/4)``, ``mask_logits (B, M, S/4, S/4)``,
+            ``iou_pred (B, M)``, ``object_score_logits (B,)``, ``object_pointer (B, C)``, ``image_embeddings``.
+            Differentiable when gradients are enabled.
+        """
+        batch = features.num_frames
+        has_mask = prompt is not None and prompt.masks is not None
+        if has_mask and (prompt.num_clicks or prompt.sparse_embeddings is not None or previous_masks is not None):
+            raise UsageError(
+                f"frame {frame}: a mask prompt is the frame's output; it cannot be combined with clicks, boxes, "
+                "sparse_embeddings or previous_masks"
+            )
+        if previous_masks is not None and (previous_masks.ndim != 4 or previous_masks.shape[:2] != (batch, 1)):
+            raise ShapeError(f"previous_masks must be (B={batch}, 1, S/4, S/4), got {tuple(previous_masks.shape)}")
+        prompted = prompt is not None and (prompt.num_clicks > 0 or has_mask)
+        if has_mask:
+            out = self._mask_as_output(features, prompt.masks)  # type: ignore[union-attr]
+            pix, prompt_masks = None, out.pop("high_res_masks")
         else:
-            if conditioning:  # a prompted frame is decoded without memory
+            if image_embeddings is not None:
+                pix = image_embeddings
+                if pix.shape != features.fpn[2].shape:
+                    raise ShapeError(
+                        f"image_embeddings must be {tuple(features.fpn[2].shape)} like the stride-16 features, got "
+                        f"{tuple(pix.shape)}"
+                    )
+            elif conditioning:
                 pix = features.fpn[2] + self.model.no_memory_embedding.view(1, -1, 1, 1)
             else:
+                if not bank.cond and not bank.tracked:
+                    raise UsageError(
+                        f"frame {frame} is not a conditioning frame and the memory bank is empty: decode a "
+                        "conditioning frame first (conditioning=True) and remember it"
+                    )
                 pix = self._condition_on_memory(features, bank, frame, reverse=reverse)
             multimask = self._use_multimask(conditioning, prompt) if multimask_output is None else multimask_output
-            out = self._sam_heads(features, pix, prompt, hooks, multimask_output=multimask)
-            size = (self.image_size, self.image_size)
-            high_res = F.interpolate(out["masks"].float(), size=size, mode="bilinear", align_corners=False)
-        prompted = prompt is not None and (prompt.num_clicks > 0 or prompt.masks is not None)
-        binarize = not self.memory_training and (prompted if binarize_memory_masks is None else binarize_memory_masks)
-        memory, memory_pos = self._encode_memory(features, high_res, out["object_score_logits"], binarize=binarize)
-        frame_out = Sam2FrameOutput(
+            out = self._sam_heads(features, pix, prompt, hooks, multimask_output=multimask, dense_masks=previous_masks)
+            prompt_masks = None
+        return Sam2StepOutput(
             frame_idx=frame,
             masks=out["masks"],
             multimask_logits=out["multimask_logits"],
             multimask_iou=out["multimask_iou"],
             object_score_logits=out["object_score_logits"][:, 0],
             object_pointer=out["object_pointer"],
+            mask_logits=out["mask_logits"],
+            iou_pred=out["iou_pred"],
+            image_embeddings=pix,
+            prompted=prompted,
+            prompt_masks=prompt_masks,
         )
-        return frame_out, FrameMemory(features=memory, pos=memory_pos, pointer=out["object_pointer"])
+
+    def remember(
+        self,
+        features: Sam2Features,
+        bank: MemoryBank,
+        step: Sam2StepOutput,
+        *,
+        conditioning: bool,
+        binarize: bool | None = None,
+    ) -> FrameMemory:
+        """Encode a frame's final pass into memory (SAM2's memory encoder) and add it to ``bank``.
+
+        Args:
+            features: the frame's features (``N = B``), those given to :meth:`track_step`.
+            bank: the memory bank.
+            step: the frame's final pass.
+            conditioning: store it as a conditioning memory (read by every later frame; SAM2 stores there the
+                frames prompted before tracking and, in training, a tracked frame that received corrective clicks)
+                or as a tracked one (read by the next frames only). It replaces the frame's earlier memory.
+            binarize: in eval mode, binarise the mask given to the memory encoder (True) or not (False); None:
+                SAM2's rule, on frames prompted with clicks, a box or a mask. Never in memory training.
+
+        Returns:
+            What was stored: ``features (h*w, B, 64)``, ``pos (h*w, B, 64)``, ``pointer (B, C)``.
+        """
+        if step.prompt_masks is not None:
+            high_res = step.prompt_masks
+        else:
+            size = (self.image_size, self.image_size)
+            high_res = F.interpolate(step.masks.float(), size=size, mode="bilinear", align_corners=False)
+        binarize = not self.memory_training and (step.prompted if binarize is None else binarize)
+        scores = step.object_score_logits[:, None]  # (B, 1)
+        memory, memory_pos = self._encode_memory(features, high_res, scores, binarize=binarize)
+        stored = FrameMemory(features=memory, pos=memory_pos, pointer=step.object_pointer)
+        bank.add(step.frame_idx, stored, conditioning=conditioning)
+        return stored
 
     # -- propagation ---------------------------------------------------------------------------------------------
 
@@ -563,13 +704,8 @@ class Sam2Layer(nn.Module):
             raise ValueError(f"order must be 'bidirectional' or 'ascending', got {order!r}")
         if isinstance(hooks, Sequence) and len(hooks) != total:
             raise ShapeError(f"hooks must have one entry per frame ({total}), got {len(hooks)}")
-        config = self.model.config
-        max_pointers = min(total, config.max_object_pointers_in_encoder)
-        bank = MemoryBank(
-            num_maskmem=config.num_maskmem, max_object_pointers=max_pointers, max_cond_frames=config.max_cond_frame_num
-        )
-        window = max(config.num_maskmem, max_pointers) - 1
-        last = last_reads(plan, window, total)
+        bank = self.memory_bank(total)
+        last = last_reads(plan, bank.read_window, total)
         source = _FeatureSource(
             self,
             frames=frames,
@@ -586,34 +722,26 @@ class Sam2Layer(nn.Module):
             return hooks[frame] if isinstance(hooks, Sequence) else hooks(frame)
 
         for frame in cond:
-            out, memory = self._track_step(
-                source.get(frame),
+            feats = source.get(frame)
+            step = self.track_step(
+                feats,
                 bank,
                 frame,
                 prompt=prompts[frame],
                 conditioning=True,
-                reverse=False,
                 hooks=hooks_for(frame),
                 multimask_output=multimask_output,
-                binarize_memory_masks=binarize_memory_masks,
             )
-            bank.add(frame, memory, conditioning=True)
-            yield out
-        for step, (frame, reverse) in enumerate(plan):
-            out, memory = self._track_step(
-                source.get(frame),
-                bank,
-                frame,
-                prompt=None,
-                conditioning=False,
-                reverse=reverse,
-                hooks=hooks_for(frame),
-                multimask_output=multimask_output,
-                binarize_memory_masks=binarize_memory_masks,
+            self.remember(feats, bank, step, conditioning=True, binarize=binarize_memory_masks)
+            yield step.frame_output()
+        for index, (frame, reverse) in enumerate(plan):
+            feats = source.get(frame)
+            step = self.track_step(
+                feats, bank, frame, reverse=reverse, hooks=hooks_for(frame), multimask_output=multimask_output
             )
-            bank.add(frame, memory, conditioning=False)
-            bank.forget([t for t in list(bank.tracked) if last.get(t, -1) <= step])
-            yield out
+            self.remember(feats, bank, step, conditioning=False, binarize=binarize_memory_masks)
+            bank.forget([t for t in list(bank.tracked) if last.get(t, -1) <= index])
+            yield step.frame_output()
 
     def propagate(
         self,

@@ -72,7 +72,17 @@ class MemoryBank:
         self.cond: dict[int, FrameMemory] = {}
         self.tracked: dict[int, FrameMemory] = {}
 
+    @property
+    def read_window(self) -> int:
+        """How many tracked frames before a frame (after it, tracking backwards) it may read:
+        ``max(num_maskmem, max_object_pointers) - 1``; the ``window`` of :func:`last_reads`."""
+        return max(self.num_maskmem, self.max_object_pointers) - 1
+
     def add(self, frame: int, memory: FrameMemory, *, conditioning: bool) -> None:
+        """Store a frame's memory, as a conditioning memory (read by every later frame) or a tracked one. A frame
+        stored again replaces its earlier memory, and a conditioning memory replaces a tracked one."""
+        if conditioning:
+            self.tracked.pop(frame, None)
         (self.cond if conditioning else self.tracked)[frame] = memory
 
     def forget(self, frames: Sequence[int]) -> None:

@@ -1,0 +1,41 @@
+"""Small pretrained weights shipped inside the package, named ``avseg:<name>`` where a weights source is expected.
+
+Each asset is a folder with the weights (fp16 safetensors), the config to rebuild the module, and ``ASSET.md``
+saying what it is, the exact commands that reproduce it and the figure it reaches. :data:`ASSETS` records the
+SHA-256 of each weights file; ``tests/test_assets.py`` checks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+
+from avseg.errors import UsageError
+
+__all__ = ["ASSETS", "ASSET_PREFIX", "asset_path", "resolve_weights"]
+
+ASSET_PREFIX = "avseg:"
+"""Prefix of a packaged asset in a ``weights`` setting (``avseg:sam2-tiny-synthav``)."""
+
+ASSETS: Mapping[str, str] = MappingProxyType({})
+"""Asset name → SHA-256 of its ``model.safetensors``."""
+
+
+def asset_path(name: str) -> Path:
+    """The folder of the packaged asset ``name``.
+
+    Raises:
+        UsageError: no such asset (the message lists the assets).
+    """
+    if name not in ASSETS:
+        raise UsageError(f"unknown packaged weights {ASSET_PREFIX}{name}; available: {sorted(ASSETS) or 'none'}")
+    return Path(str(resources.files("avseg") / "assets" / name))
+
+
+def resolve_weights(source: str) -> str:
+    """A weights source with ``avseg:<name>`` replaced by the packaged folder; other sources unchanged."""
+    if source.startswith(ASSET_PREFIX):
+        return str(asset_path(source.removeprefix(ASSET_PREFIX)))
+    return source
