@@ -422,3 +422,37 @@ def test_the_tiny_preset_is_registered_offline_and_random():
     assert (cfg.loss.focal_weight, cfg.loss.dice_weight, cfg.loss.iou_weight, cfg.loss.object_weight) == (20, 1, 1, 1)
     with pytest.raises(ValueError, match="eval_prompt"):
         SAM2VOSConfig(eval_prompt="scribble")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_sam2_tiny_trains_from_the_cli_with_simulated_prompts_and_resumes_exactly(tmp_path):
+    """`avseg train --model sam2-tiny --format vos` for 4 steps, and the same run resumed from its step-2 checkpoint:
+    the prompt simulation draws from torch's global generator, which the checkpoint restores, so both end equal."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from avseg.train.commands import train
+    from tests.data.fixtures_vos import write_vos_tree
+
+    root = write_vos_tree(tmp_path / "data").ytvos
+    common = {"data": root, "format": "vos", "model": "sam2-tiny", "max_steps": 4, "batch_size": 2, "device": "cpu"}
+    overrides = ["train.checkpoint_every=2", "train.keep_last=5", "train.val_every=100", "train.progress_bar=false"]
+    full = tmp_path / "full"
+    assert train(out=full, overrides=overrides, val_split=None, **common) == 0
+    assert sorted(p.name for p in (full / "checkpoints").glob("step-*")) == ["step-0000002", "step-0000004"]
+
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step-0000004")
+    (part / "checkpoints" / "latest.json").write_text(json.dumps({"checkpoint": "step-0000002", "step": 2}))
+    assert train(out=part, overrides=overrides, val_split=None, resume=True, **common) == 0
+
+    ours = load_file(str(part / "checkpoints" / "step-0000004" / "model.safetensors"))
+    reference = load_file(str(full / "checkpoints" / "step-0000004" / "model.safetensors"))
+    assert ours.keys() == reference.keys()
+    changed = [k for k in reference if not torch.equal(ours[k], reference[k])]
+    assert not changed, changed[:5]
+    first = load_file(str(full / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert any(not torch.equal(first[k], reference[k]) for k in reference)  # steps 3-4 did train

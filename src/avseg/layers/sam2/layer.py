@@ -847,15 +847,19 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
     Args:
         config: the layer config.
         pretrained: load ``config.weights`` (default ``facebook/<variant>``; a hub id needs network or cache, a folder
-            works offline). False: random weights of the variant's shape, offline.
+            works offline). False: random weights of the variant's shape, offline. Packaged weights
+            (``weights="avseg:<name>"``, :mod:`avseg.assets`) load either way: they belong to the preset that names
+            them, are small and need no network.
 
     Returns:
         The layer, in eval mode, with the non-trainable parts frozen.
     """
     from transformers import Sam2VideoConfig, Sam2VideoModel  # deferred: transformers is heavy
 
+    from avseg.assets import ASSET_PREFIX
+
     kwargs = hf_video_config_kwargs(config)
-    if pretrained:
+    if pretrained or (config.weights or "").startswith(ASSET_PREFIX):
         source = config.default_weights
         hf_config = Sam2VideoConfig.from_pretrained(source).to_dict()
         for key in ("image_size", "memory_attention_rope_feat_sizes"):
