@@ -45,26 +45,18 @@ def _drops(normal: Any, shuffled: Any) -> dict[str, float]:
 def run_preset(model: str, data: Path, run_dir: Path, steps: int, size: int, seed: int) -> dict[str, Any]:
     """Train ``model`` for ``steps`` steps with the demo's settings and score it; returns one table row."""
     from avseg.data.readers import get_reader
-    from avseg.demo import DEMO_HFLIP, DEMO_TRAIN, DEMO_VAL_EXPRESSIONS
+    from avseg.demo import demo_run_config
     from avseg.evaluate import evaluate_split
     from avseg.models import load_model
-    from avseg.train.run import build_run_config, prepare_trainer
+    from avseg.train.run import prepare_trainer
 
-    run_cfg = build_run_config(
-        data=data,
-        model=model,
-        config=None,
-        defaults={f"train.{key}": value for key, value in DEMO_TRAIN.items()},
-        explicit={
-            "data.format": "refavs",
-            "data.image_size": size,
-            "data.hflip": DEMO_HFLIP,
-            "data.val_items": DEMO_VAL_EXPRESSIONS,
-            "train.seed": seed,
-            # DEMO_TRAIN's max_epochs (200) stays as a cap that no step count used here reaches.
-            "train.max_steps": steps,
-            "train.progress_bar": False,
-        },
+    run_cfg = demo_run_config(
+        data,
+        model,
+        size=size,
+        seed=seed,
+        # DEMO_TRAIN's max_epochs (200) stays as a cap that no step count used here reaches.
+        length={"train.max_steps": steps, "train.progress_bar": False},
     )
     start = time.monotonic()
     summary = prepare_trainer(run_cfg, run_dir).fit()
@@ -92,8 +84,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    return "\n".join(line if line.endswith("|") else line + " |" for line in lines) + "\n"
+        cells = (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

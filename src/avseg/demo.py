@@ -31,7 +31,7 @@ from avseg.errors import MissingDependencyError, UsageError
 from avseg.fileio import atomic_file, atomic_write_text, check_output_dir
 from avseg.optional import has_package, require
 
-__all__ = ["DEMO_MIN_STEPS", "DEMO_TRAIN", "demo", "plot_training_curve"]
+__all__ = ["DEMO_MIN_STEPS", "DEMO_TRAIN", "demo", "demo_run_config", "plot_training_curve"]
 
 DEMO_TRAIN: dict[str, Any] = {
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
@@ -190,6 +190,33 @@ def _overlays(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, d
     return written
 
 
+def demo_run_config(data: Path, model: str, *, size: int, seed: int, length: dict[str, Any]) -> Any:
+    """The demo's training run on the SynthAV Ref-AVS folder ``data``; ``length`` adds the settings that end it
+    (``train.max_minutes`` for the demo, ``train.max_steps`` for ``benchmarks/synthav.py``) and any others.
+
+    One path builds every run (``avseg train`` takes it too): the preset's recipe, then the demo's settings for what
+    the recipe leaves open (:data:`DEMO_TRAIN`), then the data, seed and ``length`` settings.
+    """
+    from avseg.train.run import build_run_config
+
+    return build_run_config(
+        data=data,
+        model=model,
+        config=None,
+        defaults={f"train.{key}": value for key, value in DEMO_TRAIN.items()},
+        explicit={
+            "data.format": "refavs",
+            # SynthAV is read at the size it was generated at: every model resizes to its own input size, and
+            # resampling 128-px frames up to a 224-px reader size took about half of tpavi-tiny's step on 2 cores.
+            "data.image_size": size,
+            "data.hflip": DEMO_HFLIP,
+            "data.val_items": DEMO_VAL_EXPRESSIONS,
+            "train.seed": seed,
+            **length,
+        },
+    )
+
+
 def demo(
     work_dir: Path = Path("avseg-demo"),
     model: str = "tpavi-tiny",
@@ -225,7 +252,7 @@ def demo(
     from avseg.device import resolve_device
     from avseg.evaluate import evaluate_split, format_markdown, refavs_summary
     from avseg.models import load_model
-    from avseg.train.run import build_run_config, prepare_trainer
+    from avseg.train.run import prepare_trainer
     from avseg.train.trainer import budget_shortfall, check_training_dependencies
 
     t_start = time.monotonic()
@@ -252,21 +279,12 @@ def demo(
     synth_seconds = _synthav(work_dir / "synthav", videos, seed, size)
 
     minutes = training_minutes(model, minutes)
-    # One path builds every run (avseg train takes it too): the preset's recipe, then the demo's settings for what
-    # the recipe leaves open (DEMO_TRAIN), then the budget, seed and data settings below.
-    run_cfg = build_run_config(
-        data=work_dir / "synthav" / "refavs",
-        model=model,
-        config=None,
-        defaults={f"train.{key}": value for key, value in DEMO_TRAIN.items()},
-        explicit={
-            "data.format": "refavs",
-            # SynthAV is read at the size it was generated at: every model resizes to its own input size, and
-            # resampling 128-px frames up to a 224-px reader size took about half of tpavi-tiny's step on 2 cores.
-            "data.image_size": size,
-            "data.hflip": DEMO_HFLIP,
-            "data.val_items": DEMO_VAL_EXPRESSIONS,
-            "train.seed": seed,
+    run_cfg = demo_run_config(
+        work_dir / "synthav" / "refavs",
+        model,
+        size=size,
+        seed=seed,
+        length={
             "train.max_minutes": minutes,
             # The run is as long as the time budget, so the learning-rate schedule must end within it too.
             "train.schedule.fit_to_budget": True,

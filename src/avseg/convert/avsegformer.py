@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -153,6 +153,24 @@ def _backbone_kind(keys: list[str]) -> str:
     raise ValueError("no backbone.patch_embed*/block*/stages.* (PVT-v2) or backbone.layer1.* (ResNet) keys")
 
 
+def map_released_key(
+    name: str, tensor: Tensor, rules: Sequence[tuple[str, Replacement]], kind: str
+) -> dict[str, Tensor] | None:
+    """The avseg weights one released key becomes: the first of ``rules`` that matches renames it, and a PVT-v2
+    ``attn.kv`` weight is split into key and value (also used by the TPAVI converter). None: no rule matches."""
+    kv = PVT_KV.match(name) if kind == "pvt_v2" else None
+    if kv is not None:
+        # The released attention reshapes kv to (B, N, 2, heads, d): the first C outputs are keys, the rest values.
+        half = tensor.shape[0] // 2
+        block = f"{PVT_ENCODER}.{int(kv[1]) - 1}.blocks.{kv[2]}.attention"
+        return {f"{block}.key.{kv[3]}": tensor[:half], f"{block}.value.{kv[3]}": tensor[half:]}
+    for pattern, replacement in rules:
+        new, hits = re.subn(pattern, replacement, name)
+        if hits:
+            return {new: tensor}
+    return None
+
+
 def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Map a released state dict to avseg names (a pure function: no model is built, any tensor type works).
 
@@ -177,21 +195,11 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
         if reason is not None:
             dropped[raw] = reason
             continue
-        kv = PVT_KV.match(name) if kind == "pvt_v2" else None
-        if kv is not None:
-            # The released attention reshapes kv to (B, N, 2, heads, d): the first C outputs are keys, the rest values.
-            half = tensor.shape[0] // 2
-            block = f"{PVT_ENCODER}.{int(kv[1]) - 1}.blocks.{kv[2]}.attention"
-            converted[f"{block}.key.{kv[3]}"] = tensor[:half]
-            converted[f"{block}.value.{kv[3]}"] = tensor[half:]
-            continue
-        for pattern, replacement in rules:
-            new, hits = re.subn(pattern, replacement, name)
-            if hits:
-                converted[new] = tensor
-                break
-        else:
+        mapped = map_released_key(name, tensor, rules, kind)
+        if mapped is None:
             unknown.append(raw)
+        else:
+            converted.update(mapped)
     if unknown:
         shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
         raise ValueError(f"keys of no known AVSegFormer module: {shown}")

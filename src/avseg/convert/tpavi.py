@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 
 # The AVSBench backbones are the ones AVSegFormer's released code copied: one key map serves both converters.
-from avseg.convert.avsegformer import PVT_ENCODER, PVT_KV, PVT_RULES, RESNET_RULES
+from avseg.convert.avsegformer import PVT_RULES, RESNET_RULES, map_released_key
 from avseg.errors import CheckpointError, MissingFileError, UsageError
 
 __all__ = ["convert", "convert_state_dict", "infer_released_config"]
@@ -130,21 +130,11 @@ def convert_state_dict(
             name_, rules = "backbone." + name.removeprefix(prefix), backbone_rules
         else:
             name_, rules = name, _HEAD_RULES
-        kv = PVT_KV.match(name_) if kind == "pvt_v2" else None
-        if kv is not None:
-            # The released attention reshapes kv to (B, N, 2, heads, d): the first C outputs are keys, the rest values.
-            half = tensor.shape[0] // 2
-            block = f"{PVT_ENCODER}.{int(kv[1]) - 1}.blocks.{kv[2]}.attention"
-            converted[f"{block}.key.{kv[3]}"] = tensor[:half]
-            converted[f"{block}.value.{kv[3]}"] = tensor[half:]
-            continue
-        for pattern, replacement in rules:
-            new, hits = re.subn(pattern, replacement, name_)
-            if hits:
-                converted[new] = tensor
-                break
-        else:
+        mapped = map_released_key(name_, tensor, rules, kind)
+        if mapped is None:
             unknown.append(name)
+        else:
+            converted.update(mapped)
     for name, tensor in (vggish or {}).items():
         new, hits = re.subn(*_VGGISH_RULE, name)
         if hits:
