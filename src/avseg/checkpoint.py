@@ -106,8 +106,13 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     ``best.json``), a missing ``{pointer}.json`` is replaced by ``{fallback}.json`` with a
     :class:`CheckpointPointerWarning`. ``avseg eval`` and ``avseg predict`` both resolve this way.
 
+    A ``path`` that does not exist locally and reads ``org/name`` is a Hugging Face Hub model id: its snapshot is
+    downloaded (or read from the cache) and returned (:func:`avseg.hub.hub_checkpoint`).
+
     Raises:
-        MissingFileError: ``path`` does not exist.
+        MissingFileError: ``path`` does not exist (for a Hub id: :class:`avseg.hub.HubNotFoundError`, not in the cache
+            while ``HF_HUB_OFFLINE`` is set, or no such repository).
+        avseg.hub.HubError: a Hub id whose repository cannot be read or holds no avseg model.
         NotACheckpointError: ``path`` exists but is a file, or a folder with neither ``config.json`` nor
             ``{pointer}.json``, or the pointer names a folder that is not a checkpoint.
         MetadataError: the pointer file is not valid JSON naming a checkpoint.
@@ -116,6 +121,10 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     if (path / CONFIG_FILE).is_file():
         return path
     if not path.exists():
+        from avseg.hub import hub_checkpoint, is_hub_id  # imported here: avseg.hub builds on this module
+
+        if is_hub_id(path):
+            return resolve_checkpoint(hub_checkpoint(path.as_posix()), pointer, fallback=fallback)
         raise MissingFileError(path, "checkpoint")
     if not path.is_dir():
         hint = f"; give its folder {path.parent}" if path.name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE) else ""

@@ -85,6 +85,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(("demo",), "avseg.demo:demo", "Generate SynthAV, train a model, evaluate it and write a report."),
     Command(
+        ("bench",),
+        "avseg.bench:bench_command",
+        "Measure frames/s and peak memory of a model on a random batch.",
+    ),
+    Command(
         ("convert", "avsegformer"),
         "avseg.convert.avsegformer:convert",
         "Convert a released AVSegFormer checkpoint (.pth) to an avseg checkpoint folder.",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
@@ -298,6 +299,24 @@ class AVSModel(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- sharing -----------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
+        """Write the model as a Hugging Face Hub-layout folder: an avseg checkpoint plus its model card
+        (:func:`avseg.hub.save_pretrained`, whose keyword arguments it takes: ``license``, ``meta``, ``results``,
+        ...); :func:`avseg.models.from_pretrained` loads it back."""
+        from avseg.hub import save_pretrained
+
+        return save_pretrained(self, folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the model to the Hugging Face Hub repository ``repo_id`` (``org/name``): config, safetensors
+        weights and a model card (:func:`avseg.hub.push_to_hub`, whose keyword arguments it takes: ``license``,
+        ``private``, ``token``, ...). Returns the commit URL."""
+        from avseg.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def requires_text(model: AVSModel, trained_on: str | None = None) -> str | None:
