@@ -95,7 +95,7 @@ def main() -> None:
         results = {s: evaluate_split(model, reader.dataset(s), preset=preset) for s in splits}
         shuffled = {}
         if "test_s" in splits:
-            shuffled["test_s"] = evaluate_split(model, reader.dataset("test_s"), preset=preset, audio_shuffle=True)
+            shuffled["test_s"] = evaluate_split(model, reader.dataset("test_s"), preset=preset, audio="shuffle")
         steps = json.loads((run_dir / "train_summary.json").read_text())["steps"]
         rows.append(_row(name, overrides, results, shuffled, steps))
         print(f"[ablation] {name}: {rows[-1]} ({time.monotonic() - start:.0f} s)", flush=True)

@@ -34,12 +34,10 @@ SUBSETS = {"audio": "audio-dependent", "cues:audio": "audio-only"}
 
 def _drops(normal: Any, shuffled: Any) -> dict[str, float]:
     """J&F lost on each audio subset when the soundtracks are shuffled (NaN when the split has no such subset)."""
-    out = {}
-    for key in SUBSETS:
-        true = normal.subsets.get(key, {}).get("J&F", math.nan)
-        shuf = shuffled.subsets.get(key, {}).get("J&F", math.nan)
-        out[key] = true - shuf
-    return out
+    from avseg.evaluate import audio_drops
+
+    drops = audio_drops(normal, shuffled)
+    return {key: drops.get(key, math.nan) for key in SUBSETS}
 
 
 def run_preset(model: str, data: Path, run_dir: Path, steps: int, size: int, seed: int) -> dict[str, Any]:
@@ -70,7 +68,7 @@ def run_preset(model: str, data: Path, run_dir: Path, steps: int, size: int, see
             row["test_n S"] = result.metrics["S"]
             continue
         shuffled = evaluate_split(
-            best, reader.dataset(split), preset="refavs", audio_shuffle=True, shuffle_seed=seed, progress=False
+            best, reader.dataset(split), preset="refavs", audio="shuffle", audio_seed=seed, progress=False
         )
         row[f"{split} J&F"] = result.metrics["J&F"]
         for key, drop in _drops(result, shuffled).items():

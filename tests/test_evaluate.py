@@ -124,7 +124,7 @@ def test_audio_shuffle_of_a_single_video_warns_and_rotates_its_samples(synthav):
     assert shuffled.same_video == len(videos)
     assert shuffled_donors(["only"], seed=3) == ([0], 1)
     with pytest.warns(AudioShuffleWarning):
-        result = evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", audio_shuffle=True, progress=False)
+        result = evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", audio="shuffle", progress=False)
     assert result.settings["audio_shuffle_same_video"] == len(videos)
 
 

@@ -329,8 +329,8 @@ def demo(
                 preset="refavs",
                 device=dev,
                 batch_size=4,
-                audio_shuffle=True,
-                shuffle_seed=seed,
+                audio="shuffle",
+                audio_seed=seed,
                 progress=bars,
             )
     t_evaluated = time.monotonic()

@@ -3,8 +3,9 @@
 ``evaluate_split`` drives one split: it batches the reader's samples, runs the model under ``torch.no_grad``, feeds a
 :class:`~avseg.metrics.accumulator.MetricAccumulator`, and returns an :class:`EvalResult` with the split metrics, the
 metrics of each modality subset (SynthAV records which cues an expression needs, so the audio-dependent expressions
-can be scored apart), and per-expression / per-video values. ``audio_shuffle=True`` gives every sample the
-soundtrack of another video: the gap between the normal and the shuffled score shows whether a model listens.
+can be scored apart), and per-expression / per-video values. ``audio="shuffle"`` (or ``silence``, ``noise:SNR_DB``,
+``offset:SECONDS``; :mod:`avseg.audio.variants`) changes every soundtrack first: the gap between the true and the
+changed score (:func:`audio_drops`) shows whether a model listens.
 
 ``evaluate`` (the ``avseg eval`` command) runs several splits and writes a JSON file and a markdown table; for
 Ref-AVS it adds the paper's summary rows (Seen = test_s, Unseen = test_u, Mix = their mean, Null = S on test_n).
@@ -25,9 +26,7 @@ grouping and reading options of the script behind the model's published numbers.
 from __future__ import annotations
 
 import json
-import random
 import sys
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from avseg.audio.variants import (
+    TRUE_AUDIO,
+    AudioShuffleWarning,
+    AudioVariant,
+    AudioVariantDataset,
+    audio_donors,
+    parse_audio_variant,
+    parse_audio_variants,
+    shuffled_donors,
+)
 from avseg.checkpoint import read_training_data
 from avseg.data.base import AVSDataset
 from avseg.data.benchmarks import (
@@ -47,9 +56,9 @@ from avseg.data.benchmarks import (
     default_metric_preset,
     format_has_text,
 )
-from avseg.data.types import AVSSample, collate
+from avseg.data.types import collate
 from avseg.device import resolve_device
-from avseg.errors import AVSegWarning, UsageError
+from avseg.errors import UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.metrics.accumulator import MetricAccumulator
 from avseg.metrics.presets import MetricPreset, get_preset
@@ -59,113 +68,23 @@ __all__ = [
     "AudioShuffleWarning",
     "AudioShuffledDataset",
     "EvalResult",
+    "audio_drops",
     "evaluate_split",
+    "format_audio_markdown",
     "format_markdown",
     "markdown_path",
     "per_video_means",
+    "shuffled_donors",
 ]
 
 
-class AudioShuffleWarning(AVSegWarning):
-    """The audio-shuffled control could not give every sample the soundtrack of another video."""
-
-
-def shuffled_donors(videos: Sequence[str], seed: int = 0) -> tuple[list[int], int]:
-    """A seeded permutation ``donor[i]`` of sample indices in which as few samples as possible receive a donor from
-    their own video, and every sample is a donor exactly once.
-
-    Samples are grouped by video (videos and the samples within each in a seeded random order) and laid out on a
-    circle; sample ``k`` receives from sample ``k + s``. With ``m`` the largest number of samples of one video and
-    ``n`` samples in all, the shift ``s = m`` never lands in the receiver's own video when ``m <= n / 2``: the result
-    is a derangement over videos. When one video holds more than half of the samples this is impossible; the shift
-    ``s = n - m`` then gives the fewest same-video pairs (``2m - n``). A single video gets a cyclic shift of its own
-    samples (``s = 1``; with a single sample, the identity).
-
-    Args:
-        videos: the video id of each sample.
-        seed: seed of the random order.
-
-    Returns:
-        ``(donors, same_video)``: the permutation and the number of samples whose donor is from their own video.
-    """
-    n = len(videos)
-    rng = random.Random(seed)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, video in enumerate(videos):
-        groups[video].append(i)
-    names = sorted(groups)
-    rng.shuffle(names)
-    circle: list[int] = []
-    for name in names:
-        members = groups[name]
-        rng.shuffle(members)
-        circle.extend(members)
-    largest = max((len(g) for g in groups.values()), default=0)
-    if len(groups) <= 1:
-        shift = 1 if n > 1 else 0
-    else:
-        shift = largest if 2 * largest <= n else n - largest
-    donors = [0] * n
-    for k, receiver in enumerate(circle):
-        donors[receiver] = circle[(k + shift) % n]
-    same_video = sum(videos[d] == videos[i] for i, d in enumerate(donors))
-    return donors, same_video
-
-
-class AudioShuffledDataset(Dataset):
-    """Wrap a dataset so that sample ``i`` carries the soundtrack of a sample from another video.
-
-    The mapping (:func:`shuffled_donors`, seeded) is a permutation: every soundtrack of the split is used exactly
-    once, and no sample hears a soundtrack of its own video whenever no video holds more than half of the samples.
-    Otherwise (in particular for a split with a single video, where samples swap among themselves and hear their own
-    video's sound) the fewest possible samples keep their own video's audio; their number is
-    :attr:`same_video`, and an :class:`AudioShuffleWarning` says so, since the shuffled score is then not a clean
-    control. The audio is fitted to the sample's frame count (examples repeated or cut), and ``has_audio`` follows
-    the donor.
-
-    Attributes:
-        permutation: ``permutation[i]`` is the index of the sample whose soundtrack sample ``i`` receives.
-        same_video: how many samples receive a soundtrack of their own video.
-    """
+class AudioShuffledDataset(AudioVariantDataset):
+    """``dataset`` under the ``shuffle`` soundtrack variant (:class:`~avseg.audio.variants.AudioVariantDataset`):
+    sample ``i`` carries the soundtrack of sample :attr:`permutation` ``[i]``, from another video whenever no video
+    holds more than half of the samples (:func:`~avseg.audio.variants.shuffled_donors`)."""
 
     def __init__(self, dataset: AVSDataset, seed: int = 0) -> None:
-        self.dataset = dataset
-        videos = [r.video_id for r in dataset.records]
-        self.permutation, self.same_video = shuffled_donors(videos, seed)
-        if self.same_video:
-            split = dataset.records[0].split
-            counts = {v: videos.count(v) for v in set(videos)}
-            video, most = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
-            why = (
-                "it has a single video"
-                if len(counts) == 1
-                else f"video {video!r} holds {most} of its {len(videos)} samples (more than half)"
-            )
-            warnings.warn(
-                f"audio shuffle on split {split!r}: {self.same_video} of {len(videos)} samples hear a soundtrack of "
-                f"their own video because {why}; the shuffled score is not a clean control",
-                AudioShuffleWarning,
-                stacklevel=2,
-            )
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> AVSSample:
-        sample = self.dataset[i]
-        donor = self.dataset[self.permutation[i]]
-        t = sample.num_frames
-        idx = torch.arange(t).clamp(max=donor.num_frames - 1)
-        wave = donor.audio_wave
-        n = sample.audio_wave.shape[0]
-        wave = wave[:n] if wave.shape[0] >= n else torch.cat([wave, wave.new_zeros(n - wave.shape[0])])
-        return sample.with_updates(
-            audio_wave=wave,
-            audio_examples=donor.audio_examples[idx],
-            audio_embeddings=None if donor.audio_embeddings is None else donor.audio_embeddings[idx],
-            has_audio=donor.has_audio,
-            meta={**sample.meta, "audio_from": donor.uid or donor.video_id},
-        )
+        super().__init__(dataset, "shuffle", seed)
 
 
 @dataclass
@@ -181,7 +100,7 @@ class EvalResult:
         items: per expression, clip or object (VOS): ids, modalities, ``J``, ``F``, ``S``, frames scored.
         videos: per video, the mean ``J``, ``F`` and ``J&F`` of its items (for VOS, of its objects, as DAVIS reports
             a sequence), over the items with a score.
-        settings: preset, grouping, resolution, thresholds, audio shuffling, model and data facts.
+        settings: preset, grouping, resolution, thresholds, audio variant, model and data facts.
     """
 
     split: str
@@ -296,8 +215,8 @@ def evaluate_split(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-    audio_shuffle: bool = False,
-    shuffle_seed: int = 0,
+    audio: AudioVariant | str = TRUE_AUDIO,
+    audio_seed: int = 0,
     on_batch: Callable[[Any, Any], None] | None = None,
     progress: bool = True,
     split: str | None = None,
@@ -320,8 +239,10 @@ def evaluate_split(
         batch_size: inference batch size (does not change the scores: grouping is the metric's, not the loader's).
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
         num_workers: DataLoader workers.
-        audio_shuffle: give each sample the soundtrack of another video (see :class:`AudioShuffledDataset`).
-        shuffle_seed: seed of that permutation.
+        audio: the soundtrack variant every item is scored with (``true``, ``shuffle``, ``silence``,
+            ``noise:SNR_DB``, ``offset:SECONDS``; see :mod:`avseg.audio.variants`); items without audio are left as
+            they are, and ``settings["items_without_audio"]`` counts them.
+        audio_seed: seed of the shuffle and of the noise.
         on_batch: called with ``(batch, output)`` after each batch (used to save masks and overlays).
         progress: show a progress bar on stderr, counting the items of the split (throttled to one line every 10 s
             when stderr is not a terminal).
@@ -347,17 +268,19 @@ def evaluate_split(
             f"metric preset {metric.name!r} is for {metric.task} masks but the model predicts {channels} mask "
             "channel(s)"
         )
+    variant = audio if isinstance(audio, AudioVariant) else parse_audio_variant(audio, arg="audio")
     device = resolve_device(device, arg="device")
     split_name = split if split is not None else (dataset.records[0].split if dataset.records else "")
+    source: Dataset = dataset if variant == TRUE_AUDIO else AudioVariantDataset(dataset, variant, audio_seed)
     was_training = model.training
     model.eval().to(device)
-    source: Dataset = AudioShuffledDataset(dataset, shuffle_seed) if audio_shuffle else dataset
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     overall = MetricAccumulator(metric, group=group)
     subsets: dict[str, MetricAccumulator] = {}
     items: list[dict[str, Any]] = []
-    labelled = 0
-    bar = _progress_bar(len(source), f"eval {split_name}".rstrip()) if progress else None
+    labelled = without_audio = 0
+    desc = f"eval {split_name}".rstrip() + ("" if variant == TRUE_AUDIO else f" audio={variant.spec}")
+    bar = _progress_bar(len(source), desc) if progress else None
     try:
         for batch in loader:
             batch = batch.to(device)
@@ -369,6 +292,7 @@ def evaluate_split(
             # Semi-supervised VOS: the frame each object is given on; earlier frames are not scored.
             first = [int(m.get("first_frame", 0)) for m in batch.meta]
             labelled += int(valid.sum())
+            without_audio += int((~batch.has_audio).sum())
             if metric.gt_source == "native":
                 # Items differ in native size: one update each (groups span updates).
                 truth = [m[None] for m in _native_masks(batch, metric)]  # B x (1, T, H0, W0)
@@ -422,9 +346,10 @@ def evaluate_split(
     settings = dict(result["settings"])
     settings.update(
         {
-            "audio_shuffle": audio_shuffle,
-            "shuffle_seed": shuffle_seed if audio_shuffle else None,
-            "audio_shuffle_same_video": source.same_video if isinstance(source, AudioShuffledDataset) else None,
+            "audio": variant.spec,
+            "audio_seed": audio_seed if variant.kind in ("shuffle", "noise") else None,
+            "audio_shuffle_same_video": source.same_video if variant.kind == "shuffle" else None,  # type: ignore[attr-defined]
+            "items_without_audio": without_audio,
             "gt_source": _GT_SOURCES[metric.gt_source],
             "num_items": len(items),
             "protocol": protocol.to_dict() if protocol is not None else None,
@@ -464,21 +389,35 @@ def refavs_summary(results: dict[str, EvalResult]) -> dict[str, dict[str, float]
     return rows
 
 
-def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *, refavs_rows: bool = True) -> str:
+def format_markdown(
+    results: dict[str, EvalResult],
+    title: str = "Evaluation",
+    *,
+    refavs_rows: bool = True,
+    reference: dict[str, EvalResult] | None = None,
+    footer: bool = True,
+) -> str:
     """A markdown table: one row per split (and per modality subset), then the Ref-AVS summary rows if any
-    (``refavs_rows=False`` leaves them out: other layouts may name their splits test_s / test_u too)."""
-    lines = [f"## {title}", "", "| split | subset | items | J | F | J&F | S |", "|---|---|---|---|---|---|---|"]
+    (``refavs_rows=False`` leaves them out: other layouts may name their splits test_s / test_u too). With
+    ``reference`` (per split, e.g. the scores with the true soundtracks), a ``drop`` column gives each row's
+    ``J&F(reference) - J&F`` (:func:`audio_drops`). ``footer=False`` leaves out the protocol and metric lines."""
+    head, rule = "| split | subset | items | J | F | J&F | S |", "|---|---|---|---|---|---|---|"
+    if reference is not None:
+        head, rule = head + " drop |", rule + "---|"
+    lines = [f"## {title}", "", head, rule]
     for split, res in results.items():
+        drops = audio_drops(reference[split], res) if reference is not None and split in reference else {}
+        tail = {name: "" if reference is None else f" {_fmt(drops.get(name))} |" for name in ("all", *res.subsets)}
         m = res.metrics
         lines.append(
             f"| {split} | all | {len(res.items)} | {_fmt(m['J'])} | {_fmt(m['F'])} | {_fmt(m['J&F'])} | "
-            f"{_fmt(m.get('S'))} |"
+            f"{_fmt(m.get('S'))} |{tail['all']}"
         )
         for name, sub in res.subsets.items():
             n = sub["counts"]["videos"]
             lines.append(
                 f"| {split} | {name} | {n} | {_fmt(sub['J'])} | {_fmt(sub['F'])} | {_fmt(sub['J&F'])} | "
-                f"{_fmt(sub.get('S'))} |"
+                f"{_fmt(sub.get('S'))} |{tail[name]}"
             )
     rows = refavs_summary(results) if refavs_rows else {}
     if rows:
@@ -488,7 +427,7 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *
                 f"| {name} | {_fmt(row.get('J'))} | {_fmt(row.get('F'))} | {_fmt(row.get('J&F'))} | "
                 f"{_fmt(row.get('S'))} |"
             )
-    if results:
+    if results and footer:
         s = next(iter(results.values())).settings
         protocol = s.get("protocol") or {}
         lines += [""]
@@ -503,6 +442,88 @@ def format_markdown(results: dict[str, EvalResult], title: str = "Evaluation", *
             f"({s.get('gt_resolution')}), scored at {s.get('resolution')}, threshold {s.get('threshold', 'argmax')}."
         )
     return "\n".join(lines) + "\n"
+
+
+def audio_drops(true: EvalResult, changed: EvalResult) -> dict[str, float]:
+    """``J&F(true) - J&F(changed)``: the J&F a model loses when its soundtracks change, over all items (``all``) and
+    on each subset both results have (``audio``: the expressions that need the audio, ``cues:audio``: those only the
+    audio resolves, ...). NaN where a J&F is NaN (e.g. a split of null expressions).
+
+    Example:
+        >>> true = EvalResult("s", {"J&F": 0.75}, {"audio": {"J&F": 0.5}})
+        >>> audio_drops(true, EvalResult("s", {"J&F": 0.5}, {"audio": {"J&F": 0.125}}))
+        {'all': 0.25, 'audio': 0.375}
+    """
+    out = {"all": float(true.metrics["J&F"]) - float(changed.metrics["J&F"])}
+    for name, sub in true.subsets.items():
+        if name in changed.subsets:
+            out[name] = float(sub["J&F"]) - float(changed.subsets[name]["J&F"])
+    return out
+
+
+def format_audio_markdown(by_variant: dict[str, dict[str, EvalResult]], *, refavs_rows: bool = True) -> str:
+    """The audio-robustness tables of ``avseg eval --audio``: for each variant other than ``true``, its scores with a
+    ``drop`` column (:func:`format_markdown`), then one summary table of J&F and drop per variant.
+
+    Args:
+        by_variant: per split, per variant spec (``true`` first), the split's result.
+        refavs_rows: add the Ref-AVS summary rows to each variant's table.
+    """
+    splits = list(by_variant)
+    specs = list(dict.fromkeys(spec for split in splits for spec in by_variant[split]))
+    true = {split: by_variant[split]["true"] for split in splits}
+    blocks = []
+    for spec in specs[1:]:
+        changed = {split: by_variant[split][spec] for split in splits}
+        blocks.append(
+            format_markdown(
+                changed, title=f"Audio {spec}", refavs_rows=refavs_rows, reference=true, footer=False
+            ).rstrip("\n")
+        )
+    head = "| split | subset | items | J&F true |" + "".join(f" J&F {s} | drop {s} |" for s in specs[1:])
+    lines = ["## Does the model listen? (drop = J&F(true) - J&F(variant))", "", head, "|---" * head.count(" |") + "|"]
+    for split in splits:
+        t = true[split]
+        for name in ("all", *t.subsets):
+            m = t.metrics if name == "all" else t.subsets[name]
+            n = len(t.items) if name == "all" else m["counts"]["videos"]
+            row = f"| {split} | {name} | {n} | {_fmt(m['J&F'])} |"
+            for spec in specs[1:]:
+                res = by_variant[split][spec]
+                other = res.metrics if name == "all" else res.subsets.get(name, {})
+                row += f" {_fmt(other.get('J&F'))} | {_fmt(audio_drops(t, res).get(name))} |"
+            lines.append(row)
+    without = ", ".join(f"{split} {true[split].settings.get('items_without_audio', 0)}" for split in splits)
+    lines += ["", f"Items without a soundtrack, left as they are under every variant: {without}."]
+    seeds = {r.settings.get("audio_seed") for per in by_variant.values() for r in per.values()} - {None}
+    if seeds:
+        lines.append(f"Seed of the shuffle and the noise: {', '.join(map(str, sorted(seeds)))}.")
+    return "\n\n".join([*blocks, "\n".join(lines)]) + "\n"
+
+
+def audio_report(by_variant: dict[str, dict[str, EvalResult]], seed: int) -> dict[str, Any]:
+    """The ``audio`` section of the ``--json-out`` report: the variants, their seed, per split and variant the
+    summary, metrics, subsets and settings, the drops against ``true`` (:func:`audio_drops`) and the items left
+    unchanged for want of a soundtrack."""
+    specs = list(dict.fromkeys(spec for per in by_variant.values() for spec in per))
+    return {
+        "variants": specs,
+        "seed": seed,
+        "splits": {
+            split: {
+                spec: {"summary": r.summary, "metrics": r.metrics, "subsets": r.subsets, "settings": r.settings}
+                for spec, r in per.items()
+            }
+            for split, per in by_variant.items()
+        },
+        "drops": {
+            split: {spec: audio_drops(per["true"], r) for spec, r in per.items() if spec != "true"}
+            for split, per in by_variant.items()
+        },
+        "items_without_audio": {
+            split: per["true"].settings["items_without_audio"] for split, per in by_variant.items()
+        },
+    }
 
 
 def markdown_path(json_path: Path, *, arg: str = "--json-out") -> Path:
@@ -522,20 +543,32 @@ def markdown_path(json_path: Path, *, arg: str = "--json-out") -> Path:
 
 
 def write_results(
-    results: dict[str, EvalResult], path: Path, extra: dict[str, Any] | None = None, *, refavs_rows: bool = True
+    results: dict[str, EvalResult],
+    path: Path,
+    extra: dict[str, Any] | None = None,
+    *,
+    refavs_rows: bool = True,
+    audio: dict[str, dict[str, EvalResult]] | None = None,
+    audio_seed: int = 0,
 ) -> Path:
     """Write the JSON report at ``path`` (which must end in ``.json``) and the markdown table beside it
-    (:func:`markdown_path`), each atomically; ``refavs_rows``: include the Ref-AVS summary. Returns the table's path.
+    (:func:`markdown_path`), each atomically; ``refavs_rows``: include the Ref-AVS summary. ``audio`` (per split, per
+    variant spec, the results of ``avseg eval --audio``, seeded with ``audio_seed``) adds the ``audio`` section
+    (:func:`audio_report`) and the audio tables (:func:`format_audio_markdown`). Returns the table's path.
     """
     path = Path(path)
     table = markdown_path(path)
     payload = {
         "splits": {k: v.to_dict() for k, v in results.items()},
         **({"refavs": refavs_summary(results)} if refavs_rows else {}),
+        **({"audio": audio_report(audio, audio_seed)} if audio else {}),
         **(extra or {}),
     }
+    text = format_markdown(results, refavs_rows=refavs_rows)
+    if audio:
+        text += "\n" + format_audio_markdown(audio, refavs_rows=refavs_rows)
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))
-    atomic_write_text(table, format_markdown(results, refavs_rows=refavs_rows))
+    atomic_write_text(table, text)
     return table
 
 
@@ -642,7 +675,8 @@ def evaluate_command(
     save_masks: Path | None = None,
     overlays: int = 0,
     json_out: Path | None = None,
-    audio_shuffle: bool = False,
+    audio: Sequence[str] | None = None,
+    audio_seed: int = 0,
     vos_prompt: Literal["mask", "box", "points"] | None = None,
     num_workers: int = 0,
 ) -> int:
@@ -683,9 +717,13 @@ def evaluate_command(
         overlays: number of overlay videos per split (needs --save-masks).
         json_out: write the full results to this JSON file, which must end in .json; the markdown table is written
             beside it with .md in place of .json (r.json and r.md).
-        audio_shuffle: give every sample the soundtrack of another video (does the model listen?); each soundtrack is
-            used once. A split with a single video, or one video holding more than half of the items, cannot be fully
-            shuffled: a warning says how many items keep their own video's sound.
+        audio: soundtrack variants to score (does the model listen?): true, shuffle (each item hears another
+            video's soundtrack, each soundtrack used once), silence, noise:SNR_DB (white noise at that SNR),
+            offset:SECONDS (the soundtrack that much later, padded with silence); several at once, e.g. --audio true
+            shuffle noise:0. Prints and writes J&F per variant and its drop from true (added when missing), over all
+            items and on the audio-dependent expressions where the data marks them; items without audio are left as
+            they are and counted. See docs/audio-robustness.md.
+        audio_seed: seed of the shuffle and of the noise.
         vos_prompt: how a promptable (sam2) model is given each object on its first annotated frame: its
             ground-truth mask, its box, or clicks at the centre of the object and of the errors (default: the
             checkpoint's eval_prompt, mask unless its config says otherwise); recorded in the results.
@@ -702,6 +740,7 @@ def evaluate_command(
     if protocol == "official" and (preset is not None or group is not None):
         given = " and ".join(f"--{name} {value}" for name, value in (("preset", preset), ("group", group)) if value)
         raise UsageError(f"--protocol official fixes the metric preset and grouping; drop {given} or use the default")
+    variants = parse_audio_variants(audio) if audio is not None else [TRUE_AUDIO]
     folder = resolve_checkpoint(checkpoint, pointer, fallback="latest" if pointer == "best" else "best")
     # Every output is checked before the model or the data is loaded: a bad path is one line now, not a traceback
     # after the whole evaluation.
@@ -743,40 +782,54 @@ def evaluate_command(
     if chosen.native_masks:
         options["native_masks"] = True  # the preset scores against the ground truth at its resolution on disk
     reader = get_reader(format, data, image_size=size, **options)
+    datasets = {name: reader.dataset(name) for name in split_names([split])}
+    if any(v.kind == "shuffle" for v in variants):
+        for name, dataset in datasets.items():  # a split that cannot be shuffled fails now, before any evaluation
+            records = dataset.records
+            audio_donors([r.video_id for r in records], [r.audio_path is not None for r in records], split=name)
     results: dict[str, EvalResult] = {}
-    for split_name in split_names([split]):
-        dataset = reader.dataset(split_name)
+    by_variant: dict[str, dict[str, EvalResult]] = {}
+    for split_name, dataset in datasets.items():
         callback = None
         if save_masks is not None:
             callback = _mask_writer(save_masks, split_name, overlays, semantic=num_classes > 1)
-        results[split_name] = evaluate_split(
-            model,
-            dataset,
-            protocol=chosen,
-            batch_size=batch_size,
-            device=torch_device,
-            num_workers=num_workers,
-            audio_shuffle=audio_shuffle,
-            on_batch=callback,
-            progress=True,
-            split=split_name,
-        )
-        results[split_name].settings.update(
-            {
-                "checkpoint": str(folder),
-                "preset_model": getattr(model, "preset", None),
-                "data": str(data),
-                "format": format,
-                "benchmark": benchmark,
-                "image_size": size,
-                "vos_prompt": getattr(model.config, "eval_prompt", None) if is_promptable(model) else None,
-                "protocol": {"kind": protocol, **chosen.to_dict()},
-            }
-        )
+        for variant in variants:
+            result = evaluate_split(
+                model,
+                dataset,
+                protocol=chosen,
+                batch_size=batch_size,
+                device=torch_device,
+                num_workers=num_workers,
+                audio=variant,
+                audio_seed=audio_seed,
+                on_batch=callback if variant == TRUE_AUDIO else None,  # masks and overlays of the true soundtracks
+                progress=True,
+                split=split_name,
+            )
+            result.settings.update(
+                {
+                    "checkpoint": str(folder),
+                    "preset_model": getattr(model, "preset", None),
+                    "data": str(data),
+                    "format": format,
+                    "benchmark": benchmark,
+                    "image_size": size,
+                    "vos_prompt": getattr(model.config, "eval_prompt", None) if is_promptable(model) else None,
+                    "protocol": {"kind": protocol, **chosen.to_dict()},
+                }
+            )
+            by_variant.setdefault(split_name, {})[variant.spec] = result
+        results[split_name] = by_variant[split_name]["true"]
     title = f"{getattr(model, 'preset', None) or model.family} on {data}"
     print(format_markdown(results, title=title, refavs_rows=format == "refavs"))
+    audio_results = by_variant if audio is not None else None
+    if audio_results:
+        print(format_audio_markdown(audio_results, refavs_rows=format == "refavs"))
     if json_out is not None:
-        table = write_results(results, json_out, refavs_rows=format == "refavs")
+        table = write_results(
+            results, json_out, refavs_rows=format == "refavs", audio=audio_results, audio_seed=audio_seed
+        )
         print(f"wrote {json_out} and {table}")
     if save_masks is not None:
         print(f"masks written under {save_masks}")
