@@ -1,10 +1,16 @@
-"""Packaged weights are named ``avseg:<name>``; an unknown name is a one-line error listing what exists."""
+"""Packaged weights: named ``avseg:<name>`` (an unknown name is a one-line error listing what exists), stored with
+their SHA-256 and the commands that reproduce them, loaded through the normal SAM2 path."""
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import json
+from pathlib import Path
 
-from avseg.assets import ASSETS, resolve_weights
+import pytest
+import torch
+
+from avseg.assets import ASSETS, asset_path, resolve_weights
 from avseg.errors import UsageError
 from avseg.layers.sam2 import build_sam2, tiny_sam2_config
 
@@ -21,3 +27,36 @@ def test_an_unknown_packaged_name_is_one_line_naming_it():
     assert "nope" not in ASSETS
     with pytest.raises(UsageError, match="avseg:nope"):
         build_sam2(tiny_sam2_config(64, weights="avseg:nope"), pretrained=False)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(ASSETS))
+def test_each_asset_has_the_recorded_hash_and_says_how_it_was_made(name):
+    folder = asset_path(name)
+    assert _sha256(folder / "model.safetensors") == ASSETS[name]
+    card = (folder / "ASSET.md").read_text()
+    assert ASSETS[name] in card  # the card states the hash it describes
+    for needed in ("avseg data synth", "avseg train", "avseg convert sam2", "J&F"):
+        assert needed in card, needed
+    record = json.loads((folder / "conversion.json").read_text())
+    assert record["dtype"] == "float16"
+    assert (folder / "model.safetensors").stat().st_size < 8 * 2**20  # a few MB
+
+
+def test_the_tiny_sam2_asset_loads_through_the_normal_path_into_auralsam2_tiny_frozen():
+    from safetensors.torch import load_file
+
+    from avseg.models import create_model
+
+    model = create_model("auralsam2-tiny")
+    assert model.config.sam2.weights == "avseg:sam2-tiny-synthav"
+    stored = load_file(str(asset_path("sam2-tiny-synthav") / "model.safetensors"))
+    ours = model.sam2.model.state_dict()
+    assert stored.keys() == ours.keys()
+    for key, value in stored.items():
+        assert torch.equal(ours[key], value.float()), key
+    assert not any(p.requires_grad for p in model.sam2.parameters())  # frozen, as the paper freezes SAM2
+    assert any(p.requires_grad for p in model.fuser.parameters())

@@ -111,11 +111,55 @@ def test_released_shapes_have_the_published_sizes(variant, millions):
         {"trainable": ("decoder",)},
         {"memory_dtype": "float16"},
         {"variant": "test-tiny", "in_checkpoint": False},
+        {"random_init": "xavier"},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         Sam2LayerConfig(**kwargs)
+
+
+def test_random_builds_use_sam2s_module_initialisation_unless_told_otherwise():
+    def weight_std(init: str) -> tuple[float, float]:
+        torch.manual_seed(0)
+        decoder = build_sam2(tiny_sam2_config(SIZE, random_init=init)).model.mask_decoder
+        return float(decoder.transformer.layers[0].cross_attn_token_to_image.q_proj.weight.std()), float(
+            decoder.conv_s0.weight.std()
+        )
+
+    linear_sam2, conv_sam2 = weight_std("sam2")
+    linear_hf, conv_hf = weight_std("transformers")
+    # PyTorch's defaults: uniform(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in) (fan_in 128); transformers: normal(0, 0.02)
+    assert linear_sam2 == pytest.approx((3 * 128) ** -0.5, rel=0.1)
+    assert linear_hf == pytest.approx(0.02, rel=0.1)
+    assert conv_sam2 > 2 * conv_hf
+
+
+def test_with_sam2s_initialisation_the_memory_tells_two_prompted_objects_apart():
+    """The memory-conditioned features of a tracked frame differ between two objects prompted on the same video
+    several times more with SAM2's initialisation than with transformers' (the signal the memory path learns from)."""
+
+    def tracked_difference(init: str) -> float:
+        torch.manual_seed(0)
+        layer = build_sam2(tiny_sam2_config(SIZE, random_init=init))
+        video = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+        features = layer.encode_frames(torch.cat([video, video]))  # two tracks on one video, b-major
+        masks = torch.zeros(2, 1, SIZE, SIZE)
+        masks[0, :, 8:24, 8:24] = 1  # top-left object
+        masks[1, :, 40:56, 40:56] = 1  # bottom-right object
+        with torch.no_grad():
+            bank = layer.memory_bank(2)
+            first = features.select([0, 2])
+            layer.remember(
+                first,
+                bank,
+                layer.track_step(first, bank, 0, prompt=Sam2Prompt(masks=masks), conditioning=True),
+                conditioning=True,
+            )
+            embeddings = layer.track_step(features.select([1, 3]), bank, 1).image_embeddings
+        return float((embeddings[0] - embeddings[1]).abs().mean() / embeddings.std())
+
+    assert tracked_difference("sam2") > 3 * tracked_difference("transformers")
 
 
 def test_config_round_trips_through_plain_dicts():

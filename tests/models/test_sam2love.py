@@ -289,20 +289,16 @@ def test_the_paper_preset_builds_on_meta_with_the_papers_settings_and_sizes():
     assert net.num_parameters() == 546_238_642
 
 
-def test_the_tiny_preset_trains_its_random_encoders_and_tracks_in_training():
+def test_the_tiny_preset_prompts_the_packaged_sam2_and_trains_its_random_encoders():
     cfg = sam2love_tiny()
-    assert (
-        not cfg.vision.frozen
-        and cfg.audio.encoder == "logmel_cnn"
-        and set(cfg.sam2.trainable)
-        == {
-            "image_encoder",
-            "prompt_encoder",
-            "mask_decoder",
-            "memory",
-        }
-    )
-    net = SAM2LOVE(small_config()).train()
+    assert not cfg.vision.frozen and cfg.audio.encoder == "logmel_cnn"
+    assert cfg.sam2.weights == "avseg:sam2-tiny-synthav"
+    assert set(cfg.sam2.trainable) == {"prompt_encoder", "mask_decoder"}  # the paper's trainable SAM2 parts
+    assert cfg.supervision == "first" and cfg.train_frames is None
+
+
+def test_supervising_every_frame_tracks_the_first_frame_and_drawn_ones():
+    net = SAM2LOVE(small_config(supervision="all", train_frames=4)).train()
     torch.manual_seed(3)
     batch = square_batch(t=6)
     out = net(batch)

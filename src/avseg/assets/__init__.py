@@ -19,7 +19,9 @@ __all__ = ["ASSETS", "ASSET_PREFIX", "asset_path", "resolve_weights"]
 ASSET_PREFIX = "avseg:"
 """Prefix of a packaged asset in a ``weights`` setting (``avseg:sam2-tiny-synthav``)."""
 
-ASSETS: Mapping[str, str] = MappingProxyType({})
+ASSETS: Mapping[str, str] = MappingProxyType(
+    {"sam2-tiny-synthav": "788fce30e123179ea074a550955587874e4f11363306d091aa408026b7a9e2c5"}
+)
 """Asset name → SHA-256 of its ``model.safetensors``."""
 
 

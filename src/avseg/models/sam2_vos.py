@@ -757,11 +757,13 @@ def sam2_tiny() -> SAM2VOSConfig:
     """Tiny SAM2 for CPU demos and tests: a random tiny SAM2, all parts trained with SAM2's prompt simulation.
 
     The SAM2 shape is ``auralsam2-tiny``'s (the layer's 128-d test shape at 128 px with its Hiera trunk twice as
-    wide); nothing pretrained is available offline, so it starts from random weights and every part trains at one
-    learning rate (no image-encoder scale or layer decay, which only protect pretrained weights). The optimiser
-    settings are those measured for ``auralsam2-tiny``'s random SAM2 on CPU (AdamW 3e-3, cosine with 30 warmup steps,
-    clipping at 1); a frame's decoder passes are averaged rather than summed, so that steps with and without
-    corrective clicks weigh alike at that learning rate. Prompt simulation and loss weights are SAM2's.
+    wide). Nothing pretrained is available offline, so it starts from random weights with SAM2's own initialisation
+    (``sam2.random_init``) and every part trains at one learning rate (no image-encoder scale or layer decay, which
+    only protect pretrained weights): AdamW 3e-4, cosine with 30 warm-up steps, clipping at 1, 8 clips per step. A
+    frame's decoder passes are averaged rather than summed, so that steps with and without corrective clicks weigh
+    alike. Prompt simulation and loss weights are SAM2's. From random weights the memory path learns fastest with
+    mask prompts alone (``prompts.prob_point_input=0``); the packaged ``avseg:sam2-tiny-synthav`` was trained that
+    way first and then with the full prompt simulation (its ``ASSET.md`` gives both commands).
     """
     return SAM2VOSConfig(
         pretrained=False,
@@ -776,12 +778,12 @@ def sam2_tiny() -> SAM2VOSConfig:
         loss=SAM2LossConfig(step_reduction="mean"),
         optim_groups=Sam2ParamGroupConfig(image_encoder_lr_scale=1.0, layer_decay=1.0),
         recipe=TrainRecipe(
-            optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
+            optim=OptimConfig(name="adamw", lr=3e-4, weight_decay=1e-4),
             schedule=ScheduleConfig(kind="cosine", warmup_steps=30),
             batch_size=8,
             epochs=20,
             clip_grad_norm=1.0,
             image_size=128,
-            notes="avseg's CPU recipe (auralsam2-tiny's optimiser); frames read at SAM2's 128 px, 8-frame clips",
+            notes="avseg's CPU recipe for a random tiny SAM2; frames read at SAM2's 128 px, 8-frame clips",
         ),
     )

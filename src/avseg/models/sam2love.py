@@ -671,11 +671,12 @@ def sam2love_l_refavs() -> Sam2LoveConfig:
 
 
 def _tiny_sam2() -> Sam2LayerConfig:
-    """The tiny preset's SAM2: the 128-px test shape of ``auralsam2-tiny`` (Hiera trunk twice as wide), random weights,
-    every part trained, float32 memory (it trains)."""
+    """The tiny preset's SAM2: the packaged SynthAV-trained tiny SAM2 (``avseg:sam2-tiny-synthav``, the 128-px shape
+    of ``sam2-tiny``), its prompt encoder and mask decoder trained and the rest frozen, as the paper trains SAM2."""
     return tiny_sam2_config(
         image_size=128,
-        trainable=("image_encoder", "prompt_encoder", "mask_decoder", "memory"),
+        weights="avseg:sam2-tiny-synthav",  # packaged: loads although pretrained=False
+        trainable=("prompt_encoder", "mask_decoder"),
         memory_dtype="float32",
         hf_config=hiera_trunk_overrides(
             embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
@@ -704,16 +705,15 @@ def _tiny_vit() -> ViTEncoderConfig:
 
 @register_model("sam2love-tiny", SAM2LOVE, tasks=("refavs",))
 def sam2love_tiny() -> Sam2LoveConfig:
-    """Tiny SAM2-LOVE for CPU demos and tests: random tiny SAM2 and ViT (trained), log-mel CNN, frozen MiniLM.
+    """Tiny SAM2-LOVE for CPU demos and tests: the packaged SynthAV-trained tiny SAM2, a random tiny ViT and log-mel
+    CNN (trained), frozen MiniLM.
 
-    Nothing pretrained is available offline but the MiniLM sentence encoder, so, unlike the paper, the image
-    transformer and the audio CNN start from random weights and train (a random frozen encoder would carry nothing),
-    and so does the whole tiny SAM2 (the 128-px shape of ``auralsam2-tiny``, built by ``_tiny_sam2``). A SAM2 whose
-    memory is random must learn to track, so training tracks the prompted first frame and 3 drawn frames of each clip
-    and supervises all four (``supervision = "all"``, ``train_frames = 4``) instead of the first frame alone, with
-    SAM2's single-mask output on tracked frames (an untrained IoU head would choose among three at random). The
-    fusion is 128-d with 2 blocks of 4 heads; the recipe is ``auralsam2-tiny``'s CPU recipe (AdamW 3e-3, cosine,
-    8 clips per step, frames at 128 px).
+    SAM2 is ``avseg:sam2-tiny-synthav`` (:mod:`avseg.assets`), trained as the paper trains SAM2: prompt encoder and
+    mask decoder only, the first frame alone supervised; its memory tracks the rest. No pretrained image transformer
+    or VGGish is available offline, so, unlike the paper, the ViT (2 layers, 64-d, 64-px frames) and the audio CNN
+    start from random weights and train (a random frozen encoder would carry nothing). The fusion is 128-d with 2
+    blocks of 4 heads; the recipe is ``auralsam2-tiny``'s CPU recipe (AdamW 3e-3, cosine, 8 clips per step, frames
+    at 128 px).
     """
     return Sam2LoveConfig(
         pretrained=False,
@@ -722,9 +722,6 @@ def sam2love_tiny() -> Sam2LoveConfig:
         audio=tiny_logmel_audio(),
         text=TextConfig(encoder=minilm_encoder()),
         fusion=FusionConfig(dim=128, depth=2, heads=4, mlp_ratio=2.0),
-        tracking=TrackingConfig(multimask_output=False),
-        supervision="all",
-        train_frames=4,
         recipe=TrainRecipe(
             optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
             schedule=ScheduleConfig(kind="cosine", warmup_steps=30),

@@ -129,6 +129,12 @@ class Sam2LayerConfig:
             ``weights``, which ``test-tiny`` must then name); trainable parts are always saved.
         hf_config: overrides of transformers ``Sam2VideoConfig`` keyword arguments (nested dicts for
             ``vision_config`` / ``prompt_encoder_config`` / ``mask_decoder_config``), applied last.
+        random_init: how a build with random weights initialises its linear, convolution and embedding layers:
+            ``"sam2"``, PyTorch's module defaults, as SAM2's own code builds them, or ``"transformers"``, transformers'
+            normal(0, 0.02). transformers' init scales every layer's output down, so that a random SAM2's masks are
+            nearly constant (logits of standard deviation about 5e-4 at the tiny shape) and a tracked frame's mask
+            differs between two prompted objects by about 1e-7: the memory path then gets almost no gradient and a
+            SAM2 trained from scratch learns to ignore it (``docs/benchmarks.md``). Pretrained builds ignore it.
     """
 
     variant: Sam2Variant = "sam2.1-hiera-base-plus"
@@ -138,6 +144,7 @@ class Sam2LayerConfig:
     memory_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     in_checkpoint: bool = True
     hf_config: dict[str, Any] = field(default_factory=dict)
+    random_init: Literal["sam2", "transformers"] = "sam2"
 
     def __post_init__(self) -> None:
         if self.variant not in Sam2Variant.__args__:  # type: ignore[attr-defined]
@@ -153,6 +160,8 @@ class Sam2LayerConfig:
         if not self.in_checkpoint and self.variant == "test-tiny" and not self.weights:
             raise ValueError("sam2.in_checkpoint=False needs sam2.weights to rebuild SAM2 from (test-tiny has none)")
         self.hf_config = dict(self.hf_config)
+        if self.random_init not in ("sam2", "transformers"):
+            raise ValueError(f"sam2.random_init must be 'sam2' or 'transformers', got {self.random_init!r}")
 
     @property
     def default_weights(self) -> str:

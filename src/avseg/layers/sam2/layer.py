@@ -841,6 +841,18 @@ def _fill_frozen_keys(
         state_dict.setdefault(f"{prefix}model.{name}", current[name].detach())
 
 
+def reset_to_module_defaults(model: nn.Module) -> int:
+    """Re-initialise every linear, convolution and embedding layer of ``model`` with PyTorch's defaults (SAM2's own
+    modules keep them); other parameters (norms, learned tokens and position tables) keep their values. Returns the
+    number of layers reset."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
+            module.reset_parameters()
+            count += 1
+    return count
+
+
 def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Layer:
     """Build the SAM2 layer a config describes.
 
@@ -876,6 +888,8 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
         except (TypeError, ValueError) as err:
             raise ValueError(f"sam2 config {config} gives an invalid transformers Sam2VideoConfig: {err}") from err
         model = Sam2VideoModel(hf_config)
+        if config.random_init == "sam2":
+            reset_to_module_defaults(model)
     if math.prod(model.config.memory_attention_rope_feat_sizes) != (config.image_size // 16) ** 2:
         raise ValueError(f"sam2.hf_config sets rope sizes that do not match image_size {config.image_size}")
     return Sam2Layer(model.float(), config)
