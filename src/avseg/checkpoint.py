@@ -37,13 +37,20 @@ from avseg import __version__
 from avseg.config import config_to_dict
 from avseg.errors import AVSegError, AVSegWarning, CheckpointError, MetadataError, MissingFileError, UsageError
 from avseg.fileio import atomic_dir, atomic_write_text, current_umask
+from avseg.optional import require
 
 __all__ = [
+    "CARD_FILE",
+    "HUB_FILES",
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointPointerWarning",
+    "HubError",
+    "HubNotFoundError",
     "NotACheckpointError",
     "TrainingData",
+    "hub_checkpoint",
+    "is_hub_id",
     "load_training_state",
     "load_weights",
     "read_checkpoint_config",
@@ -98,6 +105,112 @@ def _pointers(folder: Path) -> list[str]:
     return found
 
 
+# -- Hugging Face Hub ids (avseg.hub shares models; resolving an id to its downloaded snapshot lives here, where every
+# --checkpoint is resolved) -----------------------------------------------------------------------------------------
+
+CARD_FILE = "README.md"
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+"""The files a Hub repository of an avseg model holds; nothing else is downloaded or uploaded."""
+
+# The Hub's repository-name rule: letters, digits, '-', '_', '.', no '--' or '..', not starting or ending with '-'/'.'.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HUB_ID = re.compile(rf"^{_NAME}/{_NAME}$")
+
+
+class HubError(AVSegError):
+    """A Hugging Face Hub repository that cannot be read or written (gated, no avseg model in it, upload refused);
+    the message names the repository."""
+
+
+class HubNotFoundError(HubError, MissingFileError):
+    """A Hub id that cannot be found: not in the local cache while ``HF_HUB_OFFLINE`` is set, or no such repository
+    (or revision) on the Hub. Also a :class:`~avseg.errors.MissingFileError`, like a local checkpoint folder that does
+    not exist."""
+
+    def __init__(self, repo_id: str, reason: str) -> None:
+        self.path = Path(repo_id)
+        AVSegError.__init__(self, f"{repo_id}: {reason}")
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """Whether ``source`` reads as a Hub model id ``org/name`` (two path components, the Hub's name rules). Callers
+    try the local path first: a folder ``org/name`` that exists is always the local one."""
+    text = source.as_posix() if isinstance(source, Path) else str(source)
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) once, when it is imported: ask it, not os.environ.
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_checkpoint(
+    repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None
+) -> Path:
+    """The local snapshot of the Hub model ``repo_id`` (downloaded into the Hugging Face cache unless it is there):
+    a checkpoint folder for :func:`avseg.models.load_model`.
+
+    Only ``config.json``, ``model.safetensors`` and ``README.md`` are fetched, whatever else the repository holds.
+
+    Args:
+        repo_id: ``org/name``.
+        revision: a branch, tag or commit (default: the main branch).
+        cache_dir: the cache folder (default: huggingface_hub's, ``HF_HUB_CACHE``).
+        token: a Hub token for private or gated repositories (default: the logged-in one, ``HF_TOKEN``).
+
+    Raises:
+        HubNotFoundError: not cached while ``HF_HUB_OFFLINE`` is set, or no such repository or revision.
+        HubError: the repository is gated, cannot be reached, or holds no avseg model.
+    """
+    hub = require("huggingface_hub", "loading a model from the Hugging Face Hub")
+    from huggingface_hub import errors
+
+    at = f" (revision {revision})" if revision else ""
+    try:
+        folder = hub.snapshot_download(
+            repo_id,
+            repo_type="model",
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            allow_patterns=list(HUB_FILES),
+            library_name="avseg",
+        )
+    except errors.GatedRepoError as err:
+        raise HubError(
+            f"{repo_id}: gated repository{at}; accept its terms on the Hub and log in (hf auth login)"
+        ) from err
+    except errors.RepositoryNotFoundError as err:
+        raise HubNotFoundError(
+            repo_id,
+            "neither a local checkpoint folder nor a model repository on the Hugging Face Hub (a private one needs a "
+            "token: hf auth login, or HF_TOKEN)",
+        ) from err
+    except errors.RevisionNotFoundError as err:
+        raise HubNotFoundError(repo_id, f"the Hugging Face Hub repository has no revision {revision!r}") from err
+    except errors.LocalEntryNotFoundError as err:
+        if _offline():
+            raise HubNotFoundError(
+                repo_id,
+                f"neither a local checkpoint folder nor a Hugging Face Hub model in the local cache{at}, and "
+                "HF_HUB_OFFLINE is set, so it cannot be downloaded (unset HF_HUB_OFFLINE to download it)",
+            ) from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(
+            f"{repo_id}: cannot download from the Hugging Face Hub and not in the local cache ({reason})"
+        ) from err
+    except errors.HfHubHTTPError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(f"{repo_id}: the Hugging Face Hub refused the download{at}: {reason}") from err
+    folder = Path(folder)
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"{repo_id}: the Hub repository{at} holds no avseg model (no {' and no '.join(missing)})")
+    return folder
+
+
 def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: str | None = None) -> Path:
     """The checkpoint folder for ``path``: itself if it holds ``config.json``, else the one ``{pointer}.json`` names
     (in ``path`` or, for a training run folder, in ``path/checkpoints``).
@@ -107,12 +220,12 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     :class:`CheckpointPointerWarning`. ``avseg eval`` and ``avseg predict`` both resolve this way.
 
     A ``path`` that does not exist locally and reads ``org/name`` is a Hugging Face Hub model id: its snapshot is
-    downloaded (or read from the cache) and returned (:func:`avseg.hub.hub_checkpoint`).
+    downloaded (or read from the cache) and returned (:func:`hub_checkpoint`).
 
     Raises:
-        MissingFileError: ``path`` does not exist (for a Hub id: :class:`avseg.hub.HubNotFoundError`, not in the cache
+        MissingFileError: ``path`` does not exist (for a Hub id: :class:`HubNotFoundError`, not in the cache
             while ``HF_HUB_OFFLINE`` is set, or no such repository).
-        avseg.hub.HubError: a Hub id whose repository cannot be read or holds no avseg model.
+        HubError: a Hub id whose repository cannot be read or holds no avseg model.
         NotACheckpointError: ``path`` exists but is a file, or a folder with neither ``config.json`` nor
             ``{pointer}.json``, or the pointer names a folder that is not a checkpoint.
         MetadataError: the pointer file is not valid JSON naming a checkpoint.
@@ -121,8 +234,6 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     if (path / CONFIG_FILE).is_file():
         return path
     if not path.exists():
-        from avseg.hub import hub_checkpoint, is_hub_id  # imported here: avseg.hub builds on this module
-
         if is_hub_id(path):
             return resolve_checkpoint(hub_checkpoint(path.as_posix()), pointer, fallback=fallback)
         raise MissingFileError(path, "checkpoint")

@@ -15,13 +15,15 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avseg.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
 from avseg.config import apply_overrides, config_from_dict
 from avseg.data.benchmarks import BENCHMARKS
 from avseg.errors import MetadataError
-from avseg.models.base import AVSModel
+
+if TYPE_CHECKING:  # the contract is only named here: models.base reaches avseg.hub, which reads this registry
+    from avseg.models.base import AVSModel
 
 __all__ = [
     "ModelEntry",
