@@ -29,7 +29,6 @@ from avseg.audio.variants import (
     parse_audio_variants,
 )
 from avseg.checkpoint import save_checkpoint
-from avseg.cli import main
 from avseg.data.base import AVSDataset, load_audio_features
 from avseg.data.refavs import RefAVSReader
 from avseg.data.synthav.commands import synth
@@ -37,6 +36,7 @@ from avseg.data.types import AUDIO_SAMPLE_RATE, AVSBatch
 from avseg.errors import UsageError
 from avseg.evaluate import evaluate_split
 from avseg.models.base import AVSModel, AVSOutput
+from tests.test_evaluate_cli import one_error_line, run_eval
 
 
 @dataclass
@@ -78,19 +78,6 @@ def synthav(tmp_path_factory):
 @pytest.fixture(scope="module")
 def listener_ck(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck", Listener(ListenerConfig()))
-
-
-def run_eval(capsys, *args):
-    status = main(["eval", *map(str, args)])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def one_error_line(err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("avseg: error: "), err
-    return lines[0]
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------

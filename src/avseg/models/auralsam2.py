@@ -96,13 +96,14 @@ from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_aud
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import sam_multimask_losses
 from avseg.layers.sam2 import (
+    CPU_SAM2_WEIGHTS,
     DecoderHooks,
     Sam2LayerConfig,
     Sam2Prompt,
     build_sam2,
-    hiera_trunk_overrides,
+    check_reading_size,
+    cpu_sam2_config,
     select_mask,
-    tiny_sam2_config,
     upsample_masks,
 )
 from avseg.layers.text import (
@@ -277,13 +278,7 @@ class AuralSAM2Config:
             )
         if self.projector is None and self.loss.audiocon_weight > 0:
             raise ValueError("loss.audiocon_weight > 0 needs a projector")
-        # SAM2 resizes whatever it is given to its input size; reading frames at another size only costs a resample
-        # (and, upwards, detail that is not there), so a recipe that names a reading size must name SAM2's.
-        if self.recipe.image_size is not None and self.recipe.image_size != self.sam2.image_size:
-            raise ValueError(
-                f"recipe.image_size {self.recipe.image_size} must equal sam2.image_size {self.sam2.image_size} "
-                "(frames are read at the size SAM2 sees), or be null to read them as stored"
-            )
+        check_reading_size(self.recipe.image_size, self.sam2)
 
     @property
     def input_size(self) -> int:
@@ -735,17 +730,7 @@ def auralsam2_tiny() -> AuralSAM2Config:
     """
     return AuralSAM2Config(
         pretrained=False,
-        sam2=tiny_sam2_config(
-            image_size=128,
-            weights="avseg:sam2-tiny-synthav",  # packaged: loads although pretrained=False
-            trainable=(),
-            memory_dtype="float32",
-            # The test shape's trunk at twice its width: on 2 cores a step costs little more (small ops are bound
-            # by per-op overhead, not arithmetic) and it learns more per step (docs/benchmarks.md).
-            hf_config=hiera_trunk_overrides(
-                embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
-            ),
-        ),
+        sam2=cpu_sam2_config(weights=CPU_SAM2_WEIGHTS),  # frozen
         fuser=FuserConfig(
             dim=128,
             depths=(1, 1, 1),

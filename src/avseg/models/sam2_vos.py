@@ -69,8 +69,7 @@ from avseg.layers.sam2 import (
     Sam2LayerConfig,
     Sam2Prompt,
     build_sam2,
-    hiera_trunk_overrides,
-    tiny_sam2_config,
+    cpu_sam2_config,
     upsample_masks,
 )
 from avseg.layers.sam2.layer import Sam2StepOutput
@@ -767,14 +766,7 @@ def sam2_tiny() -> SAM2VOSConfig:
     """
     return SAM2VOSConfig(
         pretrained=False,
-        sam2=tiny_sam2_config(
-            image_size=128,
-            trainable=_ALL_PARTS,
-            memory_dtype="float32",
-            hf_config=hiera_trunk_overrides(
-                embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
-            ),
-        ),
+        sam2=cpu_sam2_config(trainable=_ALL_PARTS),
         loss=SAM2LossConfig(step_reduction="mean"),
         optim_groups=Sam2ParamGroupConfig(image_encoder_lr_scale=1.0, layer_decay=1.0),
         recipe=TrainRecipe(

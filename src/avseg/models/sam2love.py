@@ -51,11 +51,12 @@ from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_aud
 from avseg.layers.frozen import Frozen
 from avseg.layers.losses import soft_dice_loss
 from avseg.layers.sam2 import (
+    CPU_SAM2_WEIGHTS,
     Sam2LayerConfig,
     Sam2Prompt,
     build_sam2,
-    hiera_trunk_overrides,
-    tiny_sam2_config,
+    check_reading_size,
+    cpu_sam2_config,
     upsample_masks,
 )
 from avseg.layers.text import TextConfig, distilroberta_encoder, frozen_text_encoder, minilm_encoder
@@ -271,12 +272,7 @@ class Sam2LoveConfig:
                 raise ValueError("train_frames needs supervision='all' (supervision='first' decodes frame 0 only)")
             if self.train_frames < 1:
                 raise ValueError(f"train_frames must be >= 1 or None, got {self.train_frames}")
-        # SAM2 resizes whatever it is given to its input size; reading frames at another size only costs a resample.
-        if self.recipe.image_size is not None and self.recipe.image_size != self.sam2.image_size:
-            raise ValueError(
-                f"recipe.image_size {self.recipe.image_size} must equal sam2.image_size {self.sam2.image_size} "
-                "(frames are read at the size SAM2 sees), or be null to read them as stored"
-            )
+        check_reading_size(self.recipe.image_size, self.sam2)
 
     @property
     def input_size(self) -> int:
@@ -673,15 +669,7 @@ def sam2love_l_refavs() -> Sam2LoveConfig:
 def _tiny_sam2() -> Sam2LayerConfig:
     """The tiny preset's SAM2: the packaged SynthAV-trained tiny SAM2 (``avseg:sam2-tiny-synthav``, the 128-px shape
     of ``sam2-tiny``), its prompt encoder and mask decoder trained and the rest frozen, as the paper trains SAM2."""
-    return tiny_sam2_config(
-        image_size=128,
-        weights="avseg:sam2-tiny-synthav",  # packaged: loads although pretrained=False
-        trainable=("prompt_encoder", "mask_decoder"),
-        memory_dtype="float32",
-        hf_config=hiera_trunk_overrides(
-            embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
-        ),
-    )
+    return cpu_sam2_config(weights=CPU_SAM2_WEIGHTS, trainable=("prompt_encoder", "mask_decoder"))
 
 
 def _tiny_vit() -> ViTEncoderConfig:

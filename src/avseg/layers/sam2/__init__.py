@@ -16,9 +16,12 @@ Official checkpoints (``sam2{,.1}_hiera_*.pt``) convert with ``avseg convert sam
 """
 
 from avseg.layers.sam2.config import (
+    CPU_SAM2_WEIGHTS,
     SAM2_PARTS,
     Sam2LayerConfig,
     Sam2Variant,
+    check_reading_size,
+    cpu_sam2_config,
     hiera_trunk_overrides,
     tiny_sam2_config,
 )
@@ -34,6 +37,7 @@ from avseg.layers.sam2.layer import Sam2Layer, Sam2StepOutput, build_sam2
 from avseg.layers.sam2.outputs import Sam2Features, Sam2FrameOutput, Sam2TrackOutput
 
 __all__ = [
+    "CPU_SAM2_WEIGHTS",
     "NO_OBJECT_SCORE",
     "SAM2_PARTS",
     "DecoderHooks",
@@ -47,6 +51,8 @@ __all__ = [
     "Sam2TrackOutput",
     "Sam2Variant",
     "build_sam2",
+    "check_reading_size",
+    "cpu_sam2_config",
     "hiera_trunk_overrides",
     "select_mask",
     "tiny_sam2_config",

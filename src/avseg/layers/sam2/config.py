@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "CPU_SAM2_WEIGHTS",
     "HIERA_SHAPES",
     "SAM2_PARTS",
     "Sam2LayerConfig",
     "Sam2Variant",
+    "check_reading_size",
+    "cpu_sam2_config",
     "hf_video_config_kwargs",
     "hiera_trunk_overrides",
     "merge_dicts",
@@ -194,6 +197,45 @@ def hiera_trunk_overrides(**trunk: Any) -> dict[str, Any]:
 def tiny_sam2_config(image_size: int = 64, **overrides: Any) -> Sam2LayerConfig:
     """The random ``test-tiny`` SAM2 (128-d, about 1.5 M parameters) at ``image_size`` (builds in about 0.1 s)."""
     return Sam2LayerConfig(variant="test-tiny", image_size=image_size, **overrides)
+
+
+CPU_SAM2_WEIGHTS = "avseg:sam2-tiny-synthav"
+"""The packaged SynthAV-trained SAM2 of :func:`cpu_sam2_config`'s shape (:mod:`avseg.assets`)."""
+
+
+def cpu_sam2_config(*, trainable: tuple[str, ...] = (), weights: str | None = None) -> Sam2LayerConfig:
+    """The SAM2 of the CPU presets (``sam2-tiny``, ``auralsam2-tiny``, ``sam2love-tiny``): the 128-d test shape at
+    128 px with its Hiera trunk twice as wide (stages of 32/64/128/256 channels: on 2 cores a step costs little more,
+    small ops being bound by per-op overhead, and it learns more per step), memories in float32.
+
+    Args:
+        trainable: the parts that train.
+        weights: :data:`CPU_SAM2_WEIGHTS` for the packaged SynthAV-trained weights (they load offline, with or
+            without ``pretrained``), None for random ones.
+    """
+    return tiny_sam2_config(
+        image_size=128,
+        weights=weights,
+        trainable=trainable,
+        memory_dtype="float32",
+        hf_config=hiera_trunk_overrides(
+            embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]
+        ),
+    )
+
+
+def check_reading_size(recipe_image_size: int | None, sam2: Sam2LayerConfig) -> None:
+    """Refuse a recipe that reads frames at another size than SAM2's input: SAM2 resizes whatever it is given, so
+    reading frames at another size only costs a resample (and, upwards, detail that is not there).
+
+    Raises:
+        ValueError: naming both sizes.
+    """
+    if recipe_image_size is not None and recipe_image_size != sam2.image_size:
+        raise ValueError(
+            f"recipe.image_size {recipe_image_size} must equal sam2.image_size {sam2.image_size} "
+            "(frames are read at the size SAM2 sees), or be null to read them as stored"
+        )
 
 
 def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
