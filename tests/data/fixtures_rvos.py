@@ -3,7 +3,8 @@
 ``root/``:
 
 - ``train/``: ``vidA`` (3 frames) with an expression over two ``anno_id`` (union of masks) and one whose object is
-  absent on the middle frame (a ``null`` RLE); ``vidB`` lists its 4 frames out of order and has an int ``obj_id``.
+  absent on the middle frame (a ``null`` RLE); ``vidB`` lists its 4 frames out of order and has an int ``obj_id``
+  and a ReVOS ``type_id``.
 - ``valid/``: no ``mask_dict.json`` (no public ground truth); expressions have neither ``anno_id`` nor ``obj_id``.
 - ``ytvos/``: Ref-YouTube-VOS style, no ``anno_id``; masks keyed ``"{vid}/{obj_id}"``.
 
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from avseg.data import rle
-from avseg.media.image import write_jpeg
+from avseg.media.image import write_jpeg, write_png
+from tests.data.fixtures_vos import PALETTE, boxes
 
 SIZE = (12, 16)
 
@@ -87,7 +89,7 @@ def write_rvos_tree(base: Path, *, mask_size: tuple[int, int] = SIZE) -> RVOSTre
         "vidB": {
             # Out of order on purpose: mask lists follow the sorted order 00000, 00005, 00010, 00015.
             "frames": ["00015", "00000", "00005", "00010"],
-            "expressions": {"0": {"exp": "a bird flying away", "anno_id": [3], "obj_id": 5}},
+            "expressions": {"0": {"exp": "a bird flying away", "anno_id": [3], "obj_id": 5, "type_id": 1}},
         },
     }
     train_masks = {
@@ -123,3 +125,68 @@ def union(tree: RVOSTree, split: str, keys: list[str], frame_positions: list[int
             if m is not None:
                 out[t] = np.maximum(out[t], m)
     return out
+
+
+# ----------------------------------------------------------------------------------- original (palette) layout
+
+PALETTE_SIZE = (24, 32)
+"""``(H, W)`` of ``vidQ``'s annotation PNGs: twice its frames' size, for the native-resolution masks."""
+
+
+@dataclass
+class PaletteTree:
+    """A Ref-YouTube-VOS / converted Ref-DAVIS17 tree: what was written, for independent references."""
+
+    root: Path
+    annotations: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    """``(split, vid)`` -> ``{frame id: (H, W) uint8 palette index array}`` for the frames with a PNG."""
+    frame_ids: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """``(split, vid)`` -> frame ids in sorted order."""
+
+
+def write_palette_tree(base: Path) -> PaletteTree:
+    """Write ``base/ref-ytvos`` in the original layout (``meta_expressions/{split}/``, palette ``Annotations``):
+
+    - ``train``: ``vidP`` (frames listed out of order; PNGs on 00000, 00005, 00015 but not 00010; object 1 on every
+      PNG, object 2 absent from 00005, object 3 only on 00015, a void 255 strip) with expressions on objects 1, 2,
+      ``["1", "3"]`` and 3; ``vidQ`` (2 frames, object 1, PNGs at ``PALETTE_SIZE``).
+    - ``valid``: ``vidR``, no ``Annotations`` folder (no public ground truth).
+    """
+    tree = PaletteTree(root=base / "ref-ytvos")
+    vid_p = {
+        "00000": boxes(SIZE, (1, 0, 0, 4, 4), (2, 6, 8, 4, 6)),
+        "00005": boxes(SIZE, (1, 1, 1, 4, 4)),
+        "00015": boxes(SIZE, (1, 2, 2, 4, 4), (2, 6, 9, 4, 6), (3, 8, 0, 3, 5)),
+    }
+    vid_p["00015"][-1, :] = 255
+    vid_q = {f: np.kron(boxes(SIZE, (1, 3, 3 + i, 5, 5)), np.ones((2, 2), np.uint8)) for i, f in enumerate(["0", "1"])}
+    splits = {
+        "train": {
+            "vidP": (
+                ["00015", "00000", "00005", "00010"],
+                {
+                    "0": {"exp": "the left dog", "obj_id": "1"},
+                    "1": {"exp": "a cat that leaves", "obj_id": "2"},
+                    "2": {"exp": "dog and ball", "obj_id": ["1", "3"]},
+                    "3": {"exp": "a ball thrown late", "obj_id": "3"},
+                },
+                vid_p,
+            ),
+            "vidQ": (["0", "1"], {"0": {"exp": "a horse", "obj_id": "1"}}, vid_q),
+        },
+        "valid": {"vidR": (["00000", "00005"], {"0": {"exp": "a boat", "obj_id": "1"}}, None)},
+    }
+    for split, videos in splits.items():
+        meta = {"videos": {}}
+        for seed, (vid, (frames, expressions, pngs)) in enumerate(videos.items()):
+            meta["videos"][vid] = {"expressions": expressions, "frames": frames}
+            _write_frames(tree.root / split, vid, frames, seed)
+            tree.frame_ids[(split, vid)] = sorted(frames)
+            if pngs is not None:
+                for fid, array in pngs.items():
+                    write_png(tree.root / split / "Annotations" / vid / f"{fid}.png", array, PALETTE)
+                tree.annotations[(split, vid)] = pngs
+        path = tree.root / "meta_expressions" / split / "meta_expressions.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(meta, indent=1))
+    return tree

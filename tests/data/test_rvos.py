@@ -70,7 +70,7 @@ def test_union_of_anno_ids(tree):
     assert sample.label_valid.all() and sample.frame_valid.all()
     assert sample.text == "the two dogs" and sample.uid == "vidA/0"
     assert sample.frame_names == ("00000", "00005", "00010") and sample.orig_size == SIZE
-    assert sample.meta == {"exp_id": "0", "anno_ids": ["0", "1"], "obj_ids": ["0", "1"]}
+    assert sample.meta == {"exp_id": "0", "anno_ids": ["0", "1"], "obj_ids": ["0", "1"], "type_id": None}
 
 
 def test_null_rle_entry_is_an_empty_labelled_mask(tree):
@@ -92,7 +92,7 @@ def test_frames_out_of_order_are_sorted_with_warning(tree):
     # Mask list positions follow the sorted frame ids: frame 00015 (last sorted) gets the 4th entry.
     np.testing.assert_array_equal(sample.masks.numpy(), _coco_union(tree, "train", ["3"], [0, 1, 2, 3]))
     assert sample.masks[3, 0, 12:14].eq(1).all()
-    assert sample.object_id == "5"
+    assert sample.object_id == "5" and sample.meta["type_id"] == 1  # ReVOS expression type, passed through
 
 
 def test_split_without_mask_dict_loads_unlabelled(tree):
@@ -189,6 +189,7 @@ def test_invalid_json_names_the_file(tree):
         ({"vidC": {"frames": ["0"], "expressions": {"7": {"text": "x"}}}}, "videos/vidC/expressions/7: missing"),
         ({"vidC": {"frames": ["0"], "expressions": {"7": {"exp": "x", "anno_id": [1.5]}}}}, "expressions/7/anno_id"),
         ({"vidC": {"frames": ["0"]}}, "videos/vidC/expressions: expected an object"),
+        ({"vidC": {"frames": ["0"], "expressions": {"7": {"exp": "x", "type_id": "1"}}}}, "expressions/7/type_id"),
         ([1, 2], "'videos' object"),
     ],
 )

@@ -82,6 +82,7 @@ from avseg.data.base import (
     sample_from_record,
     stack_native_masks,
 )
+from avseg.data.palette import VOID_ID, object_ids, object_index, object_mask
 from avseg.data.rvos import subsample_indices
 from avseg.data.types import AVSSample
 from avseg.errors import AVSegError, CorruptMediaError, DatasetWarning, MetadataError, MissingFileError, UsageError
@@ -95,8 +96,6 @@ FIRST_FRAME_ONLY_SPLITS: dict[str, frozenset[str]] = {
     "youtube-vos": frozenset({"valid", "test"}),
 }
 """Per layout, the splits whose annotations give each object on its first frame only."""
-VOID_ID = 255
-"""DAVIS's void label: not an object (the official evaluation sets it to background)."""
 
 _SPLIT_ORDER = {
     "davis": ("train", "val", "test-dev", "test-challenge"),
@@ -128,11 +127,6 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=lambda p: p.name)
 
 
-def _object_ids(png: np.ndarray) -> list[int]:
-    """The object ids of one annotation (its values without background 0 and void 255), ascending."""
-    return [int(v) for v in np.unique(png) if v not in (0, VOID_ID)]
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     """The ``videos`` object of a YouTube-VOS ``meta.json``."""
     try:
@@ -146,17 +140,6 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(videos, dict):
         raise MetadataError(path, "expected a top-level object with a 'videos' object")
     return videos
-
-
-def _object_index(key: Any, path: Path, where: str) -> int:
-    """An object id of ``meta.json`` as the palette index it stands for (1..254)."""
-    try:
-        value = int(str(key).strip())
-    except ValueError:
-        value = -1
-    if not 1 <= value < VOID_ID:
-        raise MetadataError(path, f"{where}: object id {key!r} must be an integer 1..254 (its palette index)")
-    return value
 
 
 class VOSReader(BenchmarkReader):
@@ -323,7 +306,7 @@ class VOSReader(BenchmarkReader):
                 continue
             pngs = [annotations / video / f"{p.stem}.png" for p in frames]
             try:
-                ids = _object_ids(read_mask(pngs[0]))
+                ids = object_ids(read_mask(pngs[0]))
             except MissingFileError:
                 problems.append(_Problem("missing", pngs[0], "mask (the first annotation, defining the objects)", True))
                 continue
@@ -352,7 +335,7 @@ class VOSReader(BenchmarkReader):
                 raise MetadataError(source, f"{where}/objects: expected an object keyed by object id")
             listed: dict[int, tuple[list[str], str | None]] = {}
             for key, obj in objects.items():
-                oid = _object_index(key, source, f"{where}/objects")
+                oid = object_index(key, source, f"{where}/objects")
                 names = obj.get("frames") if isinstance(obj, dict) else None
                 if not isinstance(names, list) or not names or not all(isinstance(n, str | int) for n in names):
                     raise MetadataError(source, f"{where}/objects/{key}/frames: expected a non-empty list of frames")
@@ -404,7 +387,7 @@ class VOSReader(BenchmarkReader):
         decoded: list[np.ndarray | None] = [None] * record.num_frames
         for t, ref in enumerate(record.mask_refs):
             if ref is not None:
-                decoded[t] = (read_mask(ref) == oid).astype(np.uint8)  # palette indices are object ids
+                decoded[t] = object_mask(read_mask(ref), [oid])  # palette indices are object ids
         native = stack_native_masks(decoded, record.num_frames, default_size=size_hw, sources=record.mask_refs)
         masks = resize_masks(native, size_hw)  # (T, H, W): the annotations brought to the frames' grid
         first = record.extra["first_frame"]
@@ -461,7 +444,7 @@ class VOSReader(BenchmarkReader):
         def ids(path: Path) -> list[int] | None:
             if path not in ids_of:
                 try:
-                    ids_of[path] = _object_ids(read_mask(path))
+                    ids_of[path] = object_ids(read_mask(path))
                 except AVSegError:
                     ids_of[path] = None  # missing or unreadable: the generic check lists it
             return ids_of[path]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Frozen"]
+__all__ = ["Frozen", "drop_listed_keys", "fill_listed_keys"]
 
 
 class Frozen(nn.Module):
@@ -67,3 +67,27 @@ def _fill_own_keys(
     inner = module.module  # the wrapped encoder: its own state_dict() carries no hook
     for name, tensor in inner.state_dict(keep_vars=True).items():
         state_dict.setdefault(f"{prefix}module.{name}", tensor.detach())
+
+
+def drop_listed_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict`` post-hook of a layer that wraps a transformers model as ``.model`` and lists the names of its
+    frozen pretrained tensors in ``_frozen_keys``: leaves them out (they are rebuilt from the layer's source)."""
+    for name in module._frozen_keys:
+        state_dict.pop(f"{prefix}model.{name}", None)
+
+
+def fill_listed_keys(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """The ``load_state_dict`` pre-hook paired with :func:`drop_listed_keys`: loading keeps the current frozen tensors
+    (they come from the source, not from the checkpoint) while strict key checks still apply elsewhere."""
+    current = module.model.state_dict(keep_vars=True)
+    for name in module._frozen_keys:
+        state_dict.setdefault(f"{prefix}model.{name}", current[name].detach())

@@ -5,6 +5,7 @@ thin accumulator.
   null-split S, per-frame and dataset IoU.
 - :mod:`avseg.metrics.semantic`: AVSS mIoU/F, official and corrected.
 - :mod:`avseg.metrics.davis`: DAVIS J and boundary F for RVOS.
+- :mod:`avseg.metrics.revos`: ReVOS's R2-VOS accuracy A and robustness R, and its summary by expression type.
 - :mod:`avseg.metrics.presets`: :class:`MetricPreset`, ``get_preset``, ``list_presets``, grouping.
 - :mod:`avseg.metrics.accumulator`: :class:`MetricAccumulator` for evaluation loops.
 - :mod:`avseg.metrics.score`: the ``avseg score`` command.
@@ -42,6 +43,7 @@ from avseg.metrics.presets import (
     list_presets,
     parse_group,
 )
+from avseg.metrics.revos import r2vos_accuracy, r2vos_robustness, revos_scores
 from avseg.metrics.score import score
 from avseg.metrics.semantic import (
     SemanticScores,
@@ -87,8 +89,11 @@ __all__ = [
     "miou_per_frame",
     "null_s",
     "parse_group",
+    "r2vos_accuracy",
+    "r2vos_robustness",
     "resize_logits",
     "resize_mask",
+    "revos_scores",
     "score",
     "seg2bmap",
     "semantic_frame_stats",

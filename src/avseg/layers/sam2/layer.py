@@ -34,13 +34,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.errors import ShapeError, UsageError
+from avseg.layers.frozen import drop_listed_keys, fill_listed_keys
 from avseg.layers.sam2.config import SAM2_PARTS, Sam2LayerConfig, hf_video_config_kwargs, merge_dicts
 from avseg.layers.sam2.decoder import (
     NO_OBJECT_SCORE,
@@ -164,8 +165,8 @@ class Sam2Layer(nn.Module):
                 for name, _ in self.model.state_dict(keep_vars=True).items()
                 if self._part_of(name) not in config.trainable
             ]
-            self.register_state_dict_post_hook(_drop_frozen_keys)
-            self.register_load_state_dict_pre_hook(_fill_frozen_keys)
+            self.register_state_dict_post_hook(drop_listed_keys)
+            self.register_load_state_dict_pre_hook(fill_listed_keys)
         self.train(False)
 
     # -- parts ---------------------------------------------------------------------------------------------------
@@ -818,27 +819,6 @@ def _sine_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tenso
     dim_t = temperature ** (2 * (dim_t // 2) / half)
     angles = positions.unsqueeze(-1) / dim_t
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def _drop_frozen_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    for name in module._frozen_keys:
-        state_dict.pop(f"{prefix}model.{name}", None)
-
-
-def _fill_frozen_keys(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: Any,
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    # Frozen weights come from config.weights, not from the checkpoint: loading keeps the current ones.
-    current = module.model.state_dict(keep_vars=True)
-    for name in module._frozen_keys:
-        state_dict.setdefault(f"{prefix}model.{name}", current[name].detach())
 
 
 def reset_to_module_defaults(model: nn.Module) -> int:

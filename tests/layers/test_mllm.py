@@ -1,0 +1,162 @@
+"""The shared MLLM layer: a real tokenizer with [SEG], image tokens in their places, the answer-only LM loss, LoRA
+adapters that save, reload and merge exactly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avseg.errors import AVSegError
+from avseg.layers.mllm import IMAGE_PLACEHOLDER, MLLM, LoraSettings, MLLMConfig
+from avseg.layers.text import MINILM_PACKAGE
+
+TINY_INTERNVL = {
+    "vision_config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": [32, 32],
+        "patch_size": [8, 8],
+    },
+    "text_config": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 512,
+    },
+    "downsample_ratio": 0.5,
+}
+
+
+def tiny_config(**overrides) -> MLLMConfig:
+    options = dict(
+        family="internvl",
+        tokenizer=MINILM_PACKAGE,
+        hf_config=TINY_INTERNVL,
+        image_size=32,
+        special_tokens=("[SEG]", "<p>"),
+        lora=LoraSettings(rank=0),
+    )
+    options.update(overrides)
+    return MLLMConfig(**options)
+
+
+@pytest.fixture(scope="module")
+def mllm():
+    torch.manual_seed(0)
+    return MLLM(tiny_config(), pretrained=False).eval()
+
+
+def images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 40, 40), dtype=torch.uint8, generator=g)
+
+
+def test_the_tokenizer_is_real_and_seg_is_one_token_of_the_resized_vocabulary(mllm):
+    tok = mllm.tokenizer
+    ids = tok("the red circle on the left", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 6
+    seg = tok("it is [SEG].", add_special_tokens=False)["input_ids"]
+    assert seg.count(mllm.seg_token_id) == 1 and mllm.seg_token_id == tok.convert_tokens_to_ids("[SEG]")
+    assert mllm.model.get_input_embeddings().num_embeddings == len(tok) > 30522
+
+
+def test_image_placeholders_become_the_images_tokens_and_the_features_land_there(mllm):
+    inputs = mllm.tokenize([IMAGE_PLACEHOLDER * 2 + "\nsegment the dog"], ["It is [SEG]."])
+    assert int(inputs.image_mask.sum()) == 2 * mllm.tokens_per_image == 2 * 4  # (32 / 8)^2 patches, shuffled by 0.5
+    ids = inputs.input_ids[0]
+    first_image = int(torch.nonzero(inputs.image_mask[0])[0])
+    a = mllm(inputs, images(2, seed=0))
+    b = mllm(inputs, images(2, seed=1))
+    # A causal LM: what precedes the first image does not see it; the [SEG] after the images does.
+    torch.testing.assert_close(a.hidden_states[0, :first_image], b.hidden_states[0, :first_image])
+    assert (a.seg_hidden[0] - b.seg_hidden[0]).abs().max() > 1e-4
+    assert a.seg_hidden[0].shape == (1, mllm.hidden_size)
+    assert torch.equal(a.seg_hidden[0][0], a.hidden_states[0, int(torch.nonzero(ids == mllm.seg_token_id)[0])])
+    with pytest.raises(AVSegError, match="2 images but 3 were given"):
+        mllm(inputs, images(3))
+
+
+def test_the_language_model_loss_covers_the_answer_span_only(mllm):
+    answer = "It is [SEG][SEG]."
+    inputs = mllm.tokenize(
+        [IMAGE_PLACEHOLDER + "\nsegment the cat", IMAGE_PLACEHOLDER + "\nhi"], [answer, "It is [SEG]."]
+    )
+    labelled = inputs.labels[0][inputs.labels[0] != -100]
+    assert labelled.tolist() == mllm.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    # labels sit exactly on the last tokens of the (unpadded) first row, and never on image tokens or padding
+    n = int(inputs.attention_mask[0].sum())
+    assert torch.equal(inputs.labels[0, n - len(labelled) : n], labelled)
+    assert not (inputs.image_mask & (inputs.labels != -100)).any()
+    assert (inputs.labels[~inputs.attention_mask] == -100).all()
+    out = mllm(inputs, images(2))
+    assert [h.shape[0] for h in out.seg_hidden] == [2, 1]
+    # independent: full-vocabulary logits everywhere, cross-entropy over the shifted answer positions only
+    logits = mllm.model.get_output_embeddings()(out.hidden_states)
+    target = inputs.labels[:, 1:]
+    keep = target != -100
+    expected = F.cross_entropy(logits[:, :-1][keep], target[keep])
+    torch.testing.assert_close(out.lm_loss, expected)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"mllm\.trainable: unknown parts"):
+        tiny_config(trainable=("decoder",))
+    with pytest.raises(ValueError, match=r"mllm\.family"):
+        tiny_config(family="qwen3")
+    with pytest.raises(ValueError, match="needs a source"):
+        MLLMConfig(tokenizer=MINILM_PACKAGE)
+
+
+@pytest.fixture(scope="module")
+def pretrained_folder(tmp_path_factory, mllm):
+    """A "pretrained" MLLM on disk in transformers' layout (weights + tokenizer with the special tokens)."""
+    folder = tmp_path_factory.mktemp("tiny-internvl")
+    mllm.model.save_pretrained(folder)
+    mllm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lora_mllm(folder, seed):
+    torch.manual_seed(seed)
+    config = MLLMConfig(
+        family="internvl",
+        source=str(folder),
+        image_size=32,
+        special_tokens=("[SEG]", "<p>"),
+        lora=LoraSettings(rank=4, alpha=8.0, dropout=0.0, target_modules=("q_proj", "v_proj")),
+        trainable=("projector",),
+    )
+    return MLLM(config, pretrained=True).eval()
+
+
+def test_a_pretrained_mllm_checkpoints_only_its_lora_adapters_and_trained_parts(pretrained_folder):
+    model = lora_mllm(pretrained_folder, seed=0)
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_()  # peft starts B at zero: make the adapters matter
+    state = model.state_dict()
+    trainable = {f"model.{n}" for n, p in model.model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+    assert any(".lora_A.default" in k for k in state) and any("multi_modal_projector" in k for k in state)
+    assert not any("vision_tower" in k or "embed_tokens" in k for k in state)
+
+    inputs = model.tokenize([IMAGE_PLACEHOLDER + "\nsegment it"], ["It is [SEG]."])
+    pixels = images(1)
+    with torch.no_grad():
+        before = model(inputs, pixels).seg_hidden[0]
+        fresh = lora_mllm(pretrained_folder, seed=1)  # other random adapters
+        assert not torch.equal(fresh(inputs, pixels).seg_hidden[0], before)
+        fresh.load_state_dict(state, strict=True)
+        assert torch.equal(fresh(inputs, pixels).seg_hidden[0], before)
+
+        # merged for deployment: same outputs, no adapters left, a plain transformers folder
+        merged_layers = fresh.merge_lora()
+        assert merged_layers == 2 * 2  # q_proj and v_proj of 2 layers
+        assert not fresh.lora_state_dict()
+        torch.testing.assert_close(fresh(inputs, pixels).seg_hidden[0], before, rtol=1e-4, atol=1e-5)
