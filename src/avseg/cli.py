@@ -110,6 +110,11 @@ COMMANDS: tuple[Command, ...] = (
         "avseg.convert.auralsam2:convert",
         "Convert a released AuralSAM2 fuser checkpoint (.pth) into an avseg checkpoint folder.",
     ),
+    Command(
+        ("convert", "sa2va"),
+        "avseg.convert.sa2va:convert",
+        "Convert a released Sa2VA model folder (ByteDance/Sa2VA-1B or -4B) into an avseg checkpoint folder.",
+    ),
 )
 
 GROUP_HELP = {

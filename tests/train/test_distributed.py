@@ -24,10 +24,12 @@ from avseg.train.trainer import TIMING_KEYS
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun_train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def torchrun_train(
+    data: Path, out: Path, *extra: str, model: str = "tpavi-tiny", overrides: tuple[str, ...] = ("model.input_size=64",)
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
-    cmd += ["-m", "avseg", "train", "--data", str(data), "--model", "tpavi-tiny", "--out", str(out), "--max-steps", "4"]
-    cmd += ["--image-size", "64", "--batch-size", "2", *extra, "--overrides", "model.input_size=64"]
+    cmd += ["-m", "avseg", "train", "--data", str(data), "--model", model, "--out", str(out), "--max-steps", "4"]
+    cmd += ["--image-size", "64", "--batch-size", "2", *extra, "--overrides", *overrides]
     cmd += ["train.log_every=1", "train.checkpoint_every=2", "train.progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("AVSEG_DEBUG", None)
@@ -114,3 +116,18 @@ def test_two_process_unfreezing_rewraps_ddp_and_resumes_exactly(tmp_path):
     resumed = [json.loads(line[8:]) for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
     assert resumed[0]["param_digests"] == lines[0]["param_digests"]
     assert reproducible_events(part) == reproducible_events(full)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training_of_the_mllm_segmenter(tmp_path):
+    # The MLLM + SAM2 family through the same engine: text prompts, [SEG] read-out and the LM loss under DDP.
+    assert synth(tmp_path / "sav", videos=8, seed=0, size=64, frames=10, workers=1, layouts=("rvos",)) == 0
+    out = tmp_path / "run"
+    proc = torchrun_train(tmp_path / "sav" / "rvos", out, "--format", "rvos", model="svac-tiny", overrides=())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["ranks_in_sync"]
+    losses = [
+        e["losses"] for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if e["event"] == "train"
+    ]
+    assert losses and all("lm" in e and e["lm"] > 0 for e in losses)

@@ -51,6 +51,7 @@ __all__ = [
     "MLLMInputs",
     "MLLMOutput",
     "seg_prompt_head",
+    "tokens_per_image",
 ]
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -244,7 +245,7 @@ class MLLM(nn.Module):
         if self.model.get_input_embeddings().num_embeddings != len(self.tokenizer):
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.hidden_size = int(self.model.config.text_config.hidden_size)
-        self.tokens_per_image = _tokens_per_image(config.family, self.model.config)
+        self.tokens_per_image = tokens_per_image(config.family, self.model.config)
         self.seg_token_id = int(self.tokenizer.convert_tokens_to_ids(config.seg_token))
         self.image_token_id = int(image_token_id)
         self._image_open, self._image_close = (
@@ -452,7 +453,10 @@ class MLLM(nn.Module):
         return F.cross_entropy(logits.float(), target[chosen])
 
 
-def _tokens_per_image(family: str, config: Any) -> int:
+def tokens_per_image(family: str, config: Any) -> int:
+    """Image tokens the language model reads per image, from a transformers InternVL or LLaVA config (patches,
+    pixel-shuffled by ``downsample_ratio`` for InternVL; the CLS token too for LLaVA's ``"full"`` strategy). The
+    ``<img>``/``</img>`` tokens InternVL puts around them are not counted."""
     vision = config.vision_config
     image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]

@@ -193,13 +193,22 @@ def _internvl25_1b() -> dict:
     }
 
 
-def _paper_mllm() -> MLLMConfig:
-    """InternVL2.5-1B (transformers layout), LoRA r 128 / alpha 256 / dropout 0.05 on the LLM, Sa2VA's special
-    tokens; the vision encoder and projector frozen."""
+def _internvl25_4b() -> dict:
+    """InternVL2.5-4B's shape: InternViT-300M + Qwen2.5-3B."""
+    shape = _internvl25_1b()
+    shape["text_config"].update(
+        hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, intermediate_size=11008
+    )
+    return shape
+
+
+def _paper_mllm(size: Literal["1B", "4B"] = "1B") -> MLLMConfig:
+    """InternVL2.5-1B or -4B (transformers layout), LoRA r 128 / alpha 256 / dropout 0.05 on the LLM, Sa2VA's
+    special tokens; the vision encoder and projector frozen."""
     return MLLMConfig(
         family="internvl",
-        source="OpenGVLab/InternVL2_5-1B-MPO-hf",
-        hf_config=_internvl25_1b(),
+        source=f"OpenGVLab/InternVL2_5-{size}-MPO-hf",
+        hf_config=_internvl25_1b() if size == "1B" else _internvl25_4b(),
         image_size=448,
         special_tokens=("[SEG]", "<p>", "</p>", "<vp>", "</vp>"),
         lora=LoraSettings(rank=128, alpha=256.0, dropout=0.05),
@@ -642,6 +651,21 @@ def _tiny_config(clips: ClipConfig) -> Sa2VAConfig:
 def sa2va_1b() -> Sa2VAConfig:
     """Sa2VA-1B: InternVL2.5-1B (LoRA r 128) + SAM2.0 Hiera-L (mask decoder trained), 5 frames, one [SEG]."""
     return Sa2VAConfig()
+
+
+@register_model("sa2va-4b", Sa2VA, tasks=("rvos",))
+def sa2va_4b() -> Sa2VAConfig:
+    """Sa2VA-4B: InternVL2.5-4B (LoRA r 128) + SAM2.0 Hiera-L (mask decoder trained), 5 frames, one [SEG]."""
+    return Sa2VAConfig(mllm=_paper_mllm("4B"))
+
+
+@register_model("svac-4b", Sa2VA, tasks=("rvos",))
+def svac_4b() -> Sa2VAConfig:
+    """SVAC on Sa2VA-4B: ASTC with 2 clips of 10 frames (anchor + 3x3 composite: 4 images for 20 frames) and one
+    [SEG] per clip (CSA). The clip layout is avseg's assumption; see docs/sa2va.md."""
+    return Sa2VAConfig(
+        mllm=_paper_mllm("4B"), clips=ClipConfig(num_clips=2, clip_length=10, compress=True, seg_per_clip=True)
+    )
 
 
 @register_model("sa2va-tiny", Sa2VA, tasks=("rvos",))
