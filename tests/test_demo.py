@@ -206,3 +206,27 @@ def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypat
     assert run.train.val_every == DEMO_TRAIN["val_every"] and run.train.max_minutes == 0.5
     assert run.train.schedule.fit_to_budget
     assert (run.data.image_size, run.data.hflip, run.data.val_items) == (64, DEMO_HFLIP, DEMO_VAL_EXPRESSIONS)
+
+
+@pytest.mark.slow  # a whole demo of a text-only preset: SynthAV, training, RVOS scoring, an overlay
+def test_a_text_only_preset_trains_and_is_scored_on_the_rvos_layout(tmp_path):
+    from avseg.data.rvos import RVOSReader
+    from avseg.demo import demo_task
+    from avseg.evaluate import evaluate_split
+    from avseg.models import load_model
+
+    assert demo_task("svac-tiny") == demo_task("sa2va-tiny") == "rvos"
+    assert demo_task("tpavi-tiny") == demo_task("sam2love-tiny") == "refavs"
+    work = tmp_path / "demo"
+    assert demo(work_dir=work, model="svac-tiny", videos=10, minutes=0.3, overlays=1, size=64) == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["task"] == "rvos" and report["refavs"] is None and report["listens"] == {}
+    assert sorted(report["splits"]) == ["test_s", "test_u"]
+    run = (work / "run" / "run_config.yaml").read_text()
+    assert "format: rvos" in run
+    best = load_model(work / "run", pointer="best")
+    reader = RVOSReader(work / "synthav" / "rvos", image_size=64, native_masks=True)
+    again = evaluate_split(best, reader.dataset("test_s"), preset="davis", batch_size=4, progress=False)
+    assert report["splits"]["test_s"]["summary"] == pytest.approx(again.summary, nan_ok=True)
+    assert "Does the model listen?" not in (work / "report.md").read_text()
+    assert len(report["overlays"]) == 1

@@ -191,9 +191,21 @@ def _overlays(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, d
     return written
 
 
-def demo_run_config(data: Path, model: str, *, size: int, seed: int, length: dict[str, Any]) -> Any:
-    """The demo's training run on the SynthAV Ref-AVS folder ``data``; ``length`` adds the settings that end it
-    (``train.max_minutes`` for the demo, ``train.max_steps`` for ``benchmarks/synthav.py``) and any others.
+def demo_task(model: str) -> str:
+    """The SynthAV layout the demo trains ``model`` on: ``"refavs"``, or ``"rvos"`` for a preset that serves RVOS
+    and not Ref-AVS (the text-only referring segmenters: Sa2VA, SVAC)."""
+    from avseg.models import get_entry
+
+    tasks = get_entry(model).tasks
+    return "rvos" if "rvos" in tasks and "refavs" not in tasks else "refavs"
+
+
+def demo_run_config(
+    data: Path, model: str, *, size: int, seed: int, length: dict[str, Any], data_format: str = "refavs"
+) -> Any:
+    """The demo's training run on the SynthAV folder ``data`` of ``data_format`` (``refavs`` or ``rvos``); ``length``
+    adds the settings that end it (``train.max_minutes`` for the demo, ``train.max_steps`` for
+    ``benchmarks/synthav.py``) and any others.
 
     One path builds every run (``avseg train`` takes it too): the preset's recipe, then the demo's settings for what
     the recipe leaves open (:data:`DEMO_TRAIN`), then the data, seed and ``length`` settings.
@@ -206,7 +218,7 @@ def demo_run_config(data: Path, model: str, *, size: int, seed: int, length: dic
         config=None,
         defaults={f"train.{key}": value for key, value in DEMO_TRAIN.items()},
         explicit={
-            "data.format": "refavs",
+            "data.format": data_format,
             # SynthAV is read at the size it was generated at: every model resizes to its own input size, and
             # resampling 128-px frames up to a 224-px reader size took about half of tpavi-tiny's step on 2 cores.
             "data.image_size": size,
@@ -281,9 +293,11 @@ def demo(
     synth_seconds = _synthav(work_dir / "synthav", videos, seed, size)
 
     minutes = training_minutes(model, minutes)
+    task = demo_task(model)
     run_cfg = demo_run_config(
-        work_dir / "synthav" / "refavs",
+        work_dir / "synthav" / task,
         model,
+        data_format=task,
         size=size,
         seed=seed,
         length={
@@ -314,17 +328,21 @@ def demo(
     if shortfall is not None:
         print(f"[demo] warning: {shortfall}; its scores say little; give more --minutes", file=sys.stderr)
 
-    splits = ("test_s", "test_u", "test_n")
-    print(f"[demo] evaluating {', '.join(splits)} with true and shuffled soundtracks ...", flush=True)
+    # RVOS has no audio and no null expressions: its models are scored with the DAVIS J&F, without shuffling.
+    splits = ("test_s", "test_u", "test_n") if task == "refavs" else ("test_s", "test_u")
+    listening = task == "refavs"
+    how = "with true and shuffled soundtracks" if listening else "(RVOS, DAVIS J&F)"
+    print(f"[demo] evaluating {', '.join(splits)} {how} ...", flush=True)
     best = load_model(run_dir, pointer="best")
-    # The official Ref-AVS preset scores against the ground truth at its resolution on disk.
-    reader = get_reader("refavs", work_dir / "synthav" / "refavs", image_size=size, native_masks=True)
+    # The official presets score against the ground truth at its resolution on disk.
+    reader = get_reader(task, work_dir / "synthav" / task, image_size=size, native_masks=True)
+    metric = "refavs" if task == "refavs" else "davis"
     bars = sys.stderr.isatty()
     results, shuffled = {}, {}
     for split in splits:
         dataset = reader.dataset(split)
-        results[split] = evaluate_split(best, dataset, preset="refavs", device=dev, batch_size=4, progress=bars)
-        if split != "test_n":
+        results[split] = evaluate_split(best, dataset, preset=metric, device=dev, batch_size=4, progress=bars)
+        if listening and split != "test_n":
             shuffled[split] = evaluate_split(
                 best,
                 dataset,
@@ -367,7 +385,8 @@ def demo(
         },
         "training": summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary)),
         "training_warning": shortfall,
-        "refavs": refavs_summary(results),
+        "task": task,
+        "refavs": refavs_summary(results) if task == "refavs" else None,
         "splits": {k: {"summary": v.summary, "counts": v.metrics["counts"]} for k, v in results.items()},
         "shuffled_audio": {k: {"summary": v.summary} for k, v in shuffled.items()},
         "listens": listens,
@@ -385,14 +404,15 @@ def demo(
     ]
     if shortfall is not None:
         md += [f"**Warning:** {shortfall}.", ""]
-    md.append(format_markdown(results, title="True soundtracks"))
-    md.append(format_markdown(shuffled, title="Soundtracks shuffled across videos"))
-    md += [
-        "## Does the model listen?",
-        "",
-        "| split | J&F | shuffled | J&F audio-dependent | shuffled | drop |",
-        "|---|---|---|---|---|---|",
-    ]
+    md.append(format_markdown(results, title="True soundtracks" if listening else "RVOS (no audio)"))
+    if listening:
+        md.append(format_markdown(shuffled, title="Soundtracks shuffled across videos"))
+        md += [
+            "## Does the model listen?",
+            "",
+            "| split | J&F | shuffled | J&F audio-dependent | shuffled | drop |",
+            "|---|---|---|---|---|---|",
+        ]
     for split, e in listens.items():
         md.append(
             f"| {split} | {e['J&F']:.4f} | {e['J&F_shuffled']:.4f} | {e.get('J&F[audio]', np.nan):.4f} | "
@@ -402,13 +422,19 @@ def demo(
     if plot:
         plot_training_curve(run_dir / "metrics.jsonl", curve)
 
-    rows = report["refavs"]
     print("")
-    print(
-        f"[demo] Seen J&F {rows['Seen']['J&F']:.3f}  Unseen J&F {rows['Unseen']['J&F']:.3f}  "
-        f"Null S {rows['Null']['S']:.3f}  audio-dependent drop when shuffled (test_s) "
-        f"{listens['test_s'].get('drop[audio]', float('nan')):.3f}"
-    )
+    if task == "refavs":
+        rows = report["refavs"]
+        print(
+            f"[demo] Seen J&F {rows['Seen']['J&F']:.3f}  Unseen J&F {rows['Unseen']['J&F']:.3f}  "
+            f"Null S {rows['Null']['S']:.3f}  audio-dependent drop when shuffled (test_s) "
+            f"{listens['test_s'].get('drop[audio]', float('nan')):.3f}"
+        )
+    else:
+        print(
+            f"[demo] RVOS test_s J&F {results['test_s'].metrics['J&F']:.3f}  "
+            f"test_u J&F {results['test_u'].metrics['J&F']:.3f}"
+        )
     print(f"[demo] report:  {work_dir / 'report.md'}  and  {work_dir / 'report.json'}")
     if plot:
         print(f"[demo] curve:   {curve}")
