@@ -160,3 +160,57 @@ def test_a_pretrained_mllm_checkpoints_only_its_lora_adapters_and_trained_parts(
         assert merged_layers == 2 * 2  # q_proj and v_proj of 2 layers
         assert not fresh.lora_state_dict()
         torch.testing.assert_close(fresh(inputs, pixels).seg_hidden[0], before, rtol=1e-4, atol=1e-5)
+
+
+def test_a_llava_mllm_reads_its_image_tokens_without_wrappers():
+    config = MLLMConfig(
+        family="llava",
+        tokenizer=MINILM_PACKAGE,
+        image_size=32,
+        lora=LoraSettings(rank=2, alpha=4.0, target_modules=("q_proj", "v_proj")),
+        hf_config={
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+            "text_config": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            },
+            "vision_feature_layer": -1,
+        },
+    )
+    model = MLLM(config, pretrained=False).eval()
+    assert model.tokens_per_image == 16  # (32 / 8)^2 patches, CLS dropped by the default strategy
+    inputs = model.tokenize([IMAGE_PLACEHOLDER + "\nsegment the dog"], ["It is [SEG]."])
+    image_ids = inputs.input_ids[inputs.image_mask]
+    assert len(image_ids) == 16 and (image_ids == model.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)).all()
+    out = model(inputs, images(1))
+    assert out.seg_hidden[0].shape == (1, 32) and out.lm_loss > 0
+    assert model.lora_state_dict()  # adapters on the Llama attention
+
+
+def test_a_tokenizer_with_a_chat_template_frames_the_conversation(mllm):
+    tok = mllm.tokenizer
+    saved = tok.chat_template
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    try:
+        prompt, answer = mllm.render("segment the cat", "It is [SEG].")
+        assert prompt == "<|user|>segment the cat<|end|><|assistant|>"
+        assert answer == "It is [SEG].<|end|>"  # the end-of-turn marker belongs to the supervised answer
+        inputs = mllm.tokenize(["segment the cat"], ["It is [SEG]."])
+        labelled = inputs.labels[0][inputs.labels[0] != -100].tolist()
+        assert labelled == tok("It is [SEG].<|end|>", add_special_tokens=False)["input_ids"]
+    finally:
+        tok.chat_template = saved

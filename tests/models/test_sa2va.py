@@ -131,3 +131,16 @@ def test_the_paper_preset_has_sa2va_1b_s_shape():
     assert cfg.clips.num_frames == 5 and not cfg.clips.compress and not cfg.clips.seg_per_clip
     assert (cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.num_points) == (2.0, 0.5, 12544)
     assert cfg.recipe.optim.lr == 4e-5 and cfg.sam2.trainable == ("mask_decoder",)
+
+
+@pytest.mark.parametrize("name, parameters", [("sa2va-1b", 494_032_768), ("sa2va-4b", 3_085_938_688)])
+def test_the_paper_presets_language_models_have_qwen2_5s_published_sizes(name, parameters):
+    # Qwen2.5-0.5B and -3B (tied embeddings, 151,936-token vocabulary) as their model cards give them, built on the
+    # meta device from the preset's shape: a wrong width, depth or head count would change the count.
+    import transformers
+
+    text = dict(get_entry(name).config().mllm.hf_config["text_config"])
+    text.pop("model_type")
+    with torch.device("meta"):
+        llm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**text, "vocab_size": 151_936}))
+    assert sum(p.numel() for p in llm.parameters()) == parameters

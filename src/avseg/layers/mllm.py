@@ -434,6 +434,8 @@ class MLLM(nn.Module):
         if expected:
             features = self.model.model.get_image_features(pixel_values=self.preprocess(images.to(device)))
             features = getattr(features, "pooler_output", features)  # (N, tokens_per_image, H)
+            if isinstance(features, (list, tuple)):  # LLaVA: one tensor per image
+                features = torch.stack(list(features))
             embeds = embeds.masked_scatter(image_mask[..., None], features.to(embeds.dtype).reshape(-1))
         hidden = self.language_model(
             inputs_embeds=embeds, attention_mask=inputs.attention_mask.to(device).long()
