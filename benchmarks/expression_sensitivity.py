@@ -1,6 +1,7 @@
 """Does a trained model follow the expression? Compare its masks for different expressions of the same video.
 
-For every video of a Ref-AVS-layout split with at least two non-null expressions, the model segments the clip once
+For every video of a Ref-AVS-layout (or, with ``--format rvos``, RVOS-layout) split with at least two non-null
+expressions, the model segments the clip once
 per expression (same frames, same soundtrack); for every pair of those expressions, the fraction of labelled pixels
 where the two predicted masks disagree is set against the fraction where the two ground-truth masks disagree. A model
 that reads the expression disagrees about as much as the ground truth does; one that segments the same objects
@@ -26,7 +27,8 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a run folder or checkpoint")
-    parser.add_argument("--data", type=Path, required=True, help="a Ref-AVS-layout dataset root")
+    parser.add_argument("--data", type=Path, required=True, help="a Ref-AVS- or RVOS-layout dataset root")
+    parser.add_argument("--format", choices=("refavs", "rvos"), default="refavs", help="the dataset's layout")
     parser.add_argument("--split", default="val")
     parser.add_argument("--videos", type=int, default=40, help="videos to use (those with >= 2 expressions)")
     parser.add_argument("--expressions", type=int, default=4, help="expressions per video at most")
@@ -39,13 +41,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from avseg.checkpoint import read_training_data
-    from avseg.data.refavs import RefAVSReader
+    from avseg.data.readers import get_reader
     from avseg.data.types import collate
     from avseg.models import load_model
 
     model = load_model(args.checkpoint).eval()
     size = args.image_size or read_training_data(args.checkpoint).image_size or model.input_size
-    reader = RefAVSReader(args.data, image_size=size)
+    reader = get_reader(args.format, args.data, image_size=size)
     dataset = reader.dataset(args.split)
     by_video: dict[str, list[int]] = {}
     for index, record in enumerate(dataset.records):

@@ -63,10 +63,15 @@ DEMO_HFLIP = 0.5
 small, and mirroring doubles the scenes a model sees without changing what any expression refers to."""
 
 
-DEMO_MINUTES_BY_PRESET: dict[str, float] = {"auralsam2-tiny": 6.0, "sam2love-tiny": 6.0}
-"""Presets whose demo trains for less than :data:`DEMO_MINUTES`: their final evaluation is slower (AuralSAM2 and
-SAM2-LOVE track every frame through SAM2's memory, about 4 minutes on 2 cores), and the whole demo should end within
-10 minutes."""
+DEMO_MINUTES_BY_PRESET: dict[str, float] = {
+    "auralsam2-tiny": 6.0,
+    "sam2love-tiny": 6.0,
+    "sa2va-tiny": 5.0,
+    "svac-tiny": 5.0,
+}
+"""Presets whose demo trains for less than :data:`DEMO_MINUTES`: their final evaluation is slower (AuralSAM2,
+SAM2-LOVE, Sa2VA and SVAC track every frame through SAM2's memory, about 4 minutes on 2 cores), and the whole demo
+should end within 10 minutes."""
 
 
 def training_minutes(model: str, minutes: float | None) -> float:
@@ -255,9 +260,9 @@ def demo(
         model: registered model preset to train.
         videos: number of SynthAV videos.
         seed: seed of the data and of training.
-        minutes: training budget in minutes (validation included); default 7.5 (6 for auralsam2-tiny and sam2love-tiny,
-            whose final evaluation is slower). A budget that allows fewer than 100 training steps ends training with a
-            warning.
+        minutes: training budget in minutes (validation included); default 7.5 (6 for auralsam2-tiny and
+            sam2love-tiny, 5 for sa2va-tiny and svac-tiny, whose final evaluation is slower). A budget that allows
+            fewer than 100 training steps ends training with a warning.
         device: auto, cpu or cuda.
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
