@@ -116,6 +116,8 @@ class MLLMConfig:
         special_tokens: tokens added to the tokenizer (the first one is the segmentation token).
         lora: LoRA on the language model.
         trainable: parts of :data:`MLLM_PARTS` that train fully.
+        projector: ``"model"``: the family's own vision-to-language projector (LLaVA-1.5 and InternVL: an MLP);
+            ``"linear"``: one linear layer, as LLaVA-1 and Chat-UniVi have it (``llava`` only).
         gradient_checkpointing: recompute the language model's activations in the backward pass (long prompts).
     """
 
@@ -130,6 +132,7 @@ class MLLMConfig:
     special_tokens: tuple[str, ...] = ("[SEG]",)
     lora: LoraSettings = field(default_factory=LoraSettings)
     trainable: tuple[str, ...] = ()
+    projector: Literal["model", "linear"] = "model"
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -146,6 +149,8 @@ class MLLMConfig:
             raise ValueError("mllm.special_tokens needs at least the segmentation token")
         if self.image_size < 1:
             raise ValueError(f"mllm.image_size must be positive, got {self.image_size}")
+        if self.projector not in ("model", "linear") or (self.projector == "linear" and self.family != "llava"):
+            raise ValueError(f"mllm.projector must be 'model', or 'linear' with family 'llava'; got {self.projector!r}")
         self.trainable = tuple(self.trainable)
         self.special_tokens = tuple(self.special_tokens)
         self.hf_config = dict(self.hf_config)
@@ -242,6 +247,13 @@ class MLLM(nn.Module):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"mllm.hf_config gives an invalid transformers {config_name}: {err}") from err
         self.model.config.image_token_id = image_token_id
+        if config.projector == "linear":
+            # LLaVA-1 / Chat-UniVi: one linear map from the vision width to the language width. transformers' LLaVA
+            # calls its projector on the selected vision features, so a Linear takes the MLP's place as is.
+            hf = self.model.config
+            self.model.model.multi_modal_projector = nn.Linear(
+                hf.vision_config.hidden_size, hf.get_text_config().hidden_size
+            )
         if self.model.get_input_embeddings().num_embeddings != len(self.tokenizer):
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.hidden_size = int(self.model.config.text_config.hidden_size)
@@ -376,19 +388,42 @@ class MLLM(nn.Module):
         body = [self.image_token_id] * self.tokens_per_image
         return [self._image_open, *body, self._image_close] if self._image_open is not None else body
 
-    def tokenize(self, questions: Sequence[str], answers: Sequence[str | None]) -> MLLMInputs:
+    def tokenize(
+        self,
+        questions: Sequence[str],
+        answers: Sequence[str | None],
+        slot_lengths: Sequence[Sequence[int]] | None = None,
+    ) -> MLLMInputs:
         """Token ids of ``B`` one-turn conversations; each :data:`IMAGE_PLACEHOLDER` in a question becomes one
-        image's tokens (the images are given to :meth:`forward` in the same order)."""
+        image's tokens (the images are given to :meth:`forward` in the same order).
+
+        Args:
+            questions, answers: the user turn (with placeholders) and the assistant's answer of each conversation.
+            slot_lengths: per conversation, the number of positions of each placeholder, for inputs a method embeds
+                itself (compressed video tokens, audio features: :meth:`forward`'s ``embeddings``); such slots get
+                no ``<img>``/``</img>`` around them. None: every placeholder is one image of
+                :attr:`tokens_per_image` tokens.
+        """
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        if slot_lengths is not None and len(slot_lengths) != len(questions):
+            raise ValueError(f"{len(questions)} questions but slot lengths for {len(slot_lengths)}")
         rows: list[tuple[list[int], list[int], list[bool]]] = []
-        for question, answer in zip(questions, answers):
+        for b, (question, answer) in enumerate(zip(questions, answers)):
             prompt, answer_text = self.render(question, answer)
+            pieces = prompt.split(IMAGE_PLACEHOLDER)
+            if slot_lengths is not None and len(slot_lengths[b]) != len(pieces) - 1:
+                raise ValueError(
+                    f"conversation {b} has {len(pieces) - 1} placeholders but {len(slot_lengths[b])} slot lengths"
+                )
             ids: list[int] = []
             is_image: list[bool] = []
-            for k, piece in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+            for k, piece in enumerate(pieces):
                 if k:
-                    image = self._image_ids()
+                    if slot_lengths is None:
+                        image = self._image_ids()
+                    else:
+                        image = [self.image_token_id] * int(slot_lengths[b][k - 1])
                     ids += image
                     is_image += [i == self.image_token_id for i in image]
                 text_ids = self._encode_text(piece) if piece else []
@@ -413,13 +448,26 @@ class MLLM(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
-    def forward(self, inputs: MLLMInputs, images: Tensor) -> MLLMOutput:
+    def encode_images(self, images: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` uint8 RGB images → ``(N, tokens_per_image, H_llm)``: the vision tower and the projector
+        (the features the language model reads for each image)."""
+        features = self.model.model.get_image_features(pixel_values=self.preprocess(images.to(self.image_mean.device)))
+        features = getattr(features, "pooler_output", features)
+        if isinstance(features, (list, tuple)):  # LLaVA: one tensor per image
+            features = torch.stack(list(features))
+        return features
+
+    def forward(
+        self, inputs: MLLMInputs, images: Tensor | None = None, *, embeddings: Tensor | None = None
+    ) -> MLLMOutput:
         """Run the language model over ``inputs`` with the features of ``images`` in its image positions.
 
         Args:
             inputs: :meth:`tokenize`'s output.
             images: ``(N, 3, H, W)`` uint8 RGB, the images of every conversation in order (``N`` = the number of
                 image placeholders of the batch).
+            embeddings: instead of ``images``, ``(P, H_llm)`` the vectors of every placeholder position of the batch
+                in order (``P = inputs.image_mask.sum()``), for slots tokenised with ``slot_lengths``.
 
         Returns:
             :class:`MLLMOutput`.
@@ -427,15 +475,22 @@ class MLLM(nn.Module):
         device = self.image_mean.device
         input_ids = inputs.input_ids.to(device)
         image_mask = inputs.image_mask.to(device)
-        expected = int(image_mask.sum()) // self.tokens_per_image
-        if images.shape[0] != expected:
-            raise AVSegError(f"the conversations hold {expected} images but {images.shape[0]} were given")
+        positions = int(image_mask.sum())
         embeds = self.model.get_input_embeddings()(input_ids)  # (B, L, H)
-        if expected:
-            features = self.model.model.get_image_features(pixel_values=self.preprocess(images.to(device)))
-            features = getattr(features, "pooler_output", features)  # (N, tokens_per_image, H)
-            if isinstance(features, (list, tuple)):  # LLaVA: one tensor per image
-                features = torch.stack(list(features))
+        if embeddings is not None:
+            if embeddings.shape != (positions, embeds.shape[-1]):
+                raise AVSegError(
+                    f"the conversations hold {positions} placeholder positions of width {embeds.shape[-1]}, "
+                    f"embeddings are {tuple(embeddings.shape)}"
+                )
+            features = embeddings
+        else:
+            expected = positions // self.tokens_per_image
+            count = 0 if images is None else images.shape[0]
+            if count != expected:
+                raise AVSegError(f"the conversations hold {expected} images but {count} were given")
+            features = self.encode_images(images) if expected else None  # (N, tokens_per_image, H)
+        if features is not None:
             embeds = embeds.masked_scatter(image_mask[..., None], features.to(embeds.dtype).reshape(-1))
         hidden = self.language_model(
             inputs_embeds=embeds, attention_mask=inputs.attention_mask.to(device).long()
