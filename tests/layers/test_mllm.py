@@ -214,3 +214,11 @@ def test_a_tokenizer_with_a_chat_template_frames_the_conversation(mllm):
         assert labelled == tok("It is [SEG].<|end|>", add_special_tokens=False)["input_ids"]
     finally:
         tok.chat_template = saved
+
+
+def test_a_linear_projector_is_not_read_from_a_llava_folder():
+    config = MLLMConfig(family="llava", source="some/llava", tokenizer=MINILM_PACKAGE, projector="linear")
+    with pytest.raises(AVSegError, match="cannot be loaded from 'some/llava'"):
+        MLLM(config, pretrained=True)
+    with pytest.raises(ValueError, match="'linear' with family 'llava'"):
+        tiny_config(projector="linear")

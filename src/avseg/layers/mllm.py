@@ -219,6 +219,12 @@ class MLLM(nn.Module):
         load = config.pretrained if config.pretrained is not None else pretrained
         if load and config.source is None:
             raise AVSegError("mllm.pretrained needs mllm.source (a hub id or a local folder with the weights)")
+        if load and config.projector == "linear":
+            # transformers' LLaVA layout has an MLP projector; a linear one has no weights to read there.
+            raise AVSegError(
+                f"mllm.projector='linear' cannot be loaded from {config.source!r} (transformers' LLaVA layout has an "
+                "MLP projector): convert the released checkpoint into an avseg checkpoint and load that"
+            )
         self.pretrained = load
         self.tokenizer = _load_tokenizer(config.tokenizer or config.source)
         image_tokens = _INTERNVL_IMAGE_TOKENS if config.family == "internvl" else (IMAGE_PLACEHOLDER,)
