@@ -101,7 +101,8 @@ class TrainRecipe:
     Attributes:
         optim: the optimiser.
         schedule: the learning-rate schedule (``fit_to_budget`` is a run setting and is not taken from here).
-        batch_size: clips per step (per process).
+        batch_size: clips per micro-batch (per process).
+        grad_accum_steps: micro-batches accumulated per optimiser step (the papers' "batch × accumulation").
         epochs: training epochs (the run's length unless the run gives ``max_steps`` or ``max_epochs``).
         clip_grad_norm: gradient-norm clipping (None: none).
         image_size: the square size frames are read at (the default of ``data.image_size``, the size the official
@@ -117,12 +118,13 @@ class TrainRecipe:
     batch_size: int
     epochs: int
     clip_grad_norm: float | None = None
+    grad_accum_steps: int = 1
     image_size: int | None = None
     augment: ClipAugmentConfig | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs"):
+        for name in ("batch_size", "epochs", "grad_accum_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"recipe.{name} must be a positive integer, got {value!r}")
@@ -141,6 +143,7 @@ class TrainRecipe:
             "optim": asdict(self.optim),
             "schedule": schedule,
             "batch_size": self.batch_size,
+            "grad_accum_steps": self.grad_accum_steps,
             "clip_grad_norm": self.clip_grad_norm,
         }
 

@@ -108,3 +108,15 @@ def test_recipes_stored_by_avseg_0_1_are_upgraded() -> None:
     assert (recipe.schedule.kind, recipe.schedule.warmup_steps, recipe.image_size) == ("cosine", 30, 128)
     current = config_to_dict(recipe)
     assert upgrade_recipe(current) == current
+
+
+@pytest.mark.parametrize("preset, steps", [("sam2love-l-refavs", 2), ("sa2va-1b", 4), ("simtoken-7b", 2)])
+def test_paper_recipes_carry_their_gradient_accumulation_into_the_run(preset, steps, tmp_path):
+    from avseg.train.run import build_run_config
+
+    run = build_run_config(data=tmp_path, model=preset, config=None, explicit={"train.seed": 0})
+    assert run.train.grad_accum_steps == steps
+    run = build_run_config(
+        data=tmp_path, model=preset, config=None, explicit={"train.seed": 0, "train.grad_accum_steps": 1}
+    )
+    assert run.train.grad_accum_steps == 1  # the run's own setting still wins

@@ -228,11 +228,12 @@ def _paper_sam2() -> Sam2LayerConfig:
 
 def paper_recipe() -> TrainRecipe:
     """Sa2VA's optimisation: AdamW lr 4e-5, betas (0.9, 0.999), weight decay 0.05, gradient clip 1, 5 % warm-up then
-    cosine, 1 epoch, batch 2 per GPU × 4 accumulation × 8 GPUs (``train.grad_accum_steps=4``)."""
+    cosine, 1 epoch, batch 2 per GPU × 4 accumulation steps × 8 GPUs."""
     return TrainRecipe(
         optim=OptimConfig(name="adamw", lr=4e-5, weight_decay=0.05),
         schedule=ScheduleConfig(kind="cosine", warmup_ratio=0.05),
         batch_size=2,
+        grad_accum_steps=4,
         epochs=1,
         clip_grad_norm=1.0,
         image_size=1024,

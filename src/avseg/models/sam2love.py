@@ -198,16 +198,17 @@ class Sam2LoveLossConfig:
 
 def paper_recipe() -> TrainRecipe:
     """The paper's optimisation: AdamW lr 1e-4 without weight decay, DeepSpeed's WarmupDecayLR with 100 warm-up
-    steps, batch 8 with 2 accumulation steps (``train.grad_accum_steps=2``), frames at SAM2's 1024 px."""
+    steps, batch 8 with 2 accumulation steps, frames at SAM2's 1024 px."""
     return TrainRecipe(
         optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.0),
         schedule=ScheduleConfig(kind="warmup_decay", warmup_steps=100),
         batch_size=8,
+        grad_accum_steps=2,
         epochs=10,
         image_size=1024,
         notes=(
-            "paper: AdamW 1e-4, weight decay 0, WarmupDecayLR (100 warm-up steps), batch 8 x gradient accumulation 2 "
-            "(set train.grad_accum_steps=2), DeepSpeed ZeRO-2 on 2 A100; the number of epochs is not given (10 "
+            "paper: AdamW 1e-4, weight decay 0, WarmupDecayLR (100 warm-up steps), batch 8 x gradient accumulation 2, "
+            "DeepSpeed ZeRO-2 on 2 A100; the number of epochs is not given (10 "
             "assumed)"
         ),
     )

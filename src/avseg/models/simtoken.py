@@ -209,11 +209,12 @@ def _paper_mllm() -> MLLMConfig:
 
 def paper_recipe() -> TrainRecipe:
     """SimToken's optimisation: AdamW lr 5e-5, betas (0.9, 0.95), weight decay 0.01, 10 % warm-up then cosine, 10
-    epochs, batch 8 (with ``16 // batch`` accumulation steps in the released code: ``train.grad_accum_steps=2``)."""
+    epochs, batch 8 with ``16 // batch = 2`` accumulation steps (the released code)."""
     return TrainRecipe(
         optim=OptimConfig(name="adamw", lr=5e-5, weight_decay=0.01, betas=(0.9, 0.95)),
         schedule=ScheduleConfig(kind="cosine", warmup_ratio=0.1),
         batch_size=8,
+        grad_accum_steps=2,
         epochs=10,
         image_size=1024,
         notes="SimToken: AdamW 5e-5, betas (0.9, 0.95), wd 0.01, 10 % warm-up + cosine, 10 epochs, batch 8 x 2",
