@@ -115,6 +115,11 @@ COMMANDS: tuple[Command, ...] = (
         "avseg.convert.sa2va:convert",
         "Convert a released Sa2VA model folder (ByteDance/Sa2VA-1B or -4B) into an avseg checkpoint folder.",
     ),
+    Command(
+        ("convert", "simtoken"),
+        "avseg.convert.simtoken:convert",
+        "Convert the released SimToken checkpoint (.pth) into an avseg checkpoint folder.",
+    ),
 )
 
 GROUP_HELP = {

@@ -59,6 +59,7 @@ __all__ = [
     "SimToken",
     "SimTokenConfig",
     "SimTokenLossConfig",
+    "build_sam",
 ]
 
 QUESTION = "What is {expression} in the Reference Video? Please respond with segmentation mask in the Target Image."
@@ -284,7 +285,7 @@ class SimToken(AVSModel):
         self.audio_projector = nn.Linear(cfg.audio.dim, self.mllm.hidden_size)
         seg = cfg.segmenter
         self.sam2 = build_sam2(seg.sam2, pretrained=cfg.pretrained) if seg.kind == "sam2" and seg.sam2 else None
-        self.sam = None if self.sam2 is not None else _build_sam(seg, pretrained=cfg.pretrained)
+        self.sam = None if self.sam2 is not None else build_sam(seg, pretrained=cfg.pretrained)
         prompt_dim = self.sam2.hidden_size if self.sam2 is not None else self.sam.config.mask_decoder_config.hidden_size
         self.seg_projector = seg_prompt_head(self.mllm.hidden_size, prompt_dim)
         self.register_buffer("sam_mean", torch.tensor(seg.pixel_mean).view(1, 3, 1, 1), persistent=False)
@@ -477,7 +478,7 @@ class SimToken(AVSModel):
         return out
 
 
-def _build_sam(config: SegmenterConfig, *, pretrained: bool) -> nn.Module:
+def build_sam(config: SegmenterConfig, *, pretrained: bool) -> nn.Module:
     """transformers' ``SamModel`` with its image encoder frozen; the prompt encoder and mask decoder train."""
     from transformers import SamConfig, SamModel
 
