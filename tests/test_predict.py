@@ -524,3 +524,16 @@ def test_progress_lines_do_not_flood_a_log(capsys):
     short.update(3)
     short.close()
     assert capsys.readouterr().err == ""  # a phase shorter than the interval says nothing
+
+
+@pytest.mark.slow  # builds two MLLM segmenters and runs them on a video (a few seconds each on 2 cores)
+@pytest.mark.parametrize("name", ["simtoken-tiny", "sa2va-tiny"])
+def test_mllm_segmenters_run_on_a_user_video_with_its_soundtrack_and_an_expression(video, name):
+    from avseg.models import create_model
+
+    torch.manual_seed(0)
+    predictor = Predictor(create_model(name), device="cpu", image_size=64, clip_len=6)
+    with pytest.raises(TextRequiredError, match="--text"):
+        predictor.predict_video(video)
+    prediction = predictor.predict_video(video, "the white bar")
+    assert prediction.masks.shape[0] == 6 and prediction.has_audio
