@@ -409,7 +409,9 @@ def demo(
     ]
     if shortfall is not None:
         md += [f"**Warning:** {shortfall}.", ""]
-    md.append(format_markdown(results, title="True soundtracks" if listening else "RVOS (no audio)"))
+    md.append(
+        format_markdown(results, title="True soundtracks" if listening else "RVOS (no audio)", refavs_rows=listening)
+    )
     if listening:
         md.append(format_markdown(shuffled, title="Soundtracks shuffled across videos"))
         md += [
