@@ -58,6 +58,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from avseg.convert import load_fitting_state
 from avseg.errors import CheckpointError, MissingFileError
 
 __all__ = [
@@ -361,18 +362,7 @@ def convert_checkpoint(
     name = preset or _guess_preset(state)
     config = converted_config(state, name, keep_vggish=keep_vggish)
     holder = _CheckpointedPart(config, with_vggish=keep_vggish)
-    own = holder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
-            if keys:
-                more = f", ... ({len(keys)} in all)" if len(keys) > 8 else ""
-                parts.append(f"{title}: " + ", ".join(keys[:8]) + more)
-        raise CheckpointError(src, f"does not fit preset {name!r}: " + "; ".join(parts))
-    holder.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+    load_fitting_state(holder, state, src=src, preset=name)
     out = save_checkpoint(
         dst,
         holder,

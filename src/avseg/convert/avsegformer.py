@@ -56,6 +56,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from avseg.convert import load_fitting_state
 from avseg.errors import CheckpointError, MissingFileError
 
 __all__ = ["convert", "convert_state_dict", "infer_released_config", "normalise_timm_pvt"]
@@ -306,25 +307,7 @@ def convert(
         raise CheckpointError(input, str(err)) from err
     with torch.device("meta"):  # the shapes only: the converted tensors become the weights
         model = AVSegFormer(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mismatched = [
-        f"{k} {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(converted))
-        if converted[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
-            if items:
-                parts.append(
-                    f"{title}: " + ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                )
-        raise CheckpointError(
-            input, f"does not fit {preset} (released settings): " + "; ".join(parts) + " (see --preset, --overrides)"
-        )
-    model.load_state_dict(converted, strict=True, assign=True)
+    load_fitting_state(model, converted, src=input, preset=preset, hint="released settings; see --preset, --overrides")
     digest = hashlib.sha256(input.read_bytes()).hexdigest()
     reasons: dict[str, int] = {}
     for why in dropped.values():

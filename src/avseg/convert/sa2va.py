@@ -57,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from avseg.convert import load_fitting_state
 from avseg.convert.auralsam2 import ConversionReport
 from avseg.convert.sam2 import convert_state_dict as convert_sam2_state_dict
 from avseg.convert.sam2 import upstream_to_avseg_key as sam2_avseg_key
@@ -360,30 +361,14 @@ def convert_checkpoint(
     config = entry.config(**overrides)
     with torch.device("meta"):  # shapes and names only: nothing is allocated until the tensors are assigned
         model = entry.model_cls(config)
-    own = model.state_dict()
     head, embed = "mllm.model.lm_head.weight", "mllm.model.model.language_model.embed_tokens.weight"
     if config.mllm.hf_config["text_config"].get("tie_word_embeddings"):
         if head not in state and embed in state:
             state[head] = state[embed]
         elif head in state and embed in state and not torch.equal(state[head], state[embed]):
             raise CheckpointError(config_file, "llm_config ties the word embeddings but lm_head differs from them")
-    missing = sorted(set(own) - set(state))
-    if missing:
-        names = ", ".join(f.name for f in files)
-        more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
-        raise CheckpointError(src, f"no released tensor for the model's {missing[0]!r}{more} in {names}")
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    if unexpected or mismatched:
-        parts = [f"unexpected: {', '.join(unexpected[:8])}"] if unexpected else []
-        parts += [f"shape: {', '.join(mismatched[:8])}"] if mismatched else []
-        raise CheckpointError(src, f"does not fit preset {preset!r}: " + "; ".join(parts))
-    target = getattr(torch, dtype)
-    model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
+    names = ", ".join(f.name for f in files)
+    load_fitting_state(model, state, src=src, preset=preset, dtype=getattr(torch, dtype), sources=names)
     out = save_checkpoint(
         dst,
         model,

@@ -86,6 +86,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from avseg.convert import load_fitting_state
 from avseg.convert.auralsam2 import ConversionReport
 from avseg.errors import CheckpointError, MissingFileError, UsageError
 
@@ -500,23 +501,7 @@ def convert_checkpoint(
                 )
             except ValueError as err:
                 raise CheckpointError(src, f"{key}: {err}") from err
-    own = holder.state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
-        raise CheckpointError(src, f"no released tensor for the model's {missing[0]!r}{more}")
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    if unexpected or mismatched:
-        parts = [f"unexpected: {_listed(unexpected)}"] if unexpected else []
-        parts += [f"shape: {_listed(mismatched)}"] if mismatched else []
-        raise CheckpointError(src, f"does not fit preset {preset!r}: " + "; ".join(parts))
-    target = getattr(torch, dtype)
-    holder.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
+    load_fitting_state(holder, state, src=src, preset=preset, dtype=getattr(torch, dtype))
     summary = report.summary() + (f", {added} token rows new to the release (mean-initialised)" if added else "")
     out = save_checkpoint(
         dst, holder, preset=preset, overwrite=overwrite, meta={"converted_from": str(src), "conversion": summary}
