@@ -486,9 +486,9 @@ def test_command_caps_fps_with_one_warning_line(short_video, tpavi_run, tmp_path
 
 
 def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path, capsys, monkeypatch):
-    import avseg.predict.progress
+    import avseg.progress
 
-    monkeypatch.setattr(avseg.predict.progress, "LOG_INTERVAL_S", 0.0)  # a line at every step: each phase must report
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a line at every step: each phase must report
     out = tmp_path / "o.mp4"
     assert predict(short_video, checkpoint=tpavi_run, pointer="latest", out=out, device="cpu", fps=5) == 0
     # Captured, stderr is not a terminal: whole lines (split on newlines only, so a bar's "\r" would show).
@@ -508,7 +508,7 @@ def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path,
 
 
 def test_progress_lines_do_not_flood_a_log(capsys):
-    from avseg.predict.progress import Progress
+    from avseg.progress import Progress
 
     now = [0.0]
     bar = Progress("decoding long.mp4", 100_000, "frame", clock=lambda: now[0])
@@ -518,8 +518,8 @@ def test_progress_lines_do_not_flood_a_log(capsys):
     bar.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 7  # at 15, 30, ... 90 s, and the final count
-    assert lines[0].startswith("decoding long.mp4: 15000/100000 frames (15%), 15 s")
-    assert lines[-1] == "decoding long.mp4: 100000/100000 frames (100%), 100 s"
+    assert lines[0] == "decoding long.mp4: 15000/100000 frames (15%), 15 s, 1000 frames/s, ETA 85 s"
+    assert lines[-1] == "decoding long.mp4: 100000/100000 frames (100%), 100 s, 1000 frames/s"
     short = Progress("segmenting", 3, "clip", clock=lambda: now[0])
     short.update(3)
     short.close()

@@ -9,7 +9,7 @@
   settings record.
 - :mod:`avseg.predict.settings`: what a checkpoint records about its training data (:func:`read_training_data`) and
   the frame size, clip length and rate that follow (:func:`sampling_settings`).
-- :mod:`avseg.predict.progress` and :mod:`avseg.predict.memory`: progress on stderr, and the memory guard.
+- :mod:`avseg.predict.memory`: the memory guard (progress on stderr is :mod:`avseg.progress`).
 
 Whether a model needs a referring expression is the model's to say (:func:`avseg.models.base.requires_text`).
 """

@@ -32,8 +32,8 @@ from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.errors import AudioPaddedWarning
 from avseg.media.video import probe_video, read_video, write_video
 from avseg.predict.memory import check_memory
-from avseg.predict.progress import Progress
 from avseg.predict.settings import positive_float
+from avseg.progress import Progress
 from avseg.viz import overlay_masks, write_mask_png
 
 __all__ = ["OVERLAY_SUFFIXES", "Prediction"]

@@ -59,7 +59,6 @@ from avseg.errors import AVSegError, AVSegWarning, MissingFileError, UsageError
 from avseg.media.video import FramePick, VideoClip, probe_video, read_video
 from avseg.predict.memory import check_memory
 from avseg.predict.prediction import Prediction
-from avseg.predict.progress import Progress
 from avseg.predict.prompts import VideoPrompts, is_promptable
 from avseg.predict.settings import (
     TrainingData,
@@ -69,6 +68,7 @@ from avseg.predict.settings import (
     read_training_data,
     sampling_settings,
 )
+from avseg.progress import Progress
 
 if TYPE_CHECKING:
     from avseg.models.base import AVSModel

@@ -1,4 +1,4 @@
-"""Progress of the long phases of a prediction (decoding, segmenting, writing) on stderr."""
+"""Progress of the long phases a person waits for (decoding, segmenting, writing, generating, converting) on stderr."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ run moves, rarely enough that an hour-long phase writes 240 lines, not one per f
 class Progress:
     """Progress of one long phase on stderr, with its total.
 
-    On a terminal: a ``tqdm`` bar, removed when the phase ends. Otherwise (a log file, a CI job), where a bar's
-    carriage returns would pile up into one unreadable line: a plain line ``desc: done/total units (pct%), N s`` at most
-    every :data:`LOG_INTERVAL_S` seconds, and a last one when a phase that lasted that long ends; a short phase
-    prints nothing. Disabled, it only counts.
+    On a terminal: a ``tqdm`` bar (with its rate and ETA), removed when the phase ends. Otherwise (a log file, a CI
+    job), where a bar's carriage returns would pile up into one unreadable line: a plain line ``desc: done/total
+    units (pct%), N s, R units/s, ETA M s`` at most every :data:`LOG_INTERVAL_S` seconds (the ETA while units remain
+    and the total is known), and a last one when a phase that lasted that long ends; a short phase prints nothing.
+    Disabled, it only counts.
 
     Args:
         desc: what the phase does (``"decoding clip.mp4"``).
@@ -80,9 +81,17 @@ class Progress:
             self._lines = False
 
     def _print(self, now: float) -> None:
+        elapsed = now - self._start
         done = f"{self.count}/{self.total}" if self.total else str(self.count)
         share = f" ({100 * self.count / self.total:.0f}%)" if self.total else ""
-        print(f"{self.desc}: {done} {self.unit}s{share}, {now - self._start:.0f} s", file=sys.stderr, flush=True)
+        line = f"{self.desc}: {done} {self.unit}s{share}, {elapsed:.0f} s"
+        if elapsed > 0 and self.count > 0:
+            rate = self.count / elapsed
+            line += f", {rate:.0f}" if rate >= 10 else f", {rate:.2g}"
+            line += f" {self.unit}s/s"
+            if self.total and self.count < self.total:
+                line += f", ETA {(self.total - self.count) / rate:.0f} s"
+        print(line, file=sys.stderr, flush=True)
         self._printed = self.count
 
 
