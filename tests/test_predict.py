@@ -537,3 +537,15 @@ def test_mllm_segmenters_run_on_a_user_video_with_its_soundtrack_and_an_expressi
         predictor.predict_video(video)
     prediction = predictor.predict_video(video, "the white bar")
     assert prediction.masks.shape[0] == 6 and prediction.has_audio
+
+
+def test_progress_reports_to_a_listener_even_when_quiet():
+    from avseg.progress import Progress, report_to
+
+    seen = []
+    with report_to(lambda *event: seen.append(event)), Progress("segmenting", 2, "clip", enabled=False) as bar:
+        bar.update()
+        bar.update()
+    with Progress("writing", 1, "frame", enabled=False) as bar:  # outside the block: nobody listens
+        bar.update()
+    assert seen == [("segmenting", 0, 2), ("segmenting", 1, 2), ("segmenting", 2, 2)]

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LOG_INTERVAL_S", "Progress"]
+__all__ = ["LOG_INTERVAL_S", "Listener", "Progress", "report_to"]
+
+Listener = Callable[[str, int, "int | None"], None]
+"""Called as ``listener(desc, count, total)`` when a phase starts and after each update (a web page's progress bar)."""
+
+_LISTENER: contextvars.ContextVar[Listener | None] = contextvars.ContextVar("avseg_progress_listener", default=None)
 
 LOG_INTERVAL_S = 15.0
 """Seconds between two progress lines when stderr is not a terminal (a log file, CI): often enough to see that a long
 run moves, rarely enough that an hour-long phase writes 240 lines, not one per frame."""
+
+
+@contextlib.contextmanager
+def report_to(listener: Listener) -> Iterator[None]:
+    """Send the progress of every phase started inside the ``with`` block, in this thread or task, to ``listener``.
+
+    This is how a program that embeds avseg shows its progress (``avseg app`` drives its page's bar with it), whether
+    or not anything is printed: :class:`Progress` calls the listener even when disabled (``--quiet``).
+    """
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 class Progress:
@@ -46,6 +67,9 @@ class Progress:
         self._start = self._last = clock()
         self._printed: int | None = None  # count shown by the last line
         self._bar = None
+        self._listener = _LISTENER.get()
+        if self._listener is not None:
+            self._listener(desc, 0, total)
         self._lines = enabled and not _is_terminal(sys.stderr)
         if enabled and not self._lines:
             from tqdm import tqdm
@@ -61,6 +85,8 @@ class Progress:
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units done."""
         self.count += n
+        if self._listener is not None:
+            self._listener(self.desc, self.count, self.total)
         if self._bar is not None:
             self._bar.update(n)
         elif self._lines:
