@@ -66,6 +66,27 @@ def test_bench_command_writes_json_with_the_documented_keys(tmp_path, capsys):
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["threads"] == torch.get_num_threads()
 
 
+def test_bench_json_prints_the_result_on_stdout_and_quiet_hides_progress(tmp_path, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every run
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", "tpavi-tiny", "--image-size", "32", "--frames", "2", "--device", "cpu"]
+    argv += ["--warmup", "1", "--runs", "2", "--json-out", str(out)]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout holds the JSON document and nothing else
+    assert set(printed) == RESULT_KEYS and printed == json.loads(out.read_text())
+    assert (printed["model"], printed["mode"], printed["warmup"], printed["runs"]) == ("tpavi-tiny", "inference", 1, 2)
+    assert printed["frames_per_s"] == pytest.approx(2 / printed["median_s"])
+    assert f"wrote {out}" in captured.err
+    lines = captured.err.splitlines()
+    assert any(line.startswith("benchmarking tpavi-tiny: 3/3 runs (100%)") for line in lines), lines
+    assert main([*argv, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "benchmarking" not in captured.err and "tpavi-tiny, inference on cpu" in captured.out
+
+
 def test_statistics_come_from_the_timed_runs_only(small_checkpoint, monkeypatch):
     """With a clock that advances by set amounts, the warm-up is left out and min/median/max/frames/s are exact."""
     # perf_counter is read at the start and end of each run: two warm-up runs of 9 s and 7 s, then 0.3, 0.1, 0.2 s.

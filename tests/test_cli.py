@@ -1,5 +1,7 @@
 """The generated CLI: every command has --help, its table help matches its docstring, errors are one line."""
 
+import inspect
+import json
 import re
 import shlex
 import subprocess
@@ -130,3 +132,86 @@ def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(avseg.models.commands, "models", fail)
     with pytest.raises(KeyError):
         main(["models"])
+
+
+# -- the same --quiet and --json everywhere ----------------------------------------------------------------------------
+
+# Commands a person waits on: progress on stderr, none with --quiet.
+QUIET = {"data synth", "data check", "train", "eval", "predict", "demo", "bench"} | {
+    " ".join(c.words) for c in COMMANDS if c.words[0] == "convert"
+}
+# Commands that produce results: --json prints them as one JSON document on stdout.
+JSON = {"data check", "score", "models", "eval", "bench"} | {
+    " ".join(c.words) for c in COMMANDS if c.words[0] == "convert"
+}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c.words))
+def test_quiet_and_json_have_one_spelling_and_meaning(cmd):
+    name = " ".join(cmd.words)
+    params = inspect.signature(cmd.load()).parameters
+    docs = _doc_args(cmd.load())
+    assert ("quiet" in params) == (name in QUIET), name
+    assert ("json" in params) == (name in JSON), name
+    if "quiet" in params:
+        assert params["quiet"].default is False and docs["quiet"].startswith("show no progress"), docs["quiet"]
+        args = build_parser(load=name).parse_args([*cmd.words, *_required(name), "--quiet"])
+        assert args.quiet is True
+    if "json" in params:
+        assert params["json"].default is False and "JSON" in docs["json"], docs["json"]
+        args = build_parser(load=name).parse_args([*cmd.words, *_required(name), "--json"])
+        assert args.json is True
+
+
+def _required(name: str) -> list[str]:
+    """Arguments that let ``name`` parse (positionals and required options)."""
+    by_command = {
+        "data synth": ["out"],
+        "data check": ["root", "--format", "refavs"],
+        "score": ["--pred", "p.npz", "--gt", "g.npz"],
+        "train": ["--data", "d"],
+        "eval": ["--checkpoint", "c", "--data", "d"],
+        "predict": ["v.mp4", "--checkpoint", "c", "--out", "o.mp4"],
+    }
+    if name.startswith("convert"):
+        return ["in", "out"]
+    return by_command.get(name, [])
+
+
+def test_models_json_lists_each_preset_with_its_family_and_tasks(capsys):
+    from avseg.config import config_to_dict
+    from avseg.models.registry import get_entry, list_models
+
+    assert main(["models", "--pattern", "tpavi-*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)  # stdout holds the JSON document and nothing else
+    assert [row["preset"] for row in rows] == list_models("tpavi-*") and rows
+    for row in rows:
+        entry = get_entry(row["preset"])
+        assert row["family"] == "tpavi" and row["tasks"] == list(entry.tasks)
+        assert row["description"] == entry.description and "config" not in row
+    assert main(["models", "--pattern", "tpavi-tiny", "--json", "--verbose"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["config"] == json.loads(json.dumps(config_to_dict(get_entry("tpavi-tiny").config()), default=str))
+    assert main(["models", "--pattern", "nothing-*", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and "no registered model matches 'nothing-*'" in captured.err
+
+
+def test_data_check_json_holds_the_counts_and_quiet_hides_progress(tmp_path, capsys, monkeypatch):
+    import avseg.progress
+    from tests.data.fixtures_refavs import write_refavs_tree
+
+    tree = write_refavs_tree(tmp_path / "refavs")
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every expression
+    assert main(["data", "check", str(tree.root), "--format", "refavs", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout holds the JSON document and nothing else
+    assert report["root"] == str(tree.root) and report["format"] == "refavs" and report["ok"] is True
+    assert report["item_name"] == "expressions" and report["missing"] == [] and report["unreadable"] == []
+    for split, counts in tree.counts.items():
+        assert {k: report["splits"][split][k] for k in counts} == counts, split
+    train = tree.counts["train"]["items"]
+    assert f"checking train: {train}/{train} expressions (100%)" in captured.err
+    assert main(["data", "check", str(tree.root), "--format", "refavs", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "checking" not in captured.err and "OK: no missing or unreadable files" in captured.out

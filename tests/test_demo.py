@@ -208,6 +208,32 @@ def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypat
     assert (run.data.image_size, run.data.hflip, run.data.val_items) == (64, DEMO_HFLIP, DEMO_VAL_EXPRESSIONS)
 
 
+def test_demo_quiet_shows_no_progress_of_generation_nor_of_training(tmp_path, monkeypatch, capsys):
+    import avseg.progress
+    import avseg.train.run
+
+    built = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_prepare(run_cfg, out, **kwargs):
+        built["run"] = run_cfg
+        raise Stop
+
+    monkeypatch.setattr(avseg.train.run, "prepare_trainer", fake_prepare)
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every video
+    with pytest.raises(Stop):
+        demo(work_dir=tmp_path / "shown", model="tpavi-tiny", videos=2, size=32, minutes=0.5)
+    assert "generating SynthAV: 2/2 videos (100%)" in capsys.readouterr().err and built["run"].train.progress_bar
+    with pytest.raises(Stop):
+        demo(work_dir=tmp_path / "quiet", model="tpavi-tiny", videos=2, size=32, minutes=0.5, quiet=True)
+    captured = capsys.readouterr()
+    assert "generating SynthAV:" not in captured.err and "videos/s" not in captured.err
+    assert "[demo] SynthAV generated in" in captured.out  # the demo's own step messages stay
+    assert built["run"].train.progress_bar is False  # the trainer draws no bar and writes no progress lines
+
+
 @pytest.mark.slow  # a whole demo of a text-only preset: SynthAV, training, RVOS scoring, an overlay
 def test_a_text_only_preset_trains_and_is_scored_on_the_rvos_layout(tmp_path):
     from avseg.data.rvos import RVOSReader

@@ -128,14 +128,16 @@ def test_audio_shuffle_of_a_single_video_warns_and_rotates_its_samples(synthav):
     assert result.settings["audio_shuffle_same_video"] == len(videos)
 
 
-def test_progress_bar_counts_the_items_of_the_split(synthav, capsys):
+def test_progress_counts_the_items_of_the_split_with_rate_and_eta(synthav, capsys, monkeypatch):
+    import avseg.progress
+
     dataset = synthav.dataset("test_s")
     n = len(dataset)
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a line at every batch
     evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", batch_size=3)  # progress is on by default
-    err = capsys.readouterr().err
-    assert "eval test_s" in err and f"{n}/{n}" in err
-    # stderr is not a terminal here: the bar is throttled to its first and last states, not one per batch
-    assert len([s for s in err.split("\r") if "eval test_s" in s]) <= 3
+    lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: plain lines, no "\r"
+    assert lines[0].startswith(f"eval test_s: 3/{n} items") and "items/s, ETA" in lines[0]
+    assert lines[-1].startswith(f"eval test_s: {n}/{n} items (100%)")
     evaluate_split(Oracle(OracleConfig()), dataset, preset="avsbench", batch_size=3, progress=False)
     assert capsys.readouterr().err == ""
 

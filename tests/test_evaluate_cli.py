@@ -157,7 +157,10 @@ def test_text_model_is_refused_on_data_without_text(tmp_path, s4_root, capsys, f
     assert "| test |" not in out  # nothing was scored
 
 
-def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, capsys):
+def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every batch
     # The same text-capable architecture trained on S4 data runs without text.
     ck = save_checkpoint(
         tmp_path / "ck", EvalToy(EvalToyConfig(use_text=True)), meta={"data": {"format": "avs-object"}}
@@ -182,8 +185,32 @@ def test_eval_writes_json_and_markdown_and_shows_progress(tmp_path, s4_root, cap
     assert set(report["splits"]) == {"test"} and report["splits"]["test"]["settings"]["preset"] == "avsbench"
     table = (tmp_path / "out" / "r.md").read_text()
     assert table.startswith("## ") and "| test | all | 1 |" in table
-    assert "eval test" in err and "1/1" in err  # the split's progress bar, with its true total
+    # the split's progress, with its true total and its rate
+    assert any(line.startswith("eval test: 1/1 items (100%)") and "items/s" in line for line in err.splitlines())
     assert f"wrote {tmp_path / 'out' / 'r.json'} and {tmp_path / 'out' / 'r.md'}" in out
+
+
+def test_eval_json_prints_the_json_out_report_and_quiet_hides_progress(tmp_path, s4_root, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # the default would print a line at every batch
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()), meta={"data": {"format": "avs-object"}})
+    args = [*on_s4(ck, s4_root), "--device", "cpu", "--json-out", tmp_path / "r.json", "--audio", "true", "silence"]
+    status, out, err = run_eval(capsys, *args, "--json")
+    assert status == 0, err
+    printed = json.loads(out)  # stdout holds the JSON document and nothing else
+    assert printed == json.loads((tmp_path / "r.json").read_text())
+    test = printed["splits"]["test"]
+    assert test["split"] == "test" and test["settings"]["preset"] == "avsbench"
+    assert test["settings"]["format"] == "avs-object"
+    assert {"J", "F", "J&F"} <= set(test["metrics"]) and test["settings"]["num_items"] == 1
+    assert set(printed["audio"]["splits"]["test"]) == {"true", "silence"}
+    assert "| test |" not in out and f"wrote {tmp_path / 'r.json'}" in err  # the table is replaced; notes on stderr
+    assert "eval test: 1/1 items" in err and "eval test audio=silence: 1/1 items" in err
+    status, out, err = run_eval(capsys, *args, "--json", "--quiet")
+    assert status == 0, err
+    assert json.loads(out)["splits"]["test"]["metrics"] == test["metrics"]
+    assert "eval test" not in err and "items/s" not in err
 
 
 def test_official_protocol_is_recorded_in_json_and_markdown(tmp_path, s4_root, capsys):

@@ -18,7 +18,7 @@ runs, so bench one model per process for a clean figure (``avseg bench`` does).
 from __future__ import annotations
 
 import datetime
-import json
+import json as jsonlib
 import math
 import os
 import platform
@@ -34,6 +34,7 @@ import torch
 from avseg import __version__
 from avseg.errors import ShapeError, UsageError
 from avseg.fileio import atomic_write_text, check_output_file
+from avseg.progress import Progress
 
 __all__ = ["BenchResult", "bench", "bench_command", "peak_memory"]
 
@@ -178,6 +179,7 @@ def bench(
     warmup: int = 2,
     runs: int = 5,
     train: bool = False,
+    progress: bool = False,
 ) -> BenchResult:
     """Time a model on a random batch and measure its peak memory.
 
@@ -192,6 +194,7 @@ def bench(
         warmup: untimed runs first (the first runs allocate memory and pick kernels).
         runs: timed runs.
         train: time a training step (forward, losses, backward, AdamW step) instead of inference.
+        progress: count the runs (warm-up included) on stderr (:class:`~avseg.progress.Progress`).
 
     Raises:
         UsageError: a count below 1 (``warmup`` below 0), an unknown preset, or an image size the model cannot run.
@@ -232,17 +235,19 @@ def bench(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     seconds = []
-    for i in range(warmup + runs):
-        sync()
-        start = perf_counter()
-        try:
-            step()
-        except ShapeError as err:
-            raise UsageError(f"--image-size {size}: {name} cannot run {size}x{size} frames ({err})") from None
-        sync()
-        elapsed = perf_counter() - start
-        if i >= warmup:
-            seconds.append(elapsed)
+    with Progress(f"benchmarking {name}", warmup + runs, "run", enabled=progress) as bar:
+        for i in range(warmup + runs):
+            sync()
+            start = perf_counter()
+            try:
+                step()
+            except ShapeError as err:
+                raise UsageError(f"--image-size {size}: {name} cannot run {size}x{size} frames ({err})") from None
+            sync()
+            elapsed = perf_counter() - start
+            if i >= warmup:
+                seconds.append(elapsed)
+            bar.update()
     memory, kind = peak_memory(torch_device)
     median = statistics.median(seconds)
     return BenchResult(
@@ -299,6 +304,8 @@ def bench_command(
     runs: int = 5,
     train: bool = False,
     json_out: Path | None = None,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Measure frames/s and peak memory of a model on a random batch.
 
@@ -321,6 +328,8 @@ def bench_command(
         train: time a training step (forward, losses, backward, AdamW step) instead of inference.
         json_out: also write the result as JSON (timings, memory, machine: torch version, device name, threads,
             date) to this file.
+        quiet: show no progress (warnings, errors and the result are still printed).
+        json: print the result (the content of the --json-out file) as one JSON document on stdout instead of text.
     """
     if json_out is not None:
         # The result must not replace a file of the checkpoint it reads (config.json, a pointer).
@@ -337,9 +346,14 @@ def bench_command(
         warmup=warmup,
         runs=runs,
         train=train,
+        progress=not quiet,
     )
-    print(format_result(result))
+    text = jsonlib.dumps(result.to_dict(), indent=2) + "\n"
+    if json:
+        print(text, end="")
+    else:
+        print(format_result(result))
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"wrote {json_out}")
+        atomic_write_text(json_out, text)
+        print(f"wrote {json_out}", file=sys.stderr if json else sys.stdout)  # --json: stdout holds the JSON only
     return 0

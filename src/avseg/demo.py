@@ -82,7 +82,7 @@ def training_minutes(model: str, minutes: float | None) -> float:
     return DEMO_MINUTES_BY_PRESET.get(model, DEMO_MINUTES)
 
 
-def _synthav(root: Path, videos: int, seed: int, size: int) -> float:
+def _synthav(root: Path, videos: int, seed: int, size: int, *, quiet: bool = False) -> float:
     """Generate SynthAV unless ``root`` already holds the same one; returns the seconds spent."""
     manifest = root / "manifest.json"
     if manifest.is_file():
@@ -94,7 +94,7 @@ def _synthav(root: Path, videos: int, seed: int, size: int) -> float:
 
     print(f"[demo] generating SynthAV ({videos} videos, {size} px) in {root} ...", flush=True)
     t0 = time.monotonic()
-    synth(root, videos=videos, seed=seed, size=size, frames=10, workers=2)
+    synth(root, videos=videos, seed=seed, size=size, frames=10, workers=2, quiet=quiet)
     seconds = time.monotonic() - t0
     print(f"[demo] SynthAV generated in {seconds:.1f} s", flush=True)
     return seconds
@@ -244,6 +244,7 @@ def demo(
     device: str = "auto",
     overlays: int = 3,
     size: int = 128,
+    quiet: bool = False,
 ) -> int:
     """Generate SynthAV, train a model, evaluate it and write a report.
 
@@ -266,6 +267,8 @@ def demo(
         device: auto, cpu or cuda.
         overlays: number of overlay videos of test_s expressions.
         size: SynthAV frame size (the model resizes to its own input size).
+        quiet: show no progress bars or progress lines (generation, training, evaluation); the demo's step messages,
+            warnings, errors and the report are still printed.
     """
     from avseg.data.readers import get_reader
     from avseg.device import resolve_device
@@ -295,7 +298,7 @@ def demo(
             '[demo] matplotlib is not installed (pip install "avseg[plot]"): the report is written without the '
             "training curve"
         )
-    synth_seconds = _synthav(work_dir / "synthav", videos, seed, size)
+    synth_seconds = _synthav(work_dir / "synthav", videos, seed, size, quiet=quiet)
 
     minutes = training_minutes(model, minutes)
     task = demo_task(model)
@@ -310,6 +313,7 @@ def demo(
             # The run is as long as the time budget, so the learning-rate schedule must end within it too.
             "train.schedule.fit_to_budget": True,
             "train.device": "cuda" if dev.type == "cuda" else "cpu",
+            "train.progress_bar": not quiet,
         },
     )
     trainer = prepare_trainer(run_cfg, run_dir)
@@ -342,7 +346,7 @@ def demo(
     # The official presets score against the ground truth at its resolution on disk.
     reader = get_reader(task, work_dir / "synthav" / task, image_size=size, native_masks=True)
     metric = "refavs" if task == "refavs" else "davis"
-    bars = sys.stderr.isatty()
+    bars = not quiet
     results, shuffled = {}, {}
     for split in splits:
         dataset = reader.dataset(split)

@@ -63,6 +63,7 @@ from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.metrics.accumulator import MetricAccumulator
 from avseg.metrics.presets import MetricPreset, get_preset
 from avseg.metrics.protocols import EvalProtocol, ProtocolKind, default_protocol, official_protocol
+from avseg.progress import Progress
 
 __all__ = [
     "AudioShuffleWarning",
@@ -74,6 +75,8 @@ __all__ = [
     "format_markdown",
     "markdown_path",
     "per_video_means",
+    "results_json",
+    "results_report",
     "shuffled_donors",
 ]
 
@@ -163,23 +166,6 @@ def per_video_means(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _progress_bar(total: int, desc: str) -> Any:
-    """A tqdm bar on stderr. On a terminal it redraws twice a second; in a log (stderr not a terminal) it writes a
-    line at most every 10 s, so a long evaluation leaves a readable trace instead of thousands of updates."""
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="item",
-        file=sys.stderr,
-        mininterval=0.5 if tty else 10.0,
-        dynamic_ncols=tty,
-        leave=True,
-    )
-
-
 def _check_reader_options(dataset: Dataset, protocol: EvalProtocol) -> None:
     """Refuse a dataset whose reader was built without an option the protocol needs (e.g. duplicate rows kept):
     its items, and so its groups, would differ from the official ones."""
@@ -244,8 +230,8 @@ def evaluate_split(
             they are, and ``settings["items_without_audio"]`` counts them.
         audio_seed: seed of the shuffle and of the noise.
         on_batch: called with ``(batch, output)`` after each batch (used to save masks and overlays).
-        progress: show a progress bar on stderr, counting the items of the split (throttled to one line every 10 s
-            when stderr is not a terminal).
+        progress: show the progress on stderr (:class:`~avseg.progress.Progress`): the items of the split done, their
+            rate and the ETA, as a bar on a terminal, else as a line at most every 15 s.
         split: the split name used in messages and in the result (default: the split of the dataset's records).
 
     Raises:
@@ -280,7 +266,7 @@ def evaluate_split(
     items: list[dict[str, Any]] = []
     labelled = without_audio = 0
     desc = f"eval {split_name}".rstrip() + ("" if variant == TRUE_AUDIO else f" audio={variant.spec}")
-    bar = _progress_bar(len(source), desc) if progress else None
+    bar = Progress(desc, len(source), "item", enabled=progress)
     try:
         for batch in loader:
             batch = batch.to(device)
@@ -323,11 +309,9 @@ def evaluate_split(
                 )
             if on_batch is not None:
                 on_batch(batch, output)
-            if bar is not None:
-                bar.update(batch.batch_size)
+            bar.update(batch.batch_size)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if was_training:
             model.train()
     if not labelled:
@@ -542,6 +526,32 @@ def markdown_path(json_path: Path, *, arg: str = "--json-out") -> Path:
     return json_path.with_suffix(".md")
 
 
+def results_report(
+    results: dict[str, EvalResult],
+    extra: dict[str, Any] | None = None,
+    *,
+    refavs_rows: bool = True,
+    audio: dict[str, dict[str, EvalResult]] | None = None,
+    audio_seed: int = 0,
+) -> dict[str, Any]:
+    """The full results of an evaluation, as ``avseg eval --json`` prints them and ``--json-out`` writes them: per
+    split :meth:`EvalResult.to_dict` under ``splits``; with ``refavs_rows`` the Ref-AVS summary under ``refavs``
+    (:func:`refavs_summary`); with ``audio`` (per split, per variant spec, the results of ``avseg eval --audio``,
+    seeded with ``audio_seed``) the ``audio`` section (:func:`audio_report`); then ``extra``."""
+    return {
+        "splits": {k: v.to_dict() for k, v in results.items()},
+        **({"refavs": refavs_summary(results)} if refavs_rows else {}),
+        **({"audio": audio_report(audio, audio_seed)} if audio else {}),
+        **(extra or {}),
+    }
+
+
+def results_json(report: dict[str, Any]) -> str:
+    """A :func:`results_report` as JSON text (NaN, for a metric without frames to score, written as ``NaN``, which
+    Python's ``json`` reads back)."""
+    return json.dumps(report, indent=2, default=float)
+
+
 def write_results(
     results: dict[str, EvalResult],
     path: Path,
@@ -551,23 +561,17 @@ def write_results(
     audio: dict[str, dict[str, EvalResult]] | None = None,
     audio_seed: int = 0,
 ) -> Path:
-    """Write the JSON report at ``path`` (which must end in ``.json``) and the markdown table beside it
-    (:func:`markdown_path`), each atomically; ``refavs_rows``: include the Ref-AVS summary. ``audio`` (per split, per
-    variant spec, the results of ``avseg eval --audio``, seeded with ``audio_seed``) adds the ``audio`` section
-    (:func:`audio_report`) and the audio tables (:func:`format_audio_markdown`). Returns the table's path.
+    """Write the JSON report (:func:`results_report`) at ``path`` (which must end in ``.json``) and the markdown
+    table beside it (:func:`markdown_path`), each atomically; ``refavs_rows``: include the Ref-AVS summary. ``audio``
+    adds the ``audio`` section and the audio tables (:func:`format_audio_markdown`). Returns the table's path.
     """
     path = Path(path)
     table = markdown_path(path)
-    payload = {
-        "splits": {k: v.to_dict() for k, v in results.items()},
-        **({"refavs": refavs_summary(results)} if refavs_rows else {}),
-        **({"audio": audio_report(audio, audio_seed)} if audio else {}),
-        **(extra or {}),
-    }
+    payload = results_report(results, extra, refavs_rows=refavs_rows, audio=audio, audio_seed=audio_seed)
     text = format_markdown(results, refavs_rows=refavs_rows)
     if audio:
         text += "\n" + format_audio_markdown(audio, refavs_rows=refavs_rows)
-    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
+    atomic_write_text(path, results_json(payload))
     atomic_write_text(table, text)
     return table
 
@@ -679,6 +683,8 @@ def evaluate_command(
     audio_seed: int = 0,
     vos_prompt: Literal["mask", "box", "points"] | None = None,
     num_workers: int = 0,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Evaluate a checkpoint on one or more splits of a benchmark and print a table.
 
@@ -688,8 +694,8 @@ def evaluate_command(
     its own group (batch-independent); --protocol official reproduces the grouping, reading options and ground truth
     of the official script behind the model family's published numbers. Both files record the protocol. Output
     paths and the device are checked before anything is loaded. A checkpoint that needs a referring expression (a
-    Ref-AVS or RVOS model) is refused on data without text (avs-object, avss). Each split shows a progress bar on
-    stderr.
+    Ref-AVS or RVOS model) is refused on data without text (avs-object, avss). Each split (and soundtrack variant)
+    shows its progress on stderr: items done, items/s and the ETA.
 
     Semi-supervised VOS (--format vos, DAVIS 2017 / YouTube-VOS layouts): a promptable model (sam2-*) is given each
     object on its first annotated frame (--vos-prompt: its ground-truth mask, box or clicks) and tracks it; J and
@@ -728,6 +734,9 @@ def evaluate_command(
             ground-truth mask, its box, or clicks at the centre of the object and of the errors (default: the
             checkpoint's eval_prompt, mask unless its config says otherwise); recorded in the results.
         num_workers: data-loading worker processes.
+        quiet: show no progress (warnings, errors and the results are still printed).
+        json: print the full results (the content of the --json-out file) as one JSON document on stdout instead of
+            the table; the other messages go to stderr.
     """
     from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
@@ -804,7 +813,7 @@ def evaluate_command(
                 audio=variant,
                 audio_seed=audio_seed,
                 on_batch=callback if variant == TRUE_AUDIO else None,  # masks and overlays of the true soundtracks
-                progress=True,
+                progress=not quiet,
                 split=split_name,
             )
             result.settings.update(
@@ -822,15 +831,20 @@ def evaluate_command(
             by_variant.setdefault(split_name, {})[variant.spec] = result
         results[split_name] = by_variant[split_name]["true"]
     title = f"{getattr(model, 'preset', None) or model.family} on {data}"
-    print(format_markdown(results, title=title, refavs_rows=format == "refavs"))
     audio_results = by_variant if audio is not None else None
-    if audio_results:
-        print(format_audio_markdown(audio_results, refavs_rows=format == "refavs"))
+    if json:
+        report = results_report(results, refavs_rows=format == "refavs", audio=audio_results, audio_seed=audio_seed)
+        print(results_json(report))
+    else:
+        print(format_markdown(results, title=title, refavs_rows=format == "refavs"))
+        if audio_results:
+            print(format_audio_markdown(audio_results, refavs_rows=format == "refavs"))
+    notes = sys.stderr if json else sys.stdout  # --json: stdout holds the JSON document only
     if json_out is not None:
         table = write_results(
             results, json_out, refavs_rows=format == "refavs", audio=audio_results, audio_seed=audio_seed
         )
-        print(f"wrote {json_out} and {table}")
+        print(f"wrote {json_out} and {table}", file=notes)
     if save_masks is not None:
-        print(f"masks written under {save_masks}")
+        print(f"masks written under {save_masks}", file=notes)
     return 0

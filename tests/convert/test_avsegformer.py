@@ -8,6 +8,7 @@ meta device (names and shapes only); the end-to-end command test uses small widt
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 
@@ -324,7 +325,7 @@ def test_converted_pvt_weights_compute_the_released_pvt() -> None:
 
 
 @pytest.mark.slow
-def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) -> None:
+def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path, capsys) -> None:
     """A small released-format checkpoint (ResNet layout at small widths; VGGish at its real size, zero-storage)."""
     torch.manual_seed(0)
 
@@ -363,9 +364,19 @@ def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) 
         "layer_type: bottleneck, downsample_in_first_stage: false}",
     ]
     out = tmp_path / "converted"
-    assert main(["convert", "avsegformer", str(path), str(out), "--overrides", *overrides]) == 0
+    assert main(["convert", "avsegformer", str(path), str(out), "--overrides", *overrides, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # --json: the summary is the only thing on stdout
     info = read_checkpoint_config(out)
     assert info["preset"] == "avsegformer-r50-s4" and info["meta"]["dropped"]
+    weights = load_model(out).state_dict()
+    assert summary == {
+        "source": str(path),
+        "destination": str(out),
+        "preset": "avsegformer-r50-s4",
+        "tensors": len(weights),
+        "parameters": sum(t.numel() for t in weights.values() if t.is_floating_point()),
+        "dropped": info["meta"]["dropped"],
+    }
     assert info["config"]["queries"]["generator"] == "attention" and info["config"]["mixer"]["combine"] == "gate"
     model = load_model(out).eval()
     torch.testing.assert_close(

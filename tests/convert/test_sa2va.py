@@ -200,13 +200,34 @@ def tiny_target(qkv_bias: bool):
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
-def test_converted_release_loads_strictly_with_every_tensor_in_place(tmp_path, qkv_bias, capsys):
+def test_converted_release_loads_strictly_with_every_tensor_in_place(tmp_path, qkv_bias, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    import avseg.progress
+    from avseg.checkpoint import WEIGHTS_FILE
+
     released = released_state(qkv_bias=qkv_bias)
     write_release(tmp_path / "release", released, released_config(qkv_bias=qkv_bias))
     out = tmp_path / "converted"
     argv = ["convert", "sa2va", str(tmp_path / "release"), str(out), "--preset", "sa2va-tiny", "--dtype", "float32"]
-    assert main(argv) == 0
-    assert "tensors converted" in capsys.readouterr().out
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # every phase prints its line
+    assert main([*argv, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "tensors converted" in captured.out and captured.err == ""  # --quiet: no progress
+    written = load_file(str(out / WEIGHTS_FILE))
+    assert main([*argv, "--overwrite", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {  # --json: the summary is the only thing on stdout
+        "source": str(tmp_path / "release"),
+        "destination": str(out),
+        "preset": "sa2va-tiny",
+        "tensors": len(written),
+        "parameters": sum(t.numel() for t in written.values() if t.is_floating_point()),
+        "dropped": {},
+    }
+    n = len(released)
+    for phase in ("reading release: 1/1 files (100%)", f"mapping tensors: {n}/{n} tensors", "writing converted: 1/1"):
+        assert any(line.startswith(phase) for line in captured.err.splitlines()), (phase, captured.err)
 
     model = load_weights(tiny_target(qkv_bias), out)  # strict: every key present, none left over
     own = model.state_dict()

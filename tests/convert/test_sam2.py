@@ -304,7 +304,10 @@ def _tiny_upstream() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("prefix", ["", "v_model.", "grounding_encoder.sam2_model."])
-def test_command_writes_a_folder_the_layer_loads(tmp_path, prefix, capsys):
+def test_command_writes_a_folder_the_layer_loads(tmp_path, prefix, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # every phase prints its line
     upstream = _tiny_upstream()
     checkpoint = tmp_path / "sam2_tiny.pt"
     wrapped = {f"{prefix}{k}": v for k, v in upstream.items()}
@@ -312,10 +315,30 @@ def test_command_writes_a_folder_the_layer_loads(tmp_path, prefix, capsys):
         wrapped["t_model.embeddings.weight"] = torch.zeros(3, 2)
     torch.save({"model": wrapped}, checkpoint)
     out = tmp_path / "converted"
-    assert main(["convert", "sam2", str(checkpoint), str(out), "--variant", "test-tiny"]) == 0
+    assert main(["convert", "sam2", str(checkpoint), str(out), "--variant", "test-tiny", "--json"]) == 0
+    captured = capsys.readouterr()
     record = json.loads((out / "conversion.json").read_text())
     assert record["variant"] == "test-tiny" and len(record["sha256"]) == 64
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    written, n = load_file(str(out / "model.safetensors")), len(upstream)
+    assert json.loads(captured.out) == {  # --json: the summary is the only thing on stdout
+        "source": str(checkpoint),
+        "destination": str(out),
+        "preset": None,
+        "tensors": len(written),
+        "parameters": sum(t.numel() for t in written.values() if t.is_floating_point()),
+        "dropped": {},
+        "variant": "test-tiny",
+    }
+    lines = captured.err.splitlines()
+    for phase in ("reading sam2_tiny.pt: 1/1 files (100%)", f"mapping tensors: {n}/{n} tensors (100%)"):
+        assert any(line.startswith(phase) for line in lines), (phase, lines)
+    assert any(line.startswith("writing converted: 1/1 files (100%)") for line in lines), lines
+    assert main(["convert", "sam2", str(checkpoint), str(tmp_path / "again"), "--variant", "test-tiny", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith(f"{checkpoint}: test-tiny, {len(written)} tensors")
 
     layer = build_sam2(tiny_sam2_config(64, weights=str(out)), pretrained=True)
     model = layer.model

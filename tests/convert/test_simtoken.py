@@ -14,6 +14,7 @@ avseg's rule table.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -253,8 +254,21 @@ def test_converted_release_loads_strictly_with_every_tensor_in_place(tmp_path, s
     released = released_state(style)
     torch.save(released, tmp_path / "simtoken.pth")
     out = tmp_path / "converted"
-    assert main(["convert", "simtoken", str(tmp_path / "simtoken.pth"), str(out), "--preset", "simtoken-tiny"]) == 0
-    assert "tensors converted" in capsys.readouterr().out
+    argv = ["convert", "simtoken", str(tmp_path / "simtoken.pth"), str(out), "--preset", "simtoken-tiny"]
+    assert main([*argv, "--json"]) == 0
+    from safetensors.torch import load_file
+
+    from avseg.checkpoint import WEIGHTS_FILE
+
+    written = load_file(str(out / WEIGHTS_FILE))
+    assert json.loads(capsys.readouterr().out) == {  # --json: the summary is the only thing on stdout
+        "source": str(tmp_path / "simtoken.pth"),
+        "destination": str(out),
+        "preset": "simtoken-tiny",
+        "tensors": len(written),
+        "parameters": sum(t.numel() for t in written.values() if t.is_floating_point()),
+        "dropped": {},
+    }
 
     model = load_weights(tiny_target(lora=style != "merged"), out)  # strict: every key present, none left over
     own = model.state_dict()

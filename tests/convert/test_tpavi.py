@@ -11,6 +11,7 @@ code, to check that the converted weights compute what the official model comput
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -324,7 +325,7 @@ def test_a_missing_vggish_file_is_reported_before_anything_is_built(tmp_path) ->
 
 
 @pytest.mark.slow
-def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) -> None:
+def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path, capsys) -> None:
     """A small PVT model saved through DataParallel (``module.`` prefix); VGGish at its real size, zero-storage."""
     torch.manual_seed(0)
 
@@ -348,12 +349,23 @@ def test_convert_command_writes_a_checkpoint_that_load_model_rebuilds(tmp_path) 
     ]
     out = tmp_path / "converted"
     argv = ["convert", "tpavi", str(path), str(out), "--vggish", str(vggish), "--overrides", *overrides]
-    assert main(argv) == 0
+    assert main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # --json: the summary is the only thing on stdout
     info = read_checkpoint_config(out)
     assert info["preset"] == "tpavi-pvt-s4" and info["family"] == "tpavi"
     assert info["meta"]["dropped"] == {"resConfUnit1 of the top fusion block (built, never called)": 4}
     assert info["config"]["pretrained"] is False and info["config"]["audio"]["vggish_weights"] is None
     model = load_model(out).eval()
+    weights = model.state_dict()
+    assert summary == {
+        "source": str(path),
+        "destination": str(out),
+        "preset": "tpavi-pvt-s4",
+        "tensors": len(weights),
+        "parameters": sum(t.numel() for t in weights.values() if t.is_floating_point()),
+        "dropped": {"resConfUnit1 of the top fusion block (built, never called)": 4},
+        "tpavi_stages": list(model.config.tpavi.stages),
+    }
     torch.testing.assert_close(model.tpavi["2"].theta.weight, state["tpavi_b3.theta.weight"])
     kv = state["encoder_backbone.block2.0.attn.kv.weight"]
     torch.testing.assert_close(model.backbone.model.encoder.layers[1].blocks[0].attention.value.weight, kv[16:])

@@ -550,3 +550,24 @@ def test_synth_out_that_is_a_file_is_one_clear_line(tmp_path, capsys):
         assert status == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"avseg: error: OUT {out}: {reason}"]
     assert plain.read_text() == "mine"
+
+
+def test_synth_shows_progress_over_videos_and_quiet_hides_it(tmp_path, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every video
+    args = ["data", "synth", str(tmp_path / "out"), "--videos", "3", "--size", "32", "--frames", "2"]
+    assert main([*args, "--workers", "2", "--layouts", "rvos"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert [line.split(",")[0] for line in lines if line.startswith("generating SynthAV:")] == [
+        "generating SynthAV: 1/3 videos (33%)",
+        "generating SynthAV: 2/3 videos (67%)",
+        "generating SynthAV: 3/3 videos (100%)",
+    ]
+    assert "videos/s, ETA" in lines[0]
+    assert "3 videos, seed 0, 32x32, 2 frames" in captured.out  # the summary stays on stdout
+    assert main([*args, "--workers", "1", "--layouts", "rvos", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "generating SynthAV" not in captured.err and "videos/s" not in captured.err
+    assert "3 videos, seed 0, 32x32, 2 frames" in captured.out

@@ -170,6 +170,23 @@ def test_train_end_to_end_on_refavs_fixture(refavs_root, tmp_path, capsys):
     assert again.model == "toytrain-test" and again.train.max_steps == 3
 
 
+def test_train_shows_progress_lines_and_quiet_hides_them(refavs_root, tmp_path, capsys):
+    ensure_registered()
+    argv = ["train", "--data", str(refavs_root), "--model", "toytrain-test", "--max-steps", "2", "--image-size", "16"]
+    argv += ["--batch-size", "2", "--val-split", "none"]
+    assert main([*argv, "--out", str(tmp_path / "shown")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("train: step")]
+    # stderr is not a terminal here: plain lines, the first when training starts and the last at the end
+    assert lines[0].startswith("train: step 1/2 (50%), loss ") and "steps/s" in lines[0] and "ETA" in lines[0]
+    assert lines[-1].startswith("train: step 2/2 (100%), loss ")
+    assert "avseg train: toytrain-test on refavs:train, 2 steps" in captured.out
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "train: step" not in captured.err and "steps/s" not in captured.err
+    assert "avseg train: toytrain-test on refavs:train, 2 steps" in captured.out  # the summary is still printed
+
+
 def test_cli_parses_overrides_list(refavs_root, tmp_path):
     ensure_registered()
     out = tmp_path / "run"

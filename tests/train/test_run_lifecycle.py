@@ -269,6 +269,18 @@ def test_progress_display_lines_are_rate_limited():
     assert lines[-1].startswith("train: step 600/600 (100%)")
 
 
+def test_progress_bar_on_a_terminal_shows_steps_per_second_loss_and_eta():
+    terminal = TerminalStream()
+    display = ProgressDisplay(100, stream=terminal)
+    assert display.tty
+    for step in range(1, 51):
+        display.update(step, loss="0.4312", epoch=1)
+    display.close()
+    last = terminal.getvalue().split("\r")[-1]  # the bar's last state
+    assert "50/100" in last and "step/s" in last and "loss=0.4312" in last and "epoch=1" in last
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", last), last  # elapsed<ETA
+
+
 # -- the warning of a budget far short of the recipe ----------------------------------------------------------------
 
 

@@ -2,19 +2,96 @@
 
 Each converter is a pure key map (upstream name → avseg name) plus the command that applies it, loads nothing
 through unrestricted pickle, and reports every unmapped key.
+
+Every ``avseg convert`` command shows the phases that take time (reading the released file, mapping its tensors,
+writing the checkpoint) on stderr (:func:`conversion_phase`), none with ``--quiet``, and ends with the same summary
+(:func:`conversion_summary`): a few lines, or with ``--json`` one JSON document on stdout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import json as jsonlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from avseg.errors import CheckpointError
+from avseg.progress import Progress
 
-__all__ = ["load_fitting_state"]
+__all__ = ["conversion_phase", "conversion_summary", "load_fitting_state", "print_conversion", "tensor_values"]
+
+
+@contextlib.contextmanager
+def conversion_phase(desc: str, *, enabled: bool, total: int = 1, unit: str = "file") -> Iterator[Progress]:
+    """One phase of a conversion (``"reading release.pth"``), shown on stderr while it runs (:class:`Progress`).
+
+    A phase the converter cannot count inside (one ``torch.load``, one file written) is one unit, counted done when
+    the ``with`` block ends without error.
+
+    Args:
+        desc: what the phase does.
+        enabled: show it (False under ``--quiet``).
+        total: units of the phase (files read, tensors mapped).
+        unit: the singular name of a unit.
+    """
+    with Progress(desc, total, unit, enabled=enabled) as bar:
+        yield bar
+        if bar.count < total:
+            bar.update(total - bar.count)
+
+
+def tensor_values(tensors: Iterable[Tensor]) -> int:
+    """The number of floating-point values among ``tensors``: the weights (integer buffers such as position ids are
+    left out)."""
+    return sum(t.numel() for t in tensors if t.is_floating_point())
+
+
+def conversion_summary(
+    source: str | Path,
+    destination: str | Path,
+    *,
+    preset: str | None,
+    tensors: int,
+    parameters: int,
+    dropped: Mapping[str, int],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a conversion did, as ``avseg convert ... --json`` prints it.
+
+    Conversions are strict (every weight of the avseg model filled, with its shape), so nothing is ever missing from
+    a converted checkpoint; the released keys left out are counted per reason in ``dropped``.
+
+    Args:
+        source: the released file or folder.
+        destination: the avseg checkpoint (or layer) folder written.
+        preset: the avseg preset the checkpoint loads as (None for a SAM2 layer folder made from a .pt file).
+        tensors: the tensors written.
+        parameters: their floating-point values (:func:`tensor_values`).
+        dropped: released keys left out, per reason.
+        extra: converter-specific entries (the TPAVI stages, the SAM2 variant).
+    """
+    return {
+        "source": str(source),
+        "destination": str(destination),
+        "preset": preset,
+        "tensors": tensors,
+        "parameters": parameters,
+        "dropped": dict(dropped),
+        **extra,
+    }
+
+
+def print_conversion(summary: Mapping[str, Any], lines: Iterable[str], *, json: bool) -> None:
+    """End a conversion: ``summary`` as one JSON document on stdout with ``json``, else ``lines``."""
+    if json:
+        print(jsonlib.dumps(dict(summary), indent=2))
+    else:
+        for line in lines:
+            print(line)
 
 
 def load_fitting_state(

@@ -58,7 +58,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import load_fitting_state
+from avseg.convert import (
+    conversion_phase,
+    conversion_summary,
+    load_fitting_state,
+    print_conversion,
+    tensor_values,
+)
 from avseg.errors import CheckpointError, MissingFileError
 
 __all__ = [
@@ -130,9 +136,19 @@ class ConversionReport:
     converted: int = 0
     dropped: dict[str, list[str]] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
+    preset: str | None = None
+    """The preset the checkpoint was written for (once written)."""
+    tensors: int = 0
+    """Tensors written (once written)."""
+    parameters: int = 0
+    """Floating-point values written (:func:`~avseg.convert.tensor_values`; once written)."""
 
     def drop(self, reason: str, key: str) -> None:
         self.dropped.setdefault(reason, []).append(key)
+
+    def written(self, preset: str, state: Mapping[str, Tensor]) -> None:
+        """Record what the checkpoint holds: ``state`` written for ``preset``."""
+        self.preset, self.tensors, self.parameters = preset, len(state), tensor_values(state.values())
 
     def summary(self) -> str:
         parts = [f"{self.converted} tensors converted"]
@@ -140,6 +156,17 @@ class ConversionReport:
         if self.unknown:
             parts.append(f"{len(self.unknown)} unknown")
         return ", ".join(parts)
+
+    def print_summary(self, src: str | Path, dst: str | Path, *, json: bool, text: str | None = None) -> None:
+        """End the ``avseg convert`` command: the summary as JSON (:func:`~avseg.convert.conversion_summary`) with
+        ``json``, else a line (``text``, default :meth:`summary`) and one line per reason keys were dropped."""
+        dropped = {reason: len(keys) for reason, keys in self.dropped.items()}
+        summary = conversion_summary(
+            src, dst, preset=self.preset, tensors=self.tensors, parameters=self.parameters, dropped=dropped
+        )
+        lines = [f"{src} -> {dst}: {text or self.summary()}"]
+        lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
+        print_conversion(summary, lines, json=json)
 
 
 def _current_name(key: str) -> str | None:
@@ -326,7 +353,13 @@ class _CheckpointedPart(nn.Module):
 
 
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, *, preset: str | None = None, keep_vggish: bool = False, overwrite: bool = False
+    src: str | Path,
+    dst: str | Path,
+    *,
+    preset: str | None = None,
+    keep_vggish: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, ConversionReport]:
     """Convert a released fuser checkpoint file into an avseg checkpoint folder (fuser-only, strictly checked).
 
@@ -337,6 +370,7 @@ def convert_checkpoint(
             the file has a text projection, else ``auralsam2-l-avs``: the released code uses SAM2.0 Hiera-L).
         keep_vggish: store the file's VGGish weights in the checkpoint instead of reading the preset's VGGish file.
         overwrite: replace an existing ``dst``.
+        progress: show the phases (reading, mapping, writing) on stderr.
 
     Raises:
         CheckpointError: unreadable file, unknown keys, or tensors that do not fit the model (missing, unexpected or
@@ -347,29 +381,33 @@ def convert_checkpoint(
     src = Path(src)
     if not src.is_file():
         raise MissingFileError(src, "AuralSAM2 checkpoint")
-    try:
-        raw = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
-        raise CheckpointError(src, f"cannot read: {str(err).splitlines()[0]}") from err
+    with conversion_phase(f"reading {src.name}", enabled=progress):
+        try:
+            raw = torch.load(src, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
+            raise CheckpointError(src, f"cannot read: {str(err).splitlines()[0]}") from err
     if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping):
         raise CheckpointError(src, f"expected a state dict, got {type(raw).__name__}")
-    state, report = convert_state_dict(raw, keep_vggish=keep_vggish)
-    if report.unknown:
-        more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
-        raise CheckpointError(src, f"keys with no avseg counterpart: {', '.join(report.unknown[:10])}{more}")
-    name = preset or _guess_preset(state)
-    config = converted_config(state, name, keep_vggish=keep_vggish)
-    holder = _CheckpointedPart(config, with_vggish=keep_vggish)
-    load_fitting_state(holder, state, src=src, preset=name)
-    out = save_checkpoint(
-        dst,
-        holder,
-        preset=name,
-        overwrite=overwrite,
-        meta={"converted_from": str(src), "conversion": report.summary()},
-    )
+    with conversion_phase("mapping tensors", enabled=progress, total=len(raw), unit="tensor"):
+        state, report = convert_state_dict(raw, keep_vggish=keep_vggish)
+        if report.unknown:
+            more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
+            raise CheckpointError(src, f"keys with no avseg counterpart: {', '.join(report.unknown[:10])}{more}")
+        name = preset or _guess_preset(state)
+        config = converted_config(state, name, keep_vggish=keep_vggish)
+        holder = _CheckpointedPart(config, with_vggish=keep_vggish)
+        load_fitting_state(holder, state, src=src, preset=name)
+    with conversion_phase(f"writing {Path(dst).name}", enabled=progress):
+        out = save_checkpoint(
+            dst,
+            holder,
+            preset=name,
+            overwrite=overwrite,
+            meta={"converted_from": str(src), "conversion": report.summary()},
+        )
+    report.written(name, state)
     return out, report
 
 
@@ -380,6 +418,8 @@ def convert(
     preset: Optional[str] = None,  # noqa: UP045 - the CLI generator reads Optional[...]
     keep_vggish: bool = False,
     overwrite: bool = False,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert a released AuralSAM2 fuser checkpoint (.pth) into an avseg checkpoint folder.
 
@@ -390,12 +430,15 @@ def convert(
             a text projection, auralsam2-l-avs otherwise).
         keep_vggish: store the file's VGGish weights in the checkpoint instead of using the preset's VGGish file.
         overwrite: replace an existing output folder.
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset, tensors, parameters, dropped keys) as one JSON
+            document on stdout instead of text.
 
     Returns:
         0 on success.
     """
-    out, report = convert_checkpoint(input, output, preset=preset, keep_vggish=keep_vggish, overwrite=overwrite)
-    print(f"{input} -> {out}: {report.summary()}")
-    for reason, keys in report.dropped.items():
-        print(f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}")
+    out, report = convert_checkpoint(
+        input, output, preset=preset, keep_vggish=keep_vggish, overwrite=overwrite, progress=not quiet
+    )
+    report.print_summary(input, out, json=json)
     return 0

@@ -56,7 +56,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from avseg.convert import load_fitting_state
+from avseg.convert import (
+    conversion_phase,
+    conversion_summary,
+    load_fitting_state,
+    print_conversion,
+    tensor_values,
+)
 from avseg.errors import CheckpointError, MissingFileError
 
 __all__ = ["convert", "convert_state_dict", "infer_released_config", "normalise_timm_pvt"]
@@ -267,6 +273,8 @@ def convert(
     preset: Optional[str] = None,  # noqa: UP045 - the CLI generator reads Optional[...]
     overrides: Optional[list[str]] = None,  # noqa: UP045
     overwrite: bool = False,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert a released AVSegFormer checkpoint (.pth) to an avseg checkpoint folder.
 
@@ -284,6 +292,9 @@ def convert(
         overrides: dotted model-config overrides for checkpoints trained with other settings, e.g.
             queries.num_queries=100.
         overwrite: replace an existing checkpoint at OUT.
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset, tensors, parameters, dropped keys) as one JSON
+            document on stdout instead of text.
 
     Returns:
         0 on success.
@@ -297,18 +308,21 @@ def convert(
         raise MissingFileError(input, "released AVSegFormer checkpoint")
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: already exists (pass --overwrite to replace it)")
-    state = _load_state(input)
-    try:
-        converted, dropped = convert_state_dict(state)
-        preset, cfg = infer_released_config(state, preset)
-        if overrides:
-            cfg = apply_overrides(cfg, parse_overrides(overrides))
-    except ValueError as err:
-        raise CheckpointError(input, str(err)) from err
-    with torch.device("meta"):  # the shapes only: the converted tensors become the weights
-        model = AVSegFormer(cfg)
-    load_fitting_state(model, converted, src=input, preset=preset, hint="released settings; see --preset, --overrides")
-    digest = hashlib.sha256(input.read_bytes()).hexdigest()
+    with conversion_phase(f"reading {input.name}", enabled=not quiet):
+        state = _load_state(input)
+        digest = hashlib.sha256(input.read_bytes()).hexdigest()
+    with conversion_phase("mapping tensors", enabled=not quiet, total=len(state), unit="tensor"):
+        try:
+            converted, dropped = convert_state_dict(state)
+            preset, cfg = infer_released_config(state, preset)
+            if overrides:
+                cfg = apply_overrides(cfg, parse_overrides(overrides))
+        except ValueError as err:
+            raise CheckpointError(input, str(err)) from err
+        with torch.device("meta"):  # the shapes only: the converted tensors become the weights
+            model = AVSegFormer(cfg)
+        hint = "released settings; see --preset, --overrides"
+        load_fitting_state(model, converted, src=input, preset=preset, hint=hint)
     reasons: dict[str, int] = {}
     for why in dropped.values():
         reasons[why] = reasons.get(why, 0) + 1
@@ -318,9 +332,11 @@ def convert(
         "dropped": reasons,
         "converter": "avseg.convert.avsegformer",
     }
-    save_checkpoint(out, model, preset=preset, meta=meta, overwrite=overwrite)
-    params = sum(t.numel() for t in converted.values() if t.is_floating_point())
-    print(f"{input}: {len(converted)} tensors ({params / 1e6:.2f} M values) -> {out} [{preset}, released settings]")
-    for why, count in reasons.items():
-        print(f"  dropped {count} key(s): {why}")
+    with conversion_phase(f"writing {out.name}", enabled=not quiet):
+        save_checkpoint(out, model, preset=preset, meta=meta, overwrite=overwrite)
+    params = tensor_values(converted.values())
+    summary = conversion_summary(input, out, preset=preset, tensors=len(converted), parameters=params, dropped=reasons)
+    lines = [f"{input}: {len(converted)} tensors ({params / 1e6:.2f} M values) -> {out} [{preset}, released settings]"]
+    lines += [f"  dropped {count} key(s): {why}" for why, count in reasons.items()]
+    print_conversion(summary, lines, json=json)
     return 0

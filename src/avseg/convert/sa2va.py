@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from avseg.convert import load_fitting_state
+from avseg.convert import conversion_phase, load_fitting_state
 from avseg.convert.auralsam2 import ConversionReport
 from avseg.convert.sam2 import convert_state_dict as convert_sam2_state_dict
 from avseg.convert.sam2 import upstream_to_avseg_key as sam2_avseg_key
@@ -269,9 +269,11 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_released(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], list[Path]]:
+def load_released(
+    folder: str | Path, *, progress: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any], list[Path]]:
     """Read a released Sa2VA folder: its tensors (safetensors only, no pickle), its ``config.json`` and the weight
-    files read.
+    files read (``progress``: counted on stderr).
 
     Raises:
         MissingFileError: no folder, no ``config.json``, no weights, or a shard the index names is absent.
@@ -295,13 +297,15 @@ def load_released(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     else:
         raise MissingFileError(folder / "model.safetensors", "Sa2VA weights (or model.safetensors.index.json)")
     tensors: dict[str, Tensor] = {}
-    for file in files:
-        if not file.is_file():
-            raise MissingFileError(file, f"weight shard named in {index_file.name}")
-        try:
-            tensors.update(load_file(str(file), device="cpu"))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(file, f"cannot read: {err}") from err
+    with conversion_phase(f"reading {folder.name}", enabled=progress, total=len(files)) as bar:
+        for file in files:
+            if not file.is_file():
+                raise MissingFileError(file, f"weight shard named in {index_file.name}")
+            try:
+                tensors.update(load_file(str(file), device="cpu"))
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(file, f"cannot read: {err}") from err
+            bar.update()
     if weight_map is not None:
         for key, name in weight_map.items():
             if key not in tensors:
@@ -316,6 +320,7 @@ def convert_checkpoint(
     preset: str = "sa2va-1b",
     dtype: Literal["bfloat16", "float32"] = "bfloat16",
     overwrite: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, ConversionReport]:
     """Convert a released Sa2VA folder into an avseg checkpoint folder (every key checked, strictly).
 
@@ -326,6 +331,7 @@ def convert_checkpoint(
         dtype: dtype of the stored weights (the release's bfloat16 keeps the file half the size; the model loads
             them into its float32 parameters either way).
         overwrite: replace an existing ``dst``.
+        progress: show the phases (reading, mapping, writing) on stderr.
 
     Raises:
         CheckpointError: an unsupported release (one line naming its language model), released keys with no avseg
@@ -343,39 +349,42 @@ def convert_checkpoint(
         raise UsageError(f"--preset: {err}") from err
     if getattr(entry.model_cls, "family", None) != "sa2va":
         raise UsageError(f"--preset {preset!r} is not a Sa2VA preset")
-    released, released_config, files = load_released(src)
+    released, released_config, files = load_released(src, progress=progress)
     config_file = src / "config.json"
     try:
         overrides = released_overrides(released_config)
     except (KeyError, ValueError) as err:
         what = f"missing {err}" if isinstance(err, KeyError) else str(err)
         raise CheckpointError(config_file, f"cannot convert: {what}") from err
-    try:
-        state, report = convert_state_dict(released)
-    except ValueError as err:
-        raise CheckpointError(src, str(err)) from err
-    if report.unknown:
-        more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
-        raise CheckpointError(src, f"released keys with no avseg name: {', '.join(report.unknown[:10])}{more}")
+    with conversion_phase("mapping tensors", enabled=progress, total=len(released), unit="tensor"):
+        try:
+            state, report = convert_state_dict(released)
+        except ValueError as err:
+            raise CheckpointError(src, str(err)) from err
+        if report.unknown:
+            more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
+            raise CheckpointError(src, f"released keys with no avseg name: {', '.join(report.unknown[:10])}{more}")
 
-    config = entry.config(**overrides)
-    with torch.device("meta"):  # shapes and names only: nothing is allocated until the tensors are assigned
-        model = entry.model_cls(config)
-    head, embed = "mllm.model.lm_head.weight", "mllm.model.model.language_model.embed_tokens.weight"
-    if config.mllm.hf_config["text_config"].get("tie_word_embeddings"):
-        if head not in state and embed in state:
-            state[head] = state[embed]
-        elif head in state and embed in state and not torch.equal(state[head], state[embed]):
-            raise CheckpointError(config_file, "llm_config ties the word embeddings but lm_head differs from them")
-    names = ", ".join(f.name for f in files)
-    load_fitting_state(model, state, src=src, preset=preset, dtype=getattr(torch, dtype), sources=names)
-    out = save_checkpoint(
-        dst,
-        model,
-        preset=preset,
-        overwrite=overwrite,
-        meta={"converted_from": str(src), "conversion": report.summary()},
-    )
+        config = entry.config(**overrides)
+        with torch.device("meta"):  # shapes and names only: nothing is allocated until the tensors are assigned
+            model = entry.model_cls(config)
+        head, embed = "mllm.model.lm_head.weight", "mllm.model.model.language_model.embed_tokens.weight"
+        if config.mllm.hf_config["text_config"].get("tie_word_embeddings"):
+            if head not in state and embed in state:
+                state[head] = state[embed]
+            elif head in state and embed in state and not torch.equal(state[head], state[embed]):
+                raise CheckpointError(config_file, "llm_config ties the word embeddings but lm_head differs from them")
+        names = ", ".join(f.name for f in files)
+        load_fitting_state(model, state, src=src, preset=preset, dtype=getattr(torch, dtype), sources=names)
+    with conversion_phase(f"writing {dst.name}", enabled=progress):
+        out = save_checkpoint(
+            dst,
+            model,
+            preset=preset,
+            overwrite=overwrite,
+            meta={"converted_from": str(src), "conversion": report.summary()},
+        )
+    report.written(preset, state)
     return out, report
 
 
@@ -386,6 +395,8 @@ def convert(
     preset: str = "sa2va-1b",
     dtype: Literal["bfloat16", "float32"] = "bfloat16",
     overwrite: bool = False,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert a released Sa2VA model folder (ByteDance/Sa2VA-1B or -4B) into an avseg checkpoint folder.
 
@@ -396,14 +407,15 @@ def convert(
         preset: avseg Sa2VA preset that supplies the tokenizer, SAM2 shape, clip and training settings.
         dtype: dtype of the stored weights (bfloat16 as released, or float32).
         overwrite: replace an existing output folder.
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset, tensors, parameters, dropped keys) as one JSON
+            document on stdout instead of text.
 
     Returns:
         0 on success.
     """
     if dtype not in ("bfloat16", "float32"):
         raise UsageError(f"--dtype must be bfloat16 or float32, got {dtype!r}")
-    out, report = convert_checkpoint(input, output, preset=preset, dtype=dtype, overwrite=overwrite)
-    print(f"{input} -> {out}: {report.summary()}")
-    for reason, keys in report.dropped.items():
-        print(f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}")
+    out, report = convert_checkpoint(input, output, preset=preset, dtype=dtype, overwrite=overwrite, progress=not quiet)
+    report.print_summary(input, out, json=json)
     return 0

@@ -57,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from avseg.convert import conversion_phase, conversion_summary, print_conversion, tensor_values
 from avseg.errors import CheckpointError, MissingFileError, UsageError
 
 __all__ = ["KEY_RULES", "convert", "convert_state_dict", "detect_variant", "load_upstream", "upstream_to_avseg_key"]
@@ -288,13 +289,14 @@ def _write_folder(out_dir: Path, tensors: Mapping[str, Tensor], hf_config: Any, 
     atomic_write_text(out_dir / "conversion.json", json.dumps(dict(record), indent=2) + "\n")
 
 
-def _export_checkpoint(folder: Path, out_dir: Path, dtype: torch.dtype) -> int:
+def _export_checkpoint(folder: Path, out_dir: Path, dtype: torch.dtype, *, quiet: bool, json: bool) -> int:
     """Write the SAM2 layer of an avseg checkpoint (or run folder) as a layer folder (see the module docstring)."""
     from avseg.checkpoint import WEIGHTS_FILE, resolve_checkpoint
     from avseg.models import load_model
 
     checkpoint = resolve_checkpoint(folder, "best", fallback="latest")
-    model = load_model(checkpoint)
+    with conversion_phase(f"reading {checkpoint.name}", enabled=not quiet):
+        model = load_model(checkpoint)
     layer = getattr(model, "sam2", None)
     if layer is None or not hasattr(layer, "model"):
         raise CheckpointError(checkpoint, f"a {model.family} model has no SAM2 layer to export")
@@ -308,8 +310,19 @@ def _export_checkpoint(folder: Path, out_dir: Path, dtype: torch.dtype) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "tensors": len(tensors),
     }
-    _write_folder(out_dir, tensors, layer.model.config, record)
-    print(f"{checkpoint}: SAM2 of {record['preset'] or model.family}, {len(tensors)} tensors -> {out_dir}")
+    with conversion_phase(f"writing {out_dir.name}", enabled=not quiet):
+        _write_folder(out_dir, tensors, layer.model.config, record)
+    summary = conversion_summary(
+        checkpoint,
+        out_dir,
+        preset=record["preset"],
+        tensors=len(tensors),
+        parameters=tensor_values(tensors.values()),
+        dropped={},
+        variant=record["variant"],
+    )
+    line = f"{checkpoint}: SAM2 of {record['preset'] or model.family}, {len(tensors)} tensors -> {out_dir}"
+    print_conversion(summary, [line], json=json)
     return 0
 
 
@@ -330,6 +343,8 @@ def convert(
     ]
     | None = None,
     dtype: Literal["float32", "float16"] = "float32",
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert an official SAM2/SAM2.1 checkpoint (.pt), or the SAM2 of an avseg checkpoint, to the folder avseg's
     SAM2 layer loads.
@@ -345,6 +360,9 @@ def convert(
         variant: the model shape of a .pt file; default: detected from the trunk's width and depth and the SAM2.1
             keys (an avseg checkpoint records its own).
         dtype: dtype of the written weights (float16 halves the file; the layer computes in float32 either way).
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset (null for a .pt file), variant, tensors, parameters) as
+            one JSON document on stdout instead of text.
 
     Returns:
         0 on success.
@@ -361,8 +379,10 @@ def convert(
     if input.is_dir():
         if variant is not None:
             raise UsageError("--variant applies to .pt files; an avseg checkpoint records its SAM2 variant")
-        return _export_checkpoint(input, out_dir, getattr(torch, dtype))
-    upstream = load_upstream(input)
+        return _export_checkpoint(input, out_dir, getattr(torch, dtype), quiet=quiet, json=json)
+    with conversion_phase(f"reading {input.name}", enabled=not quiet):
+        upstream = load_upstream(input)
+        digest = _sha256(input)
     detected = detect_variant(upstream)
     variant = variant or detected  # type: ignore[assignment]
     if variant is None:
@@ -370,29 +390,42 @@ def convert(
     sam21 = "no_obj_embed_spatial" in upstream
     if variant != "test-tiny" and variant.startswith("sam2.1") != sam21:
         raise CheckpointError(input, f"--variant {variant} disagrees with the file (SAM2.1 keys present: {sam21})")
-    try:
-        state = convert_state_dict(upstream)
-    except ValueError as err:
-        raise CheckpointError(input, str(err)) from err
+    with conversion_phase("mapping tensors", enabled=not quiet, total=len(upstream), unit="tensor"):
+        try:
+            state = convert_state_dict(upstream)
+        except ValueError as err:
+            raise CheckpointError(input, str(err)) from err
 
-    hf_config = Sam2VideoConfig(**hf_video_config_kwargs(Sam2LayerConfig(variant=variant)))
-    if variant == "test-tiny":  # the test shape follows the file's SAM2 version
-        hf_config.enable_temporal_pos_encoding_for_object_pointers = sam21
-        hf_config.enable_occlusion_spatial_embedding = sam21
-    with torch.device("meta"):
-        expected = Sam2VideoModel(hf_config).state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(input, f"does not fit {variant}: missing {missing[:10]}, unexpected {unexpected[:10]}")
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if v.shape != state[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(input, f"shapes do not fit {variant}: {wrong[:10]}")
+        hf_config = Sam2VideoConfig(**hf_video_config_kwargs(Sam2LayerConfig(variant=variant)))
+        if variant == "test-tiny":  # the test shape follows the file's SAM2 version
+            hf_config.enable_temporal_pos_encoding_for_object_pointers = sam21
+            hf_config.enable_occlusion_spatial_embedding = sam21
+        with torch.device("meta"):
+            expected = Sam2VideoModel(hf_config).state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                input, f"does not fit {variant}: missing {missing[:10]}, unexpected {unexpected[:10]}"
+            )
+        wrong = [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if v.shape != state[k].shape
+        ]
+        if wrong:
+            raise CheckpointError(input, f"shapes do not fit {variant}: {wrong[:10]}")
+        tensors = {key: value.detach().to(getattr(torch, dtype)).contiguous().clone() for key, value in state.items()}
 
-    tensors = {key: value.detach().to(getattr(torch, dtype)).contiguous().clone() for key, value in state.items()}
-    record = {"source": input.name, "sha256": _sha256(input), "variant": variant, "tensors": len(tensors)}
-    _write_folder(out_dir, tensors, hf_config, record)
-    print(f"{input}: {variant}, {len(tensors)} tensors -> {out_dir}")
+    record = {"source": input.name, "sha256": digest, "variant": variant, "tensors": len(tensors)}
+    with conversion_phase(f"writing {out_dir.name}", enabled=not quiet):
+        _write_folder(out_dir, tensors, hf_config, record)
+    summary = conversion_summary(
+        input,
+        out_dir,
+        preset=None,
+        tensors=len(tensors),
+        parameters=tensor_values(tensors.values()),
+        dropped={},
+        variant=variant,
+    )
+    print_conversion(summary, [f"{input}: {variant}, {len(tensors)} tensors -> {out_dir}"], json=json)
     return 0

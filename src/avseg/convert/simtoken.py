@@ -86,7 +86,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import load_fitting_state
+from avseg.convert import conversion_phase, load_fitting_state
 from avseg.convert.auralsam2 import ConversionReport
 from avseg.errors import CheckpointError, MissingFileError, UsageError
 
@@ -449,6 +449,7 @@ def convert_checkpoint(
     preset: str = "simtoken-7b",
     dtype: Literal["float32", "bfloat16"] = "float32",
     overwrite: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, ConversionReport]:
     """Convert the released SimToken file into an avseg checkpoint folder (every key checked, strictly).
 
@@ -459,6 +460,7 @@ def convert_checkpoint(
             keep.
         dtype: dtype of the stored weights (float32 as released; bfloat16 halves the file).
         overwrite: replace an existing ``dst``.
+        progress: show the phases (reading, mapping, writing) on stderr.
 
     Raises:
         CheckpointError: released keys with no avseg name, or tensors that do not fit the model (missing,
@@ -476,36 +478,41 @@ def convert_checkpoint(
         raise UsageError(f"--preset: {err}") from err
     if getattr(entry.model_cls, "family", None) != "simtoken":
         raise UsageError(f"--preset {preset!r} is not a SimToken preset")
-    released = load_released(src)
-    try:
-        state, report = convert_state_dict(released)
-    except ValueError as err:
-        raise CheckpointError(src, str(err)) from err
-    if report.unknown:
-        raise CheckpointError(src, f"released keys with no avseg name: {_listed(report.unknown, 10)}")
-    try:
-        overrides = released_overrides(state, entry.config())
-    except KeyError as err:
-        raise CheckpointError(src, f"no released tensor for the model's {err.args[0]!r} (SAM's shape)") from err
-    except ValueError as err:
-        raise CheckpointError(src, str(err)) from err
-    config = entry.config(**overrides)
-    with torch.device("meta"):  # names and shapes only: nothing is allocated until the tensors are assigned
-        holder = _CheckpointedPart(config)
-    mllm, added = holder.mllm, 0
-    for key in (_LM + "embed_tokens.weight", "mllm.model.lm_head.weight"):
-        if key in state:
-            try:
-                state[key], added = move_vocabulary(
-                    state[key], seg_token_id=mllm.seg_token_id, size=len(mllm.tokenizer)
-                )
-            except ValueError as err:
-                raise CheckpointError(src, f"{key}: {err}") from err
-    load_fitting_state(holder, state, src=src, preset=preset, dtype=getattr(torch, dtype))
+    with conversion_phase(f"reading {src.name}", enabled=progress):
+        released = load_released(src)
+    # With a memory-mapped release, mapping is where the tensors are read (and cast) from disk.
+    with conversion_phase("mapping tensors", enabled=progress, total=len(released), unit="tensor"):
+        try:
+            state, report = convert_state_dict(released)
+        except ValueError as err:
+            raise CheckpointError(src, str(err)) from err
+        if report.unknown:
+            raise CheckpointError(src, f"released keys with no avseg name: {_listed(report.unknown, 10)}")
+        try:
+            overrides = released_overrides(state, entry.config())
+        except KeyError as err:
+            raise CheckpointError(src, f"no released tensor for the model's {err.args[0]!r} (SAM's shape)") from err
+        except ValueError as err:
+            raise CheckpointError(src, str(err)) from err
+        config = entry.config(**overrides)
+        with torch.device("meta"):  # names and shapes only: nothing is allocated until the tensors are assigned
+            holder = _CheckpointedPart(config)
+        mllm, added = holder.mllm, 0
+        for key in (_LM + "embed_tokens.weight", "mllm.model.lm_head.weight"):
+            if key in state:
+                try:
+                    state[key], added = move_vocabulary(
+                        state[key], seg_token_id=mllm.seg_token_id, size=len(mllm.tokenizer)
+                    )
+                except ValueError as err:
+                    raise CheckpointError(src, f"{key}: {err}") from err
+        load_fitting_state(holder, state, src=src, preset=preset, dtype=getattr(torch, dtype))
     summary = report.summary() + (f", {added} token rows new to the release (mean-initialised)" if added else "")
-    out = save_checkpoint(
-        dst, holder, preset=preset, overwrite=overwrite, meta={"converted_from": str(src), "conversion": summary}
-    )
+    with conversion_phase(f"writing {dst.name}", enabled=progress):
+        out = save_checkpoint(
+            dst, holder, preset=preset, overwrite=overwrite, meta={"converted_from": str(src), "conversion": summary}
+        )
+    report.written(preset, state)
     return out, report
 
 
@@ -516,6 +523,8 @@ def convert(
     preset: str = "simtoken-7b",
     dtype: Literal["float32", "bfloat16"] = "float32",
     overwrite: bool = False,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert the released SimToken checkpoint (.pth) into an avseg checkpoint folder.
 
@@ -526,16 +535,17 @@ def convert(
         preset: avseg SimToken preset that supplies the MLLM shape, tokenizer, compression and training settings.
         dtype: dtype of the stored weights (float32 as released, or bfloat16).
         overwrite: replace an existing output folder.
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset, tensors, parameters, dropped keys) as one JSON
+            document on stdout instead of text.
 
     Returns:
         0 on success.
     """
     if dtype not in ("float32", "bfloat16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-    out, report = convert_checkpoint(input, output, preset=preset, dtype=dtype, overwrite=overwrite)
+    out, report = convert_checkpoint(input, output, preset=preset, dtype=dtype, overwrite=overwrite, progress=not quiet)
     from avseg.checkpoint import read_checkpoint_config
 
-    print(f"{input} -> {out}: {read_checkpoint_config(out)['meta']['conversion']}")
-    for reason, keys in report.dropped.items():
-        print(f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}")
+    report.print_summary(input, out, json=json, text=read_checkpoint_config(out)["meta"]["conversion"])
     return 0

@@ -60,6 +60,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from avseg.convert import conversion_phase, conversion_summary, print_conversion, tensor_values
+
 # The AVSBench backbones are the ones AVSegFormer's released code copied: one key map serves both converters.
 from avseg.convert.avsegformer import PVT_RULES, RESNET_RULES, map_released_key
 from avseg.errors import CheckpointError, MissingFileError, UsageError
@@ -241,6 +243,8 @@ def convert(
     preset: Optional[str] = None,  # noqa: UP045
     overrides: Optional[list[str]] = None,  # noqa: UP045
     overwrite: bool = False,
+    quiet: bool = False,
+    json: bool = False,
 ) -> int:
     """Convert a TPAVI checkpoint of the AVSBench code (.pth) to an avseg checkpoint folder.
 
@@ -260,6 +264,9 @@ def convert(
         overrides: dotted model-config overrides for checkpoints trained with other flags, e.g.
             tpavi.visual_attention=true (--tpavi_vv_flag).
         overwrite: replace an existing checkpoint at OUT.
+        quiet: show no progress (warnings, errors and the summary are still printed).
+        json: print the summary (source, destination, preset, tensors, parameters, dropped keys, TPAVI stages) as one
+            JSON document on stdout instead of text.
 
     Returns:
         0 on success.
@@ -277,7 +284,9 @@ def convert(
     check_output_dir(out, arg="OUT", inputs=[input] + ([vggish] if vggish is not None else []))
     if out.exists() and not overwrite:
         raise CheckpointExistsError(f"{out}: already exists (pass --overwrite to replace it)")
-    state = _load_state(input, "TPAVI checkpoint")
+    with conversion_phase(f"reading {input.name}", enabled=not quiet):
+        state = _load_state(input, "TPAVI checkpoint")
+        digest = hashlib.sha256(input.read_bytes()).hexdigest()
     try:
         preset, cfg = infer_released_config(state, preset)
         if overrides:
@@ -290,31 +299,48 @@ def convert(
             f"{input}: its TPAVI blocks attend to audio, and VGGish is not in the file: pass --vggish "
             "vggish-10086976.pth (the weights the AVSBench scripts load)"
         )
-    vggish_state = load_vggish(vggish).state_dict() if needs_vggish and vggish is not None else None
-    try:
-        converted, dropped = convert_state_dict(state, vggish=vggish_state, audio_attention=cfg.tpavi.audio_attention)
-    except ValueError as err:
-        raise CheckpointError(input, str(err)) from err
-    with torch.device("meta"):  # the shapes only: the converted tensors become the weights
-        model = TPAVI(cfg)
-    problems = _fit_report(converted, model.state_dict())
-    if problems is not None:
-        raise CheckpointError(input, f"does not fit {preset}: {problems} (see --preset, --overrides)")
-    model.load_state_dict(converted, strict=True, assign=True)
+    vggish_state = None
+    if needs_vggish and vggish is not None:
+        with conversion_phase(f"reading {vggish.name}", enabled=not quiet):
+            vggish_state = load_vggish(vggish).state_dict()
+    with conversion_phase("mapping tensors", enabled=not quiet, total=len(state), unit="tensor"):
+        try:
+            audio_attention = cfg.tpavi.audio_attention
+            converted, dropped = convert_state_dict(state, vggish=vggish_state, audio_attention=audio_attention)
+        except ValueError as err:
+            raise CheckpointError(input, str(err)) from err
+        with torch.device("meta"):  # the shapes only: the converted tensors become the weights
+            model = TPAVI(cfg)
+        problems = _fit_report(converted, model.state_dict())
+        if problems is not None:
+            raise CheckpointError(input, f"does not fit {preset}: {problems} (see --preset, --overrides)")
+        model.load_state_dict(converted, strict=True, assign=True)
     reasons: dict[str, int] = {}
     for why in dropped.values():
         reasons[why] = reasons.get(why, 0) + 1
     meta = {
         "converted_from": input.name,
-        "sha256": hashlib.sha256(input.read_bytes()).hexdigest(),
+        "sha256": digest,
         "vggish_from": vggish.name if vggish_state is not None else None,
         "dropped": reasons,
         "converter": "avseg.convert.tpavi",
     }
-    save_checkpoint(out, model, preset=preset, meta=meta, overwrite=overwrite)
-    params = sum(t.numel() for t in converted.values() if t.is_floating_point())
+    with conversion_phase(f"writing {out.name}", enabled=not quiet):
+        save_checkpoint(out, model, preset=preset, meta=meta, overwrite=overwrite)
+    params = tensor_values(converted.values())
     stages = ",".join(str(s) for s in cfg.tpavi.stages) or "none"
-    print(f"{input}: {len(converted)} tensors ({params / 1e6:.2f} M values) -> {out} [{preset}, TPAVI stages {stages}]")
-    for why, count in reasons.items():
-        print(f"  dropped {count} key(s): {why}")
+    summary = conversion_summary(
+        input,
+        out,
+        preset=preset,
+        tensors=len(converted),
+        parameters=params,
+        dropped=reasons,
+        tpavi_stages=list(cfg.tpavi.stages),
+    )
+    lines = [
+        f"{input}: {len(converted)} tensors ({params / 1e6:.2f} M values) -> {out} [{preset}, TPAVI stages {stages}]"
+    ]
+    lines += [f"  dropped {count} key(s): {why}" for why, count in reasons.items()]
+    print_conversion(summary, lines, json=json)
     return 0

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from avseg.data.base import CheckReport, EmptyDatasetError
 from avseg.data.benchmarks import DatasetFormat
 from avseg.data.readers import get_reader
+from avseg.progress import Progress
 
 __all__ = ["check", "format_report"]
 
@@ -40,6 +43,20 @@ def format_report(report: CheckReport, max_listed: int = MAX_LISTED) -> str:
     return "\n".join(lines)
 
 
+def _split_progress(unit: str, enabled: bool) -> Callable[[Iterable[Any]], Iterator[Any]]:
+    """The reader's record wrapper: each split's files checked, counted per record (an expression or a clip)."""
+
+    def wrap(records: Iterable[Any]) -> Iterator[Any]:
+        records = list(records)
+        split = getattr(records[0], "split", "") if records else ""
+        with Progress(f"checking {split}".rstrip(), len(records), unit, enabled=enabled) as bar:
+            for record in records:
+                yield record
+                bar.update()
+
+    return wrap
+
+
 def check(
     root: Path,
     *,
@@ -47,6 +64,7 @@ def check(
     json: bool = False,
     deep: bool = False,
     subset: str | None = None,
+    quiet: bool = False,
 ) -> int:
     """Validate a dataset tree and report counts and missing files.
 
@@ -54,14 +72,15 @@ def check(
     every missing or unreadable file with its path. Warnings the reader raises while indexing (dropped TODO rows,
     duplicate uids) are listed as notes. Exit status 1 when any file is missing or unreadable, and when the tree
     holds no sample at all (a metadata file with a header but no rows, no split folder): then one line names the
-    root and the metadata file.
+    root and the metadata file. Progress (each split's files checked, the rate and the ETA) goes to stderr.
 
     Args:
         root: the dataset folder (e.g. the folder holding Ref-AVS's metadata.csv, media/ and gt_mask/).
         format: the benchmark layout.
-        json: print the report as JSON (every problem listed) instead of a table.
+        json: print the report as one JSON document on stdout (every problem listed) instead of a table.
         deep: fully decode every image and audio file (slow); by default images are checked from their headers.
         subset: AVSBench-object only: s4 or ms3 (needed when the root holds both).
+        quiet: show no progress (warnings, errors and the report are still printed).
     """
     if subset is not None and format != "avs-object":
         raise ValueError(f"--subset applies to --format avs-object only, not {format!r}")
@@ -70,7 +89,8 @@ def check(
         warnings.simplefilter("always")
         try:
             reader = get_reader(format, root, **options)
-            report = reader.check(deep=deep)
+            unit = reader.item_name.removesuffix("s")  # "expression", "clip"
+            report = reader.check(deep=deep, progress=_split_progress(unit, not quiet))
             # A table of zero splits followed by "OK" reads as success; training on it would fail later.
             empty = None if any(counts.items for counts in report.splits.values()) else reader.empty_error()
         except EmptyDatasetError as err:

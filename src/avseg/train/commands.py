@@ -61,6 +61,7 @@ def train(
     image_size: Optional[int] = None,  # noqa: UP045
     val_split: Optional[str] = "val",  # noqa: UP045
     train_split: str = "train",
+    quiet: bool = False,
 ) -> int:
     """Train a registered model on a benchmark split.
 
@@ -70,7 +71,9 @@ def train(
     under ``torchrun --nproc_per_node N -m avseg train ...`` (DDP; gloo on CPU). Writes OUT/checkpoints/step-XXXXXXX/
     with latest.json and best.json pointers, OUT/metrics.jsonl, OUT/run_config.yaml (reusable with --config) and
     OUT/train_summary.json. Options left at their defaults do not replace values of a --config file; --overrides
-    apply last. FSDP or DeepSpeed ZeRO-2: ``accelerate launch --config_file CFG -m avseg train ...``.
+    apply last. FSDP or DeepSpeed ZeRO-2: ``accelerate launch --config_file CFG -m avseg train ...``. Progress goes
+    to stderr: a bar on a terminal, else a line at most every 30 s and around each validation (step, loss, epoch,
+    steps/s, elapsed time, ETA).
 
     Args:
         data: dataset root folder.
@@ -93,6 +96,8 @@ def train(
         image_size: resize frames and masks to this square size.
         val_split: validation split for best-checkpoint selection (never a test split); "none" disables validation.
         train_split: split to train on.
+        quiet: show no progress bar and no periodic progress lines (train.progress_bar=false); warnings, errors and
+            the final summary are still printed.
     """
     clock_start = time.monotonic()
     # Everything that can be checked without the model or the data is checked first: a mistake costs one line now,
@@ -122,6 +127,8 @@ def train(
         (explicit if value != default else defaults)[key] = value
     if max_minutes is not None:
         defaults["train.schedule.fit_to_budget"] = True
+    if quiet:
+        explicit["train.progress_bar"] = False
     run_cfg = build_run_config(
         data=data, model=model, config=config, overrides=overrides, explicit=explicit, defaults=defaults
     )

@@ -20,8 +20,9 @@ def _duration(seconds: float) -> str:
 class ProgressDisplay:
     """Training progress for a person: a tqdm bar on a terminal, plain lines in a log.
 
-    When the output is not a terminal (a log file, a CI job), a bar would write a carriage-return update ten times a
-    second into one endless line; instead a line such as ``train: step 120/800 (15%), loss 0.4312, epoch 2,
+    On a terminal the bar shows the step, steps/s, the elapsed time and the ETA, with the loss and the epoch beside
+    them. When the output is not a terminal (a log file, a CI job), a bar would write a carriage-return update ten
+    times a second into one endless line; instead a line such as ``train: step 120/800 (15%), loss 0.4312, epoch 2,
     2.10 steps/s, elapsed 0:57, ETA 5:20`` is written when training starts, at most every ``interval`` seconds after
     that, around each validation and at the end.
 
@@ -64,7 +65,8 @@ class ProgressDisplay:
         if tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=self.stream)
+            # unit "step": the rate reads steps/s, as in the log lines; tqdm adds the ETA once the total is known.
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=self.stream)
 
     def set_total(self, total: int | None) -> None:
         """The run will reach ``total`` steps (a time budget's re-made estimate, or the step it stopped at)."""

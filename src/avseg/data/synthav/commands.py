@@ -18,6 +18,7 @@ from avseg.data.synthav.writers import (
     write_tables,
 )
 from avseg.fileio import check_output_dir
+from avseg.progress import Progress
 
 __all__ = ["synth"]
 
@@ -56,6 +57,7 @@ def synth(
     frames: int = 10,
     workers: int = 2,
     layouts: tuple[str, ...] = DEFAULT_LAYOUTS,
+    quiet: bool = False,
 ) -> int:
     """Generate SynthAV, a synthetic audio-visual benchmark, in the Ref-AVS, AVSS and RVOS layouts.
 
@@ -67,7 +69,7 @@ def synth(
     ``--format vos``), and ``OUT/manifest.json`` (settings, classes and sounds, per-layout counts as
     ``avseg data check`` reports them, and every expression's template and target). The same seed always gives
     identical files, and a layout's files do not depend on which other layouts are written. The Ref-AVS and AVSS
-    readers expect 10 frames per clip.
+    readers expect 10 frames per clip. Progress (videos written in every layout, videos/s, ETA) goes to stderr.
 
     Args:
         out: output folder (created; an earlier SynthAV output there is replaced; other content is refused).
@@ -78,6 +80,7 @@ def synth(
         frames: frames per video, one per second of audio.
         workers: worker processes (1 runs in this process).
         layouts: the layouts to write, among refavs, avss, rvos and vos (e.g. --layouts refavs avss rvos vos).
+        quiet: show no progress (warnings, errors and the final summary are still printed).
     """
     for name, value, least in (
         ("videos", videos, 1),
@@ -96,11 +99,20 @@ def synth(
     _prepare(out)
     start = time.perf_counter()
     jobs = [(out, seed, i, size, frames, layouts) for i in range(videos)]
-    if workers == 1 or videos == 1:
-        results = [_one(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_one, jobs, chunksize=max(1, videos // (4 * workers))))
+    results: list[VideoResult] = []
+    # Every video is written in all layouts by one job, so one phase counts them; the tables and the manifest that
+    # follow take a moment only.
+    with Progress("generating SynthAV", videos, "video", enabled=not quiet) as bar:
+        if workers == 1 or videos == 1:
+            for result in map(_one, jobs):
+                results.append(result)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                # Small chunks: the bar moves (and a slow video delays no more than its chunk) at little cost.
+                for result in pool.map(_one, jobs, chunksize=max(1, min(4, videos // (4 * workers)))):
+                    results.append(result)
+                    bar.update()
     manifest = write_tables(out, results, seed=seed, size=size, num_frames=frames, layouts=layouts)
     elapsed = time.perf_counter() - start
 
