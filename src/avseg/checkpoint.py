@@ -49,6 +49,7 @@ __all__ = [
     "HubNotFoundError",
     "NotACheckpointError",
     "TrainingData",
+    "has_pointer",
     "hub_checkpoint",
     "is_hub_id",
     "load_training_state",
@@ -92,7 +93,9 @@ def write_pointer(run_dir: str | Path, name: str, target: str | Path, info: dict
     atomic_write_text(run_dir / f"{name}.json", json.dumps(payload, indent=2))
 
 
-def _has_pointer(folder: Path, pointer: str) -> bool:
+def has_pointer(folder: Path, pointer: str) -> bool:
+    """Whether the run folder ``folder`` has a ``pointer`` (``"best"``/``"latest"``) file, at its top or in
+    ``checkpoints/``."""
     return (folder / f"{pointer}.json").is_file() or (folder / "checkpoints" / f"{pointer}.json").is_file()
 
 
@@ -257,7 +260,7 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
                 target, f"is not a checkpoint folder (no {CONFIG_FILE}), yet {pointer_file} points at it"
             )
         return target
-    if fallback is not None and fallback != pointer and _has_pointer(run, fallback):
+    if fallback is not None and fallback != pointer and has_pointer(run, fallback):
         warnings.warn(f"{run}: has no {pointer}.json; using {fallback}.json", CheckpointPointerWarning, stacklevel=2)
         return resolve_checkpoint(run, fallback)
     others = _pointers(run)

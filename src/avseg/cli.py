@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args, get_origin
 from avseg import __version__
 from avseg.errors import AVSegError, AVSegWarning
 
-__all__ = ["COMMANDS", "Command", "build_parser", "main"]
+__all__ = ["COMMANDS", "USER_ERRORS", "Command", "build_parser", "error_line", "main"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,11 @@ COMMANDS: tuple[Command, ...] = (
         "Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.",
     ),
     Command(("demo",), "avseg.demo:demo", "Generate SynthAV, train a model, evaluate it and write a report."),
+    Command(
+        ("app",),
+        "avseg.app:app",
+        "Start a local web page that segments a video with a trained model and gives its overlay and masks.",
+    ),
     Command(
         ("bench",),
         "avseg.bench:bench_command",
@@ -271,7 +276,7 @@ def _find_command(argv: Sequence[str]) -> Command | None:
     return None
 
 
-def _error_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """One line for an expected error: OS errors name their path (``FileExistsError`` alone prints a bare errno)."""
     if isinstance(err, OSError) and not isinstance(err, AVSegError) and err.filename is not None:
         reason = err.strerror or type(err).__name__
@@ -325,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"avseg: error: {_error_line(err)}", file=sys.stderr)
+        print(f"avseg: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("avseg: interrupted", file=sys.stderr)

