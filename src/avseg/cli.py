@@ -121,6 +121,11 @@ COMMANDS: tuple[Command, ...] = (
         "Convert a released Sa2VA model folder (ByteDance/Sa2VA-1B or -4B) into an avseg checkpoint folder.",
     ),
     Command(
+        ("convert", "eemc"),
+        "avseg.convert.eemc:convert",
+        "Convert the released EEMC checkpoint (.pth) into an avseg checkpoint folder.",
+    ),
+    Command(
         ("convert", "simtoken"),
         "avseg.convert.simtoken:convert",
         "Convert the released SimToken checkpoint (.pth) into an avseg checkpoint folder.",

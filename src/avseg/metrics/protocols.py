@@ -20,6 +20,7 @@ reproduces the grouping of the script behind the published number:
     avsegformer  refavs     refavs            batch:4   keep_duplicate_rows      Ref-AVS run_refavs.py + test()
     auralsam2    s4, ms3    auralsam2_compat  ddp:4:1   -                        AuralSAM2 avs.code main.py
     auralsam2    refavs     auralsam2_compat  ddp:4:4   keep_duplicate_rows      AuralSAM2 ref-avs.code main.py
+    eemc         refavs     refavs            batch:4   keep_duplicate_rows      Ref-AVS run_refavs.py + test()
     sam2         vos        davis_semi        video     -                        davis2017-evaluation (semi-sup.)
 """
 

@@ -4,7 +4,7 @@ Importing this package imports every model file, which registers its presets.
 """
 
 from avseg.hub import from_pretrained
-from avseg.models import auralsam2, avsegformer, sa2va, sam2_vos, sam2love, simtoken, tpavi  # noqa: F401
+from avseg.models import auralsam2, avsegformer, eemc, sa2va, sam2_vos, sam2love, simtoken, tpavi  # noqa: F401
 from avseg.models.base import AVSModel, AVSOutput
 from avseg.models.registry import create_model, get_entry, list_models, load_model, model_class, register_model
 
