@@ -337,7 +337,7 @@ def no_work(monkeypatch):
         raise AssertionError("predict loaded a model or decoded a video before refusing its arguments")
 
     monkeypatch.setattr(avseg.models, "load_model", forbidden)
-    monkeypatch.setattr(avseg.predict.predictor, "read_video", forbidden)
+    monkeypatch.setattr(avseg.predict.predictor, "VideoReader", forbidden)
     monkeypatch.setattr(avseg.predict.predictor, "probe_video", forbidden)
     monkeypatch.delenv("AVSEG_DEBUG", raising=False)
 
@@ -494,17 +494,18 @@ def test_progress_is_shown_in_logs_with_totals(short_video, tpavi_run, tmp_path,
     # Captured, stderr is not a terminal: whole lines (split on newlines only, so a bar's "\r" would show).
     err = capsys.readouterr().err
     lines = err.split("\n")
-    for expected in (
-        "decoding short.mp4: 20/20 frames (100%)",
-        "segmenting: 1/1 clips (100%)",
-        "writing masks: 10/10 PNGs (100%)",
-        "writing o.mp4: 10/10 frames (100%)",
-    ):
-        assert any(line.startswith(expected) for line in lines), (expected, err)
-    assert any(line.startswith("decoding short.mp4: 1/20 frames") for line in lines)  # shown while it runs
+    # One streaming phase: frames are decoded, segmented and written (PNG and overlay) as they come.
+    assert any(line.startswith("segmenting short.mp4: 10/10 frames (100%)") for line in lines), err
+    running = [line for line in lines if line.startswith("segmenting short.mp4: 5/10 frames (50%)")]
+    assert running and "frames/s, ETA" in running[0], err  # shown while it runs, with its rate and ETA
     assert predict(short_video, checkpoint=tpavi_run, pointer="latest", out=out, device="cpu", fps=5, quiet=True) == 0
     quiet_err = capsys.readouterr().err
     assert not any(phase in quiet_err for phase in ("decoding", "segmenting", "writing"))
+    # The overlay at another rate is a second phase, decoding the video again.
+    assert (
+        predict(short_video, checkpoint=tpavi_run, pointer="latest", out=out, device="cpu", fps=5, overlay_fps=10) == 0
+    )
+    assert any(line.startswith("writing o.mp4: 20/20 frames (100%)") for line in capsys.readouterr().err.split("\n"))
 
 
 def test_progress_lines_do_not_flood_a_log(capsys):
@@ -549,3 +550,136 @@ def test_progress_reports_to_a_listener_even_when_quiet():
     with Progress("writing", 1, "frame", enabled=False) as bar:  # outside the block: nobody listens
         bar.update()
     assert seen == [("segmenting", 0, 2), ("segmenting", 1, 2), ("segmenting", 2, 2)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streaming: the command writes as it goes, in bounded memory, and resumes after an interruption
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    """12 s at 5 fps with sound: 60 frames when every frame is sampled."""
+    return write_test_video(tmp_path_factory.mktemp("video") / "long.mp4", fps=5, num_frames=60)
+
+
+@pytest.fixture
+def probe_checkpoint(tmp_path, monkeypatch) -> Path:
+    """A checkpoint of :class:`ProbeModel` (input 16x16), loadable by ``avseg predict``."""
+    import avseg.models.registry
+
+    monkeypatch.setitem(avseg.models.registry._FAMILIES, ProbeModel.family, ProbeModel)
+    return save_checkpoint(tmp_path / "probe", ProbeModel(ToyConfig()), meta={"data": {"image_size": 16}})
+
+
+def test_streamed_outputs_equal_the_in_memory_prediction(video, probe_checkpoint, tmp_path):
+    out = tmp_path / "o.mp4"
+    assert predict(video, checkpoint=probe_checkpoint, out=out, clip_len=4, device="cpu", quiet=True) == 0
+    predictor = Predictor.from_checkpoint(probe_checkpoint, device="cpu", clip_len=4)
+    prediction = predictor.predict_video(video)
+    pngs = sorted((tmp_path / "o_masks").glob("*.png"))
+    assert len(pngs) == prediction.num_frames == 6
+    for k, png in enumerate(pngs):
+        np.testing.assert_array_equal(read_mask(png) > 0, prediction.masks[k].numpy() > 0)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["foreground"] == prediction.settings()["foreground"]
+    assert sidecar["timestamps"] == prediction.settings()["timestamps"]
+    # The in-memory overlay and the streamed one: same frames (up to the codec) and the same soundtrack.
+    prediction.write_overlay(tmp_path / "memory.mp4")
+    streamed = av.open(str(out))
+    memory = av.open(str(tmp_path / "memory.mp4"))
+    a = np.stack([f.to_ndarray(format="rgb24") for f in streamed.decode(video=0)])
+    b = np.stack([f.to_ndarray(format="rgb24") for f in memory.decode(video=0)])
+    streamed.close(), memory.close()
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+    np.testing.assert_allclose(read_audio(out)[0], read_audio(tmp_path / "memory.mp4")[0], atol=1e-4)
+
+
+def test_overlay_at_the_source_rate_keeps_the_inputs_duration_and_sound(long_video, probe_checkpoint, tmp_path):
+    out = tmp_path / "o.mkv"
+    assert predict(long_video, checkpoint=probe_checkpoint, out=out, fps=5, device="cpu", quiet=True) == 0
+    source, overlay = probe_video(long_video), probe_video(out)
+    assert overlay.num_frames == 60 and abs(overlay.duration_s - source.duration_s) <= 1 / 5 + 1e-6
+    wave, _ = read_audio(out)
+    original, _ = read_audio(long_video)
+    assert overlay.has_audio and abs(len(wave) - len(original)) / RATE < 0.1  # 12 s of sound, as the input
+    # The tone of even seconds survives: the soundtrack is the input's, not silence.
+    loud = [float(np.abs(wave[s * RATE : (s + 1) * RATE]).mean()) for s in range(12)]
+    assert all(loud[s] > 0.1 for s in range(0, 12, 2)) and all(loud[s] < 0.02 for s in range(1, 12, 2))
+
+
+def test_the_command_holds_a_bounded_number_of_frames(long_video, probe_checkpoint, tmp_path, monkeypatch):
+    import weakref
+
+    import avseg.predict.predictor
+    from avseg.media.video import VideoReader
+
+    alive: list[weakref.ref] = []
+    peak = [0]
+
+    class CountingReader(VideoReader):
+        def __iter__(self):
+            for frame in super().__iter__():
+                alive.append(weakref.ref(frame.image))
+                peak[0] = max(peak[0], sum(ref() is not None for ref in alive))
+                yield frame
+
+    monkeypatch.setattr(avseg.predict.predictor, "VideoReader", CountingReader)
+    assert predict(long_video, checkpoint=probe_checkpoint, out=tmp_path / "o.mp4", fps=5, clip_len=4, quiet=True) == 0
+    assert len(alive) == 60
+    # Never the whole video: the clip being run (4 frames), the look-ahead the window audio rule needs (half a second
+    # and an example's rounding: at most 4 frames at 5 fps) and the last frames of the previous clip, still referenced
+    # while their PNGs and overlay frames are written.
+    assert peak[0] <= 4 + 4 + 4, peak[0]
+
+
+class FailingAfter(ProbeModel):
+    """Raises on its forward pass number ``fail_at`` (an interruption), counting every pass."""
+
+    calls = 0
+    fail_at: int | None = None
+
+    def forward(self, batch: AVSBatch) -> AVSOutput:
+        type(self).calls += 1
+        if type(self).calls == type(self).fail_at:
+            raise KeyboardInterrupt
+        return super().forward(batch)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_clips(long_video, tmp_path, monkeypatch, capsys):
+    import avseg.models.registry
+
+    monkeypatch.setitem(avseg.models.registry._FAMILIES, FailingAfter.family, FailingAfter)
+    ck = save_checkpoint(tmp_path / "ck", FailingAfter(ToyConfig()), meta={"data": {"image_size": 16}})
+    args = {"checkpoint": ck, "fps": 5, "clip_len": 4, "device": "cpu", "quiet": True}
+    reference = tmp_path / "ref.mp4"
+    assert predict(long_video, out=reference, **args) == 0
+    assert FailingAfter.calls == 15  # 60 frames in clips of 4
+
+    out = tmp_path / "o.mp4"
+    FailingAfter.calls, FailingAfter.fail_at = 0, 6
+    with pytest.raises(KeyboardInterrupt):
+        predict(long_video, out=out, **args)
+    written = sorted((tmp_path / "o_masks").glob("*.png"))
+    assert len(written) == 20 and not out.exists()  # five clips finished; no half-written overlay
+    FailingAfter.calls, FailingAfter.fail_at = 0, None
+    assert predict(long_video, out=out, **args) == 0
+    assert FailingAfter.calls == 10  # the five finished clips were not run again
+    assert "resumed:  20 finished mask(s) kept, 40 new" in capsys.readouterr().out
+    for mine, ref in zip(
+        sorted((tmp_path / "o_masks").glob("*.png")), sorted((tmp_path / "ref_masks").glob("*.png")), strict=True
+    ):
+        np.testing.assert_array_equal(read_mask(mine), read_mask(ref))
+    assert probe_video(out).num_frames == probe_video(reference).num_frames == 60
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (out, reference))
+    assert a["foreground"] == b["foreground"] and a["mask_files"] == b["mask_files"]
+
+    # Other settings in the same masks folder: one line naming what differs and how to start over.
+    with pytest.raises(
+        UsageError,
+        match=r"o_masks: holds the masks of an earlier run with other settings "
+        r"\(threshold 0\.5 there, 0\.7 now\); run again with --restart",
+    ):
+        predict(long_video, out=out, **args, threshold=0.7)
+    FailingAfter.calls = 0
+    assert predict(long_video, out=out, **args, threshold=0.7, restart=True) == 0
+    assert FailingAfter.calls == 15

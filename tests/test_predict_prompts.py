@@ -46,20 +46,31 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tracked(monkeypatch):
-    """Record the prompt each ``SAM2VOS.track`` call receives and the conditioning prompt it gives SAM2."""
+    """Record the prompt each tracking run receives, the conditioning prompt it gives SAM2 and the frames it sees.
+
+    ``avseg predict`` tracks a stream (``SAM2VOS.track_iter``, chunks of frames as they are decoded)."""
     calls: list[dict] = []
-    track, track_from = SAM2VOS.track, SAM2VOS._track_from
+    track_iter, user_prompt = SAM2VOS.track_iter, SAM2VOS._user_prompt
 
-    def spy_track(self, batch, **kwargs):
-        calls.append({"kwargs": kwargs, "frames": tuple(batch.frames.shape)})
-        return track(self, batch, **kwargs)
+    def spy_track_iter(self, chunks, **kwargs):
+        call = {"kwargs": kwargs, "chunks": []}
+        calls.append(call)
 
-    def spy_track_from(self, batch, index, start, prompt=None):
-        calls[-1]["prompt"] = prompt
-        return track_from(self, batch, index, start, prompt)
+        def seen():
+            for chunk in chunks:
+                call["chunks"].append(tuple(chunk.frames.shape))
+                yield chunk
 
-    monkeypatch.setattr(SAM2VOS, "track", spy_track)
-    monkeypatch.setattr(SAM2VOS, "_track_from", spy_track_from)
+        yield from track_iter(self, seen(), **kwargs)
+        b, _, c, h, w = call["chunks"][0]
+        call["frames"] = (b, kwargs.get("start", 0) + sum(shape[1] for shape in call["chunks"]), c, h, w)
+
+    def spy_user_prompt(self, batch, **kwargs):
+        calls[-1]["prompt"] = user_prompt(self, batch, **kwargs)
+        return calls[-1]["prompt"]
+
+    monkeypatch.setattr(SAM2VOS, "track_iter", spy_track_iter)
+    monkeypatch.setattr(SAM2VOS, "_user_prompt", spy_user_prompt)
     return calls
 
 
@@ -75,7 +86,9 @@ def test_points_are_scaled_to_sam2s_input_and_tracked_through_every_frame(video,
     # Every frame of the video (5 fps), as one clip; the prompt reaches SAM2 at its input size (x / 96 * 128).
     assert "10 frames (5 fps, all) in 1 clip(s) of 10" in printed
     (call,) = tracked
+    # Frames 3..9 reach SAM2 in chunks of its eval_chunk (8); frames 0..2 come before the prompt.
     assert call["frames"] == (1, FRAMES, 3, SIZE, SIZE) and call["kwargs"]["start"] == 3
+    assert call["chunks"] == [(1, FRAMES - 3, 3, SIZE, SIZE)]
     prompt = call["prompt"]
     torch.testing.assert_close(prompt.points, torch.tensor([[[64.0, 64.0], [32.0, 32.0]]]))
     assert prompt.point_labels.tolist() == [[1, 0]] and prompt.masks is None
@@ -136,7 +149,7 @@ def no_decoding(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("predict decoded the video before refusing its prompt")
 
-    monkeypatch.setattr(avseg.predict.predictor, "read_video", forbidden)
+    monkeypatch.setattr(avseg.predict.predictor, "VideoReader", forbidden)
 
 
 @pytest.mark.parametrize(
@@ -195,3 +208,22 @@ def test_a_prompt_for_a_model_without_prompts_is_refused(video, tmp_path, capsys
     ck = save_checkpoint(tmp_path / "toy", ProbeModel(ToyConfig()), meta={"data": {"image_size": 16}})
     line = run_error(capsys, video, "--checkpoint", ck, "--out", tmp_path / "o.mp4", "--points", "5,5")
     assert "--points 5,5: model" in line and "takes no prompt" in line
+
+
+@pytest.mark.slow  # tracks 18 frames twice with SAM2 (about 30 s on 2 busy cores)
+def test_streamed_tracking_equals_tracking_the_whole_clip():
+    from avseg.data.types import random_batch
+
+    torch.manual_seed(0)
+    model = SAM2VOS(sam2_tiny()).eval()
+    torch.manual_seed(1)
+    # 20 frames: past SAM2's read window (15 frames before), so the bank forgets while tracking.
+    batch = random_batch(1, 20, SIZE)
+    points, labels = torch.tensor([[[40.0, 50.0], [90.0, 20.0]]]), torch.tensor([[1, 0]])
+    whole = model.track(batch, start=2, points=points, point_labels=labels)
+    chunk = model.config.eval_chunk  # 8: frames 2..9, 10..17, 18..19
+    chunks = (batch.select_frames(torch.arange(s, min(s + chunk, 20))) for s in range(2, 20, chunk))
+    streamed = list(model.track_iter(chunks, start=2, points=points, point_labels=labels))
+    assert [frame for frame, _, _ in streamed] == list(range(2, 20))
+    torch.testing.assert_close(torch.stack([m for _, m, _ in streamed], dim=1), whole.mask_logits[:, 2:])
+    torch.testing.assert_close(torch.stack([o for _, _, o in streamed], dim=1), whole.object_logits[:, 2:])

@@ -498,3 +498,57 @@ def test_sampling_at_the_streams_own_fractional_rate_takes_every_frame(synth, me
     clip = read_video(path, fps=rate, frame_pick="last", audio=False)
     assert clip.source_indices.tolist() == list(range(60))
     assert_frames_match_indices(synth, clip)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streaming: VideoReader hands frames on one at a time, VideoWriter takes them one at a time
+
+
+def test_reader_streams_the_frames_read_video_returns(synth, clip25):
+    from avseg.media import VideoReader
+
+    clip = read_video(clip25, fps=2.0, frame_pick="center")
+    reader = VideoReader(clip25, fps=2.0, frame_pick="center")
+    seen = []
+    for frame in reader:
+        if not seen:  # the soundtrack is there from the first frame on, and never changes afterwards
+            head = reader.audio_upto(8000).copy()
+        seen.append(frame)
+        assert reader.span_s <= len(clip.timestamps) / 2.0  # a lower bound while frames come
+    assert [f.index for f in seen] == list(range(10)) and reader.num_frames == 10
+    assert [f.source_index for f in seen] == clip.source_indices.tolist()
+    torch.testing.assert_close(torch.stack([f.image for f in seen]), clip.frames)
+    np.testing.assert_array_equal(reader.audio, clip.audio)
+    np.testing.assert_array_equal(head, clip.audio[:8000])
+
+
+def test_chunked_resampling_equals_resampling_the_whole_track():
+    from avseg.media.resample import resample
+    from avseg.media.video import _StreamResampler
+
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(200_003)).astype(np.float32)
+    for rate in (44_100, 48_000, 22_050):
+        stream = _StreamResampler(rate, 16_000)
+        pieces = [stream.push(wave[i : i + 5_001]) for i in range(0, wave.size, 5_001)] + [stream.flush()]
+        np.testing.assert_allclose(np.concatenate(pieces), resample(wave, rate, 16_000), atol=1e-6)
+
+
+def test_writer_takes_frames_and_sound_one_at_a_time(synth, tmp_path):
+    from avseg.media import VideoWriter
+
+    frames = _smooth_frames(10, 33, 47)  # odd size: padded to even
+    wave = synth.tone(2.0, 16_000, 1)[0]
+    with VideoWriter(tmp_path / "s.mp4", 5.0, audio_rate=16_000) as writer:
+        for i, image in enumerate(frames):
+            writer.write(torch.from_numpy(image.transpose(2, 0, 1).copy()))  # (3, H, W) works too
+            writer.write_audio(wave[i * 3200 : (i + 1) * 3200])
+        assert not (tmp_path / "s.mp4").exists()  # in place only once closed
+        writer.close()
+    info = probe_video(tmp_path / "s.mp4")
+    assert info.num_frames == 10 and (info.width, info.height) == (48, 34) and info.has_audio
+    assert abs(read_video(tmp_path / "s.mp4", fps=None).audio.size / 16_000 - 2.0) < 0.05
+    with pytest.raises(RuntimeError), VideoWriter(tmp_path / "t.mp4", 5.0) as writer:
+        writer.write(frames[0])
+        raise RuntimeError("interrupted")
+    assert not list(tmp_path.glob("*t.mp4*"))  # nothing left behind

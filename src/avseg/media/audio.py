@@ -24,7 +24,7 @@ import soundfile
 from avseg.errors import AudioPaddedWarning, CorruptMediaError, MediaError, MissingFileError
 from avseg.media.resample import resample
 
-__all__ = ["SAMPLE_RATE", "NoAudioStreamError", "fit_audio_length", "read_audio"]
+__all__ = ["SAMPLE_RATE", "NoAudioStreamError", "fit_audio_length", "frame_to_float", "read_audio"]
 
 SAMPLE_RATE = 16_000
 """Rate (Hz) of every audio front end in the AVS literature (VGGish, BEATs, HTS-AT after resampling)."""
@@ -185,7 +185,7 @@ def decode_audio_stream(
                     f"audio changes format mid-stream at t={end_s:.3f} s "
                     f"({rate} Hz/{channels} ch -> {frame.sample_rate} Hz/{frame.layout.nb_channels} ch)",
                 )
-            chunk = _frame_to_float(frame, path)  # (C, n)
+            chunk = frame_to_float(frame, path)  # (C, n)
             chunks.append(chunk.mean(axis=0, keepdims=True, dtype=np.float32) if mono else chunk)
             time_s = _frame_time(frame, stream.time_base)
             if start_s is None:
@@ -211,7 +211,7 @@ def _frame_time(frame: av.AudioFrame, stream_time_base: Fraction | None) -> floa
     return float(frame.pts * time_base) if time_base is not None else None
 
 
-def _frame_to_float(frame: av.AudioFrame, path: Path) -> np.ndarray:
+def frame_to_float(frame: av.AudioFrame, path: Path) -> np.ndarray:
     """One decoded audio frame as float32 ``(C, n)`` in ``[-1, 1]`` (before clipping), whatever its sample format."""
     array = frame.to_ndarray()
     channels = frame.layout.nb_channels

@@ -38,6 +38,7 @@ A folder of frames is read as a video too (see :func:`read_video`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -59,11 +60,22 @@ from avseg.errors import (
     ShapeError,
 )
 from avseg.fileio import atomic_file
-from avseg.media.audio import decode_audio_stream, open_container, read_audio, samples_for
+from avseg.media.audio import frame_to_float, open_container, read_audio, samples_for
 from avseg.media.image import read_rgb
 from avseg.media.resample import resample
 
-__all__ = ["FramePick", "Progress", "VideoClip", "VideoInfo", "probe_video", "read_video", "write_video"]
+__all__ = [
+    "FramePick",
+    "Progress",
+    "SampledFrame",
+    "VideoClip",
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "probe_video",
+    "read_video",
+    "write_video",
+]
 
 FramePick = Literal["first", "last", "center"]
 
@@ -180,29 +192,28 @@ class _RGBConverter:
 
 
 class _WindowPicker:
-    """Streams decoded frames through the sampling windows, holding only the current window's candidate."""
+    """Streams decoded frames through the sampling windows, holding only the current window's candidate.
 
-    def __init__(self, fps: Fraction, frame_pick: FramePick, convert: _RGBConverter) -> None:
+    :meth:`push` and :meth:`finish` return the frames of the windows they close, in window order, so the caller can
+    convert and hand them on one at a time.
+    """
+
+    def __init__(self, fps: Fraction, frame_pick: FramePick) -> None:
         self.fps = fps
         self.frame_pick = frame_pick
-        self.convert = convert
-        self.indices: list[int] = []
-        self.times: list[float] = []
-        self.images: list[np.ndarray] = []
+        self.emitted = 0
         self._window = 0
         self._candidate: _Decoded | None = None
         self._last: _Decoded | None = None  # most recent frame: the filler for windows without a frame
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def push(self, item: _Decoded) -> None:
+    def push(self, item: _Decoded) -> list[_Decoded]:
         # max() keeps a frame whose timestamp goes backwards (broken muxing) in the current window.
         window = max(self._window, math.floor(item.rel * self.fps))
+        closed: list[_Decoded] = []
         if window > self._window:
-            self._emit(self._candidate)
+            closed.append(self._emit(self._candidate))
             for _ in range(window - self._window - 1):
-                self._emit(self._last)
+                closed.append(self._emit(self._last))
             self._window, self._candidate = window, None
         if self._candidate is None or self.frame_pick == "last":
             self._candidate = item
@@ -211,22 +222,241 @@ class _WindowPicker:
             if abs(item.rel - center) < abs(self._candidate.rel - center):  # strict: the earlier frame wins ties
                 self._candidate = item
         self._last = item
+        return closed
 
-    def finish(self, duration: Fraction) -> None:
-        """Close the last window and apply the window count ``K = max(1, floor(duration * fps + 0.5))``."""
-        if self._candidate is not None:
-            self._emit(self._candidate)
-            self._candidate = None
+    def finish(self, duration: Fraction) -> list[_Decoded]:
+        """Close the last window under the window count ``K = max(1, floor(duration * fps + 0.5))``: the last
+        window is kept only when it is among the ``K`` (at least half covered), and windows up to ``K`` without a
+        frame repeat the last one. Every window closed by :meth:`push` lies before the last frame's window, so it is
+        always among the ``K``."""
         num_windows = max(1, math.floor(duration * self.fps + Fraction(1, 2)))
-        del self.indices[num_windows:], self.times[num_windows:], self.images[num_windows:]
-        while len(self) < num_windows:
-            self._emit(self._last)
+        closed: list[_Decoded] = []
+        if self._candidate is not None and self.emitted < num_windows:
+            closed.append(self._emit(self._candidate))
+        self._candidate = None
+        while self.emitted < num_windows:
+            closed.append(self._emit(self._last))
+        return closed
 
-    def _emit(self, item: _Decoded | None) -> None:
+    def _emit(self, item: _Decoded | None) -> _Decoded:
         assert item is not None  # window 0 always holds the first frame, so a filler always exists
-        self.indices.append(item.index)
-        self.times.append(item.time_s)
-        self.images.append(self.convert(item))
+        self.emitted += 1
+        return item
+
+
+@dataclass
+class SampledFrame:
+    """One sampled frame of a video, as :class:`VideoReader` hands it on.
+
+    Attributes:
+        index: its position among the sampled frames (window ``index``), from 0.
+        image: ``uint8`` ``(3, H, W)`` RGB.
+        time_s: presentation time (s) of the source frame.
+        source_index: index of the source frame in decode (= presentation) order.
+    """
+
+    index: int
+    image: torch.Tensor
+    time_s: float
+    source_index: int
+
+
+class VideoReader:
+    """The sampled frames of a video file (or folder of frames), decoded and handed on one at a time.
+
+    Iterating it (once) yields :class:`SampledFrame` in time order, by the sampling rules of the module docstring;
+    it holds only the decoder's state, the current window's candidate frame and the last converted frame, so a video
+    of any length goes through in constant memory. :func:`read_video` is this reader collected into a
+    :class:`VideoClip`.
+
+    The soundtrack (mono at ``audio_rate``, sample 0 at the first frame) is decoded when the first frame is: its
+    native-rate samples are resampled chunk by chunk as they are decoded, so only the ``audio_rate`` track is held
+    (10 minutes of 16 kHz mono are 38 MB, next to about 2.8 MB for one 720p frame). :meth:`audio_upto` gives its
+    first samples while frames are still coming; when the iteration ends, :attr:`audio` is the track over exactly
+    the sampled span, padded with silence as :func:`read_video` describes (the :class:`~avseg.errors.
+    AudioPaddedWarning` comes then), and :attr:`num_frames`, :attr:`source_fps` and :attr:`span_s` are final.
+
+    Args: as :func:`read_video` (``audio=False`` skips the soundtrack).
+
+    Raises:
+        as :func:`read_video`; errors found while decoding are raised by the iteration.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float | None = 1.0,
+        frame_pick: FramePick = "last",
+        max_frames: int | None = None,
+        audio: bool = True,
+        audio_rate: int = 16_000,
+        folder_fps: float | None = None,
+        audio_path: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        path = Path(path)
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"read_video: fps must be positive or None, got {fps}")
+        if frame_pick not in ("first", "last", "center"):
+            raise ValueError(f"read_video: frame_pick must be 'first', 'last' or 'center', got {frame_pick!r}")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"read_video: max_frames must be >= 1 or None, got {max_frames}")
+        if audio_rate <= 0:
+            raise ValueError(f"read_video: audio_rate must be positive, got {audio_rate}")
+        if folder_fps is not None and not (math.isfinite(folder_fps) and folder_fps > 0):
+            raise ValueError(f"read_video: folder_fps must be positive or None, got {folder_fps}")
+        if not path.exists():
+            raise MissingFileError(path, "video")
+        self.path = path
+        self.is_folder = path.is_dir()
+        self.fps = None if self.is_folder else fps
+        self.frame_pick = "all" if self.is_folder or fps is None else frame_pick
+        self.max_frames = max_frames
+        self.with_audio = audio
+        self.audio_rate = audio_rate
+        self.folder_fps = folder_fps or 1.0
+        self.audio_path = audio_path
+        self.progress = progress
+        self.num_frames = 0
+        """Sampled frames handed on so far (all of them once the iteration has ended)."""
+        self.source_fps = self.folder_fps if self.is_folder else 0.0
+        self.span_s = 0.0
+        """Seconds the sampled frames stand for (``T / fps``; with every frame, up to the end of the last one); while
+        frames are still coming, a lower bound of it (the soundtrack's samples up to it are final)."""
+        self.audio: np.ndarray | None = None
+        self.audio_padded = False
+        self.finished = False
+        self._track: _Soundtrack | None = None
+
+    @property
+    def sample_fps(self) -> float | None:
+        """The sampling rate, ``None`` when every frame is returned."""
+        return float(self.fps) if self.fps is not None else None
+
+    def __iter__(self) -> Iterator[SampledFrame]:
+        return self._folder() if self.is_folder else self._file()
+
+    def audio_upto(self, num_samples: int) -> np.ndarray:
+        """The first ``num_samples`` samples of the soundtrack (silence where it has none), once a frame has come.
+
+        Sampled frames only ever add windows, so a prefix of the span handed on so far never changes later."""
+        if self._track is None:
+            raise RuntimeError("VideoReader.audio_upto: no frame has been read yet, or audio=False")
+        return self._track.upto(num_samples)
+
+    def clip(self, frames: list[SampledFrame]) -> VideoClip:
+        """The frames collected from a finished iteration, as a :class:`VideoClip`."""
+        return VideoClip(
+            frames=torch.stack([f.image for f in frames]),
+            timestamps=np.asarray([f.time_s for f in frames], dtype=np.float64),
+            source_indices=np.asarray([f.source_index for f in frames], dtype=np.int64),
+            source_fps=self.source_fps,
+            sample_fps=self.sample_fps,
+            frame_pick=self.frame_pick,
+            audio=self.audio,
+            audio_rate=self.audio_rate,
+            audio_padded=self.audio_padded,
+            path=self.path,
+        )
+
+    def _sampled(self, item: _Decoded, convert: _RGBConverter) -> SampledFrame:
+        image = torch.from_numpy(np.ascontiguousarray(convert(item).transpose(2, 0, 1)))  # (3, H, W)
+        frame = SampledFrame(self.num_frames, image, item.time_s, item.index)
+        self.num_frames += 1
+        # A lower bound of the final span while frames come: windows only add, frames only move later.
+        self.span_s = self.num_frames / self.fps if self.fps is not None else max(self.span_s, float(item.rel))
+        return frame
+
+    def _file(self) -> Iterator[SampledFrame]:
+        path, fps, max_frames = self.path, self.fps, self.max_frames
+        container = open_container(path)
+        frames = None
+        try:
+            if not container.streams.video:
+                raise NoVideoStreamError(path, "no video stream in the container")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames = _decode_frames(container, stream, path)
+            declared = stream.average_rate or stream.guessed_rate
+            self.source_fps = float(declared) if declared else 0.0
+            step = 1 / Fraction(declared) if declared else 1 / _FALLBACK_FPS
+            convert = _RGBConverter()
+            rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR) if fps is not None else None
+            picker = _WindowPicker(rate, self.frame_pick) if rate is not None else None  # type: ignore[arg-type]
+            t0: Fraction | None = None
+            last: _Decoded | None = None
+            last_step = step
+            reached_end = True
+            for index, frame in frames:
+                time = _frame_time(frame, stream)
+                if time is None:
+                    time = last.rel + t0 + step if last is not None else Fraction(0)
+                if t0 is None:
+                    t0 = time
+                    if self.with_audio:
+                        self._track = _Soundtrack(path, float(t0), self.audio_rate)
+                last = _Decoded(index, time - t0, float(time), frame)
+                last_step = Fraction(frame.duration) * frame.time_base if frame.duration and frame.time_base else step
+                for item in picker.push(last) if picker is not None else [last]:
+                    yield self._sampled(item, convert)
+                    if max_frames is not None and self.num_frames >= max_frames:
+                        break
+                if self.progress is not None:
+                    self.progress(1)
+                if max_frames is not None and self.num_frames >= max_frames:
+                    reached_end = False
+                    break
+            if last is None:
+                raise EmptyVideoError(path, "the video stream has no decodable frames")
+            # Duration up to the end of the last decoded frame; unknown (and not needed) when decoding stopped early.
+            duration = last.rel + last_step if reached_end else None
+            if not declared:
+                self.source_fps = _estimate_fps(last)
+            if picker is not None and duration is not None:
+                for item in picker.finish(duration):
+                    yield self._sampled(item, convert)
+            self.span_s = self.num_frames / fps if fps is not None else float(last.rel + last_step)
+        finally:
+            if frames is not None:
+                frames.close()  # finish the decode generator before its container goes away
+            container.close()
+        if self._track is not None:
+            covered_s = min(self.span_s, float(duration)) if duration is not None else self.span_s
+            self.audio, self.audio_padded = self._track.finish(self.span_s, covered_s)
+        self.finished = True
+
+    def _folder(self) -> Iterator[SampledFrame]:
+        folder, fps = self.path, self.folder_fps
+        files = _folder_frames(folder)
+        if not files:
+            raise EmptyVideoError(folder, f"no frames ({', '.join(sorted(_FRAME_SUFFIXES))}) in the folder")
+        files = files[: self.max_frames]
+        self.span_s = len(files) / fps
+        if self.with_audio:
+            # A folder's soundtrack is a separate sound file, read whole (folders of frames are benchmark clips).
+            wave, self.audio_padded = _folder_audio_track(folder, self.audio_path, len(files), fps, self.audio_rate)
+            self._track = _Soundtrack.of(wave)
+        shape = None
+        for index, file in enumerate(files):
+            image = read_rgb(file)
+            if shape is not None and image.shape != shape:
+                raise CorruptMediaError(
+                    file,
+                    f"frame size {image.shape[1]}x{image.shape[0]} differs from {files[0].name}'s "
+                    f"{shape[1]}x{shape[0]}",
+                )
+            shape = image.shape
+            frame = SampledFrame(
+                index, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), index / fps, index
+            )
+            self.num_frames += 1
+            yield frame
+            if self.progress is not None:
+                self.progress(1)
+        if self._track is not None:
+            self.audio = self._track.upto(samples_for(self.span_s, self.audio_rate))
+        self.finished = True
 
 
 def read_video(
@@ -242,6 +472,9 @@ def read_video(
     progress: Progress | None = None,
 ) -> VideoClip:
     """Decode a video file (or a folder of frames) into frames sampled at ``fps`` and the matching mono audio.
+
+    All sampled frames are held at full resolution; :class:`VideoReader` hands them on one at a time instead (this
+    function collects it).
 
     A folder holds frames ``*.jpg|*.jpeg|*.png``, sorted by numeric stem when every stem is an integer (``9.jpg``
     before ``10.jpg``), else by name. Every frame is returned (``fps`` and ``frame_pick`` do not apply;
@@ -271,127 +504,18 @@ def read_video(
         EmptyVideoError: no frame decodes, or the folder holds no frames.
         ValueError: an argument is out of range.
     """
-    path = Path(path)
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"read_video: fps must be positive or None, got {fps}")
-    if frame_pick not in ("first", "last", "center"):
-        raise ValueError(f"read_video: frame_pick must be 'first', 'last' or 'center', got {frame_pick!r}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"read_video: max_frames must be >= 1 or None, got {max_frames}")
-    if audio_rate <= 0:
-        raise ValueError(f"read_video: audio_rate must be positive, got {audio_rate}")
-    if folder_fps is not None and not (math.isfinite(folder_fps) and folder_fps > 0):
-        raise ValueError(f"read_video: folder_fps must be positive or None, got {folder_fps}")
-    if not path.exists():
-        raise MissingFileError(path, "video")
-    if path.is_dir():
-        return _read_folder(
-            path,
-            max_frames=max_frames,
-            audio=audio,
-            audio_rate=audio_rate,
-            fps=folder_fps or 1.0,
-            audio_path=audio_path,
-            progress=progress,
-        )
-    return _read_file(
+    reader = VideoReader(
         path,
         fps=fps,
         frame_pick=frame_pick,
         max_frames=max_frames,
         audio=audio,
         audio_rate=audio_rate,
+        folder_fps=folder_fps,
+        audio_path=audio_path,
         progress=progress,
     )
-
-
-def _read_file(
-    path: Path,
-    *,
-    fps: float | None,
-    frame_pick: FramePick,
-    max_frames: int | None,
-    audio: bool,
-    audio_rate: int,
-    progress: Progress | None,
-) -> VideoClip:
-    """:func:`read_video` on a video file (arguments already checked)."""
-    container = open_container(path)
-    frames = None
-    try:
-        if not container.streams.video:
-            raise NoVideoStreamError(path, "no video stream in the container")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        frames = _decode_frames(container, stream, path)
-        declared = stream.average_rate or stream.guessed_rate
-        step = 1 / Fraction(declared) if declared else 1 / _FALLBACK_FPS
-        convert = _RGBConverter()
-        rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR) if fps is not None else None
-        picker = _WindowPicker(rate, frame_pick, convert) if rate is not None else None
-        indices: list[int] = []  # fps=None: every frame, converted as it comes
-        times: list[float] = []
-        images: list[np.ndarray] = []
-        t0: Fraction | None = None
-        last: _Decoded | None = None
-        last_step = step
-        reached_end = True
-        for index, frame in frames:
-            time = _frame_time(frame, stream)
-            if time is None:
-                time = last.rel + t0 + step if last is not None else Fraction(0)
-            if t0 is None:
-                t0 = time
-            last = _Decoded(index, time - t0, float(time), frame)
-            last_step = Fraction(frame.duration) * frame.time_base if frame.duration and frame.time_base else step
-            if picker is not None:
-                picker.push(last)
-                count = len(picker)
-            else:
-                indices.append(index)
-                times.append(last.time_s)
-                images.append(convert(last))
-                count = len(indices)
-            if progress is not None:
-                progress(1)
-            if max_frames is not None and count >= max_frames:
-                reached_end = False
-                break
-        if last is None:
-            raise EmptyVideoError(path, "the video stream has no decodable frames")
-        # Duration up to the end of the last decoded frame; unknown (and not needed) when decoding stopped early.
-        duration = last.rel + last_step if reached_end else None
-        source_fps = float(declared) if declared else _estimate_fps(last)
-        if picker is not None:
-            if duration is not None:
-                picker.finish(duration)
-            keep = max_frames if max_frames is not None else len(picker)
-            indices, times, images = picker.indices[:keep], picker.times[:keep], picker.images[:keep]
-            span_s = len(indices) / fps
-        else:
-            span_s = float(last.rel + last_step)
-        start_s = float(t0)
-    finally:
-        if frames is not None:
-            frames.close()  # finish the decode generator before its container goes away
-        container.close()
-
-    wave, padded = None, False
-    if audio:
-        covered_s = min(span_s, float(duration)) if duration is not None else span_s
-        wave, padded = _file_audio(path, start_s, span_s, covered_s, audio_rate)
-    return VideoClip(
-        frames=_stack(images),
-        timestamps=np.asarray(times, dtype=np.float64),
-        source_indices=np.asarray(indices, dtype=np.int64),
-        source_fps=source_fps,
-        sample_fps=float(fps) if fps is not None else None,
-        frame_pick=frame_pick if fps is not None else "all",
-        audio=wave,
-        audio_rate=audio_rate,
-        audio_padded=padded,
-        path=path,
-    )
+    return reader.clip(list(reader))
 
 
 def probe_video(path: str | Path, *, folder_fps: float | None = None) -> VideoInfo:
@@ -445,6 +569,156 @@ def probe_video(path: str | Path, *, folder_fps: float | None = None) -> VideoIn
     return VideoInfo(path, duration, fps, int(num_frames), int(width), int(height), has_audio, audio_rate)
 
 
+class VideoWriter:
+    """Encodes frames pushed one at a time, and the sound pushed beside them, into a video file, atomically.
+
+    ``.mp4``/``.m4v``/``.mov``/``.mkv`` get h264 (yuv420p) + AAC, ``.webm`` gets VP9 + Opus. The frame size is the
+    first frame's; odd sizes are padded to even by repeating the last row or column, since 4:2:0 chroma needs even
+    sizes. Sound is encoded in 1024-sample frames as it comes (push it in step with the frames, so the two stay
+    interleaved in the file); a partial last frame is encoded on :meth:`close`. The file is written to a temporary
+    name in the same folder and renamed into place by :meth:`close`; leaving the ``with`` block by an exception (or
+    calling :meth:`discard`) removes it, so a failure never leaves a half-written (or clobbered) output.
+
+    Args:
+        path: destination file; its suffix picks the format.
+        fps: frame rate.
+        audio_rate: rate in Hz of the sound pushed with :meth:`write_audio`; ``None``: no audio track.
+        audio_channels: 1 (mono) or 2 (stereo).
+        crf: constant-rate factor of the video encoder (lower is better quality; 23 is x264's default).
+    """
+
+    _AUDIO_CHUNK = 1024
+
+    def __init__(
+        self, path: str | Path, fps: float, *, audio_rate: int | None = None, audio_channels: int = 1, crf: int = 23
+    ) -> None:
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in _WRITERS:
+            raise ValueError(f"write_video: {path}: unsupported suffix {suffix!r}, expected one of {sorted(_WRITERS)}")
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"write_video: fps must be positive, got {fps}")
+        if not 0 <= crf <= 63:
+            raise ValueError(f"write_video: crf must be in [0, 63], got {crf}")
+        if audio_rate is not None and audio_rate <= 0:
+            raise ValueError(f"write_video: audio_rate must be positive, got {audio_rate}")
+        self.path = path
+        self.muxer, self.video_codec, self.audio_codec = _WRITERS[suffix]
+        if audio_rate is not None and self.audio_codec == "libopus" and audio_rate not in _OPUS_RATES:
+            raise ValueError(f"write_video: {path}: Opus takes {_OPUS_RATES} Hz, got {audio_rate} (resample first)")
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.crf = crf
+        self.audio_rate = audio_rate
+        self.layout = "mono" if audio_channels == 1 else "stereo"
+        self.frames = 0
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_file(path, suffix=f".tmp{suffix}"))
+        self._container: av.container.OutputContainer | None = None
+        self._video = None
+        self._audio = None
+        self._pending = np.zeros((audio_channels, 0), np.float32)  # pushed, not yet encoded
+        self._audio_pos = 0
+        self._closed = False
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+    def _open(self, height: int, width: int) -> None:
+        options = {"crf": str(self.crf)}
+        if self.video_codec == "libvpx-vp9":
+            options.update({"b": "0", "deadline": "realtime", "cpu-used": "8"})  # constant quality, fast
+        self._container = av.open(str(self._tmp), mode="w", format=self.muxer)
+        self._video = self._container.add_stream(self.video_codec, rate=self.rate, options=options)
+        self._video.height, self._video.width = height, width
+        self._video.pix_fmt = "yuv420p"
+        if self.audio_rate is not None:
+            self._audio = self._container.add_stream(self.audio_codec, rate=self.audio_rate, layout=self.layout)
+
+    def write(self, frame: np.ndarray | torch.Tensor) -> None:
+        """Encode one ``uint8`` frame, ``(H, W, 3)`` or ``(3, H, W)`` (the rule of :func:`write_video`)."""
+        image = _as_thwc(frame[None])[0]
+        height, width = image.shape[0] + image.shape[0] % 2, image.shape[1] + image.shape[1] % 2
+        if (height, width) != image.shape[:2]:
+            image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1]), (0, 0)), mode="edge")
+        if self._container is None:
+            self._open(height, width)
+        elif (height, width) != (self._video.height, self._video.width):
+            raise ShapeError(
+                f"write_video: frame {self.frames} is {width}x{height}, the first was "
+                f"{self._video.width}x{self._video.height}"
+            )
+        av_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        av_frame.pts = self.frames
+        self._container.mux(self._video.encode(av_frame))
+        self.frames += 1
+        self._encode_audio(final=False)
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Append float samples in ``[-1, 1]``, ``(N,)`` mono or ``(C, N)``, to the audio track."""
+        if self.audio_rate is None:
+            raise ValueError(f"write_video: {self.path} was opened without an audio track (audio_rate=None)")
+        wave = _as_channels_first(samples)
+        if wave.shape[0] != self._pending.shape[0]:
+            raise ShapeError(f"write_video: audio has {wave.shape[0]} channel(s), the track {self._pending.shape[0]}")
+        self._pending = np.concatenate([self._pending, wave], axis=1)
+        self._encode_audio(final=False)
+
+    def _encode_audio(self, *, final: bool) -> None:
+        """Encode the pending sound in whole chunks (a partial one only at the very end)."""
+        if self._audio is None or self._container is None:
+            return
+        chunk = self._AUDIO_CHUNK
+        pos = 0
+        while self._pending.shape[1] - pos >= chunk or (final and pos < self._pending.shape[1]):
+            piece = np.ascontiguousarray(self._pending[:, pos : pos + chunk])
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=self.layout)
+            frame.sample_rate = self.audio_rate
+            frame.pts = self._audio_pos
+            frame.time_base = Fraction(1, self.audio_rate)
+            self._container.mux(self._audio.encode(frame))
+            pos += piece.shape[1]
+            self._audio_pos += piece.shape[1]
+        self._pending = self._pending[:, pos:]
+
+    def close(self) -> Path:
+        """Flush the encoders and put the file in place; returns its path (again when already closed)."""
+        if self._closed:
+            return self.path
+        if self._container is None:
+            self.discard()
+            raise ShapeError(f"write_video: {self.path}: no frame was written")
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._encode_audio(final=True)
+                self._container.mux(self._audio.encode(None))
+            self._container.close()
+            self._container = None
+        except BaseException:
+            self.discard()
+            raise
+        self._stack.close()  # the rename
+        self._closed = True
+        return self.path
+
+    def discard(self) -> None:
+        """Stop and remove the temporary file; the destination is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        self._stack.__exit__(RuntimeError, RuntimeError("discarded"), None)
+
+
 def write_video(
     path: str | Path,
     frames: np.ndarray | torch.Tensor,
@@ -455,7 +729,7 @@ def write_video(
     crf: int = 23,
     progress: Progress | None = None,
 ) -> Path:
-    """Encode frames (and optional audio) to a video file, atomically.
+    """Encode frames (and optional audio) to a video file, atomically, with :class:`VideoWriter`.
 
     ``.mp4``/``.m4v``/``.mov``/``.mkv`` get h264 (yuv420p) + AAC, ``.webm`` gets VP9 + Opus (audio resampled to
     48 kHz when Opus does not take ``audio_rate``). Odd frame sizes are padded to even by repeating the last row or
@@ -480,25 +754,27 @@ def write_video(
     suffix = path.suffix.lower()
     if suffix not in _WRITERS:
         raise ValueError(f"write_video: {path}: unsupported suffix {suffix!r}, expected one of {sorted(_WRITERS)}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"write_video: fps must be positive, got {fps}")
-    if not 0 <= crf <= 63:
-        raise ValueError(f"write_video: crf must be in [0, 63], got {crf}")
     if audio_rate <= 0:
         raise ValueError(f"write_video: audio_rate must be positive, got {audio_rate}")
     video = _as_thwc(frames)
-    height, width = video.shape[1] + video.shape[1] % 2, video.shape[2] + video.shape[2] % 2
-    if (height, width) != video.shape[1:3]:
-        pad = ((0, 0), (0, height - video.shape[1]), (0, width - video.shape[2]), (0, 0))
-        video = np.pad(video, pad, mode="edge")
     wave = _as_channels_first(audio) if audio is not None else None
-    muxer, video_codec, audio_codec = _WRITERS[suffix]
-    if wave is not None and audio_codec == "libopus" and audio_rate not in _OPUS_RATES:
+    if wave is not None and _WRITERS[suffix][2] == "libopus" and audio_rate not in _OPUS_RATES:
         wave, audio_rate = resample(wave, audio_rate, 48_000), 48_000
-
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_file(path, suffix=f".tmp{suffix}") as tmp:
-        _encode(tmp, muxer, video, rate, video_codec, crf, wave, audio_rate, audio_codec, progress)
+    channels = wave.shape[0] if wave is not None else 1
+    with VideoWriter(
+        path, fps, audio_rate=audio_rate if wave is not None else None, audio_channels=channels, crf=crf
+    ) as writer:
+        pos = 0
+        for index, image in enumerate(video):
+            writer.write(image)
+            if wave is not None:
+                until = min(wave.shape[1], math.ceil((index + 1) / writer.rate * audio_rate))
+                writer.write_audio(wave[:, pos:until])
+                pos = max(pos, until)
+            if progress is not None:
+                progress(1)
+        if wave is not None:
+            writer.write_audio(wave[:, pos:])
     return path
 
 
@@ -532,49 +808,204 @@ def _estimate_fps(last: _Decoded) -> float:
     return float(last.index / last.rel) if last.rel > 0 else 0.0
 
 
-def _stack(images: list[np.ndarray]) -> torch.Tensor:
-    """``(H, W, 3)`` arrays -> ``uint8`` ``(T, 3, H, W)`` tensor, in one copy."""
-    return torch.from_numpy(np.stack([image.transpose(2, 0, 1) for image in images]))
+class _Soundtrack:
+    """The first audio stream of a file as mono at ``rate``, sample 0 at the video's first frame ``start_s``.
 
-
-def _file_audio(path: Path, start_s: float, span_s: float, covered_s: float, rate: int) -> tuple[np.ndarray, bool]:
-    """Mono audio of a video file from ``start_s`` for ``span_s`` seconds, padded with silence where missing.
-
-    ``covered_s`` (at most ``span_s``) is how much of the span the video itself covers: silence added beyond it (the
-    half-covered trailing window) is expected and does not count as padding.
+    It is decoded in one pass when the reader meets the first frame; every decoded chunk is averaged to mono and
+    resampled at once (:class:`_StreamResampler`), so the native-rate track (44.1/48 kHz, often stereo) is never held
+    whole. Held: the ``rate`` samples, in a buffer that grows by doubling.
     """
-    num_samples = samples_for(span_s, rate)
-    container = open_container(path)
-    try:
-        if not container.streams.audio:
-            warnings.warn(f"{path}: no audio track; using {span_s:.3f} s of silence", AudioPaddedWarning, stacklevel=4)
+
+    def __init__(self, path: Path | None, start_s: float, rate: int) -> None:
+        self.path = path
+        self.rate = rate
+        self._wave = np.zeros(0, np.float32)
+        self._size = 0
+        self.present = False
+        self.native_rate = rate
+        self.native_samples = 0  # native samples after alignment, for the padding report
+        self.lead_s = 0.0  # silence put in front of audio that starts after the first frame
+        if path is not None:
+            self._decode(path, start_s)
+
+    @classmethod
+    def of(cls, wave: np.ndarray) -> _Soundtrack:
+        """A track already decoded and fitted (a frame folder's sound file)."""
+        track = cls(None, 0.0, 0)
+        track._append(np.asarray(wave, np.float32))
+        return track
+
+    def _append(self, chunk: np.ndarray) -> None:
+        if self._size + chunk.size > self._wave.size:
+            grown = np.zeros(max(2 * self._wave.size, self._size + chunk.size), np.float32)
+            grown[: self._size] = self._wave[: self._size]
+            self._wave = grown
+        self._wave[self._size : self._size + chunk.size] = chunk
+        self._size += chunk.size
+
+    def _decode(self, path: Path, start_s: float) -> None:
+        container = open_container(path)
+        try:
+            if not container.streams.audio:
+                return
+            self.present = True
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:  # reserve the whole track at once
+                self._wave = np.zeros(math.ceil(float(stream.duration * stream.time_base) * self.rate) + 1, np.float32)
+            resampler: _StreamResampler | None = None
+            skip = 0
+            for chunk, native, chunk_start_s in _audio_chunks(container, path):
+                if resampler is None:
+                    self.native_rate = native
+                    resampler = _StreamResampler(native, self.rate)
+                    # Align sample 0 with the first video frame: drop audio before it (AAC priming shows up as
+                    # negative times), put silence in front of audio that starts later.
+                    offset = samples_for(abs(chunk_start_s - start_s), native)
+                    if chunk_start_s > start_s and offset:
+                        self.lead_s = offset / native
+                        self.native_samples += offset
+                        self._append(np.clip(resampler.push(np.zeros(offset, np.float32)), -1.0, 1.0))
+                    else:
+                        skip = offset
+                if skip:
+                    dropped = min(skip, chunk.size)
+                    chunk, skip = chunk[dropped:], skip - dropped
+                self.native_samples += chunk.size
+                self._append(np.clip(resampler.push(chunk), -1.0, 1.0))
+            if resampler is not None:
+                self._append(np.clip(resampler.flush(), -1.0, 1.0))
+        finally:
+            container.close()
+
+    def upto(self, num_samples: int) -> np.ndarray:
+        """The first ``num_samples`` samples, silence past the decoded audio (a view, not a copy)."""
+        if num_samples > self._size:
+            self._append(np.zeros(num_samples - self._size, np.float32))
+        return self._wave[:num_samples]
+
+    def finish(self, span_s: float, covered_s: float) -> tuple[np.ndarray, bool]:
+        """The track over ``span_s`` seconds, and whether silence was added where the video has picture.
+
+        ``covered_s`` (at most ``span_s``) is how much of the span the video itself covers: silence added beyond it
+        (the half-covered trailing window) is expected and does not count as padding.
+        """
+        num_samples = samples_for(span_s, self.rate)
+        path = self.path
+        if not self.present:
+            warnings.warn(f"{path}: no audio track; using {span_s:.3f} s of silence", AudioPaddedWarning, stacklevel=2)
             return np.zeros(num_samples, np.float32), True
-        wave, native, audio_start_s = decode_audio_stream(container, path, mono=True, until_s=start_s + span_s + 0.05)
-    finally:
-        container.close()
-    wave = wave[0]
-    # Align sample 0 with the first video frame: drop audio before it (AAC priming shows up as negative times),
-    # put silence in front of audio that starts later.
-    offset = samples_for(abs(audio_start_s - start_s), native)
-    lead_s = 0.0
-    if audio_start_s > start_s and offset:
-        wave = np.concatenate([np.zeros(offset, np.float32), wave])
-        lead_s = offset / native
-    elif offset:
-        wave = wave[offset:]
-    wave = wave[: math.ceil(span_s * native) + 1]
-    missing_s = lead_s + max(0.0, covered_s - wave.size / native)
-    if native != rate and wave.size:
-        wave = resample(wave, native, rate)
-    padded = missing_s > _AUDIO_TOLERANCE_S
-    if padded:
+        native = self.native_rate
+        kept = min(self.native_samples, math.ceil(span_s * native) + 1)
+        missing_s = self.lead_s + max(0.0, covered_s - kept / native)
+        padded = missing_s > _AUDIO_TOLERANCE_S
+        if padded:
+            warnings.warn(
+                f"{path}: audio is missing for {missing_s:.3f} s of the {covered_s:.3f} s clip; padded with silence",
+                AudioPaddedWarning,
+                stacklevel=2,
+            )
+        return self.upto(num_samples), padded  # a view: the track is held once
+
+
+class _StreamResampler:
+    """:func:`~avseg.media.resample.resample` of a signal given in chunks, with the same result as on the whole.
+
+    The polyphase filter reads ``10 * max(up, down) / up`` input samples on each side of an output sample, so each
+    block of input is resampled with a margin of real neighbours on both sides (silence before the start, as
+    ``resample_poly`` pads), and the outputs of the margins are dropped. Blocks start on multiples of ``down`` input
+    samples, where the output grid has a sample, so the blocks' outputs join into the whole signal's.
+    """
+
+    _BLOCK = 1 << 16  # input samples resampled per call
+
+    def __init__(self, orig_sr: int, target_sr: int) -> None:
+        g = math.gcd(orig_sr, target_sr)
+        self.up, self.down = target_sr // g, orig_sr // g
+        self.same = orig_sr == target_sr
+        reach = 10 * max(self.up, self.down) // self.up + 2
+        self.margin = math.ceil(reach / self.down) * self.down  # input samples, a multiple of down
+        self.block = max(1, self._BLOCK // self.down) * self.down
+        self._buffer = np.zeros(self.margin, np.float32)  # left context, then samples not yet resampled
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        if self.same:
+            return np.asarray(chunk, np.float32)
+        self._buffer = np.concatenate([self._buffer, np.asarray(chunk, np.float32)])
+        outputs = []
+        skip = self.margin * self.up // self.down
+        while self._buffer.size >= 2 * self.margin + self.block:
+            segment = self._buffer[: 2 * self.margin + self.block]
+            outputs.append(_poly(segment, self.up, self.down)[skip : skip + self.block * self.up // self.down])
+            self._buffer = self._buffer[self.block :]
+        return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+
+    def flush(self) -> np.ndarray:
+        """The rest, with silence after the end (as ``resample_poly`` pads)."""
+        if self.same or self._buffer.size <= self.margin:
+            return np.zeros(0, np.float32)
+        skip = self.margin * self.up // self.down
+        rest = self._buffer.size - self.margin
+        return _poly(self._buffer, self.up, self.down)[skip : skip + math.ceil(rest * self.up / self.down)]
+
+
+def _poly(segment: np.ndarray, up: int, down: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    return resample_poly(segment, up, down).astype(np.float32)
+
+
+def _audio_chunks(container: av.container.InputContainer, path: Path) -> Iterator[tuple[np.ndarray, int, float]]:
+    """Decoded chunks of the first audio stream as mono float32 ``(n,)`` at the native rate, with the rate and the
+    time of the first sample (0.0 when the stream gives none); errors say where they happened."""
+    stream = container.streams.audio[0]
+    rate = 0
+    start_s: float | None = None
+    end_s = 0.0
+    try:
+        for frame in container.decode(stream):
+            if frame.samples == 0:
+                continue
+            if rate == 0:
+                rate = frame.sample_rate
+            elif frame.sample_rate != rate:
+                raise CorruptMediaError(
+                    path, f"audio changes format mid-stream at t={end_s:.3f} s ({rate} Hz -> {frame.sample_rate} Hz)"
+                )
+            if start_s is None:
+                time_base = frame.time_base or stream.time_base
+                start_s = float(frame.pts * time_base) if frame.pts is not None and time_base is not None else 0.0
+            chunk = frame_to_float(frame, path).mean(axis=0, dtype=np.float32)  # (n,)
+            end_s += frame.samples / rate
+            yield chunk, rate, start_s
+    except av.error.FFmpegError as err:
+        raise CorruptMediaError(path, f"audio decode failed near t={end_s:.3f} s: {err}") from err
+
+
+def _folder_audio_track(
+    folder: Path, audio_path: str | Path | None, count: int, fps: float, rate: int
+) -> tuple[np.ndarray, bool]:
+    """The sound of a frame folder over its ``count`` frames at ``fps``, padded with silence (and a warning)."""
+    span_s = count / fps
+    num_samples = samples_for(span_s, rate)
+    audio_file = _folder_audio(folder, audio_path)
+    if audio_file is None:
         warnings.warn(
-            f"{path}: audio is missing for {missing_s:.3f} s of the {covered_s:.3f} s clip; padded with silence",
+            f"{folder}: no audio file ({_FOLDER_AUDIO_NAME} in the folder or its parent); "
+            f"using {span_s:.3f} s of silence",
             AudioPaddedWarning,
             stacklevel=4,
         )
-    wave = np.pad(wave[:num_samples], (0, max(0, num_samples - wave.size)))
-    return np.clip(wave, -1.0, 1.0).astype(np.float32, copy=False), padded
+        return np.zeros(num_samples, np.float32), True
+    wave = read_audio(audio_file, rate, mono=True)[0]
+    padded = num_samples - wave.size > _AUDIO_TOLERANCE_S * rate
+    if padded:
+        warnings.warn(
+            f"{audio_file}: audio is {wave.size / rate:.3f} s long, padded with silence to the "
+            f"{span_s:.3f} s of {count} frames at {fps} fps",
+            AudioPaddedWarning,
+            stacklevel=4,
+        )
+    return np.pad(wave[:num_samples], (0, max(0, num_samples - wave.size))), padded
 
 
 def _folder_frames(folder: Path) -> list[Path]:
@@ -595,71 +1026,6 @@ def _folder_audio(folder: Path, audio_path: str | Path | None) -> Path | None:
     return None
 
 
-def _read_folder(
-    folder: Path,
-    *,
-    max_frames: int | None,
-    audio: bool,
-    audio_rate: int,
-    fps: float,
-    audio_path: str | Path | None,
-    progress: Progress | None,
-) -> VideoClip:
-    files = _folder_frames(folder)
-    if not files:
-        raise EmptyVideoError(folder, f"no frames ({', '.join(sorted(_FRAME_SUFFIXES))}) in the folder")
-    files = files[:max_frames]
-    images = []
-    for file in files:
-        image = read_rgb(file)
-        if images and image.shape != images[0].shape:
-            raise CorruptMediaError(
-                file,
-                f"frame size {image.shape[1]}x{image.shape[0]} differs from {files[0].name}'s "
-                f"{images[0].shape[1]}x{images[0].shape[0]}",
-            )
-        images.append(image)
-        if progress is not None:
-            progress(1)
-
-    wave, padded = None, False
-    if audio:
-        span_s = len(files) / fps
-        num_samples = samples_for(span_s, audio_rate)
-        audio_file = _folder_audio(folder, audio_path)
-        if audio_file is None:
-            warnings.warn(
-                f"{folder}: no audio file ({_FOLDER_AUDIO_NAME} in the folder or its parent); "
-                f"using {span_s:.3f} s of silence",
-                AudioPaddedWarning,
-                stacklevel=3,
-            )
-            wave, padded = np.zeros(num_samples, np.float32), True
-        else:
-            wave = read_audio(audio_file, audio_rate, mono=True)[0]
-            padded = num_samples - wave.size > _AUDIO_TOLERANCE_S * audio_rate
-            if padded:
-                warnings.warn(
-                    f"{audio_file}: audio is {wave.size / audio_rate:.3f} s long, padded with silence to the "
-                    f"{span_s:.3f} s of {len(files)} frames at {fps} fps",
-                    AudioPaddedWarning,
-                    stacklevel=3,
-                )
-            wave = np.pad(wave[:num_samples], (0, max(0, num_samples - wave.size)))
-    return VideoClip(
-        frames=_stack(images),
-        timestamps=np.arange(len(files), dtype=np.float64) / fps,
-        source_indices=np.arange(len(files), dtype=np.int64),
-        source_fps=float(fps),
-        sample_fps=None,
-        frame_pick="all",
-        audio=wave,
-        audio_rate=audio_rate,
-        audio_padded=padded,
-        path=folder,
-    )
-
-
 def _as_thwc(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     is_tensor = isinstance(frames, torch.Tensor)
     array = frames.detach().cpu().numpy() if is_tensor else np.asarray(frames)
@@ -678,59 +1044,3 @@ def _as_channels_first(audio: np.ndarray) -> np.ndarray:
         raise ShapeError(f"write_video: audio must be float (N,) or (C, N) with C <= 2, got {wave.dtype} {wave.shape}")
     wave = wave[None] if wave.ndim == 1 else wave
     return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
-
-
-def _encode(
-    target: Path,
-    muxer: str,
-    video: np.ndarray,
-    rate: Fraction,
-    video_codec: str,
-    crf: int,
-    wave: np.ndarray | None,
-    audio_rate: int,
-    audio_codec: str,
-    progress: Progress | None = None,
-) -> None:
-    """Mux ``video`` ``(T, H, W, 3)`` and ``wave`` ``(C, N)`` into ``target``, interleaving audio with the frames."""
-    options = {"crf": str(crf)}
-    if video_codec == "libvpx-vp9":
-        options.update({"b": "0", "deadline": "realtime", "cpu-used": "8"})  # constant quality, fast
-    with av.open(str(target), mode="w", format=muxer) as container:
-        video_stream = container.add_stream(video_codec, rate=rate, options=options)
-        video_stream.height, video_stream.width = video.shape[1:3]
-        video_stream.pix_fmt = "yuv420p"
-        audio_stream = None
-        if wave is not None:
-            layout = "mono" if wave.shape[0] == 1 else "stereo"
-            audio_stream = container.add_stream(audio_codec, rate=audio_rate, layout=layout)
-        chunk = 1024
-        audio_pos = 0
-        for index, image in enumerate(video):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            container.mux(video_stream.encode(frame))
-            if audio_stream is not None:
-                until = min(wave.shape[1], math.ceil((index + 1) / rate * audio_rate))
-                audio_pos = _encode_audio(container, audio_stream, wave, audio_pos, until, audio_rate, chunk)
-            if progress is not None:
-                progress(1)
-        container.mux(video_stream.encode(None))
-        if audio_stream is not None:
-            _encode_audio(container, audio_stream, wave, audio_pos, wave.shape[1], audio_rate, chunk)
-            container.mux(audio_stream.encode(None))
-
-
-def _encode_audio(container, stream, wave: np.ndarray, start: int, stop: int, rate: int, chunk: int) -> int:
-    """Encode ``wave[:, start:stop]`` in whole ``chunk``-sample frames (a partial one only at the very end)."""
-    layout = "mono" if wave.shape[0] == 1 else "stereo"
-    pos = start
-    while pos < stop and (stop - pos >= chunk or stop == wave.shape[1]):
-        piece = np.ascontiguousarray(wave[:, pos : min(pos + chunk, stop)])
-        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = pos
-        frame.time_base = Fraction(1, rate)
-        container.mux(stream.encode(frame))
-        pos += piece.shape[1]
-    return pos

@@ -52,7 +52,7 @@ embeddings not), weight decay 0.1 (none on biases and norm layers), cosine decay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -519,6 +519,20 @@ class SAM2VOS(AVSModel):
         device = batch.frames.device
         if not 0 <= start < t:
             raise ValueError(f"track: start frame {start} is outside a clip of {t} frames")
+        prompt = self._user_prompt(batch, points=points, point_labels=point_labels, masks=masks)
+        logits = batch.frames.new_full((b, t, 1, h, w), NO_OBJECT_SCORE, dtype=torch.float32)
+        objects = batch.frames.new_full((b, t), NO_OBJECT_SCORE, dtype=torch.float32)
+        with torch.no_grad():
+            tracked, scores = self._track_from(batch, torch.arange(b, device=device), start, prompt)
+        logits[:, start:], objects[:, start:] = tracked, scores
+        return AVSOutput(mask_logits=logits, object_logits=objects)
+
+    def _user_prompt(
+        self, batch: AVSBatch, *, points: Tensor | None, point_labels: Tensor | None, masks: Tensor | None
+    ) -> Sam2Prompt:
+        """The prompt of :meth:`track` at SAM2's input size, for the ``B`` rows of ``batch``."""
+        b, _, _, h, w = batch.frames.shape
+        device = batch.frames.device
         if (masks is None) == (points is None) or (points is None) != (point_labels is None):
             raise ValueError("track: give points with point_labels, or masks (one prompt kind per call)")
         s = self.sam2.image_size
@@ -537,12 +551,58 @@ class SAM2VOS(AVSModel):
             prompt = Sam2Prompt(
                 points=points.to(device).float() * scale[:, None], point_labels=point_labels.to(device).long()
             )
-        logits = batch.frames.new_full((b, t, 1, h, w), NO_OBJECT_SCORE, dtype=torch.float32)
-        objects = batch.frames.new_full((b, t), NO_OBJECT_SCORE, dtype=torch.float32)
-        with torch.no_grad():
-            tracked, scores = self._track_from(batch, torch.arange(b, device=device), start, prompt)
-        logits[:, start:], objects[:, start:] = tracked, scores
-        return AVSOutput(mask_logits=logits, object_logits=objects)
+        return prompt
+
+    def track_iter(
+        self,
+        chunks: Iterable[AVSBatch],
+        *,
+        start: int = 0,
+        points: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        masks: Tensor | None = None,
+    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """:meth:`track` on a video that comes in chunks (a long video, decoded as it is tracked), with its results.
+
+        The chunks hold the frames from ``start`` on, in order (frames before ``start`` are predicted absent and are
+        not given); each chunk is one image-encoder call, so chunks of ``config.eval_chunk`` frames reproduce
+        :meth:`track` exactly. Only SAM2's windowed memory bank and the current chunk's features are held, so memory
+        does not grow with the video's length; the video's length need not be known.
+
+        Args:
+            chunks: :class:`~avseg.data.types.AVSBatch` of ``(B, n, 3, H, W)`` frames each, one row per object, as
+                :meth:`track` takes them (``orig_size`` of the first chunk is the frame the coordinates refer to).
+            start: index of the prompted frame (the first frame of the first chunk).
+            points, point_labels, masks: the prompt on frame ``start``, as for :meth:`track`.
+
+        Yields:
+            ``(frame, mask_logits (B, 1, H, W), object_logits (B,))`` for frames ``start, start + 1, ...``.
+        """
+        sam2 = self.sam2
+        bank = None
+        frame = start
+        for chunk in chunks:
+            _, n, _, h, w = chunk.frames.shape
+            if bank is None:  # the prompted frame
+                prompt = self._user_prompt(chunk, points=points, point_labels=point_labels, masks=masks)
+                # Reads reach back a fixed window, so a bank sized for a long video remembers what one sized for the
+                # true length would (pointers are min(T, 16) either way: shorter videos have no frames before 0).
+                bank = sam2.memory_bank(1 << 20)
+            with torch.no_grad():  # per step, not around the yields: the caller's grad mode stays its own
+                encoded = self._encode(chunk)  # B * n frames, b-major
+            for j in range(n):
+                conditioning = frame == start
+                with torch.no_grad():
+                    feats = encoded.select([k * n + j for k in range(chunk.batch_size)])
+                    out = sam2.track_step(
+                        feats, bank, frame, prompt=prompt if conditioning else None, conditioning=conditioning
+                    )
+                    sam2.remember(feats, bank, out, conditioning=conditioning)
+                    if not conditioning:  # as _track: forget what no later frame reads (t reads t - window .. t - 1)
+                        bank.forget([t for t in list(bank.tracked) if t + bank.read_window <= frame])
+                    logits = upsample_masks(out.masks, (h, w))
+                yield frame, logits, out.object_score_logits
+                frame += 1
 
     def _eval_prompt(self, gt: Tensor) -> tuple[Sam2Prompt, int]:
         """The conditioning frame's prompt from its ground truth ``(B, S, S)`` and the clicks still to add."""

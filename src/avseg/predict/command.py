@@ -7,6 +7,7 @@ a frame decodes; the work is :class:`~avseg.predict.predictor.Predictor`'s and t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -15,13 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from avseg.checkpoint import resolve_checkpoint
 from avseg.device import resolve_device
 from avseg.errors import AVSegWarning, MissingFileError, UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
-from avseg.predict.prediction import OVERLAY_SUFFIXES, Prediction
-from avseg.predict.predictor import Predictor, fallback_pointer
+from avseg.media.image import read_mask
+from avseg.predict.prediction import OVERLAY_SUFFIXES, OverlayWriter, PredictionSummary, write_overlay_from_masks
+from avseg.predict.predictor import PredictionStream, Predictor, fallback_pointer
 from avseg.predict.prompts import parse_prompts
+from avseg.predict.resume import MaskFolder
 from avseg.predict.settings import positive_float
 
 __all__ = ["predict"]
@@ -47,6 +54,7 @@ def predict(
     box: str | None = None,
     mask: Path | None = None,
     prompt_frame: int | None = None,
+    restart: bool = False,
     quiet: bool = False,
 ) -> int:
     """Segment the sounding (or referred) objects of a video with a trained model; write mask PNGs and an overlay.
@@ -64,6 +72,13 @@ def predict(
     --fps (or its checkpoint) says otherwise. A mask with several ids tracks one object per id and writes palette
     PNGs holding those ids. Prompt options for a model that takes none, or no prompt for one that needs it, are
     refused before the video is decoded, as are points outside the frame and a mask of another size.
+
+    The video is decoded, segmented and written as a stream: each clip's PNGs and overlay frames are written as soon
+    as it has run, so memory does not grow with the video's length (a 10-minute video needs about what a 1-minute
+    one does). Interrupted, the same command run again resumes: sampled frames whose PNG exists are not segmented
+    again (the masks folder records the settings; other settings are refused, --restart starts over), and the
+    overlay is encoded again from all the masks, so the outputs are those of an uninterrupted run. A promptable model
+    tracks again from the prompted frame (its memory needs every frame since), with the same result.
 
     Args:
         video: input video file (mp4, mkv, webm, mov, ...) or folder of frames (with audio.wav).
@@ -90,6 +105,8 @@ def predict(
         mask: PNG mask of the object(s) to track (promptable models), of the video's size: binary, or palette/grey
             ids with one object per id.
         prompt_frame: the sampled frame the prompt is on (default: 0, the first).
+        restart: discard the masks of an earlier run in the masks folder instead of resuming it (needed when the
+            settings differ).
         quiet: show no progress (warnings and the summary are still printed).
     """
     out, video = Path(out), Path(video)
@@ -103,6 +120,7 @@ def predict(
     torch_device = resolve_device(device, arg="--device")
     folder = resolve_checkpoint(Path(checkpoint), pointer, fallback=fallback_pointer(pointer))
     inputs = _input_paths(video, Path(checkpoint), folder) + ([Path(mask)] if mask is not None else [])
+    masks_arg = "--masks-dir" if masks_dir is not None else "--masks-dir (default: OUT's name + _masks)"
     masks_dir, sidecar = _check_outputs(out, masks_dir, inputs=inputs)
     prompts = parse_prompts(points, box, mask, prompt_frame)
 
@@ -122,18 +140,79 @@ def predict(
     with warnings.catch_warnings():  # restores the filters and showwarning afterwards
         warnings.simplefilter("always", AVSegWarning)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        prediction = predictor.predict_video(video, text, prompts=prompts, progress=not quiet)
-
-    files = prediction.write_masks(masks_dir, progress=not quiet)
-    overlay = prediction.write_overlay(out, overlay_fps=overlay_fps, progress=not quiet)
+        stream = predictor.stream_video(video, text, prompts=prompts, progress=not quiet)
+        masks = MaskFolder(masks_dir, _mask_settings(predictor, stream, folder, video), restart=restart, arg=masks_arg)
+        if masks.resuming and prompts is not None:
+            print(
+                f"note: {masks_dir} holds masks of an interrupted run; tracking starts again from the prompted frame "
+                "(SAM2's memory of a frame needs every frame since), with the same result"
+            )
+        stream.finished = masks.finished if prompts is None else None
+        overlay, files, new = _write_outputs(stream, masks, out, overlay_fps, quiet=quiet)
+    summary = stream.summary()
     record = {"masks_dir": str(masks_dir), "mask_files": [p.name for p in files], "overlay": overlay}
-    atomic_write_text(sidecar, json.dumps(_settings_record(predictor, prediction, record), indent=2))
-    _print_summary(prediction, masks_dir, len(files), overlay, out, sidecar)
+    atomic_write_text(sidecar, json.dumps(_settings_record(predictor, summary, record), indent=2))
+    if masks.resuming and prompts is None:
+        print(f"resumed:  {summary.num_frames - new} finished mask(s) kept, {new} new")
+    _print_summary(summary, masks_dir, len(files), overlay, out, sidecar)
     return 0
 
 
-def _settings_record(predictor: Predictor, prediction: Prediction, outputs: dict[str, Any]) -> dict[str, Any]:
-    """The settings file: the model and checkpoint, the files written, and :meth:`Prediction.settings`."""
+def _mask_settings(predictor: Predictor, stream: PredictionStream, checkpoint: Path, video: Path) -> dict[str, Any]:
+    """What decides the masks (a resumed run must match it): input, model, sampling, audio rule, text, prompt."""
+    return {
+        "video": str(video.resolve()),
+        "video_bytes": video.stat().st_size if video.is_file() else None,
+        "checkpoint": str(checkpoint.resolve()),
+        "fps": stream.rate,
+        "frame_pick": stream.reader.frame_pick,
+        "clip_len": stream.clip_len,
+        "image_size": list(predictor.image_size),
+        "threshold": predictor.threshold,
+        "audio_align": predictor.audio_align,
+        "text": stream.text,
+        "prompt": stream.prompts.record() if stream.prompts is not None else None,
+    }
+
+
+def _write_outputs(
+    stream: PredictionStream, masks: MaskFolder, out: Path, overlay_fps: float | None, *, quiet: bool
+) -> tuple[dict[str, Any], list[Path], int]:
+    """Run the stream: each mask PNG written (unless finished) and each overlay frame encoded as it comes.
+
+    Returns:
+        The overlay record (:meth:`OverlayWriter.close`), the PNG files in frame order, and how many were new.
+    """
+    files: list[Path] = []
+    new = 0
+    sound = stream if stream.has_audio else None
+    # At the sampled rate the overlay is encoded in the same pass; at another rate, from the PNGs once all exist.
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if overlay_fps is None:
+            writer = stack.enter_context(OverlayWriter(out, stream.rate, kind=None, audio=sound))
+        for frame in stream:
+            if frame.finished:
+                files.append(masks.path(frame.index))
+            else:
+                files.append(masks.write(frame.index, frame.mask, stream.kind or "binary", stream.num_classes or 1))
+                new += 1
+            if writer is not None:
+                writer.add(frame.image, frame.mask, stream.kind or masks.kind)
+        if writer is not None:
+            return writer.close(stream.audio), files, new
+    summary = stream.summary()
+    kind = summary.kind
+
+    def read(k: int) -> Tensor:
+        stored = torch.from_numpy(np.array(read_mask(masks.path(k))))
+        return (stored > 0).to(torch.uint8) if kind == "binary" else stored
+
+    return write_overlay_from_masks(out, summary, read, overlay_fps, progress=not quiet), files, new
+
+
+def _settings_record(predictor: Predictor, prediction: PredictionSummary, outputs: dict[str, Any]) -> dict[str, Any]:
+    """The settings file: the model and checkpoint, the files written, and :meth:`PredictionSummary.settings`."""
     from avseg.config import config_to_dict
 
     model = predictor.model
@@ -149,7 +228,7 @@ def _settings_record(predictor: Predictor, prediction: Prediction, outputs: dict
 
 
 def _print_summary(
-    prediction: Prediction, masks_dir: Path, num_files: int, overlay: dict[str, Any], out: Path, sidecar: Path
+    prediction: PredictionSummary, masks_dir: Path, num_files: int, overlay: dict[str, Any], out: Path, sidecar: Path
 ) -> None:
     """What was written, where, and what the model found, on stdout."""
     height, width = prediction.size

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,27 +31,28 @@ from avseg.audio.alignment import window_index
 from avseg.audio.logmel import SAMPLE_RATE
 from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.errors import AudioPaddedWarning
-from avseg.media.video import probe_video, read_video, write_video
+from avseg.media.audio import samples_for
+from avseg.media.video import VideoReader, VideoWriter, probe_video, read_video, write_video
 from avseg.predict.memory import check_memory
 from avseg.predict.settings import positive_float
 from avseg.progress import Progress
 from avseg.viz import overlay_masks, write_mask_png
 
-__all__ = ["OVERLAY_SUFFIXES", "Prediction"]
+__all__ = ["OVERLAY_SUFFIXES", "OverlayWriter", "Prediction", "PredictionSummary", "write_overlay_from_masks"]
 
 OVERLAY_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 """Suffixes :func:`~avseg.media.video.write_video` encodes; checked before the model runs, not after."""
 
 
-@dataclass
-class Prediction:
-    """Masks for the sampled frames of one video, with everything needed to render and describe them.
+@dataclass(kw_only=True)
+class PredictionSummary:
+    """How the masks of one video were made and what they found, without the masks: what ``avseg predict`` records
+    when it streams the masks to files, and the part of a :class:`Prediction` that :meth:`settings` describes.
 
     Attributes:
-        masks: ``uint8`` ``(T, H, W)`` at the video's resolution: 0/1 for binary models, class ids for semantic ones.
         kind: ``"binary"`` or ``"semantic"``.
         num_classes: the model's mask channels ``K`` (1 for binary).
-        frames: ``uint8`` ``(T, 3, H, W)`` the sampled frames (shared with the decoded clip, not copied).
+        size: ``(H, W)`` of the video and of the masks.
         timestamps: float64 ``(T,)`` presentation time (s) of each sampled frame.
         source_indices: int64 ``(T,)`` index of each sampled frame in the source video.
         foreground: float64 ``(T,)`` fraction of foreground pixels per frame.
@@ -61,7 +63,6 @@ class Prediction:
         threshold: binary threshold on the sigmoid (unused by semantic models).
         text: the referring expression, if any.
         audio_align: the audio rule (``"window"`` or ``"clip"``).
-        audio: float32 ``(N,)`` 16 kHz mono spanning the ``T`` windows (silence where the video had none).
         has_audio: the source has an audio stream.
         audio_padded: silence was added to the source's audio.
         source_fps: frame rate of the source video.
@@ -69,12 +70,12 @@ class Prediction:
         elapsed_s: wall time of the forward passes and mask upsampling (decoding and writing excluded).
         device: the device the model ran on.
         image_size: ``(h, w)`` the model's input size.
+        extra: more settings to record (the prompt, the object ids, a lowered rate).
     """
 
-    masks: Tensor
     kind: Literal["binary", "semantic"]
     num_classes: int
-    frames: Tensor
+    size: tuple[int, int]
     timestamps: np.ndarray
     source_indices: np.ndarray
     foreground: np.ndarray
@@ -85,7 +86,6 @@ class Prediction:
     threshold: float
     text: str | None
     audio_align: str
-    audio: np.ndarray | None
     has_audio: bool
     audio_padded: bool
     source_fps: float
@@ -97,12 +97,52 @@ class Prediction:
 
     @property
     def num_frames(self) -> int:
-        return int(self.masks.shape[0])
+        return len(self.timestamps)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the video and of the masks."""
-        return int(self.masks.shape[1]), int(self.masks.shape[2])
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready description of how the prediction was made and what it found."""
+        return {
+            "avseg_version": __version__,
+            "video": str(self.video_path) if self.video_path is not None else None,
+            "video_size": list(self.size),
+            "source_fps": self.source_fps,
+            "fps": self.fps,
+            "frame_pick": self.frame_pick,
+            "clip_len": self.clip_len,
+            "num_frames": self.num_frames,
+            "num_clips": self.num_clips,
+            "image_size": list(self.image_size),
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "threshold": self.threshold if self.kind == "binary" else None,
+            "text": self.text,
+            "audio_align": self.audio_align,
+            "has_audio": self.has_audio,
+            "audio_padded": self.audio_padded,
+            "device": self.device,
+            "elapsed_s": round(self.elapsed_s, 4),
+            "mean_foreground": float(self.foreground.mean()) if self.foreground.size else 0.0,
+            "timestamps": [round(float(t), 6) for t in self.timestamps],
+            "source_indices": [int(i) for i in self.source_indices],
+            "foreground": [round(float(v), 6) for v in self.foreground],
+            **self.extra,
+        }
+
+
+@dataclass(kw_only=True)
+class Prediction(PredictionSummary):
+    """Masks for the sampled frames of one video, held in memory, with everything needed to render and describe
+    them (:meth:`~avseg.predict.predictor.Predictor.predict_video`; ``avseg predict`` streams to files instead).
+
+    Attributes (besides :class:`PredictionSummary`'s):
+        masks: ``uint8`` ``(T, H, W)`` at the video's resolution: 0/1 for binary models, class ids for semantic ones.
+        frames: ``uint8`` ``(T, 3, H, W)`` the sampled frames.
+        audio: float32 ``(N,)`` 16 kHz mono spanning the ``T`` windows (silence where the video had none).
+    """
+
+    masks: Tensor
+    frames: Tensor
+    audio: np.ndarray | None
 
     def write_masks(self, folder: str | Path, *, progress: bool = False) -> list[Path]:
         """Write ``folder/{k:05d}.png`` for every sampled frame (binary 0/255 or AVSS palette; see the module doc).
@@ -189,31 +229,124 @@ class Prediction:
         window = window_index(clip.timestamps - clip.timestamps[0], self.fps, self.num_frames)
         return clip.frames, self.masks[torch.from_numpy(window)], rate, clip.audio
 
-    def settings(self) -> dict[str, Any]:
-        """JSON-ready description of how the prediction was made and what it found."""
+
+class OverlayWriter:
+    """The overlay video, painted and encoded one frame at a time with the soundtrack muxed beside the frames.
+
+    Frame ``i`` is shown for ``1 / fps`` s and the sound up to its end is pushed after it, so picture and sound stay
+    interleaved; :meth:`close` adds the rest of the track, so the file lasts as long as the track given there.
+
+    Args:
+        path: destination (a suffix of :data:`OVERLAY_SUFFIXES`), written atomically.
+        fps: frame rate.
+        kind: the mask kind, for the colours.
+        audio: the soundtrack (``audio_upto(n)``: its first ``n`` samples at 16 kHz), or None for a video without
+            sound (no audio track: a silent one would suggest there was sound).
+        crf: encoder quality.
+        **style: ``colors``, ``alpha``, ``contour`` of :func:`~avseg.viz.overlay_masks`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        *,
+        kind: Literal["binary", "semantic"] | None,
+        audio: Any | None,
+        crf: int = 23,
+        **style: Any,
+    ) -> None:
+        self.path, self.fps, self.kind, self.audio, self.style = Path(path), fps, kind, audio, style
+        self.writer = VideoWriter(path, fps, audio_rate=SAMPLE_RATE if audio is not None else None, crf=crf)
+        self.frames = 0
+        self._audio_pos = 0
+
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        if kind is not None:
+            self.writer.discard()
+
+    def add(self, image: Tensor, mask: Tensor, kind: Literal["binary", "semantic"] | None = None) -> None:
+        """Paint ``mask (H, W)`` over ``image (3, H, W)`` and encode it, with the sound up to its end."""
+        self.writer.write(overlay_masks(image, mask, kind=kind or self.kind or "auto", **self.style))
+        self.frames += 1
+        if self.audio is not None:
+            self._push_audio(self.audio.audio_upto(samples_for(self.frames / self.fps, SAMPLE_RATE)))
+
+    def _push_audio(self, wave: np.ndarray) -> None:
+        if wave.size > self._audio_pos:
+            self.writer.write_audio(wave[self._audio_pos :])
+            self._audio_pos = wave.size
+
+    def close(self, audio: np.ndarray | None = None) -> dict[str, Any]:
+        """Add the rest of the track ``audio`` (the whole track, 16 kHz mono) and put the file in place.
+
+        Returns:
+            What was written: ``{"path", "fps", "frames", "duration_s", "audio"}``.
+        """
+        if audio is not None and self.audio is not None:
+            self._push_audio(np.asarray(audio, np.float32))
+        self.writer.close()
         return {
-            "avseg_version": __version__,
-            "video": str(self.video_path) if self.video_path is not None else None,
-            "video_size": list(self.size),
-            "source_fps": self.source_fps,
+            "path": str(self.path),
             "fps": self.fps,
-            "frame_pick": self.frame_pick,
-            "clip_len": self.clip_len,
-            "num_frames": self.num_frames,
-            "num_clips": self.num_clips,
-            "image_size": list(self.image_size),
-            "kind": self.kind,
-            "num_classes": self.num_classes,
-            "threshold": self.threshold if self.kind == "binary" else None,
-            "text": self.text,
-            "audio_align": self.audio_align,
-            "has_audio": self.has_audio,
-            "audio_padded": self.audio_padded,
-            "device": self.device,
-            "elapsed_s": round(self.elapsed_s, 4),
-            "mean_foreground": float(self.foreground.mean()) if self.foreground.size else 0.0,
-            "timestamps": [round(float(t), 6) for t in self.timestamps],
-            "source_indices": [int(i) for i in self.source_indices],
-            "foreground": [round(float(v), 6) for v in self.foreground],
-            **self.extra,
+            "frames": self.frames,
+            "duration_s": self.frames / self.fps,
+            "audio": self.audio is not None,
         }
+
+
+def write_overlay_from_masks(
+    path: str | Path,
+    summary: PredictionSummary,
+    masks: Callable[[int], Tensor],
+    overlay_fps: float,
+    *,
+    crf: int = 23,
+    progress: bool = False,
+    **style: Any,
+) -> dict[str, Any]:
+    """Decode the video again at ``overlay_fps`` (every frame when it reaches the source rate) and encode each frame
+    with the mask of the sampled window containing it, streaming: smooth playback of a prediction at a low rate.
+
+    Args:
+        path: destination (a suffix of :data:`OVERLAY_SUFFIXES`).
+        summary: the prediction (its video file, window rate and count, mask kind, whether there is sound).
+        masks: window ``k`` → its mask ``uint8 (H, W)`` (read from the PNGs; each is asked for once, in order).
+        overlay_fps: the overlay's rate.
+        crf: encoder quality.
+        progress: show the frames encoded on stderr.
+        **style: ``colors``, ``alpha``, ``contour`` of :func:`~avseg.viz.overlay_masks`.
+
+    Returns:
+        What was written, as :meth:`OverlayWriter.close`.
+    """
+    overlay_fps = positive_float(overlay_fps, "overlay_fps")
+    video = summary.video_path
+    if video is None or video.is_dir():
+        raise ValueError("overlay_fps needs the prediction of a video file (a frame folder has no other frames)")
+    every = summary.source_fps > 0 and overlay_fps >= summary.source_fps - 1e-6
+    info = probe_video(video)
+    reader = VideoReader(video, fps=None if every else overlay_fps, frame_pick="first", audio=True)
+    rate = float(summary.source_fps if every else overlay_fps)
+    total = math.ceil(info.duration_s * (min(overlay_fps, info.source_fps) if info.source_fps else overlay_fps))
+    current: tuple[int, Tensor] | None = None
+    t0: float | None = None
+    sound = reader if summary.has_audio else None
+    with (
+        warnings.catch_warnings(),
+        Progress(f"writing {Path(path).name}", total or None, "frame", enabled=progress) as bar,
+        OverlayWriter(path, rate, kind=summary.kind, audio=sound, crf=crf, **style) as out,
+    ):
+        warnings.simplefilter("ignore", AudioPaddedWarning)  # already reported when the video was first read
+        for frame in reader:
+            # "first" (or every frame) makes the first frame's time t0, the origin of the sampled windows.
+            t0 = frame.time_s if t0 is None else t0
+            window = int(window_index([frame.time_s - t0], summary.fps, summary.num_frames)[0])
+            if current is None or current[0] != window:
+                current = (window, masks(window))
+            out.add(frame.image, current[1])
+            bar.update()
+        return out.close(reader.audio)

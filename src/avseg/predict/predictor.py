@@ -1,46 +1,61 @@
-"""The :class:`Predictor`: a trained model run on whole videos with their own soundtrack.
+"""The :class:`Predictor`: a trained model run on whole videos with their own soundtrack, in a stream.
 
 No AVS reference repository runs on a user's video (OpenNLPLab/AVSBench#2, cyh-0/CAVP#12); this does, with the same
 sampling conventions the benchmarks use, so a prediction on a benchmark clip matches what ``avseg eval`` feeds the
 model.
 
-1. **Frames.** :func:`~avseg.media.video.read_video` samples the video at the model's rate (default 1 frame/s as in
+1. **Frames.** :class:`~avseg.media.video.VideoReader` samples the video at the model's rate (default 1 frame/s as in
    AVSBench and Ref-AVS; :mod:`avseg.predict.settings`) with an explicit ``frame_pick`` rule (``"last"``, AVSBench's,
-   by default); sampled frame ``k`` stands for window ``k``, the interval ``[k / fps, (k + 1) / fps)`` after the first
-   frame. A rate at or above the video's own frame rate takes every source frame once, at the source rate (a higher
-   rate would only repeat frames; it is lowered with a :class:`FpsCappedWarning`). The frames are kept at the video's
-   resolution (for the outputs) and resized per clip to the model's ``image_size`` (antialiased bilinear, as the
-   dataset readers do).
-2. **Clips.** The sampled frames are cut into consecutive clips of the model's clip length ``T`` (default 10). The
-   last clip, when shorter, is padded by :func:`~avseg.data.types.collate` with invalid frames (``frame_valid =
-   False``) and the outputs of the padding are dropped. Clips are independent forward passes (a model keeps no memory
-   from one clip to the next), run ``batch_size`` at a time; only the current clips are resized and only uint8 masks
-   are kept, so memory grows with the sampled frames, not with the model's outputs. The sampled frames are held at
-   full resolution (``T x H x W x 3`` bytes: a minute of 1080p at 1 fps is 373 MB); a run whose frames, masks and
-   overlay would not fit in the available memory is refused before decoding, with a message.
-3. **Audio.** The soundtrack comes with the frames (16 kHz mono; sample 0 is the start of window 0; a missing or
-   short track is padded with silence and an :class:`~avseg.errors.AudioPaddedWarning`). Each sampled frame gets one
-   VGGish example, centred on its window (``audio_align="window"``, default) or laid out as the benchmark readers do
-   (``"clip"``); :mod:`avseg.audio.alignment` gives both rules.
+   by default) and hands the frames on one at a time; sampled frame ``k`` stands for window ``k``, the interval
+   ``[k / fps, (k + 1) / fps)`` after the first frame. A rate at or above the video's own frame rate takes every
+   source frame once, at the source rate (a higher rate would only repeat frames; it is lowered with a
+   :class:`FpsCappedWarning`). Frames stay at the video's resolution (for the outputs) and are resized per clip to
+   the model's ``image_size`` (antialiased bilinear, as the dataset readers do).
+2. **Clips.** The sampled frames are cut into consecutive clips of the model's clip length ``T`` (default 10) as they
+   are decoded. The last clip, when shorter, is padded by :func:`~avseg.data.types.collate` with invalid frames
+   (``frame_valid = False``) and the outputs of the padding are dropped. Clips are independent forward passes (a
+   model keeps no memory from one clip to the next), run ``batch_size`` at a time.
+3. **Audio.** The soundtrack is 16 kHz mono (sample 0 is the start of window 0; a missing or short track is padded
+   with silence and an :class:`~avseg.errors.AudioPaddedWarning`). Each sampled frame gets one VGGish example,
+   centred on its window (``audio_align="window"``, default) or laid out as the benchmark readers do (``"clip"``);
+   :mod:`avseg.audio.alignment` gives both rules and computes the examples of one clip from that clip's span only.
+   Near the end of the track the ``"window"`` rule shifts an example back so that it ends with the track, and the
+   track's length is only known once the last frame is decoded; a clip is therefore run once enough frames after it
+   have been decoded that its examples cannot change (half a second of frames), or at the end of the video.
 4. **Masks.** The logits of each kept frame are upsampled bilinearly to the video's resolution, then thresholded
-   (``sigmoid > threshold``, binary models, ``K = 1``) or arg-maxed over classes (semantic models, ``K > 1``), into a
-   :class:`~avseg.predict.prediction.Prediction`.
+   (``sigmoid > threshold``, binary models, ``K = 1``) or arg-maxed over classes (semantic models, ``K > 1``).
+
+:meth:`Predictor.stream_video` yields each sampled frame with its mask as soon as its clip has run
+(:class:`SegmentedFrame`): held at once are only the frames of the clips being run (``batch_size * T`` frames plus
+the half second of look-ahead), never the whole video, so ``avseg predict`` writes PNGs and the overlay of a video
+of any length in bounded memory. :meth:`Predictor.predict_video` collects the same stream into an in-memory
+:class:`~avseg.predict.prediction.Prediction` (short videos, notebooks); since that holds every frame, it is refused
+up front, with a message, when it would not fit in memory.
 
 **Promptable models** (SAM2, :func:`~avseg.predict.prompts.is_promptable`) track the object(s) a user gives on one
 frame (:class:`~avseg.predict.prompts.VideoPrompts`: clicks, a box or a mask, in the video's pixel coordinates)
-through the whole video: the sampled frames are one clip, run by the model's
-:meth:`~avseg.models.sam2_vos.SAM2VOS.track` from the prompted frame on; earlier frames are predicted empty. Without a
-rate recorded in the checkpoint or given, such a model samples every frame of the video, as VOS benchmarks do. Each
-object is thresholded at ``sigmoid > threshold``; with several objects a pixel takes the id of its highest-scoring
-object (the output PNGs then hold the objects' ids, as DAVIS results do).
+through the whole video, frame by frame from the prompted frame on, with
+:meth:`~avseg.models.sam2_vos.SAM2VOS.track_iter` (the frames go in chunks of the model's ``eval_chunk``, so the
+result is that of :meth:`~avseg.models.sam2_vos.SAM2VOS.track` on the whole video); only SAM2's windowed memory bank
+is kept. Earlier frames are predicted empty. Without a rate recorded in the checkpoint or given, such a model samples
+every frame of the video, as VOS benchmarks do. Each object is thresholded at ``sigmoid > threshold``; with several
+objects a pixel takes the id of its highest-scoring object (the output PNGs then hold the objects' ids, as DAVIS
+results do).
+
+**Finished masks.** ``stream_video(..., finished=...)`` is given the masks an interrupted run already wrote: a clip
+whose frames all have one is not run again (its masks are read back), which is how ``avseg predict`` resumes. A
+tracking run cannot start in the middle (SAM2's memory of a frame depends on every frame before it since the
+prompt), so it tracks again from the prompted frame and the finished masks are recomputed; the result is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,16 +64,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avseg.audio.alignment import AudioAlign, clip_waveform, frame_audio_examples, window_span
+from avseg.audio.alignment import AudioAlign, clip_waveform, frame_audio_examples, window_example_starts, window_span
 from avseg.audio.logmel import SAMPLE_RATE
 from avseg.checkpoint import resolve_checkpoint
 from avseg.data.base import resize_frames
-from avseg.data.types import AVSSample, collate
+from avseg.data.types import AVSBatch, AVSSample, collate
 from avseg.device import resolve_device
 from avseg.errors import AVSegError, AVSegWarning, MissingFileError, UsageError
-from avseg.media.video import FramePick, VideoClip, probe_video, read_video
+from avseg.media.audio import samples_for
+from avseg.media.video import FramePick, SampledFrame, VideoClip, VideoInfo, VideoReader, probe_video
 from avseg.predict.memory import check_memory
-from avseg.predict.prediction import Prediction
+from avseg.predict.prediction import Prediction, PredictionSummary
 from avseg.predict.prompts import VideoPrompts, is_promptable
 from avseg.predict.settings import (
     TrainingData,
@@ -73,7 +89,14 @@ from avseg.progress import Progress
 if TYPE_CHECKING:
     from avseg.models.base import AVSModel
 
-__all__ = ["FpsCappedWarning", "Predictor", "TextRequiredError", "fallback_pointer"]
+__all__ = [
+    "FpsCappedWarning",
+    "PredictionStream",
+    "Predictor",
+    "SegmentedFrame",
+    "TextRequiredError",
+    "fallback_pointer",
+]
 
 # Upsampled logits held at once: bounds memory for 71-class models on large videos (71 x 1080p is ~590 MB a frame).
 _UPSAMPLE_BUDGET = 64 * 1024 * 1024  # elements (256 MB of float32)
@@ -202,39 +225,22 @@ class Predictor:
                 "prompt options, or use a promptable (sam2) checkpoint"
             )
 
-    def predict_video(
+    def open_video(
         self,
         video_path: str | Path,
-        text: str | None = None,
         *,
         fps: float | None = None,
-        clip_len: int | None = None,
         frame_pick: FramePick | None = None,
         prompts: VideoPrompts | None = None,
-        progress: bool = False,
-    ) -> Prediction:
-        """Decode a video (file or folder of frames) with its soundtrack and segment every sampled frame.
-
-        A rate above the video's frame rate is lowered to it, with a :class:`FpsCappedWarning`: at or above the
-        source rate every source frame is used once (``frame_pick`` ``"all"``), never a repeated one.
-
-        Args:
-            video_path: any file PyAV opens, or a folder of frames (read in full, at ``fps`` frames per second,
-                with ``audio.wav`` beside them; see :func:`~avseg.media.video.read_video`).
-            text: the referring expression (required by text models, ignored by AVS models).
-            fps: sampling rate (default: the predictor's).
-            clip_len: frames per forward clip (default: the predictor's).
-            frame_pick: frame-picking rule (default: the predictor's).
-            prompts: the object(s) a promptable model tracks (required by it, refused by other models); checked
-                against the video's size before decoding.
-            progress: show the progress of decoding and of the clips on stderr (a bar on a terminal, else a line
-                every 15 s).
+    ) -> tuple[VideoReader, VideoInfo, float, float | None]:
+        """The reader of a video at the predictor's rate (every frame at or above the source rate, with a
+        :class:`FpsCappedWarning` above it), before any frame is decoded; ``prompts`` are checked against the video's
+        size first.
 
         Returns:
-            The :class:`Prediction`.
+            The :class:`~avseg.media.video.VideoReader`, the video's :class:`~avseg.media.video.VideoInfo`, the
+            window rate, and the rate that was asked for when it was lowered (else None).
         """
-        text = self.check_text(text)
-        self.check_prompts(prompts)
         rate = positive_float(fps if fps is not None else self.fps, "fps")
         path = Path(video_path)
         if not path.exists():
@@ -256,28 +262,102 @@ class Predictor:
                     f"{path}: requested {rate:g} fps is above the video's frame rate of {info.source_fps:g} fps; "
                     f"sampling every frame ({info.source_fps:g} fps) instead of repeating frames",
                     FpsCappedWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             rate, sample_fps = info.source_fps, None
-        if not path.is_dir():  # decoded frames + masks + the painted overlay, all at the video's resolution
-            frames = max(1, math.floor(info.duration_s * rate + 0.5))
-            check_memory(frames * info.width * info.height * 7, f"{frames} sampled frames of {path}", "a lower --fps")
-        has_audio = info.has_audio
-        with Progress(f"decoding {path.name}", info.num_frames or None, "frame", enabled=progress) as bar:
-            clip = read_video(
-                path,
-                fps=sample_fps,
-                frame_pick=frame_pick or self.frame_pick,
-                audio=True,
-                folder_fps=rate,
-                progress=bar.update,
-            )
-        prediction = self.predict_clip(
-            clip, text, clip_len=clip_len, has_audio=has_audio, prompts=prompts, progress=progress
+        reader = VideoReader(
+            path, fps=sample_fps, frame_pick=frame_pick or self.frame_pick, audio=True, folder_fps=rate
         )
-        if requested is not None:
-            prediction.extra["requested_fps"] = requested
-        return prediction
+        return reader, info, rate, requested
+
+    def stream_video(
+        self,
+        video_path: str | Path,
+        text: str | None = None,
+        *,
+        fps: float | None = None,
+        clip_len: int | None = None,
+        frame_pick: FramePick | None = None,
+        prompts: VideoPrompts | None = None,
+        progress: bool = False,
+        finished: Callable[[int], Tensor | None] | None = None,
+    ) -> PredictionStream:
+        """Segment a video (file or folder of frames) as it is decoded: iterate the result for each sampled frame
+        with its mask (:class:`SegmentedFrame`, in time order); afterwards it describes the run.
+
+        Same arguments as :meth:`predict_video`, plus ``finished``: sampled frame ``k`` → its mask when an earlier run
+        already made it (``uint8 (H, W)`` as :attr:`SegmentedFrame.mask`), else None; clips whose frames all have one
+        are not run (promptable models track the whole video in any case). Text and prompts are checked, and the
+        prompts against the video's size, before anything is decoded.
+        """
+        text = self.check_text(text)
+        self.check_prompts(prompts)
+        reader, info, rate, requested = self.open_video(video_path, fps=fps, frame_pick=frame_pick, prompts=prompts)
+        if reader.is_folder:
+            total = info.num_frames
+        elif reader.fps is None:
+            total = info.num_frames or None
+        else:
+            total = max(1, math.floor(info.duration_s * rate + 0.5))
+        length = positive_int(clip_len if clip_len is not None else self.clip_len, "clip_len")
+        return PredictionStream(
+            self,
+            reader,
+            rate=rate,
+            text=text,
+            clip_len=length,
+            has_audio=info.has_audio,
+            prompts=prompts,
+            total=total,
+            progress=progress,
+            finished=finished,
+            requested_fps=requested,
+        )
+
+    def predict_video(
+        self,
+        video_path: str | Path,
+        text: str | None = None,
+        *,
+        fps: float | None = None,
+        clip_len: int | None = None,
+        frame_pick: FramePick | None = None,
+        prompts: VideoPrompts | None = None,
+        progress: bool = False,
+    ) -> Prediction:
+        """Decode a video (file or folder of frames) with its soundtrack and segment every sampled frame, in memory.
+
+        This is :meth:`stream_video` collected: every sampled frame and mask is held at the video's resolution, so a
+        run that would not fit in the available memory is refused before decoding (``avseg predict`` streams to files
+        instead and has no such limit). A rate above the video's frame rate is lowered to it, with a
+        :class:`FpsCappedWarning`: at or above the source rate every source frame is used once (``frame_pick``
+        ``"all"``), never a repeated one.
+
+        Args:
+            video_path: any file PyAV opens, or a folder of frames (read at ``fps`` frames per second, with
+                ``audio.wav`` beside them; see :func:`~avseg.media.video.read_video`).
+            text: the referring expression (required by text models, ignored by AVS models).
+            fps: sampling rate (default: the predictor's).
+            clip_len: frames per forward clip (default: the predictor's).
+            frame_pick: frame-picking rule (default: the predictor's).
+            prompts: the object(s) a promptable model tracks (required by it, refused by other models); checked
+                against the video's size before decoding.
+            progress: show the progress over the sampled frames on stderr (a bar on a terminal, else a line every
+                15 s), with its rate and ETA.
+
+        Returns:
+            The :class:`Prediction`.
+        """
+        stream = self.stream_video(
+            video_path, text, fps=fps, clip_len=clip_len, frame_pick=frame_pick, prompts=prompts, progress=progress
+        )
+        if not stream.reader.is_folder:  # decoded frames + masks + the painted overlay, all at the video's resolution
+            info = probe_video(video_path)
+            frames = stream.total or max(1, math.floor(info.duration_s * stream.rate + 0.5))
+            check_memory(
+                frames * info.width * info.height * 7, f"{frames} sampled frames of {video_path}", "a lower --fps"
+            )
+        return stream.collect()
 
     def predict_clip(
         self,
@@ -297,162 +377,384 @@ class Predictor:
             text: the referring expression.
             clip_len: frames per forward clip (default: the predictor's).
             has_audio: whether the source has sound (default: ``clip.audio`` is present and not all zero).
-            prompts: the object(s) a promptable model tracks (then the frames are one clip; ``clip_len`` is unused).
-            progress: show the progress over clips on stderr.
+            prompts: the object(s) a promptable model tracks.
+            progress: show the progress over the frames on stderr.
         """
         text = self.check_text(text)
         self.check_prompts(prompts)
         length = positive_int(clip_len if clip_len is not None else self.clip_len, "clip_len")
-        rate = float(clip.sample_fps or clip.source_fps or self.fps)
-        num_frames, height, width = clip.frames.shape[0], clip.frames.shape[2], clip.frames.shape[3]
-        if clip.audio is not None:
-            wave = np.asarray(clip.audio, dtype=np.float32)
-            if clip.audio_rate != SAMPLE_RATE:
-                raise ValueError(f"predict_clip: audio must be at {SAMPLE_RATE} Hz, got {clip.audio_rate}")
-        else:
-            wave = np.zeros(window_span(0, num_frames, rate)[1], np.float32)
-        if has_audio is None:
-            has_audio = clip.audio is not None and bool(np.any(wave))
-
+        source = _ClipFrames(clip, float(clip.sample_fps or clip.source_fps or self.fps))
         if prompts is not None:
-            prompts.check(height, width)
-            prompts.check_frame(num_frames)
-            length = max(1, num_frames)  # one clip: the model tracks through the whole video
-        clip_starts = list(range(0, num_frames, length))
-        with Progress("tracking" if prompts else "segmenting", len(clip_starts), "clip", enabled=progress) as bar:
-            samples = (
-                self._sample(clip, wave, rate, s, min(s + length, num_frames), length, text, has_audio)
-                for s in clip_starts
-            )
-            if prompts is not None:
-                masks, num_classes, elapsed = self._track(next(samples), prompts, (height, width))
-                bar.update(1)
-            else:
-                masks, num_classes, elapsed = self._segment(
-                    samples, clip_starts, num_frames, length, (height, width), bar
-                )
-        extra = {} if prompts is None else {"prompt": prompts.record(), "object_ids": prompts.object_ids}
-        foreground = (masks > 0).flatten(1).float().mean(1).double().numpy() if num_frames else np.zeros(0)
-        return Prediction(
-            masks=masks,
-            kind="binary" if num_classes == 1 else "semantic",
-            num_classes=num_classes,
-            frames=clip.frames,
-            timestamps=np.asarray(clip.timestamps, dtype=np.float64),
-            source_indices=np.asarray(clip.source_indices, dtype=np.int64),
-            foreground=foreground,
-            fps=rate,
-            frame_pick=clip.frame_pick,
-            clip_len=length,
-            num_clips=len(clip_starts),
-            threshold=self.threshold,
+            prompts.check(int(clip.frames.shape[2]), int(clip.frames.shape[3]))
+        if has_audio is None:
+            has_audio = clip.audio is not None and bool(np.any(source.wave))
+        stream = PredictionStream(
+            self,
+            source,
+            rate=source.rate,
             text=text,
-            audio_align=self.audio_align,
-            audio=wave,
+            clip_len=length,
             has_audio=has_audio,
-            audio_padded=bool(clip.audio_padded),
-            source_fps=float(clip.source_fps),
-            video_path=Path(clip.path) if clip.path is not None else None,
-            elapsed_s=elapsed,
-            device=str(self.device),
-            image_size=self.image_size,
-            extra=extra,
+            prompts=prompts,
+            total=int(clip.frames.shape[0]),
+            progress=progress,
         )
-
-    def _segment(
-        self,
-        samples: Iterator[AVSSample],
-        clip_starts: list[int],
-        num_frames: int,
-        length: int,
-        size: tuple[int, int],
-        bar: Progress,
-    ) -> tuple[Tensor, int, float]:
-        """Run the clips ``batch_size`` at a time: ``uint8`` masks ``(T, H, W)``, the mask channels ``K`` and the
-        seconds spent in the model and the upsampling."""
-        masks = torch.zeros((num_frames, *size), dtype=torch.uint8)
-        num_classes = 1
-        elapsed = 0.0
-        for first in range(0, len(clip_starts), self.batch_size):
-            group = clip_starts[first : first + self.batch_size]
-            batch = collate([next(samples) for _ in group], num_frames=length).to(self.device)
-            tic = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.model(batch).mask_logits  # (B, T, K, h, w)
-                if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
-                    raise AVSegError(
-                        f"model {self.name} returned mask_logits of shape {tuple(logits.shape)}, "
-                        f"expected ({len(group)}, {length}, K, h, w)"
-                    )
-                num_classes = int(logits.shape[2])
-                for i, start in enumerate(group):
-                    stop = min(start + length, num_frames)
-                    # Padded frames (beyond `stop`) are dropped here; they never reach the outputs.
-                    masks[start:stop] = _logits_to_masks(logits[i, : stop - start], size, self.threshold)
-            self._synchronize()
-            elapsed += time.perf_counter() - tic
-            bar.update(len(group))
-        return masks, num_classes, elapsed
-
-    def _track(self, sample: AVSSample, prompts: VideoPrompts, size: tuple[int, int]) -> tuple[Tensor, int, float]:
-        """Track the prompted objects through ``sample`` (every sampled frame): ``uint8`` masks ``(T, H, W)`` (0/1
-        for one object, else the objects' ids), the number of objects and the seconds spent."""
-        objects = prompts.objects
-        # One row per object; every row holds the same frames (SAM2 tracks each object with its own memory).
-        batch = collate([sample] * len(objects), num_frames=sample.num_frames).to(self.device)
-        tic = time.perf_counter()
-        with torch.inference_mode():
-            if prompts.kind == "mask":
-                masks = torch.from_numpy(np.stack([o.mask for o in objects]))  # (n, H, W) bool
-                output = self.model.track(batch, start=prompts.frame, masks=masks)
-            else:
-                points, labels = objects[0].clicks()  # (P, 2) in the video's pixels, (P,)
-                output = self.model.track(
-                    batch,
-                    start=prompts.frame,
-                    points=torch.from_numpy(points)[None],
-                    point_labels=torch.from_numpy(labels)[None],
-                )
-            tracked = output.mask_logits[:, :, 0].transpose(0, 1)  # (T, n, h, w): the objects as channels
-            ids = prompts.object_ids if len(objects) > 1 else None
-            masks = _logits_to_masks(tracked, size, self.threshold, object_ids=ids)
-        self._synchronize()
-        return masks, len(objects), time.perf_counter() - tic
+        return stream.collect()
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _sample(
+
+@dataclass
+class SegmentedFrame:
+    """One sampled frame with its mask, as :meth:`Predictor.stream_video` hands it on.
+
+    Attributes:
+        index: sampled frame ``k`` (window ``k``).
+        image: ``uint8`` ``(3, H, W)`` the frame at the video's resolution.
+        mask: ``uint8`` ``(H, W)``: 0/1 for binary models, class ids for semantic ones, object ids (or 0/1 for one
+            object) for promptable ones.
+        time_s: presentation time (s) of the source frame.
+        source_index: index of the source frame in the video.
+        finished: the mask came from ``finished`` (an earlier run), not from the model.
+    """
+
+    index: int
+    image: Tensor
+    mask: Tensor
+    time_s: float
+    source_index: int
+    finished: bool = False
+
+
+class _ClipFrames:
+    """A decoded :class:`~avseg.media.video.VideoClip` as the frame source :class:`PredictionStream` reads."""
+
+    def __init__(self, clip: VideoClip, rate: float) -> None:
+        self.clip, self.rate = clip, rate
+        num_frames = int(clip.frames.shape[0])
+        if clip.audio is not None:
+            if clip.audio_rate != SAMPLE_RATE:
+                raise ValueError(f"predict_clip: audio must be at {SAMPLE_RATE} Hz, got {clip.audio_rate}")
+            self.wave = np.asarray(clip.audio, dtype=np.float32)
+        else:
+            self.wave = np.zeros(window_span(0, num_frames, rate)[1], np.float32)
+        self.audio = self.wave
+        self.num_frames = num_frames
+        self.span_s = self.wave.size / SAMPLE_RATE
+        self.is_folder = False
+        self.path = clip.path
+        self.source_fps = float(clip.source_fps)
+        self.frame_pick = clip.frame_pick
+        self.audio_padded = bool(clip.audio_padded)
+        self.progress = None
+
+    def __iter__(self) -> Iterator[SampledFrame]:
+        for k in range(self.num_frames):
+            yield SampledFrame(k, self.clip.frames[k], float(self.clip.timestamps[k]), int(self.clip.source_indices[k]))
+
+    def audio_upto(self, num_samples: int) -> np.ndarray:
+        return np.pad(self.wave[:num_samples], (0, max(0, num_samples - self.wave.size)))
+
+
+class PredictionStream:
+    """The sampled frames of one video with their masks, made while the video is decoded (iterate it once).
+
+    Built by :meth:`Predictor.stream_video`; the iteration yields :class:`SegmentedFrame` in time order and keeps
+    only small per-frame records (time, source frame, foreground share). Afterwards :meth:`summary` describes the
+    run (the settings ``avseg predict`` records) and :attr:`audio` is the soundtrack of the sampled span.
+
+    Attributes:
+        rate: the window rate (frames per second of video).
+        clip_len: frames per forward clip (the whole video for a promptable model).
+        total: the sampled frames expected (from the container; None when unknown).
+        kind, num_classes: the mask kind (``"binary"``/``"semantic"``) and channels, once a mask exists.
+        num_clips: forward clips run (or, resuming, that would have run).
+        model_calls: forward passes actually run.
+        elapsed_s: seconds spent in the model and the upsampling.
+    """
+
+    def __init__(
         self,
-        clip: VideoClip,
-        wave: np.ndarray,
+        predictor: Predictor,
+        reader: VideoReader | _ClipFrames,
+        *,
         rate: float,
-        start: int,
-        stop: int,
-        length: int,
         text: str | None,
+        clip_len: int,
         has_audio: bool,
-    ) -> AVSSample:
-        """The model input of sampled frames ``[start, stop)``, at the model's size (padding is added by collate)."""
-        frames = resize_frames(clip.frames[start:stop], self.image_size)  # (n, 3, h, w)
+        prompts: VideoPrompts | None,
+        total: int | None,
+        progress: bool,
+        finished: Callable[[int], Tensor | None] | None = None,
+        requested_fps: float | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.reader = reader
+        self.rate = rate
+        self.text = text
+        self.clip_len = clip_len
+        self.has_audio = has_audio
+        self.prompts = prompts
+        self.total = total
+        self.progress = progress
+        self.finished = finished
+        self.requested_fps = requested_fps
+        self.kind: Literal["binary", "semantic"] | None = None
+        self.num_classes = 0
+        self.num_clips = 0
+        self.model_calls = 0
+        self.elapsed_s = 0.0
+        self.size: tuple[int, int] = (0, 0)
+        self.timestamps: list[float] = []
+        self.source_indices: list[int] = []
+        self.foreground: list[float] = []
+        self.done = False
+        name = Path(reader.path).stem if reader.path is not None else "video"
+        self.name = name
+
+    @property
+    def audio(self) -> np.ndarray:
+        """16 kHz mono over the sampled span (after the iteration)."""
+        if self.reader.audio is None:
+            raise RuntimeError("PredictionStream.audio: the stream has not been read to its end")
+        return self.reader.audio
+
+    def audio_upto(self, num_samples: int) -> np.ndarray:
+        """The first samples of the soundtrack, final while frames are still coming (see ``VideoReader``)."""
+        return self.reader.audio_upto(num_samples)
+
+    def __iter__(self) -> Iterator[SegmentedFrame]:
+        desc = f"{'tracking' if self.prompts is not None else 'segmenting'} {Path(self.reader.path).name}"
+        with Progress(desc, self.total, "frame", enabled=self.progress) as bar:
+            frames = self._track() if self.prompts is not None else self._segment()
+            for frame in frames:
+                self.timestamps.append(frame.time_s)
+                self.source_indices.append(frame.source_index)
+                self.foreground.append(float((frame.mask > 0).float().mean()))
+                bar.update()
+                yield frame
+        if self.prompts is not None:
+            self.prompts.check_frame(len(self.timestamps))
+        self.done = True
+
+    # -- groups of frames ----------------------------------------------------------------------------------------
+
+    def _groups(self, length: int, offset: int = 0) -> Iterator[tuple[int, list[SampledFrame], np.ndarray]]:
+        """Consecutive groups of sampled frames, ``length`` at a time from frame ``offset`` (one at a time before
+        it), each with the audio track its clip reads (a prefix of the final track that covers it).
+
+        A group comes out once its frames' audio examples can no longer change (module docstring, 3.), so that it
+        holds the frames of one clip plus at most half a second of look-ahead."""
+        pending: list[SampledFrame] = []
+        for frame in self.reader:
+            if not pending and not self.size[0]:
+                self.size = (int(frame.image.shape[1]), int(frame.image.shape[2]))
+            pending.append(frame)
+            while pending:
+                start = pending[0].index
+                size = 1 if start < offset else length
+                if len(pending) < size:
+                    break
+                known = samples_for(self.reader.span_s, SAMPLE_RATE)  # the track's final samples so far
+                if not self._audio_final(start, start + size, known):
+                    break
+                yield start, pending[:size], self.reader.audio_upto(known)
+                del pending[:size]
+        wave = self.reader.audio if self.reader.audio is not None else self.reader.audio_upto(0)
+        while pending:
+            start = pending[0].index
+            size = 1 if start < offset else length
+            yield start, pending[:size], wave
+            del pending[:size]
+
+    def _audio_final(self, start: int, stop: int, known: int) -> bool:
+        """Whether the examples of frames ``[start, stop)`` are the same on a track of ``known`` samples as on any
+        longer one (the ``"window"`` rule shifts the last examples back to the track's end)."""
+        if self.predictor.audio_align != "window":
+            return window_span(start, stop, self.rate)[1] <= known
+        frames = range(start, stop)
+        return bool(
+            np.array_equal(
+                window_example_starts(frames, self.rate, known), window_example_starts(frames, self.rate, 1 << 62)
+            )
+        )
+
+    def _sample(self, frames: list[SampledFrame], wave: np.ndarray, length: int) -> AVSSample:
+        """The model input of consecutive sampled frames, at the model's size (padding is added by collate)."""
+        predictor = self.predictor
+        start, stop = frames[0].index, frames[-1].index + 1
+        pixels = resize_frames(torch.stack([f.image for f in frames]), predictor.image_size)  # (n, 3, h, w)
         n = stop - start
-        name = Path(clip.path).stem if clip.path is not None else "video"
         return AVSSample(
-            frames=frames,
-            masks=torch.zeros((n, *self.image_size), dtype=torch.uint8),
+            frames=pixels,
+            masks=torch.zeros((n, *predictor.image_size), dtype=torch.uint8),
             frame_valid=torch.ones(n, dtype=torch.bool),
             label_valid=torch.zeros(n, dtype=torch.bool),
-            audio_wave=clip_waveform(wave, rate, start, stop, length),
-            audio_examples=frame_audio_examples(wave, rate, start, stop, self.audio_align),
-            video_id=name,
+            audio_wave=clip_waveform(wave, self.rate, start, stop, length),
+            audio_examples=frame_audio_examples(wave, self.rate, start, stop, predictor.audio_align),
+            video_id=self.name,
             split="predict",
             dataset="video",
-            text=text,
-            uid=f"{name}@{start}",
-            has_audio=has_audio,
-            orig_size=(int(clip.frames.shape[2]), int(clip.frames.shape[3])),
-            meta={"frame_indices": list(range(start, stop)), "timestamps": clip.timestamps[start:stop].tolist()},
+            text=self.text,
+            uid=f"{self.name}@{start}",
+            has_audio=self.has_audio,
+            orig_size=self.size,
+            meta={"frame_indices": list(range(start, stop)), "timestamps": [f.time_s for f in frames]},
+        )
+
+    # -- clip models ---------------------------------------------------------------------------------------------
+
+    def _segment(self) -> Iterator[SegmentedFrame]:
+        """Run the clips ``batch_size`` at a time as they fill up; clips whose masks are all ``finished`` are not
+        run."""
+        group: list[tuple[list[SampledFrame], np.ndarray]] = []
+        for _, frames, wave in self._groups(self.clip_len):
+            self.num_clips += 1
+            stored = [self.finished(f.index) for f in frames] if self.finished is not None else [None]
+            if all(m is not None for m in stored):
+                yield from self._run(group)
+                group = []
+                for frame, mask in zip(frames, stored, strict=True):
+                    yield self._segmented(frame, mask, finished=True)
+                continue
+            group.append((frames, wave))
+            if len(group) == self.predictor.batch_size:
+                yield from self._run(group)
+                group = []
+        yield from self._run(group)
+
+    def _run(self, group: list[tuple[list[SampledFrame], np.ndarray]]) -> Iterator[SegmentedFrame]:
+        if not group:
+            return
+        predictor, length = self.predictor, self.clip_len
+        batch = collate([self._sample(frames, wave, length) for frames, wave in group], num_frames=length)
+        batch = batch.to(predictor.device)
+        tic = time.perf_counter()
+        with torch.inference_mode():
+            logits = predictor.model(batch).mask_logits  # (B, T, K, h, w)
+            self.model_calls += 1
+            if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
+                raise AVSegError(
+                    f"model {predictor.name} returned mask_logits of shape {tuple(logits.shape)}, "
+                    f"expected ({len(group)}, {length}, K, h, w)"
+                )
+            self._set_kind(int(logits.shape[2]))
+            # Padded frames (beyond each clip's own) are dropped here; they never reach the outputs.
+            masks = [
+                _logits_to_masks(logits[i, : len(frames)], self.size, predictor.threshold)
+                for i, (frames, _) in enumerate(group)
+            ]
+        predictor._synchronize()
+        self.elapsed_s += time.perf_counter() - tic
+        for (frames, _), clip_masks in zip(group, masks, strict=True):
+            for frame, mask in zip(frames, clip_masks, strict=True):
+                yield self._segmented(frame, mask)
+
+    def _set_kind(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.kind = "binary" if num_classes == 1 else "semantic"
+
+    def _segmented(self, frame: SampledFrame, mask: Tensor, *, finished: bool = False) -> SegmentedFrame:
+        return SegmentedFrame(frame.index, frame.image, mask, frame.time_s, frame.source_index, finished)
+
+    # -- promptable models ---------------------------------------------------------------------------------------
+
+    def _track(self) -> Iterator[SegmentedFrame]:
+        """Track the prompted objects from the prompted frame on, ``eval_chunk`` frames per encoder call."""
+        prompts = self.prompts
+        assert prompts is not None
+        predictor = self.predictor
+        objects = prompts.objects
+        self.num_clips = 1
+        self._set_kind(len(objects))
+        ids = prompts.object_ids if len(objects) > 1 else None
+        held: list[SampledFrame] = []  # decoded frames whose masks are still being tracked
+
+        def chunks() -> Iterator[AVSBatch]:
+            for _, frames, wave in groups:
+                held.extend(frames)
+                sample = self._sample(frames, wave, len(frames))
+                # One row per object; every row holds the same frames (SAM2 tracks each object with its own memory).
+                yield collate([sample] * len(objects), num_frames=len(frames)).to(predictor.device)
+
+        chunk = int(getattr(predictor.model.config, "eval_chunk", 8))
+        groups = self._groups(chunk, offset=prompts.frame)
+        if prompts.frame > 0:
+            for _, frames, _ in groups:  # the frames before the prompted one, one at a time: empty
+                yield self._segmented(frames[0], torch.zeros(self.size, dtype=torch.uint8))
+                if frames[0].index + 1 == prompts.frame:
+                    break
+        if prompts.kind == "mask":
+            kwargs = {"masks": torch.from_numpy(np.stack([o.mask for o in objects]))}  # (n, H, W) bool
+        else:
+            points, labels = objects[0].clicks()  # (P, 2) in the video's pixels, (P,)
+            kwargs = {"points": torch.from_numpy(points)[None], "point_labels": torch.from_numpy(labels)[None]}
+        tracked = predictor.model.track_iter(chunks(), start=prompts.frame, **kwargs)
+        while True:
+            tic = time.perf_counter()
+            with torch.inference_mode():
+                step = next(tracked, None)
+                if step is not None:  # (n, 1, h, w) -> (1, n, h, w): the objects as channels
+                    logits = step[1].transpose(0, 1)
+                    mask = _logits_to_masks(logits, self.size, predictor.threshold, object_ids=ids)[0]
+            predictor._synchronize()
+            self.elapsed_s += time.perf_counter() - tic
+            if step is None:
+                break
+            yield self._segmented(held.pop(0), mask)
+        self.model_calls = 1
+
+    # -- results -------------------------------------------------------------------------------------------------
+
+    def collect(self) -> Prediction:
+        """Read the whole stream into an in-memory :class:`Prediction`."""
+        images, masks = [], []
+        for frame in self:
+            images.append(frame.image)
+            masks.append(frame.mask)
+        summary = self.summary()
+        return Prediction(
+            masks=torch.stack(masks) if masks else torch.zeros((0, *self.size), dtype=torch.uint8),
+            frames=torch.stack(images) if images else torch.zeros((0, 3, *self.size), dtype=torch.uint8),
+            audio=self.audio,
+            **{f.name: getattr(summary, f.name) for f in dataclasses.fields(PredictionSummary)},
+        )
+
+    def summary(self) -> PredictionSummary:
+        """What the finished run made and how (see :class:`~avseg.predict.prediction.PredictionSummary`)."""
+        if not self.done:
+            raise RuntimeError("PredictionStream.summary: the stream has not been read to its end")
+        prompts = self.prompts
+        extra: dict[str, Any] = (
+            {} if prompts is None else {"prompt": prompts.record(), "object_ids": prompts.object_ids}
+        )
+        if self.requested_fps is not None:
+            extra["requested_fps"] = self.requested_fps
+        reader = self.reader
+        return PredictionSummary(
+            kind=self.kind or "binary",
+            num_classes=self.num_classes or 1,
+            size=self.size,
+            timestamps=np.asarray(self.timestamps, dtype=np.float64),
+            source_indices=np.asarray(self.source_indices, dtype=np.int64),
+            foreground=np.asarray(self.foreground, dtype=np.float64),
+            fps=self.rate,
+            frame_pick=reader.frame_pick,
+            clip_len=len(self.timestamps) if prompts is not None else self.clip_len,
+            num_clips=self.num_clips,
+            threshold=self.predictor.threshold,
+            text=self.text,
+            audio_align=self.predictor.audio_align,
+            has_audio=self.has_audio,
+            audio_padded=bool(reader.audio_padded),
+            source_fps=float(reader.source_fps),
+            video_path=Path(reader.path) if reader.path is not None else None,
+            elapsed_s=self.elapsed_s,
+            device=str(self.predictor.device),
+            image_size=self.predictor.image_size,
+            extra=extra,
         )
 
 
