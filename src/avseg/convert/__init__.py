@@ -19,10 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avseg.errors import CheckpointError
+from avseg.errors import CheckpointError, MissingFileError
 from avseg.progress import Progress
 
-__all__ = ["conversion_phase", "conversion_summary", "load_fitting_state", "print_conversion", "tensor_values"]
+__all__ = [
+    "conversion_phase",
+    "conversion_summary",
+    "load_fitting_state",
+    "print_conversion",
+    "read_released_state",
+    "tensor_values",
+]
 
 
 @contextlib.contextmanager
@@ -92,6 +99,53 @@ def print_conversion(summary: Mapping[str, Any], lines: Iterable[str], *, json: 
     else:
         for line in lines:
             print(line)
+
+
+def read_released_state(
+    path: str | Path, what: str, *, wrappers: tuple[str, ...] = ("state_dict", "model"), mmap: bool = False
+) -> dict[str, Tensor]:
+    """Read a released checkpoint's state dict without running pickled code.
+
+    A ``.safetensors`` file is read as such; anything else with ``torch.load(weights_only=True)``, which rebuilds
+    tensors and plain containers only. A state dict that the training script saved inside a dict (``{"state_dict":
+    ...}``, ``{"model": ...}``) is unwrapped, the ``wrappers`` keys tried in order (nested wrappers too).
+
+    Args:
+        path: the released file.
+        what: what it is, for the messages (``"released EEMC checkpoint (.pth)"``).
+        wrappers: keys under which the state dict may sit.
+        mmap: memory-map a zip-format ``torch.save`` file instead of reading it whole (multi-GB releases).
+
+    Raises:
+        MissingFileError: no such file.
+        CheckpointError: a file that cannot be read that way, or that holds no mapping of names to tensors (the
+            message names the file and gives the reader's first line).
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, what)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(path, f"cannot read as safetensors: {err}") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(path, f"cannot read with torch.load(weights_only=True): {first}") from err
+    for key in wrappers:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        found = type(obj).__name__ if not isinstance(obj, Mapping) else "a mapping holding non-tensors"
+        raise CheckpointError(path, f"expected a state dict (a mapping of names to tensors), got {found}")
+    return dict(obj)
 
 
 def load_fitting_state(

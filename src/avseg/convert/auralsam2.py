@@ -63,9 +63,10 @@ from avseg.convert import (
     conversion_summary,
     load_fitting_state,
     print_conversion,
+    read_released_state,
     tensor_values,
 )
-from avseg.errors import CheckpointError, MissingFileError
+from avseg.errors import CheckpointError
 
 __all__ = [
     "ConversionReport",
@@ -379,17 +380,8 @@ def convert_checkpoint(
     from avseg.checkpoint import save_checkpoint
 
     src = Path(src)
-    if not src.is_file():
-        raise MissingFileError(src, "AuralSAM2 checkpoint")
     with conversion_phase(f"reading {src.name}", enabled=progress):
-        try:
-            raw = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
-            raise CheckpointError(src, f"cannot read: {str(err).splitlines()[0]}") from err
-    if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(src, f"expected a state dict, got {type(raw).__name__}")
+        raw = read_released_state(src, "AuralSAM2 checkpoint", wrappers=("state_dict",))
     with conversion_phase("mapping tensors", enabled=progress, total=len(raw), unit="tensor"):
         state, report = convert_state_dict(raw, keep_vggish=keep_vggish)
         if report.unknown:

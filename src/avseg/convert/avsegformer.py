@@ -61,6 +61,7 @@ from avseg.convert import (
     conversion_summary,
     load_fitting_state,
     print_conversion,
+    read_released_state,
     tensor_values,
 )
 from avseg.errors import CheckpointError, MissingFileError
@@ -253,19 +254,6 @@ def infer_released_config(state: Mapping[str, Tensor], preset: str | None = None
     )
 
 
-def _load_state(path: Path) -> dict[str, Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; report them as one
-        raise CheckpointError(path, f"cannot read with torch.load(weights_only=True): {err}") from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(path, "expected a state dict (a mapping of names to tensors)")
-    return dict(obj)
-
-
 def convert(
     input: Path,
     out: Path,
@@ -309,7 +297,7 @@ def convert(
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: already exists (pass --overwrite to replace it)")
     with conversion_phase(f"reading {input.name}", enabled=not quiet):
-        state = _load_state(input)
+        state = read_released_state(input, "released AVSegFormer checkpoint (.pth)")
         digest = hashlib.sha256(input.read_bytes()).hexdigest()
     with conversion_phase("mapping tensors", enabled=not quiet, total=len(state), unit="tensor"):
         try:

@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import conversion_phase, load_fitting_state
+from avseg.convert import conversion_phase, load_fitting_state, read_released_state
 from avseg.convert.auralsam2 import ConversionReport
-from avseg.errors import CheckpointError, MissingFileError, UsageError
+from avseg.errors import CheckpointError, UsageError
 
 __all__ = ["convert", "convert_checkpoint", "convert_state_dict", "load_released", "released_overrides"]
 
@@ -145,25 +145,7 @@ def load_released(path: str | Path) -> dict[str, Any]:
         MissingFileError: no such file.
         CheckpointError: a file that cannot be read that way, or that holds no state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "released EEMC checkpoint (.pth)")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(path, f"cannot read: {err}") from err
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types; none may execute code with weights_only
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(path, f"cannot read with torch.load(weights_only=True): {first}") from err
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(path, f"expected a state dict, got {type(raw).__name__}")
-    return dict(raw)
+    return read_released_state(path, "released EEMC checkpoint (.pth)")
 
 
 class _CheckpointedPart(nn.Module):

@@ -57,8 +57,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from avseg.convert import conversion_phase, conversion_summary, print_conversion, tensor_values
-from avseg.errors import CheckpointError, MissingFileError, UsageError
+from avseg.convert import (
+    conversion_phase,
+    conversion_summary,
+    print_conversion,
+    read_released_state,
+    tensor_values,
+)
+from avseg.errors import CheckpointError, UsageError
 
 __all__ = ["KEY_RULES", "convert", "convert_state_dict", "detect_variant", "load_upstream", "upstream_to_avseg_key"]
 
@@ -238,18 +244,7 @@ def load_upstream(path: str | Path) -> dict[str, Tensor]:
     """Read an upstream SAM2 checkpoint (``{"model": state_dict}``, a bare state dict, or a bigger model's state dict
     holding SAM2 under a prefix) with ``weights_only=True``; returns the SAM2 keys without prefix."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "SAM2 checkpoint")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or non-checkpoint file
-        raise CheckpointError(path, f"cannot read as a weights-only torch checkpoint: {err}") from err
-    for key in ("model", "state_dict", "module"):
-        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
-            data = data[key]
-            break
-    if not isinstance(data, Mapping):
-        raise CheckpointError(path, f"expected a state dict, got {type(data).__name__}")
+    data = read_released_state(path, "SAM2 checkpoint", wrappers=("model", "state_dict", "module"))
     return _strip_prefix(data, path)
 
 

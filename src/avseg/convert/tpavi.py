@@ -60,7 +60,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from avseg.convert import conversion_phase, conversion_summary, print_conversion, tensor_values
+from avseg.convert import (
+    conversion_phase,
+    conversion_summary,
+    print_conversion,
+    read_released_state,
+    tensor_values,
+)
 
 # The AVSBench backbones are the ones AVSegFormer's released code copied: one key map serves both converters.
 from avseg.convert.avsegformer import PVT_RULES, RESNET_RULES, map_released_key
@@ -203,21 +209,6 @@ def infer_released_config(state: Mapping[str, Tensor], preset: str | None = None
     )
 
 
-def _load_state(path: Path, what: str) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise MissingFileError(path, what)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; report them as one
-        raise CheckpointError(path, f"cannot read with torch.load(weights_only=True): {err}") from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(path, "expected a state dict (a mapping of names to tensors)")
-    return dict(obj)
-
-
 def _fit_report(converted: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str | None:
     """None if ``converted`` fills ``expected`` exactly (names and shapes), else what is missing, extra or misshapen."""
     missing = sorted(set(expected) - set(converted))
@@ -285,7 +276,7 @@ def convert(
     if out.exists() and not overwrite:
         raise CheckpointExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     with conversion_phase(f"reading {input.name}", enabled=not quiet):
-        state = _load_state(input, "TPAVI checkpoint")
+        state = read_released_state(input, "TPAVI checkpoint")
         digest = hashlib.sha256(input.read_bytes()).hexdigest()
     try:
         preset, cfg = infer_released_config(state, preset)
