@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json as jsonlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from avseg.errors import CheckpointError, MissingFileError
 from avseg.progress import Progress
 
 __all__ = [
+    "ConversionReport",
     "conversion_phase",
     "conversion_summary",
     "load_fitting_state",
@@ -99,6 +101,79 @@ def print_conversion(summary: Mapping[str, Any], lines: Iterable[str], *, json: 
     else:
         for line in lines:
             print(line)
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: counts per outcome and the keys it dropped or could not place."""
+
+    converted: int = 0
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    preset: str | None = None
+    """The preset the checkpoint was written for (once written)."""
+    tensors: int = 0
+    """Tensors written (once written)."""
+    parameters: int = 0
+    """Floating-point values written (:func:`tensor_values`; once written)."""
+
+    def drop(self, reason: str, key: str) -> None:
+        self.dropped.setdefault(reason, []).append(key)
+
+    def written(self, preset: str, state: Mapping[str, Tensor]) -> None:
+        """Record what the checkpoint holds: ``state`` written for ``preset``."""
+        self.preset, self.tensors, self.parameters = preset, len(state), tensor_values(state.values())
+
+    def summary(self) -> str:
+        parts = [f"{self.converted} tensors converted"]
+        parts += [f"{len(keys)} dropped ({reason})" for reason, keys in self.dropped.items()]
+        if self.unknown:
+            parts.append(f"{len(self.unknown)} unknown")
+        return ", ".join(parts)
+
+    def refuse_unknown(self, src: str | Path) -> None:
+        """Raise :class:`~avseg.errors.CheckpointError` naming (up to ten of) the released keys no rule placed."""
+        if self.unknown:
+            more = f", ... ({len(self.unknown)} in all)" if len(self.unknown) > 10 else ""
+            raise CheckpointError(src, f"released keys with no avseg name: {', '.join(self.unknown[:10])}{more}")
+
+    def save(
+        self,
+        dst: str | Path,
+        model: nn.Module,
+        state: Mapping[str, Tensor],
+        *,
+        src: str | Path,
+        preset: str,
+        overwrite: bool,
+        progress: bool,
+        note: str | None = None,
+    ) -> Path:
+        """Write ``model`` (holding the converted ``state``) as the avseg checkpoint ``dst`` for ``preset``, atomically,
+        recording the source and ``note`` (default :meth:`summary`) in its metadata; returns the folder."""
+        from avseg.checkpoint import save_checkpoint  # deferred: the checkpoint module imports the model registry
+
+        with conversion_phase(f"writing {Path(dst).name}", enabled=progress):
+            out = save_checkpoint(
+                dst,
+                model,
+                preset=preset,
+                overwrite=overwrite,
+                meta={"converted_from": str(src), "conversion": note or self.summary()},
+            )
+        self.written(preset, state)
+        return out
+
+    def print_summary(self, src: str | Path, dst: str | Path, *, json: bool, text: str | None = None) -> None:
+        """End the ``avseg convert`` command: the summary as JSON (:func:`conversion_summary`) with
+        ``json``, else a line (``text``, default :meth:`summary`) and one line per reason keys were dropped."""
+        dropped = {reason: len(keys) for reason, keys in self.dropped.items()}
+        summary = conversion_summary(
+            src, dst, preset=self.preset, tensors=self.tensors, parameters=self.parameters, dropped=dropped
+        )
+        lines = [f"{src} -> {dst}: {text or self.summary()}"]
+        lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
+        print_conversion(summary, lines, json=json)
 
 
 def read_released_state(

@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,17 +58,13 @@ import torch
 from torch import Tensor, nn
 
 from avseg.convert import (
+    ConversionReport,
     conversion_phase,
-    conversion_summary,
     load_fitting_state,
-    print_conversion,
     read_released_state,
-    tensor_values,
 )
-from avseg.errors import CheckpointError
 
 __all__ = [
-    "ConversionReport",
     "convert",
     "convert_checkpoint",
     "convert_state_dict",
@@ -128,46 +123,6 @@ _FUSION_NAMES = {
     "norm_layer2": "audio_norm",
 }
 _FUSION_UNUSED = ("g", "align_channel_back")
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did: counts per outcome and the keys it dropped or could not place."""
-
-    converted: int = 0
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
-    preset: str | None = None
-    """The preset the checkpoint was written for (once written)."""
-    tensors: int = 0
-    """Tensors written (once written)."""
-    parameters: int = 0
-    """Floating-point values written (:func:`~avseg.convert.tensor_values`; once written)."""
-
-    def drop(self, reason: str, key: str) -> None:
-        self.dropped.setdefault(reason, []).append(key)
-
-    def written(self, preset: str, state: Mapping[str, Tensor]) -> None:
-        """Record what the checkpoint holds: ``state`` written for ``preset``."""
-        self.preset, self.tensors, self.parameters = preset, len(state), tensor_values(state.values())
-
-    def summary(self) -> str:
-        parts = [f"{self.converted} tensors converted"]
-        parts += [f"{len(keys)} dropped ({reason})" for reason, keys in self.dropped.items()]
-        if self.unknown:
-            parts.append(f"{len(self.unknown)} unknown")
-        return ", ".join(parts)
-
-    def print_summary(self, src: str | Path, dst: str | Path, *, json: bool, text: str | None = None) -> None:
-        """End the ``avseg convert`` command: the summary as JSON (:func:`~avseg.convert.conversion_summary`) with
-        ``json``, else a line (``text``, default :meth:`summary`) and one line per reason keys were dropped."""
-        dropped = {reason: len(keys) for reason, keys in self.dropped.items()}
-        summary = conversion_summary(
-            src, dst, preset=self.preset, tensors=self.tensors, parameters=self.parameters, dropped=dropped
-        )
-        lines = [f"{src} -> {dst}: {text or self.summary()}"]
-        lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
-        print_conversion(summary, lines, json=json)
 
 
 def _current_name(key: str) -> str | None:
@@ -377,29 +332,18 @@ def convert_checkpoint(
         CheckpointError: unreadable file, unknown keys, or tensors that do not fit the model (missing, unexpected or
             mis-shaped keys are all listed).
     """
-    from avseg.checkpoint import save_checkpoint
 
     src = Path(src)
     with conversion_phase(f"reading {src.name}", enabled=progress):
         raw = read_released_state(src, "AuralSAM2 checkpoint", wrappers=("state_dict",))
     with conversion_phase("mapping tensors", enabled=progress, total=len(raw), unit="tensor"):
         state, report = convert_state_dict(raw, keep_vggish=keep_vggish)
-        if report.unknown:
-            more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
-            raise CheckpointError(src, f"keys with no avseg counterpart: {', '.join(report.unknown[:10])}{more}")
+        report.refuse_unknown(src)
         name = preset or _guess_preset(state)
         config = converted_config(state, name, keep_vggish=keep_vggish)
         holder = _CheckpointedPart(config, with_vggish=keep_vggish)
         load_fitting_state(holder, state, src=src, preset=name)
-    with conversion_phase(f"writing {Path(dst).name}", enabled=progress):
-        out = save_checkpoint(
-            dst,
-            holder,
-            preset=name,
-            overwrite=overwrite,
-            meta={"converted_from": str(src), "conversion": report.summary()},
-        )
-    report.written(name, state)
+    out = report.save(dst, holder, state, src=src, preset=name, overwrite=overwrite, progress=progress)
     return out, report
 
 

@@ -48,9 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import conversion_phase, load_fitting_state, read_released_state
-from avseg.convert.auralsam2 import ConversionReport
-from avseg.errors import CheckpointError, UsageError
+from avseg.convert import ConversionReport, conversion_phase, load_fitting_state, read_released_state
+from avseg.errors import UsageError
 
 __all__ = ["convert", "convert_checkpoint", "convert_state_dict", "load_released", "released_overrides"]
 
@@ -196,7 +195,7 @@ def convert_checkpoint(
         CheckpointError: released keys with no avseg name, or tensors that do not fit the model (missing,
             unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError, save_checkpoint
+    from avseg.checkpoint import CheckpointExistsError
     from avseg.models.registry import get_entry
 
     src, dst = Path(src), Path(dst)
@@ -213,22 +212,10 @@ def convert_checkpoint(
         released = load_released(src)
     with conversion_phase("mapping tensors", enabled=progress, total=len(released), unit="tensor"):
         state, report = convert_state_dict(released)
-        if report.unknown:
-            shown = ", ".join(report.unknown[:10]) + (
-                f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
-            )
-            raise CheckpointError(src, f"released keys with no avseg name: {shown}")
+        report.refuse_unknown(src)
         holder = _CheckpointedPart(config)
         load_fitting_state(holder, state, src=src, preset=preset, hint="see --preset")
-    with conversion_phase(f"writing {dst.name}", enabled=progress):
-        out = save_checkpoint(
-            dst,
-            holder,
-            preset=preset,
-            overwrite=overwrite,
-            meta={"converted_from": str(src), "conversion": report.summary()},
-        )
-    report.written(preset, state)
+    out = report.save(dst, holder, state, src=src, preset=preset, overwrite=overwrite, progress=progress)
     return out, report
 
 

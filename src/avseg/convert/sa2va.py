@@ -57,8 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from avseg.convert import conversion_phase, load_fitting_state
-from avseg.convert.auralsam2 import ConversionReport
+from avseg.convert import ConversionReport, conversion_phase, load_fitting_state
 from avseg.convert.sam2 import convert_state_dict as convert_sam2_state_dict
 from avseg.convert.sam2 import upstream_to_avseg_key as sam2_avseg_key
 from avseg.errors import CheckpointError, MissingFileError, UsageError
@@ -337,7 +336,7 @@ def convert_checkpoint(
         CheckpointError: an unsupported release (one line naming its language model), released keys with no avseg
             name, or tensors that do not fit the model (missing, unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError, save_checkpoint
+    from avseg.checkpoint import CheckpointExistsError
     from avseg.models.registry import get_entry
 
     src, dst = Path(src), Path(dst)
@@ -361,9 +360,7 @@ def convert_checkpoint(
             state, report = convert_state_dict(released)
         except ValueError as err:
             raise CheckpointError(src, str(err)) from err
-        if report.unknown:
-            more = f", ... ({len(report.unknown)} in all)" if len(report.unknown) > 10 else ""
-            raise CheckpointError(src, f"released keys with no avseg name: {', '.join(report.unknown[:10])}{more}")
+        report.refuse_unknown(src)
 
         config = entry.config(**overrides)
         with torch.device("meta"):  # shapes and names only: nothing is allocated until the tensors are assigned
@@ -376,15 +373,7 @@ def convert_checkpoint(
                 raise CheckpointError(config_file, "llm_config ties the word embeddings but lm_head differs from them")
         names = ", ".join(f.name for f in files)
         load_fitting_state(model, state, src=src, preset=preset, dtype=getattr(torch, dtype), sources=names)
-    with conversion_phase(f"writing {dst.name}", enabled=progress):
-        out = save_checkpoint(
-            dst,
-            model,
-            preset=preset,
-            overwrite=overwrite,
-            meta={"converted_from": str(src), "conversion": report.summary()},
-        )
-    report.written(preset, state)
+    out = report.save(dst, model, state, src=src, preset=preset, overwrite=overwrite, progress=progress)
     return out, report
 
 

@@ -86,8 +86,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import conversion_phase, load_fitting_state, read_released_state
-from avseg.convert.auralsam2 import ConversionReport
+from avseg.convert import ConversionReport, conversion_phase, load_fitting_state, read_released_state
 from avseg.errors import CheckpointError, UsageError
 
 __all__ = [
@@ -418,10 +417,6 @@ class _CheckpointedPart(nn.Module):
         self.seg_projector = seg_prompt_head(self.mllm.hidden_size, self.sam.config.mask_decoder_config.hidden_size)
 
 
-def _listed(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def convert_checkpoint(
     src: str | Path,
     dst: str | Path,
@@ -446,7 +441,7 @@ def convert_checkpoint(
         CheckpointError: released keys with no avseg name, or tensors that do not fit the model (missing,
             unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError, save_checkpoint
+    from avseg.checkpoint import CheckpointExistsError
     from avseg.models.registry import get_entry
 
     src, dst = Path(src), Path(dst)
@@ -466,8 +461,7 @@ def convert_checkpoint(
             state, report = convert_state_dict(released)
         except ValueError as err:
             raise CheckpointError(src, str(err)) from err
-        if report.unknown:
-            raise CheckpointError(src, f"released keys with no avseg name: {_listed(report.unknown, 10)}")
+        report.refuse_unknown(src)
         try:
             overrides = released_overrides(state, entry.config())
         except KeyError as err:
@@ -488,11 +482,7 @@ def convert_checkpoint(
                     raise CheckpointError(src, f"{key}: {err}") from err
         load_fitting_state(holder, state, src=src, preset=preset, dtype=getattr(torch, dtype))
     summary = report.summary() + (f", {added} token rows new to the release (mean-initialised)" if added else "")
-    with conversion_phase(f"writing {dst.name}", enabled=progress):
-        out = save_checkpoint(
-            dst, holder, preset=preset, overwrite=overwrite, meta={"converted_from": str(src), "conversion": summary}
-        )
-    report.written(preset, state)
+    out = report.save(dst, holder, state, src=src, preset=preset, overwrite=overwrite, progress=progress, note=summary)
     return out, report
 
 
