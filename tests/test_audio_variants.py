@@ -252,7 +252,10 @@ def _eval_args(ck, root, out):
 
 
 @pytest.mark.slow
-def test_eval_audio_reports_each_variant_and_its_drop(synthav, tmp_path, listener_ck, capsys):
+def test_eval_audio_reports_each_variant_and_its_drop(synthav, tmp_path, listener_ck, capsys, monkeypatch):
+    import avseg.progress
+
+    monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every step: each variant reports
     out = tmp_path / "r.json"
     status, printed, err = run_eval(
         capsys, *_eval_args(listener_ck, synthav.root, out), "--audio", "shuffle", "silence", "--device", "cpu"
