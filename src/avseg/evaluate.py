@@ -222,7 +222,9 @@ def evaluate_split(
         group: grouping override (``video``, ``batch:K``, ``ddp:R:K``); None keeps the preset's (or the protocol's).
         protocol: an evaluation protocol (:mod:`avseg.metrics.protocols`), giving the preset and grouping (then
             ``preset`` and ``group`` stay None); its reader options are checked against the dataset's reader.
-        batch_size: inference batch size (does not change the scores: grouping is the metric's, not the loader's).
+        batch_size: inference batch size. It does not change the scores (grouping is the metric's, not the loader's),
+            except for a model whose predictions depend on their batch mates: EEMC with its released token layout,
+            evaluated with batches of 4 as released.
         device: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
         num_workers: DataLoader workers.
         audio: the soundtrack variant every item is scored with (``true``, ``shuffle``, ``silence``,
@@ -715,7 +717,8 @@ def evaluate_command(
             davis).
         group: grouping of the default protocol: video, expression, batch:K or ddp:R:K (the official F depends on
             it).
-        batch_size: inference batch size (scores do not depend on it).
+        batch_size: inference batch size; the scores do not depend on it, except for EEMC with its released token
+            layout, whose predictions depend on their batch mates (evaluate it with 4, as released).
         device: auto, cpu, cuda, cuda:1, ...
         image_size: model input size (default: the model config's image_size).
         pointer: which checkpoint of a run folder to evaluate.
