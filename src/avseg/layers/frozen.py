@@ -13,12 +13,13 @@ Audio-visual segmentation models wrap large pretrained encoders (VGGish, a sente
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Frozen", "drop_listed_keys", "fill_listed_keys"]
+__all__ = ["Frozen", "drop_listed_keys", "fill_listed_keys", "leave_out_frozen_keys"]
 
 
 class Frozen(nn.Module):
@@ -91,3 +92,26 @@ def fill_listed_keys(
     current = module.model.state_dict(keep_vars=True)
     for name in module._frozen_keys:
         state_dict.setdefault(f"{prefix}model.{name}", current[name].detach())
+
+
+def leave_out_frozen_keys(layer: nn.Module, keys: Iterable[str] | None = None) -> None:
+    """Leave the frozen pretrained tensors of ``layer.model`` (a wrapped transformers model) out of the layer's
+    ``state_dict()`` and keep the current ones on ``load_state_dict()``: they are rebuilt from the layer's source, so
+    its checkpoints hold only what training changes. Calling it again only replaces the list.
+
+    Args:
+        layer: a module holding the wrapped model as ``.model``; the names go to its ``_frozen_keys``.
+        keys: names in ``layer.model.state_dict()`` to leave out (default: every tensor that is not a parameter
+            with ``requires_grad``).
+    """
+    if keys is None:
+        keys = [
+            name
+            for name, tensor in layer.model.state_dict(keep_vars=True).items()
+            if not (isinstance(tensor, nn.Parameter) and tensor.requires_grad)
+        ]
+    hooked = hasattr(layer, "_frozen_keys")
+    layer._frozen_keys = list(keys)
+    if not hooked:
+        layer.register_state_dict_post_hook(drop_listed_keys)
+        layer.register_load_state_dict_pre_hook(fill_listed_keys)

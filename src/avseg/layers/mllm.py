@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.errors import AVSegError
-from avseg.layers.frozen import drop_listed_keys, fill_listed_keys
+from avseg.layers.frozen import leave_out_frozen_keys
 from avseg.layers.text import MINILM_PACKAGE, resolve_text_source
 
 __all__ = [
@@ -278,13 +278,7 @@ class MLLM(nn.Module):
             self.model.gradient_checkpointing_enable()
         if load:
             # Frozen pretrained weights are rebuilt from the source: checkpoints hold what training changed.
-            self._frozen_keys = [
-                name
-                for name, tensor in self.model.state_dict(keep_vars=True).items()
-                if not (isinstance(tensor, nn.Parameter) and tensor.requires_grad)
-            ]
-            self.register_state_dict_post_hook(drop_listed_keys)
-            self.register_load_state_dict_pre_hook(fill_listed_keys)
+            leave_out_frozen_keys(self)
 
     # -- parts -------------------------------------------------------------------------------------------------------
 

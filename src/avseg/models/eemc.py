@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from avseg.data.types import AVSBatch
 from avseg.errors import UsageError
 from avseg.layers.audio import AudioEncoder, AudioEncoderConfig, tiny_logmel_audio
-from avseg.layers.frozen import Frozen, drop_listed_keys, fill_listed_keys
+from avseg.layers.frozen import Frozen, leave_out_frozen_keys
 from avseg.layers.text import (
     MINILM_PACKAGE,
     TextConfig,
@@ -372,7 +372,6 @@ class PromptedMask2Former(nn.Module):
         self.visual_channels: int = int(model.model.pixel_level_module.encoder.num_features[-1])
         for name, p in self.named_parameters():
             p.requires_grad_(trains(name))
-        self._frozen_keys: list[str] = []
         if pretrained:
             self.leave_out_frozen()
         self.train(False)
@@ -380,15 +379,7 @@ class PromptedMask2Former(nn.Module):
     def leave_out_frozen(self) -> None:
         """Leave the frozen tensors out of ``state_dict()`` and keep them on ``load_state_dict()`` (they are rebuilt
         from ``config.weights``): what a pretrained build does, and what a converted checkpoint holds."""
-        if self._frozen_keys:
-            return
-        self._frozen_keys = [
-            name
-            for name, tensor in self.model.state_dict(keep_vars=True).items()
-            if not (isinstance(tensor, nn.Parameter) and tensor.requires_grad)
-        ]
-        self.register_state_dict_post_hook(drop_listed_keys)
-        self.register_load_state_dict_pre_hook(fill_listed_keys)
+        leave_out_frozen_keys(self)
 
     def train(self, mode: bool = True) -> PromptedMask2Former:
         """Stay in eval mode (no stochastic depth in the frozen backbone, no decoder layer drop)."""

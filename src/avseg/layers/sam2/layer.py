@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avseg.errors import ShapeError, UsageError
-from avseg.layers.frozen import drop_listed_keys, fill_listed_keys
+from avseg.layers.frozen import leave_out_frozen_keys
 from avseg.layers.sam2.config import SAM2_PARTS, Sam2LayerConfig, hf_video_config_kwargs, merge_dicts
 from avseg.layers.sam2.decoder import (
     NO_OBJECT_SCORE,
@@ -160,13 +160,8 @@ class Sam2Layer(nn.Module):
                 for module in self._part_modules(part):
                     module.requires_grad_(False)
         if not config.in_checkpoint:
-            self._frozen_keys = [
-                name
-                for name, _ in self.model.state_dict(keep_vars=True).items()
-                if self._part_of(name) not in config.trainable
-            ]
-            self.register_state_dict_post_hook(drop_listed_keys)
-            self.register_load_state_dict_pre_hook(fill_listed_keys)
+            names = self.model.state_dict(keep_vars=True)
+            leave_out_frozen_keys(self, [name for name in names if self._part_of(name) not in config.trainable])
         self.train(False)
 
     # -- parts ---------------------------------------------------------------------------------------------------
