@@ -179,26 +179,36 @@ def test_demo_budget_is_the_argument_else_the_presets_else_the_default():
     assert training_minutes("tpavi-tiny", None) == DEMO_MINUTES == 7.5
 
 
+class _TrainingReached(Exception):
+    """Raised in place of building the trainer: the demo got as far as training."""
+
+
+def demo_until_training(monkeypatch, **options):
+    """Run ``avseg demo`` (SynthAV generation included) up to the trainer and return the run config it built."""
+    import avseg.train.run
+    from avseg.demo import demo
+
+    built = []
+
+    def fake_prepare(run_cfg, out, **kwargs):
+        built.append(run_cfg)
+        raise _TrainingReached
+
+    monkeypatch.setattr(avseg.train.run, "prepare_trainer", fake_prepare)
+    with pytest.raises(_TrainingReached):
+        demo(**options)
+    return built[-1]
+
+
 def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypatch):
     """avseg demo builds its run with build_run_config and prepare_trainer, as avseg train does: the preset's recipe
     (optimiser, schedule, clipping, batch) reaches the demo's trainer, and the demo's own settings fill the rest."""
-    import avseg.train.run
-    from avseg.demo import DEMO_HFLIP, DEMO_TRAIN, DEMO_VAL_EXPRESSIONS, demo
+    from avseg.demo import DEMO_HFLIP, DEMO_TRAIN, DEMO_VAL_EXPRESSIONS
     from avseg.models import get_entry
 
-    built = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_prepare(run_cfg, out, **kwargs):
-        built["run"] = run_cfg
-        raise Stop
-
-    monkeypatch.setattr(avseg.train.run, "prepare_trainer", fake_prepare)
-    with pytest.raises(Stop):
-        demo(work_dir=tmp_path / "w", model="avsegformer-tiny", videos=4, size=64, minutes=0.5)
-    run = built["run"]
+    run = demo_until_training(
+        monkeypatch, work_dir=tmp_path / "w", model="avsegformer-tiny", videos=4, size=64, minutes=0.5
+    )
     recipe = get_entry("avsegformer-tiny").config().recipe
     assert run.model == "avsegformer-tiny"
     assert run.train.optim == recipe.optim and run.train.batch_size == recipe.batch_size
@@ -210,28 +220,16 @@ def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypat
 
 def test_demo_quiet_shows_no_progress_of_generation_nor_of_training(tmp_path, monkeypatch, capsys):
     import avseg.progress
-    import avseg.train.run
 
-    built = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_prepare(run_cfg, out, **kwargs):
-        built["run"] = run_cfg
-        raise Stop
-
-    monkeypatch.setattr(avseg.train.run, "prepare_trainer", fake_prepare)
     monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every video
-    with pytest.raises(Stop):
-        demo(work_dir=tmp_path / "shown", model="tpavi-tiny", videos=2, size=32, minutes=0.5)
-    assert "generating SynthAV: 2/2 videos (100%)" in capsys.readouterr().err and built["run"].train.progress_bar
-    with pytest.raises(Stop):
-        demo(work_dir=tmp_path / "quiet", model="tpavi-tiny", videos=2, size=32, minutes=0.5, quiet=True)
+    options = {"model": "tpavi-tiny", "videos": 2, "size": 32, "minutes": 0.5}
+    run = demo_until_training(monkeypatch, work_dir=tmp_path / "shown", **options)
+    assert "generating SynthAV: 2/2 videos (100%)" in capsys.readouterr().err and run.train.progress_bar
+    run = demo_until_training(monkeypatch, work_dir=tmp_path / "quiet", quiet=True, **options)
     captured = capsys.readouterr()
     assert "generating SynthAV:" not in captured.err and "videos/s" not in captured.err
     assert "[demo] SynthAV generated in" in captured.out  # the demo's own step messages stay
-    assert built["run"].train.progress_bar is False  # the trainer draws no bar and writes no progress lines
+    assert run.train.progress_bar is False  # the trainer draws no bar and writes no progress lines
 
 
 @pytest.mark.slow  # a whole demo of a text-only preset: SynthAV, training, RVOS scoring, an overlay
