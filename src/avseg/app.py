@@ -53,9 +53,6 @@ GRADIO_PURPOSE = "avseg app (the web page)"
 # a --runs pointed at a big tree does not stall the start.
 _RUNS_DEPTH = 3
 
-# Frames of a frame folder, as avseg.media.video reads them.
-_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # What the page offers
@@ -266,27 +263,13 @@ def first_frame(video: str | Path) -> np.ndarray:
         MissingFileError: ``video`` does not exist.
         CorruptMediaError: it cannot be decoded, or holds no frame.
     """
-    from avseg.errors import CorruptMediaError
-    from avseg.media.image import read_rgb
+    from avseg.media.video import read_video
 
     path = Path(video)
     if not path.exists():
         raise MissingFileError(path, "video")
-    if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES)
-        if not frames:
-            raise CorruptMediaError(path, "holds no frames (*.jpg, *.jpeg, *.png)")
-        numeric = all(p.stem.isdigit() for p in frames)
-        return read_rgb(min(frames, key=lambda p: int(p.stem)) if numeric else frames[0])
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                return frame.to_ndarray(format="rgb24")
-    except (av.FFmpegError, IndexError, ValueError) as err:  # IndexError: no video stream
-        raise CorruptMediaError(path, f"cannot be decoded as a video ({err})") from None
-    raise CorruptMediaError(path, "holds no video frame")
+    # The reader avseg predict uses: the same frame order in folders and the same errors for unreadable files.
+    return read_video(path, fps=None, max_frames=1, audio=False).frames[0].permute(1, 2, 0).numpy()
 
 
 def add_point(points: str | None, x: float, y: float, label: int) -> str:
