@@ -27,6 +27,7 @@ __all__ = [
     "ConversionReport",
     "conversion_phase",
     "conversion_summary",
+    "converter_preset",
     "load_fitting_state",
     "print_conversion",
     "read_released_state",
@@ -174,6 +175,29 @@ class ConversionReport:
         lines = [f"{src} -> {dst}: {text or self.summary()}"]
         lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
         print_conversion(summary, lines, json=json)
+
+
+def converter_preset(preset: str, *, family: str, method: str, dst: str | Path, overwrite: bool) -> Any:
+    """Check a converter's output and ``--preset`` before any weight is read: ``dst`` must not exist unless
+    ``overwrite``, and ``preset`` must be a registered preset of ``family``; returns its registry entry.
+
+    Raises:
+        CheckpointExistsError: ``dst`` exists and ``overwrite`` is off.
+        UsageError: an unknown preset, or one of another family (``method`` names the expected one in the message).
+    """
+    from avseg.checkpoint import CheckpointExistsError
+    from avseg.errors import UsageError
+    from avseg.models.registry import get_entry
+
+    if Path(dst).exists() and not overwrite:  # released weights can be tens of gigabytes: fail before reading them
+        raise CheckpointExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
+    try:
+        entry = get_entry(preset)
+    except ValueError as err:
+        raise UsageError(f"--preset: {err}") from err
+    if getattr(entry.model_cls, "family", None) != family:
+        raise UsageError(f"--preset {preset!r} is not {method} preset")
+    return entry
 
 
 def read_released_state(

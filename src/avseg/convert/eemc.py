@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import ConversionReport, conversion_phase, load_fitting_state, read_released_state
+from avseg.convert import ConversionReport, conversion_phase, converter_preset, load_fitting_state, read_released_state
 from avseg.errors import UsageError
 
 __all__ = ["convert", "convert_checkpoint", "convert_state_dict", "load_released", "released_overrides"]
@@ -195,18 +195,8 @@ def convert_checkpoint(
         CheckpointError: released keys with no avseg name, or tensors that do not fit the model (missing,
             unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError
-    from avseg.models.registry import get_entry
-
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise CheckpointExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
-    try:
-        entry = get_entry(preset)
-    except ValueError as err:
-        raise UsageError(f"--preset: {err}") from err
-    if getattr(entry.model_cls, "family", None) != "eemc":
-        raise UsageError(f"--preset {preset!r} is not an EEMC preset")
+    entry = converter_preset(preset, family="eemc", method="an EEMC", dst=dst, overwrite=overwrite)
     config = entry.config(**released_overrides(entry.config(), mask2former))
     with conversion_phase(f"reading {src.name}", enabled=progress):
         released = load_released(src)

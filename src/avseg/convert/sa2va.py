@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from avseg.convert import ConversionReport, conversion_phase, load_fitting_state
+from avseg.convert import ConversionReport, conversion_phase, converter_preset, load_fitting_state
 from avseg.convert.sam2 import convert_state_dict as convert_sam2_state_dict
 from avseg.convert.sam2 import upstream_to_avseg_key as sam2_avseg_key
 from avseg.errors import CheckpointError, MissingFileError, UsageError
@@ -336,18 +336,8 @@ def convert_checkpoint(
         CheckpointError: an unsupported release (one line naming its language model), released keys with no avseg
             name, or tensors that do not fit the model (missing, unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError
-    from avseg.models.registry import get_entry
-
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:  # before reading gigabytes of weights
-        raise CheckpointExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
-    try:
-        entry = get_entry(preset)
-    except ValueError as err:
-        raise UsageError(f"--preset: {err}") from err
-    if getattr(entry.model_cls, "family", None) != "sa2va":
-        raise UsageError(f"--preset {preset!r} is not a Sa2VA preset")
+    entry = converter_preset(preset, family="sa2va", method="a Sa2VA", dst=dst, overwrite=overwrite)
     released, released_config, files = load_released(src, progress=progress)
     config_file = src / "config.json"
     try:

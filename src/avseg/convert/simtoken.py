@@ -86,7 +86,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from avseg.convert import ConversionReport, conversion_phase, load_fitting_state, read_released_state
+from avseg.convert import ConversionReport, conversion_phase, converter_preset, load_fitting_state, read_released_state
 from avseg.errors import CheckpointError, UsageError
 
 __all__ = [
@@ -441,18 +441,8 @@ def convert_checkpoint(
         CheckpointError: released keys with no avseg name, or tensors that do not fit the model (missing,
             unexpected or mis-shaped keys are named).
     """
-    from avseg.checkpoint import CheckpointExistsError
-    from avseg.models.registry import get_entry
-
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:  # before reading tens of gigabytes
-        raise CheckpointExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
-    try:
-        entry = get_entry(preset)
-    except ValueError as err:
-        raise UsageError(f"--preset: {err}") from err
-    if getattr(entry.model_cls, "family", None) != "simtoken":
-        raise UsageError(f"--preset {preset!r} is not a SimToken preset")
+    entry = converter_preset(preset, family="simtoken", method="a SimToken", dst=dst, overwrite=overwrite)
     with conversion_phase(f"reading {src.name}", enabled=progress):
         released = load_released(src)
     # With a memory-mapped release, mapping is where the tensors are read (and cast) from disk.
