@@ -117,6 +117,8 @@ class ConversionReport:
     """Tensors written (once written)."""
     parameters: int = 0
     """Floating-point values written (:func:`tensor_values`; once written)."""
+    note: str | None = None
+    """The summary recorded in the checkpoint when it differs from :meth:`summary` (once written)."""
 
     def drop(self, reason: str, key: str) -> None:
         self.dropped.setdefault(reason, []).append(key)
@@ -163,16 +165,17 @@ class ConversionReport:
                 meta={"converted_from": str(src), "conversion": note or self.summary()},
             )
         self.written(preset, state)
+        self.note = note
         return out
 
     def print_summary(self, src: str | Path, dst: str | Path, *, json: bool, text: str | None = None) -> None:
-        """End the ``avseg convert`` command: the summary as JSON (:func:`conversion_summary`) with
-        ``json``, else a line (``text``, default :meth:`summary`) and one line per reason keys were dropped."""
+        """End the ``avseg convert`` command: the summary as JSON (:func:`conversion_summary`) with ``json``, else a
+        line (``text``, default the recorded note or :meth:`summary`) and one line per reason keys were dropped."""
         dropped = {reason: len(keys) for reason, keys in self.dropped.items()}
         summary = conversion_summary(
             src, dst, preset=self.preset, tensors=self.tensors, parameters=self.parameters, dropped=dropped
         )
-        lines = [f"{src} -> {dst}: {text or self.summary()}"]
+        lines = [f"{src} -> {dst}: {text or self.note or self.summary()}"]
         lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
         print_conversion(summary, lines, json=json)
 

@@ -505,7 +505,5 @@ def convert(
     if dtype not in ("float32", "bfloat16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     out, report = convert_checkpoint(input, output, preset=preset, dtype=dtype, overwrite=overwrite, progress=not quiet)
-    from avseg.checkpoint import read_checkpoint_config
-
-    report.print_summary(input, out, json=json, text=read_checkpoint_config(out)["meta"]["conversion"])
+    report.print_summary(input, out, json=json)
     return 0
