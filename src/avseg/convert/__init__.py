@@ -168,14 +168,14 @@ class ConversionReport:
         self.note = note
         return out
 
-    def print_summary(self, src: str | Path, dst: str | Path, *, json: bool, text: str | None = None) -> None:
+    def print_summary(self, src: str | Path, dst: str | Path, *, json: bool) -> None:
         """End the ``avseg convert`` command: the summary as JSON (:func:`conversion_summary`) with ``json``, else a
-        line (``text``, default the recorded note or :meth:`summary`) and one line per reason keys were dropped."""
+        line (the recorded note, or :meth:`summary`) and one line per reason keys were dropped."""
         dropped = {reason: len(keys) for reason, keys in self.dropped.items()}
         summary = conversion_summary(
             src, dst, preset=self.preset, tensors=self.tensors, parameters=self.parameters, dropped=dropped
         )
-        lines = [f"{src} -> {dst}: {text or self.note or self.summary()}"]
+        lines = [f"{src} -> {dst}: {self.note or self.summary()}"]
         lines += [f"  dropped ({reason}): {len(keys)} keys, e.g. {keys[0]}" for reason, keys in self.dropped.items()]
         print_conversion(summary, lines, json=json)
 
