@@ -10,6 +10,14 @@ changed score (:func:`audio_drops`) shows whether a model listens.
 ``evaluate`` (the ``avseg eval`` command) runs several splits and writes a JSON file and a markdown table; for
 Ref-AVS it adds the paper's summary rows (Seen = test_s, Unseen = test_u, Mix = their mean, Null = S on test_n).
 
+ReVOS: when the items carry their video's foreground (``meta["foreground"]``, which the RVOS reader reads from a
+split's ``mask_dict_foreground.json``), each item also gets ReVOS's accuracy ``A`` and robustness ``R``
+(:mod:`avseg.metrics.revos`), the means over the frames J scores of the per-frame values on the prediction binarised as
+J binarises it, and the split's metrics get ``revos``: the summary of VISA's ``eval_revos.py`` (referring, reason and
+overall rows of J, F, A, R, JF; :func:`~avseg.metrics.revos.revos_scores`). As in ``eval_revos.py`` they are scored at
+the ground truth's resolution on disk, so only a binary preset that scores there without a fixed resize gives them
+(``davis``, the RVOS default); with another one ``settings["revos_not_scored"]`` says why they are missing.
+
 Evaluation resolution: the model sees frames at its configured ``image_size``. The ground truth is the one the metric
 preset names (``gt_source``): ``"native"`` presets score against the masks at their resolution on disk, read as the
 official loader reads them (the reader's ``native_masks``), ``"input"`` presets against the masks at the model's input
@@ -58,11 +66,13 @@ from avseg.data.benchmarks import (
 )
 from avseg.data.types import collate
 from avseg.device import resolve_device
-from avseg.errors import UsageError
+from avseg.errors import ShapeError, UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
-from avseg.metrics.accumulator import MetricAccumulator
+from avseg.metrics.accumulator import MetricAccumulator, scored_frames
+from avseg.metrics.binary import binarize, resize_logits
 from avseg.metrics.presets import MetricPreset, get_preset
 from avseg.metrics.protocols import EvalProtocol, ProtocolKind, default_protocol, official_protocol
+from avseg.metrics.revos import r2vos_accuracy, r2vos_robustness, revos_scores
 from avseg.progress import Progress
 
 __all__ = [
@@ -97,10 +107,13 @@ class EvalResult:
     Attributes:
         split: split name.
         metrics: the accumulator's result over all items (``J``, ``F``, ``J&F``, ``S``, batch-independent variants,
-            ``counts``, ``settings``), without the per-video list.
+            ``counts``, ``settings``), without the per-video list; for items with their video's foreground (ReVOS),
+            also ``revos``: ``{"referring" | "reason" | "overall": {"J", "F", "A", "R", "JF"}}``
+            (:func:`~avseg.metrics.revos.revos_scores`).
         subsets: the same metrics per modality subset, when the dataset records modalities: ``audio`` (every
             expression that needs audio), ``no_audio``, and ``cues:audio``, ``cues:visual``, ``cues:audio+visual``.
-        items: per expression, clip or object (VOS): ids, modalities, ``J``, ``F``, ``S``, frames scored.
+        items: per expression, clip or object (VOS): ids, modalities, ``J``, ``F``, ``S``, frames scored; with the
+            video's foreground (ReVOS) also ``A``, ``R`` and the expression's ``type_id``.
         videos: per video, the mean ``J``, ``F`` and ``J&F`` of its items (for VOS, of its objects, as DAVIS reports
             a sequence), over the items with a score.
         settings: preset, grouping, resolution, thresholds, audio variant, model and data facts.
@@ -178,6 +191,55 @@ def _check_reader_options(dataset: Dataset, protocol: EvalProtocol) -> None:
             )
 
 
+def _revos_unscorable(metric: MetricPreset) -> str | None:
+    """Why ``metric`` cannot give ReVOS's A and R, or None when it can: they are scored on binary masks at the ground
+    truth's resolution on disk (``eval_revos.py``), where the video's foreground is."""
+    if metric.task == "binary" and metric.gt_source == "native" and metric.resize is None:
+        return None
+    return (
+        f"metric preset {metric.name!r} does not score binary masks at the ground truth's resolution on disk, where "
+        "ReVOS's A and R are scored (eval_revos.py); use a preset that does, such as 'davis'"
+    )
+
+
+def _revos_item(
+    item_id: str,
+    logits: torch.Tensor,
+    truth: torch.Tensor,
+    foreground: torch.Tensor,
+    scored: torch.Tensor,
+    metric: MetricPreset,
+) -> tuple[float, float]:
+    """ReVOS's A and R of one item: the means over its scored frames of the per-frame values, on the prediction
+    binarised as the accumulator binarises it for J (logits resized bilinearly to the ground truth, then
+    ``sigmoid > threshold``).
+
+    Args:
+        item_id: the item, for messages.
+        logits: ``(T, h, w)`` mask logits.
+        truth: ``(T, H0, W0)`` ground truth at its resolution on disk.
+        foreground: ``(T', H0, W0)`` the video's object count per pixel on the item's ``T' <= T`` real frames.
+        scored: ``(T,)`` bool, the frames J scores.
+
+    Returns:
+        ``(A, R)``; NaN for an item without a scored frame.
+    """
+    same_grid = foreground.dim() == 3 and tuple(foreground.shape[-2:]) == tuple(truth.shape[-2:])
+    if not same_grid or bool(scored[foreground.shape[0] :].any()):
+        raise ShapeError(
+            f"item {item_id!r}: meta['foreground'] must be (T, H0, W0) over the item's scored frames at the ground "
+            f"truth's size {tuple(truth.shape[-2:])}, got {tuple(foreground.shape)}"
+        )
+    frames = torch.nonzero(scored.cpu()).flatten()
+    if not len(frames):
+        return float("nan"), float("nan")
+    size = (int(truth.shape[-2]), int(truth.shape[-1]))
+    pred = binarize(resize_logits(logits[frames.to(logits.device)], size), threshold=metric.threshold)
+    gt = truth.to(pred.device)[frames.to(pred.device)] > 0
+    fg = foreground.to(pred.device)[frames.to(pred.device)]
+    return float(r2vos_accuracy(gt, pred).mean()), float(r2vos_robustness(gt, pred, fg).mean())
+
+
 def _native_masks(batch: Any, metric: MetricPreset) -> list[torch.Tensor]:
     """The per-item native ground truth ``(T, H0, W0)`` of a batch, for a preset that scores against it."""
     native = batch.native_masks
@@ -236,10 +298,16 @@ def evaluate_split(
             rate and the ETA, as a bar on a terminal, else as a line at most every 15 s.
         split: the split name used in messages and in the result (default: the split of the dataset's records).
 
+    ReVOS: when the items carry their video's foreground (``meta["foreground"]``, the RVOS reader's for a split with
+    ``mask_dict_foreground.json``), each item gets ``A`` and ``R`` and ``metrics["revos"]`` the ReVOS summary (module
+    docstring); a preset that does not score at the ground truth's resolution on disk gives neither, and
+    ``settings["revos_not_scored"]`` says so.
+
     Raises:
         UsageError: when the split has no labelled frame to score (no items, or none with a ground-truth mask), when
-            a native preset gets no native masks, when preset and protocol are both given or neither is, or when the
-            preset's task (binary or semantic) does not fit the model's outputs.
+            a native preset gets no native masks, when preset and protocol are both given or neither is, when the
+            preset's task (binary or semantic) does not fit the model's outputs, or when some items carry their
+            video's foreground and others do not.
     """
     if protocol is not None:
         if preset is not None or group is not None:
@@ -266,6 +334,9 @@ def evaluate_split(
     overall = MetricAccumulator(metric, group=group)
     subsets: dict[str, MetricAccumulator] = {}
     items: list[dict[str, Any]] = []
+    # ReVOS: per item, (A, R, type_id) when it carries its video's foreground, else None.
+    revos: list[tuple[float, float, int | None] | None] = []
+    revos_reason = _revos_unscorable(metric)
     labelled = without_audio = 0
     desc = f"eval {split_name}".rstrip() + ("" if variant == TRUE_AUDIO else f" audio={variant.spec}")
     bar = Progress(desc, len(source), "item", enabled=progress)
@@ -309,6 +380,16 @@ def evaluate_split(
                         "modalities": list(mods),
                     }
                 )
+                foreground = batch.meta[i].get("foreground")
+                if foreground is None:
+                    revos.append(None)
+                elif revos_reason is not None:
+                    revos.append((float("nan"), float("nan"), batch.meta[i].get("type_id")))
+                else:
+                    skip_end = metric.skip_end_frames
+                    scored = scored_frames(valid[i : i + 1].cpu(), first[i : i + 1], skip_end_frames=skip_end)[0]
+                    a, r = _revos_item(ids[i], logits[i], truth[i][0], foreground, scored, metric)
+                    revos.append((a, r, batch.meta[i].get("type_id")))
             if on_batch is not None:
                 on_batch(batch, output)
             bar.update(batch.batch_size)
@@ -319,6 +400,13 @@ def evaluate_split(
     if not labelled:
         what = f"{len(items)} item(s), none with a ground-truth mask" if items else "the split has no items"
         raise UsageError(f"no labelled frames to score in split {split_name!r} ({what})")
+    with_foreground = sum(x is not None for x in revos)
+    if with_foreground not in (0, len(items)):
+        raise UsageError(
+            f"split {split_name!r}: {with_foreground} of {len(items)} items carry their video's foreground "
+            "(meta['foreground'], read from the split's mask_dict_foreground.json) and the others do not; ReVOS's A "
+            "and R need it for every item: give it to all of them or to none"
+        )
     result = overall.compute()
     if metric.task == "binary" and not result["counts"]["frames"]:
         counts = result["counts"]
@@ -329,6 +417,7 @@ def evaluate_split(
         )
     for item, scores in zip(items, result["per_video"]):
         item.update({k: scores[k] for k in ("J", "F", "S", "frames") if k in scores})
+    metrics = _strip(result)
     settings = dict(result["settings"])
     settings.update(
         {
@@ -341,9 +430,16 @@ def evaluate_split(
             "protocol": protocol.to_dict() if protocol is not None else None,
         }
     )
+    if with_foreground and revos_reason is not None:
+        settings["revos_not_scored"] = f"ReVOS's A and R: {revos_reason}"
+    elif with_foreground:
+        for item, (a, r, type_id) in zip(items, [x for x in revos if x is not None]):
+            item.update({"A": a, "R": r, "type_id": type_id})
+        columns = {key: [item[key] for item in items] for key in ("J", "F", "A", "R", "type_id")}
+        metrics["revos"] = revos_scores(columns["J"], columns["F"], columns["A"], columns["R"], columns["type_id"])
     return EvalResult(
         split=split_name,
-        metrics=_strip(result),
+        metrics=metrics,
         subsets={k: _strip(acc.compute()) for k, acc in sorted(subsets.items())},
         items=items,
         videos=per_video_means(items),
@@ -413,6 +509,26 @@ def format_markdown(
                 f"| {name} | {_fmt(row.get('J'))} | {_fmt(row.get('F'))} | {_fmt(row.get('J&F'))} | "
                 f"{_fmt(row.get('S'))} |"
             )
+    revos = {split: res.metrics["revos"] for split, res in results.items() if "revos" in res.metrics}
+    if revos:
+        lines += ["", "| split | ReVOS | J | F | J&F | A | R |", "|---|---|---|---|---|---|---|"]
+        for split, groups in revos.items():
+            for name, row in groups.items():
+                lines.append(
+                    f"| {split} | {name} | {_fmt(row['J'])} | {_fmt(row['F'])} | {_fmt(row['JF'])} | "
+                    f"{_fmt(row['A'])} | {_fmt(row['R'])} |"
+                )
+        lines += [
+            "",
+            "ReVOS rows as eval_revos.py reports them: each expression's scores rounded to 0.01 %, averaged per "
+            "type (referring, reason), overall = the mean of the two.",
+        ]
+    if any("revos_not_scored" in res.settings for res in results.values()):
+        lines += [""] + [
+            f"{split}: {res.settings['revos_not_scored']}."
+            for split, res in results.items()
+            if "revos_not_scored" in res.settings
+        ]
     if results and footer:
         s = next(iter(results.values())).settings
         protocol = s.get("protocol") or {}
@@ -704,6 +820,10 @@ def evaluate_command(
     boundary F are scored per object without that frame and the last one (davis_semi, as davis2017-evaluation's
     semi-supervised task does), J&F = (mean J + mean F) / 2 over objects, and the JSON lists every object and the
     mean of each video's objects.
+
+    ReVOS (--format rvos on a split folder with mask_dict_foreground.json linked in beside mask_dict.json): each
+    expression also gets ReVOS's accuracy A and robustness R, and the table and the JSON (metrics.revos) the
+    referring, reason and overall rows of J, F, J&F, A and R as ReVOS's evaluation script reports them.
 
     Args:
         checkpoint: a checkpoint folder, or a training run folder (then --pointer chooses best or latest).

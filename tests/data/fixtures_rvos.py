@@ -8,6 +8,8 @@
 - ``valid/``: no ``mask_dict.json`` (no public ground truth); expressions have neither ``anno_id`` nor ``obj_id``.
 - ``ytvos/``: Ref-YouTube-VOS style, no ``anno_id``; masks keyed ``"{vid}/{obj_id}"``.
 
+:func:`write_revos_tree` writes a ReVOS split apart (``mask_dict_foreground.json`` and ``type_id`` 0/1/2).
+
 RLEs are written with :func:`avseg.data.rle.encode` (itself tested against pycocotools in ``test_rle.py``), at
 ``mask_size`` (default: the frames' size ``SIZE``).
 """
@@ -41,6 +43,9 @@ class RVOSTree:
     """``(split, mask_dict key)`` -> per sorted frame, the ``(H, W)`` binary mask or None (null RLE)."""
     expressions: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``split`` -> the ``videos`` object written to its meta_expressions.json."""
+    foreground: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    """``(split, vid)`` -> ``(T, H, W)`` uint8, per sorted frame the number of objects written to
+    ``mask_dict_foreground.json`` covering each pixel (zeros for a null entry)."""
 
 
 def box(top: int, left: int, height: int, width: int, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -113,6 +118,55 @@ def write_rvos_tree(base: Path, *, mask_size: tuple[int, int] = SIZE) -> RVOSTre
     }
     ytvos_masks = {"vidD/1": [at(1, 1, 3, 5), at(2, 2, 3, 5)], "vidD/2": [None, at(8, 0, 4, 16)]}
     _write_split(tree, "ytvos", ytvos_videos, ytvos_masks)
+    return tree
+
+
+def write_revos_tree(base: Path) -> RVOSTree:
+    """Write a ReVOS-layout split ``base/revos/valid`` and return what was written.
+
+    ``vidA`` (3 frames) has objects 0 and 1, which overlap, and object 2; its expressions are of ``type_id`` 0
+    (object 0; object 2), 1 (object 1) and 2 (objects 0 and 1). ``UVO/vidB`` (2 frames, a ``vid`` with a slash) has
+    object 3 under a reasoning expression (``type_id`` 1). ``mask_dict_foreground.json`` stores ``vidA``'s first
+    frame as one RLE per object (summed: 2 on the overlap), its second as one RLE of the union (as VISA's
+    ``generate_foreground_mask.py`` writes it) and its third as null; ``UVO/vidB`` has one RLE per frame.
+    """
+    tree = RVOSTree(root=base / "revos")
+    videos = {
+        "vidA": {
+            "frames": ["00000", "00005", "00010"],
+            "expressions": {
+                "0": {"exp": "the left dog", "anno_id": [0], "obj_id": [0], "type_id": 0},
+                "1": {"exp": "the animal that is chased", "anno_id": [1], "obj_id": [1], "type_id": 1},
+                "2": {"exp": "the dogs", "anno_id": [0, 1], "obj_id": [0, 1], "type_id": 2},
+                "3": {"exp": "the ball", "anno_id": [2], "obj_id": [2], "type_id": 0},
+            },
+        },
+        "UVO/vidB": {
+            "frames": ["00000", "00001"],
+            "expressions": {"0": {"exp": "what carries the rider?", "anno_id": [3], "obj_id": [3], "type_id": 1}},
+        },
+    }
+    masks = {
+        "0": [box(0, 0, 6, 6), box(1, 1, 6, 6), box(2, 2, 6, 6)],
+        "1": [box(3, 3, 6, 6), box(3, 4, 6, 6), None],
+        "2": [box(9, 12, 2, 2), None, box(8, 10, 3, 3)],
+        "3": [box(2, 4, 8, 8), box(3, 5, 8, 8)],
+    }
+    _write_split(tree, "valid", videos, masks)
+    objects = {"vidA": ["0", "1", "2"], "UVO/vidB": ["3"]}
+    stored: dict[str, dict[str, list[Any]]] = {}
+    for vid, keys in objects.items():
+        per_frame = [[masks[k][t] for k in keys if masks[k][t] is not None] for t in range(len(masks[keys[0]]))]
+        counts = np.stack([np.sum(ms, axis=0, dtype=np.uint8) for ms in per_frame])  # (T, H, W)
+        if vid == "vidA":
+            entries = [[rle.encode(m) for m in per_frame[0]], rle.encode((counts[1] > 0).astype(np.uint8)), None]
+            counts[1] = counts[1] > 0
+            counts[2] = 0
+        else:
+            entries = [rle.encode(c) for c in counts]
+        stored[vid] = {"masks_rle": entries}
+        tree.foreground[("valid", vid)] = counts
+    (tree.root / "valid" / "mask_dict_foreground.json").write_text(json.dumps(stored))
     return tree
 
 

@@ -1,5 +1,5 @@
 """RVOS reader (MeViS / Sa2VA JSON layout): union of anno_ids, null RLEs, frame order, unlabelled splits,
-Ref-YouTube-VOS obj_id keys, max_frames, JSON errors and check()."""
+Ref-YouTube-VOS obj_id keys, max_frames, JSON errors, ReVOS's foreground and check()."""
 
 import json
 import warnings
@@ -9,10 +9,11 @@ import pycocotools.mask as coco
 import pytest
 import torch
 
+from avseg.data import rle
 from avseg.data.readers import get_reader
 from avseg.data.rvos import RVOSReader, subsample_indices
 from avseg.errors import DatasetWarning, MetadataError, MissingFileError
-from tests.data.fixtures_rvos import SIZE, write_rvos_tree
+from tests.data.fixtures_rvos import SIZE, write_revos_tree, write_rvos_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -276,3 +277,121 @@ def test_check_reports_unparseable_mask_dict(tree):
     report = _reader(tree).check()
     assert [p for p, _ in report.unreadable] == [path]
     assert "invalid JSON" in report.unreadable[0][1]
+
+
+# ---------------------------------------------------------------------------------------------- ReVOS foreground
+
+
+@pytest.fixture
+def revos(tmp_path):
+    return write_revos_tree(tmp_path)
+
+
+def _coco_foreground(tree, vid, positions):
+    """Reference: decode the stored foreground with pycocotools and sum a frame's RLEs, as eval_revos.py does."""
+    stored = json.loads((tree.root / "valid" / "mask_dict_foreground.json").read_text())[vid]["masks_rle"]
+    out = np.zeros((len(positions), *SIZE), dtype=np.uint8)
+    for t, pos in enumerate(positions):
+        entry = stored[pos]
+        if entry is None:
+            continue
+        one = isinstance(entry, dict)
+        rles = [{"size": e["size"], "counts": e["counts"].encode()} for e in ([entry] if one else entry)]
+        decoded = coco.decode(rles[0] if one else rles)
+        out[t] = decoded.sum(axis=2).astype(np.uint8) if decoded.ndim == 3 else decoded
+    return out
+
+
+def test_revos_foreground_is_the_object_count(revos):
+    reader = RVOSReader(revos.root)
+    assert reader.has_foreground("valid")
+    sample = reader.load(_record(reader, "valid", "vidA/0"))
+    foreground = sample.meta["foreground"]
+    assert foreground.dtype == torch.uint8 and foreground.shape == (3, *SIZE)
+    np.testing.assert_array_equal(foreground.numpy(), _coco_foreground(revos, "vidA", [0, 1, 2]))
+    np.testing.assert_array_equal(foreground.numpy(), revos.foreground[("valid", "vidA")])
+    # Objects 0 and 1 overlap on the first frame, stored one RLE each: the overlap counts both.
+    assert foreground[0, 4, 4] == 2 and foreground[0].max() == 2
+    assert foreground[1].max() == 1 and foreground[2].eq(0).all()  # a stored union; a null entry
+    assert sample.meta["type_id"] == 0
+    # Every expression of the video carries the same foreground; the slash vid reads its own entry.
+    other = reader.load(_record(reader, "valid", "vidA/2"))
+    assert torch.equal(other.meta["foreground"], foreground) and other.meta["type_id"] == 2
+    bird = reader.load(_record(reader, "valid", "UVO/vidB/0"))
+    np.testing.assert_array_equal(bird.meta["foreground"].numpy(), revos.foreground[("valid", "UVO/vidB")])
+    # max_frames keeps the foreground of the kept frames only.
+    kept = RVOSReader(revos.root, max_frames=2, image_size=24)
+    sub = kept.load(_record(kept, "valid", "vidA/0"))
+    np.testing.assert_array_equal(sub.meta["foreground"].numpy(), revos.foreground[("valid", "vidA")][[0, 2]])
+    # The RLE's resolution, not the model's input size.
+    assert sub.masks.shape == (2, 24, 24) and sub.meta["foreground"].shape == (2, *SIZE)
+
+
+def test_split_without_foreground_file_has_no_foreground(revos):
+    (revos.root / "valid" / "mask_dict_foreground.json").unlink()
+    reader = RVOSReader(revos.root)
+    assert not reader.has_foreground("valid")
+    sample = reader.load(_record(reader, "valid", "vidA/0"))
+    assert sample.meta == {"exp_id": "0", "anno_ids": ["0"], "obj_ids": ["0"], "type_id": 0}
+
+
+def test_foreground_at_another_size_is_resized_with_a_warning(revos):
+    path = revos.root / "valid" / "mask_dict_foreground.json"
+    stored = json.loads(path.read_text())
+    bird = revos.foreground[("valid", "UVO/vidB")]
+    stored["UVO/vidB"]["masks_rle"] = [rle.encode(np.kron(m, np.ones((2, 2), np.uint8))) for m in bird]
+    path.write_text(json.dumps(stored))
+    reader = RVOSReader(revos.root)
+    with pytest.warns(DatasetWarning, match=r"key 'UVO/vidB': foreground size \(24, 32\) differs from \(12, 16\)"):
+        sample = reader.load(_record(reader, "valid", "UVO/vidB/0"))
+    np.testing.assert_array_equal(sample.meta["foreground"].numpy(), bird)
+
+
+def test_foreground_errors_name_the_file_and_the_key(revos):
+    path = revos.root / "valid" / "mask_dict_foreground.json"
+    stored = json.loads(path.read_text())
+    del stored["vidA"]
+    stored["UVO/vidB"]["masks_rle"] = stored["UVO/vidB"]["masks_rle"][:1]
+    path.write_text(json.dumps(stored))
+    reader = RVOSReader(revos.root)
+    with pytest.raises(MetadataError, match=r"key 'vidA' \(the video of expression 'vidA/1'\) not found") as err:
+        reader.load(_record(reader, "valid", "vidA/1"))
+    assert err.value.path == path and "\n" not in str(err.value)
+    with pytest.raises(MetadataError, match=r"key 'UVO/vidB'/masks_rle: 1 masks for the 2 frames of the video") as err:
+        reader.load(_record(reader, "valid", "UVO/vidB/0"))
+    assert err.value.path == path and "\n" not in str(err.value)
+    stored = json.loads(path.read_text())
+    stored["vidA"] = {"masks_rle": [None, {"size": list(SIZE), "counts": "!!"}, None]}
+    path.write_text(json.dumps(stored))
+    reader = RVOSReader(revos.root)
+    with pytest.raises(MetadataError, match=r"key 'vidA', frame 1 \(00005\): bad RLE: .*invalid character '!'"):
+        reader.load(_record(reader, "valid", "vidA/0"))
+    path.write_text("[1, 2]")
+    with pytest.raises(MetadataError, match=r"top-level object keyed by video") as err:
+        RVOSReader(revos.root).load(_record(reader, "valid", "vidA/0"))
+    assert err.value.path == path
+
+
+def test_check_lists_foreground_problems(revos):
+    report = RVOSReader(revos.root).check(deep=True)
+    assert report.ok, (report.missing, report.unreadable)
+    path = revos.root / "valid" / "mask_dict_foreground.json"
+    stored = json.loads(path.read_text())
+    del stored["vidA"]
+    stored["UVO/vidB"]["masks_rle"].append(None)  # 3 entries for 2 frames
+    path.write_text(json.dumps(stored))
+    report = RVOSReader(revos.root).check()
+    assert not report.ok
+    assert [(p, "'vidA'" in what) for p, what in report.missing] == [(path, True)]
+    assert [(p, "3 masks for the 2 frames" in why) for p, why in report.unreadable] == [(path, True)]
+    stored = json.loads(path.read_text())
+    stored["UVO/vidB"]["masks_rle"] = [None, [{"size": list(SIZE), "counts": "3"}]]
+    stored["vidA"] = {"masks_rle": [None, None, None]}
+    path.write_text(json.dumps(stored))
+    for deep in (False, True):
+        report = RVOSReader(revos.root).check(deep=deep)
+        assert report.missing == [] and len(report.unreadable) == 1
+        assert report.unreadable[0][0] == path and "key 'UVO/vidB', frame 1: bad RLE" in report.unreadable[0][1]
+    path.write_text("{not json")
+    report = RVOSReader(revos.root).check()
+    assert [p for p, _ in report.unreadable] == [path] and "invalid JSON" in report.unreadable[0][1]

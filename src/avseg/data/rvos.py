@@ -13,6 +13,7 @@ Two layouts are read, told apart by where the expression files are; a split may 
     root/                                         root/
       {split}/meta_expressions.json                 meta_expressions/{split}/meta_expressions.json
       {split}/mask_dict.json       (optional)       {split}/Annotations/{vid}/{frame}.png   (optional)
+      {split}/mask_dict_foreground.json (optional, ReVOS)
       {split}/JPEGImages/{vid}/{frame}.jpg          {split}/JPEGImages/{vid}/{frame}.jpg
 
 ``meta_expressions.json`` is ``{"videos": {vid: {"frames": [frame_id, ...], "expressions": {exp_id: {"exp": str,
@@ -23,9 +24,17 @@ palette PNGs of ``{split}/Annotations/`` (pixel value = object id, as in :mod:`a
 ground truth may sit in either layout (``{split}/Annotations`` beside a ``{split}/meta_expressions.json`` works too).
 
 - **MeViS** ships the Sa2VA layout as is (``train``, ``valid_u``, ``valid``). For **ReVOS** (one
-  ``meta_expressions_{train,valid}_.json`` and one ``mask_dict.json`` beside a shared ``JPEGImages``) make one folder
-  per split with links to those files under the names above; ``vid`` may contain slashes (ReVOS ``UVO/all/...``),
-  which become sub-folders of ``JPEGImages``.
+  ``meta_expressions_{train,valid}_.json``, one ``mask_dict.json`` and one ``mask_dict_foreground.json`` beside a
+  shared ``JPEGImages``) make one folder per split with links to those files under the names above; ``vid`` may
+  contain slashes (ReVOS ``UVO/all/...``), which become sub-folders of ``JPEGImages``. ``mask_dict_foreground.json``
+  (``{vid: {"masks_rle": [RLE | [RLE, ...] | null, ...]}}``, one entry per frame of the video, in the same
+  sorted frame order as ``mask_dict.json``) holds the video's annotated objects, which ReVOS's robustness R needs
+  (:mod:`avseg.metrics.revos`): when the file is present, each sample carries its video's foreground on the kept
+  frames as ``meta["foreground"]``, ``uint8`` ``(T, H0, W0)`` on the grid of ``native_masks``, the number of objects
+  covering each pixel (the decoded RLEs of a frame summed, as VISA's ``eval_revos.py`` does; a ``null`` entry gives
+  zeros). A foreground stored at another size than the expression's ground truth is brought to it (nearest) with a
+  :class:`~avseg.errors.DatasetWarning`. ``avseg eval`` then adds ReVOS's A, R and summary
+  (:func:`avseg.evaluate.evaluate_split`).
 - **Ref-YouTube-VOS** is read in its original layout (``meta_expressions/{train,valid,test}/``, ``train/Annotations``;
   ``valid`` has no public annotations and loads unlabelled). ``obj_id`` is a string palette index (``"1"``).
 - **Ref-DAVIS17**, as ReferFormer's ``tools/data/convert_davis_to_ytvos.py`` converts it (read in ReferFormer
@@ -117,6 +126,8 @@ EXPRESSIONS_FILE = "meta_expressions.json"
 EXPRESSIONS_DIR = "meta_expressions"
 """The folder of the original Ref-YouTube-VOS layout: ``root/meta_expressions/{split}/meta_expressions.json``."""
 MASKS_FILE = "mask_dict.json"
+FOREGROUND_FILE = "mask_dict_foreground.json"
+"""ReVOS's per-video foreground (all annotated objects of each frame), beside ``mask_dict.json``."""
 FRAMES_DIR = "JPEGImages"
 ANNOTATIONS_DIR = "Annotations"
 
@@ -183,6 +194,14 @@ def _load_json(path: Path, what: str) -> Any:
         raise MetadataError(path, f"not UTF-8 text: {err}") from None
 
 
+def _foreground_objects(entry: Any) -> list[Any]:
+    """The RLEs of one frame of ``mask_dict_foreground.json``: one (the union of the video's objects, as VISA's
+    ``generate_foreground_mask.py`` writes it), a list (one per object), or none (``null``)."""
+    if entry is None:
+        return []
+    return entry if isinstance(entry, list) else [entry]
+
+
 def _expression_files(root: Path) -> dict[str, Path]:
     """Split -> expression file, from both layouts (module docstring); a split in both is refused."""
     inside = {p.parent.name: p for p in root.glob(f"*/{EXPRESSIONS_FILE}") if p.is_file()}
@@ -230,6 +249,7 @@ class RVOSReader(BenchmarkReader):
             raise _NoSplitFolders(empty.root, empty.path, str(empty))
         self._records: dict[str, list[ClipRecord]] = {}
         self._mask_dicts: dict[str, dict[str, Any]] = {}
+        self._foreground_dicts: dict[str, dict[str, Any] | None] = {}
         self._annotation_ids: dict[Path, frozenset[int]] = {}
 
     def splits(self) -> list[str]:
@@ -261,6 +281,11 @@ class RVOSReader(BenchmarkReader):
     def has_masks(self, split: str) -> bool:
         """Whether the split ships ground truth (a ``mask_dict.json`` or an ``Annotations/`` folder)."""
         return self.ground_truth(split) is not None
+
+    def has_foreground(self, split: str) -> bool:
+        """Whether the split ships ReVOS's video foreground, ``{split}/mask_dict_foreground.json`` (then samples carry
+        ``meta["foreground"]``)."""
+        return (self.root / split / FOREGROUND_FILE).is_file()
 
     # ----------------------------------------------------------------------------------------------- metadata
 
@@ -354,6 +379,7 @@ class RVOSReader(BenchmarkReader):
             "ground_truth": ground_truth,
             "expressions_file": path,
             "frame_ids": tuple(video.frame_ids[i] for i in video.keep),
+            "frame_positions": tuple(video.keep),
             "video_num_frames": len(video.frame_ids),
             "mask_keys": [],
             "mask_key_source": None,
@@ -403,6 +429,33 @@ class RVOSReader(BenchmarkReader):
                 raise MetadataError(path, f"expected a top-level object keyed by anno_id, got {type(data).__name__}")
             self._mask_dicts[split] = data
         return self._mask_dicts[split]
+
+    def _foreground_dict(self, split: str) -> dict[str, Any] | None:
+        """The split's ``mask_dict_foreground.json``, loaded once; None when the split has none."""
+        if split not in self._foreground_dicts:
+            data = None
+            if self.has_foreground(split):
+                path = self.root / split / FOREGROUND_FILE
+                data = _load_json(path, "ReVOS foreground file")
+                if not isinstance(data, dict):
+                    raise MetadataError(path, f"expected a top-level object keyed by video, got {type(data).__name__}")
+            self._foreground_dicts[split] = data
+        return self._foreground_dicts[split]
+
+    def _foreground_entries(self, record: ClipRecord) -> list[Any]:
+        """The per-frame foreground entries of the record's video, checked against its frame count."""
+        path = self.root / record.split / FOREGROUND_FILE
+        data = self._foreground_dict(record.split) or {}
+        vid = record.video_id
+        if vid not in data:
+            raise MetadataError(path, f"key {vid!r} (the video of expression {record.uid!r}) not found")
+        entries = data[vid].get("masks_rle") if isinstance(data[vid], dict) else None
+        if not isinstance(entries, list):
+            raise MetadataError(path, f"key {vid!r}: expected an object with a 'masks_rle' list of per-frame RLEs")
+        n = record.extra["video_num_frames"]
+        if len(entries) != n:
+            raise MetadataError(path, f"key {vid!r}/masks_rle: {len(entries)} masks for the {n} frames of the video")
+        return entries
 
     def _missing_key_reason(self, record: ClipRecord, key: str) -> str:
         owner = f"{record.extra['mask_key_source']} of expression {record.uid!r}"
@@ -513,12 +566,53 @@ class RVOSReader(BenchmarkReader):
                 raise MetadataError(expressions_file, self._absent_object_reason(record, absent[0], present))
         return stack_native_masks(decoded, record.num_frames, default_size=frame_size, sources=record.mask_refs)
 
+    def _decode_foreground(self, record: ClipRecord, size: tuple[int, int]) -> torch.Tensor:
+        """The video's foreground on the record's frames, on the ``size`` grid of its native masks: ``uint8``
+        ``(T, H0, W0)``, the number of objects covering each pixel."""
+        path = self.root / record.split / FOREGROUND_FILE
+        entries = self._foreground_entries(record)
+        counts: list[np.ndarray | None] = []
+        sources: list[str] = []
+        for t, pos in enumerate(record.extra["frame_positions"]):
+            entry = entries[pos]
+            where = f"key {record.video_id!r}, frame {pos} ({record.extra['frame_ids'][t]})"
+            sources.append(f"{path}: {where}")
+            count = None
+            for one in _foreground_objects(entry):  # summed, as eval_revos.py sums a frame's decoded masks
+                try:
+                    m = rle.decode(one)
+                except ValueError as err:
+                    raise MetadataError(path, f"{where}: bad RLE: {err}") from None
+                if count is not None and m.shape != count.shape:
+                    raise MetadataError(path, f"{where}: RLEs of sizes {count.shape} and {m.shape} on one frame")
+                count = m if count is None else count + m
+            counts.append(count)
+        foreground = stack_native_masks(counts, record.num_frames, default_size=size, sources=sources)
+        if tuple(foreground.shape[-2:]) != tuple(size):
+            warnings.warn(
+                f"{path}: key {record.video_id!r}: foreground size {tuple(foreground.shape[-2:])} differs from "
+                f"{tuple(size)}, the size of the ground truth of expression {record.uid!r}; it was resized (nearest)",
+                DatasetWarning,
+                stacklevel=2,
+            )
+            foreground = resize_masks(foreground, size)
+        return foreground
+
     def load(self, record: ClipRecord) -> AVSSample:
-        """Decode one expression: the kept frames, the union of its objects' masks, silent audio."""
+        """Decode one expression: the kept frames, the union of its objects' masks, silent audio, and the video's
+        foreground (``meta["foreground"]``) when the split ships one."""
         frames = load_frames(record.frame_paths)  # (T, 3, H, W)
         orig_size = (int(frames.shape[-2]), int(frames.shape[-1]))
         native = self._decode_masks(record, orig_size)  # (T, H0, W0)
         wave, examples, _ = load_audio_features(None, record.num_frames)
+        meta: dict[str, Any] = {
+            "exp_id": record.extra["exp_id"],
+            "anno_ids": list(record.extra["anno_ids"]),
+            "obj_ids": list(record.extra["obj_ids"]),
+            "type_id": record.extra["type_id"],
+        }
+        if self._foreground_dict(record.split) is not None:
+            meta["foreground"] = self._decode_foreground(record, (int(native.shape[-2]), int(native.shape[-1])))
         return sample_from_record(
             record,
             frames=resize_frames(frames, self.image_size),
@@ -531,12 +625,7 @@ class RVOSReader(BenchmarkReader):
             frame_names=record.extra["frame_ids"],
             orig_size=orig_size,
             native_masks=native if self.native_masks else None,
-            meta={
-                "exp_id": record.extra["exp_id"],
-                "anno_ids": list(record.extra["anno_ids"]),
-                "obj_ids": list(record.extra["obj_ids"]),
-                "type_id": record.extra["type_id"],
-            },
+            meta=meta,
         )
 
     # ----------------------------------------------------------------------------------------------- checking
@@ -548,7 +637,9 @@ class RVOSReader(BenchmarkReader):
         expression is parsed (size, characters, run lengths summing to ``H * W``), and ``deep`` decodes it to pixels
         as well; findings name ``mask_dict.json`` and the key. ``annotations`` splits: videos without an annotation
         folder, and ``obj_id`` values found in none of the video's PNGs (findings name ``meta_expressions.json`` and
-        the key); the PNGs of a video are decoded until every id its expressions name is found.
+        the key); the PNGs of a video are decoded until every id its expressions name is found. A split with a
+        ``mask_dict_foreground.json``: every video of the split has an entry with one RLE (or a list of RLEs, or
+        null) per frame, each parsed as above (``deep`` decodes them); findings name that file and the video.
         """
         report = super().check(deep=deep, progress=progress)
         for split in self.splits():
@@ -566,6 +657,8 @@ class RVOSReader(BenchmarkReader):
                         f"split {split!r}: masks are read from {MASKS_FILE}; its {ANNOTATIONS_DIR}/ folder is not read"
                     )
                 self._check_mask_dict(split, report, deep)
+            if self.has_foreground(split):
+                self._check_foreground(split, report, deep)
         return report
 
     def _check_annotations(self, split: str, report: CheckReport) -> None:
@@ -615,3 +708,29 @@ class RVOSReader(BenchmarkReader):
                             rle.parse_counts(entry)
                     except ValueError as err:
                         report.unreadable.append((path, f"key {key!r}, frame {pos}: bad RLE: {err}"))
+
+    def _check_foreground(self, split: str, report: CheckReport, deep: bool) -> None:
+        path = self.root / split / FOREGROUND_FILE
+        try:
+            data = self._foreground_dict(split) or {}
+        except MetadataError as err:
+            report.unreadable.append((path, err.reason))
+            return
+        first_of_video: dict[str, ClipRecord] = {}
+        for record in self.index(split):
+            first_of_video.setdefault(record.video_id, record)
+        for vid, record in first_of_video.items():
+            try:
+                entries = self._foreground_entries(record)
+            except MetadataError as err:
+                (report.missing if vid not in data else report.unreadable).append((path, err.reason))
+                continue
+            for pos, entry in enumerate(entries):
+                for one in _foreground_objects(entry):
+                    try:
+                        if deep:
+                            rle.decode(one)
+                        else:
+                            rle.parse_counts(one)
+                    except ValueError as err:
+                        report.unreadable.append((path, f"key {vid!r}, frame {pos}: bad RLE: {err}"))
