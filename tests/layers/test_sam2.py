@@ -135,6 +135,21 @@ def test_random_builds_use_sam2s_module_initialisation_unless_told_otherwise():
     assert conv_sam2 > 2 * conv_hf
 
 
+def test_a_random_build_codes_clicks_with_the_image_grids_positions():
+    """SAM2 has one random Fourier matrix for clicks and the image grid; transformers draws two in a random build.
+    The click at the centre of each stride-16 cell must match that cell's image position code best."""
+    torch.manual_seed(0)
+    model = build_sam2(tiny_sam2_config(SIZE)).model
+    grid = model.get_image_wide_positional_embeddings()[0]  # (C, S/16, S/16)
+    cells = SIZE // 16
+    ys, xs = torch.meshgrid(torch.arange(cells), torch.arange(cells), indexing="ij")
+    # pixel coordinates of the cell centres; the prompt encoder adds 0.5 and divides by the input size
+    clicks = torch.stack([xs, ys], dim=-1).reshape(1, 1, -1, 2).float() * 16 + 7.5
+    codes = model.prompt_encoder.shared_embedding(clicks + 0.5, (SIZE, SIZE))[0, 0]  # (cells², C)
+    similarity = codes @ grid.flatten(1)  # (cells², cells²)
+    assert torch.equal(similarity.argmax(dim=1), torch.arange(cells * cells))
+
+
 def test_with_sam2s_initialisation_the_memory_tells_two_prompted_objects_apart():
     """The memory-conditioned features of a tracked frame differ between two objects prompted on the same video
     several times more with SAM2's initialisation than with transformers' (the signal the memory path learns from)."""

@@ -20,7 +20,7 @@ ASSET_PREFIX = "avseg:"
 """Prefix of a packaged asset in a ``weights`` setting (``avseg:sam2-tiny-synthav``)."""
 
 ASSETS: Mapping[str, str] = MappingProxyType(
-    {"sam2-tiny-synthav": "788fce30e123179ea074a550955587874e4f11363306d091aa408026b7a9e2c5"}
+    {"sam2-tiny-synthav": "e3eadaef40ed274ef4de3e8026839328dbaed9425c8dcbab3d0cdc8b4a6b57d8"}
 )
 """Asset name → SHA-256 of its ``model.safetensors``."""
 

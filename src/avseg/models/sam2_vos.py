@@ -821,8 +821,10 @@ def sam2_tiny() -> SAM2VOSConfig:
     only protect pretrained weights): AdamW 3e-4, cosine with 30 warm-up steps, clipping at 1, 8 clips per step. A
     frame's decoder passes are averaged rather than summed, so that steps with and without corrective clicks weigh
     alike. Prompt simulation and loss weights are SAM2's. From random weights the memory path learns fastest with
-    mask prompts alone (``prompts.prob_point_input=0``); the packaged ``avseg:sam2-tiny-synthav`` was trained that
-    way first and then with the full prompt simulation (its ``ASSET.md`` gives both commands).
+    mask prompts alone (``prompts.prob_point_input=0``), and the decoder learns clicks from single frames
+    (``train_frames=1``, clicks only), as SAM2 learns them from SA-1B images; the packaged ``avseg:sam2-tiny-synthav``
+    was trained on clicked single frames, then with mask prompts, then with the full prompt simulation (its
+    ``ASSET.md`` gives the commands).
     """
     return SAM2VOSConfig(
         pretrained=False,

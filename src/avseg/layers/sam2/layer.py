@@ -816,6 +816,20 @@ def _sine_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tenso
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def share_positional_encoding(model: nn.Module) -> None:
+    """Give the prompt encoder the image's random Fourier matrix, as SAM2 has one (``pe_layer``).
+
+    SAM2 encodes a click's coordinates and the image grid's positions with one Gaussian matrix, so that a click token
+    and the image tokens at its location share a position code in the decoder's attention. transformers keeps two
+    buffers (``shared_image_embedding`` and ``prompt_encoder.shared_embedding``), equal in converted checkpoints but
+    drawn independently in a random build, where a click's code then matches no image position. Random builds copy
+    the image's matrix into the prompt encoder; loaded weights keep theirs.
+    """
+    source = model.shared_image_embedding.positional_embedding
+    with torch.no_grad():
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(source)
+
+
 def reset_to_module_defaults(model: nn.Module) -> int:
     """Re-initialise every linear, convolution and embedding layer of ``model`` with PyTorch's defaults (SAM2's own
     modules keep them); other parameters (norms, learned tokens and position tables) keep their values. Returns the
@@ -865,6 +879,7 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
         model = Sam2VideoModel(hf_config)
         if config.random_init == "sam2":
             reset_to_module_defaults(model)
+        share_positional_encoding(model)
     if math.prod(model.config.memory_attention_rope_feat_sizes) != (config.image_size // 16) ** 2:
         raise ValueError(f"sam2.hf_config sets rope sizes that do not match image_size {config.image_size}")
     return Sam2Layer(model.float(), config)
