@@ -194,6 +194,17 @@ def _load_json(path: Path, what: str) -> Any:
         raise MetadataError(path, f"not UTF-8 text: {err}") from None
 
 
+def _check_rle(entry: Any, deep: bool, report: CheckReport, path: Path, where: str) -> None:
+    """Record an RLE that does not parse (or, with ``deep``, decode) as unreadable, at ``where`` in ``path``."""
+    try:
+        if deep:
+            rle.decode(entry)
+        else:
+            rle.parse_counts(entry)
+    except ValueError as err:
+        report.unreadable.append((path, f"{where}: bad RLE: {err}"))
+
+
 def _foreground_objects(entry: Any) -> list[Any]:
     """The RLEs of one frame of ``mask_dict_foreground.json``: one (the union of the video's objects, as VISA's
     ``generate_foreground_mask.py`` writes it), a list (one per object), or none (``null``)."""
@@ -699,15 +710,8 @@ class RVOSReader(BenchmarkReader):
                         report.unreadable.append((path, err.reason))
                     continue
                 for pos, entry in enumerate(entries):
-                    if entry is None:
-                        continue
-                    try:
-                        if deep:
-                            rle.decode(entry)
-                        else:
-                            rle.parse_counts(entry)
-                    except ValueError as err:
-                        report.unreadable.append((path, f"key {key!r}, frame {pos}: bad RLE: {err}"))
+                    if entry is not None:
+                        _check_rle(entry, deep, report, path, f"key {key!r}, frame {pos}")
 
     def _check_foreground(self, split: str, report: CheckReport, deep: bool) -> None:
         path = self.root / split / FOREGROUND_FILE
@@ -727,10 +731,4 @@ class RVOSReader(BenchmarkReader):
                 continue
             for pos, entry in enumerate(entries):
                 for one in _foreground_objects(entry):
-                    try:
-                        if deep:
-                            rle.decode(one)
-                        else:
-                            rle.parse_counts(one)
-                    except ValueError as err:
-                        report.unreadable.append((path, f"key {vid!r}, frame {pos}: bad RLE: {err}"))
+                    _check_rle(one, deep, report, path, f"key {vid!r}, frame {pos}")
