@@ -213,6 +213,14 @@ def _foreground_objects(entry: Any) -> list[Any]:
     return entry if isinstance(entry, list) else [entry]
 
 
+def _load_json_object(path: Path, what: str, keyed_by: str) -> dict[str, Any]:
+    """A JSON file whose top level must be an object (MetadataError naming the file otherwise)."""
+    data = _load_json(path, what)
+    if not isinstance(data, dict):
+        raise MetadataError(path, f"expected a top-level object keyed by {keyed_by}, got {type(data).__name__}")
+    return data
+
+
 def _expression_files(root: Path) -> dict[str, Path]:
     """Split -> expression file, from both layouts (module docstring); a split in both is refused."""
     inside = {p.parent.name: p for p in root.glob(f"*/{EXPRESSIONS_FILE}") if p.is_file()}
@@ -434,11 +442,7 @@ class RVOSReader(BenchmarkReader):
 
     def _mask_dict(self, split: str) -> dict[str, Any]:
         if split not in self._mask_dicts:
-            path = self.root / split / MASKS_FILE
-            data = _load_json(path, "RVOS mask file")
-            if not isinstance(data, dict):
-                raise MetadataError(path, f"expected a top-level object keyed by anno_id, got {type(data).__name__}")
-            self._mask_dicts[split] = data
+            self._mask_dicts[split] = _load_json_object(self.root / split / MASKS_FILE, "RVOS mask file", "anno_id")
         return self._mask_dicts[split]
 
     def _foreground_dict(self, split: str) -> dict[str, Any] | None:
@@ -446,10 +450,7 @@ class RVOSReader(BenchmarkReader):
         if split not in self._foreground_dicts:
             data = None
             if self.has_foreground(split):
-                path = self.root / split / FOREGROUND_FILE
-                data = _load_json(path, "ReVOS foreground file")
-                if not isinstance(data, dict):
-                    raise MetadataError(path, f"expected a top-level object keyed by video, got {type(data).__name__}")
+                data = _load_json_object(self.root / split / FOREGROUND_FILE, "ReVOS foreground file", "video")
             self._foreground_dicts[split] = data
         return self._foreground_dicts[split]
 
