@@ -337,11 +337,13 @@ def test_an_expression_gets_the_same_masks_whatever_else_is_in_the_batch(layout)
     batch = square_batch(b=2, t=3, texts=[EXPRESSION, "a dog"])
     beside_long = dataclasses.replace(batch, text=[EXPRESSION, LONG])
     reference = _clip0(model, batch)
-    scale = reference.abs().max().item()  # a random tiny SAM2 gives logits of about 3e-3
-    torch.testing.assert_close(_clip0(model, beside_long), reference, atol=1e-4 * scale, rtol=0)
-    # Not because the expression is ignored: another one changes the clip's output.
+    scale = reference.abs().max().item()
+    beside = _clip0(model, beside_long)
+    torch.testing.assert_close(beside, reference, atol=1e-4 * scale, rtol=0)
+    # Not because the expression is ignored: another one changes the clip's output far more than its batch mates do
+    # (they change it by float rounding at most; the fuser is untrained, so the expression's effect is small).
     other = _clip0(model, dataclasses.replace(batch, text=["the blue square", "a dog"]))
-    assert (other - reference).abs().max() > 1e-3 * scale
+    assert (other - reference).abs().max() > 100 * (beside - reference).abs().max() + 1e-5
     if layout == "released":
         # The released layout reads padded positions unmasked: padded only to the batch's longest expression, the
         # clip's output would change with the expression beside it.
