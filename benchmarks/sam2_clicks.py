@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 from datetime import date
 
 import torch
@@ -40,7 +39,12 @@ def jaccard(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default="avseg:sam2-tiny-synthav", help="packaged name or SAM2 folder")
+    parser.add_argument(
+        "--weights",
+        default="avseg:sam2-tiny-synthav",
+        help="a SAM2 of the CPU presets' shape: avseg:sam2-tiny-synthav, or a folder from `avseg convert sam2` "
+        "of a sam2-tiny run",
+    )
     parser.add_argument("--data", required=True, help="a VOS-layout root (DAVIS 2017 / SynthAV's vos layout)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--batch", type=int, default=32)
@@ -57,11 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
         frames.append(sample.frames[first])
         masks.append(sample.masks[first] > 0)
     scores: dict[str, dict[str, list[float]]] = {p: {"iou_head": [], "best": []} for p in ("click", "box")}
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         for start in range(0, len(frames), args.batch):
             images = torch.stack(frames[start : start + args.batch]).float() / 255
             gt = torch.stack(masks[start : start + args.batch])  # (B, S, S)
-            mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
             features = layer.encode_frames((images - mean) / std)
             for kind in ("click", "box"):
                 if kind == "click":
@@ -92,4 +96,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -327,6 +327,24 @@ def test_revos_foreground_is_the_object_count(revos):
     assert sub.masks.shape == (2, 24, 24) and sub.meta["foreground"].shape == (2, *SIZE)
 
 
+def test_the_expressions_of_a_video_decode_its_foreground_once(revos, monkeypatch):
+    from avseg.data import rvos as rvos_module
+
+    reader = RVOSReader(revos.root)
+    decoded = []
+    real_decode = rvos_module.rle.decode
+    monkeypatch.setattr(rvos_module.rle, "decode", lambda entry: decoded.append(entry) or real_decode(entry))
+    reader.load(_record(reader, "valid", "vidA/0"))
+    first = len(decoded)
+    second = reader.load(_record(reader, "valid", "vidA/2"))  # the same video: only its masks are decoded again
+    np.testing.assert_array_equal(second.meta["foreground"].numpy(), revos.foreground[("valid", "vidA")])
+    masks_only = len(decoded) - first
+    reader.load(_record(reader, "valid", "UVO/vidB/0"))  # another video in between
+    before = len(decoded)
+    reader.load(_record(reader, "valid", "vidA/2"))  # vidA's foreground RLEs are decoded again
+    assert len(decoded) - before > masks_only
+
+
 def test_split_without_foreground_file_has_no_foreground(revos):
     (revos.root / "valid" / "mask_dict_foreground.json").unlink()
     reader = RVOSReader(revos.root)

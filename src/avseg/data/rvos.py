@@ -269,6 +269,8 @@ class RVOSReader(BenchmarkReader):
         self._records: dict[str, list[ClipRecord]] = {}
         self._mask_dicts: dict[str, dict[str, Any]] = {}
         self._foreground_dicts: dict[str, dict[str, Any] | None] = {}
+        # The last decoded foreground: a video's expressions come one after another, and all share it.
+        self._last_foreground: tuple[tuple[Any, ...], torch.Tensor] | None = None
         self._annotation_ids: dict[Path, frozenset[int]] = {}
 
     def splits(self) -> list[str]:
@@ -581,6 +583,9 @@ class RVOSReader(BenchmarkReader):
     def _decode_foreground(self, record: ClipRecord, size: tuple[int, int]) -> torch.Tensor:
         """The video's foreground on the record's frames, on the ``size`` grid of its native masks: ``uint8``
         ``(T, H0, W0)``, the number of objects covering each pixel."""
+        key = (record.split, record.video_id, record.extra["frame_positions"], tuple(size))
+        if self._last_foreground is not None and self._last_foreground[0] == key:
+            return self._last_foreground[1]
         path = self.root / record.split / FOREGROUND_FILE
         entries = self._foreground_entries(record)
         counts: list[np.ndarray | None] = []
@@ -608,6 +613,7 @@ class RVOSReader(BenchmarkReader):
                 stacklevel=2,
             )
             foreground = resize_masks(foreground, size)
+        self._last_foreground = (key, foreground)
         return foreground
 
     def load(self, record: ClipRecord) -> AVSSample:
