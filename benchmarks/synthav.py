@@ -8,13 +8,19 @@ frame size, flips, validation subset and seed), and evaluates the best checkpoin
 - the J&F drop when the soundtracks are shuffled across videos, on the audio-dependent expressions (every expression
   that needs the audio) and on the audio-only ones (expressions that only the audio resolves), for test_s and test_u.
 
+With ``--references`` the table also holds rules that read no expression, or only its visual words, scored the same
+way (:mod:`avseg.data.synthav.references`: every shape, every sounding shape, the largest, a random one, the
+visual oracle), so a trained preset can be read against what it would get without grounding the expression; a
+second table breaks test_s down by expression template for every row.
+
 Wall time is printed and recorded as information only. Example (the table in docs/benchmarks.md)::
 
-    python benchmarks/synthav.py --model tpavi-tiny avsegformer-tiny auralsam2-tiny --steps 600 --out runs/synthav-steps
+    python benchmarks/synthav.py --model tpavi-tiny avsegformer-tiny auralsam2-tiny --steps 600 \
+        --out runs/synthav-steps --references
 
 Writes ``OUT/synthav/`` (the data, generated once; ``--data`` uses an existing Ref-AVS-layout SynthAV instead),
-``OUT/runs/NAME/`` (each training run; it must not hold a finished run of another length), ``OUT/synthav_steps.json``
-and ``OUT/synthav_steps.md``.
+``OUT/runs/NAME/`` (each training run; it must not hold a finished run of another length), ``OUT/synthav_steps.json``,
+``OUT/synthav_steps.md`` and ``OUT/synthav_templates.md``.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ import json
 import math
 import platform
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from avseg.data.synthav.references import template_of
 
 SPLITS = ("test_s", "test_u", "test_n")
 SUBSETS = {"audio": "audio-dependent", "cues:audio": "audio-only"}
@@ -40,9 +49,16 @@ def _drops(normal: Any, shuffled: Any) -> dict[str, float]:
     return {key: drops.get(key, math.nan) for key in SUBSETS}
 
 
-def run_preset(model: str, data: Path, run_dir: Path, steps: int, size: int, seed: int) -> dict[str, Any]:
-    """Train ``model`` for ``steps`` steps with the demo's settings and score it; returns one table row."""
+def run_preset(
+    model: str, data: Path, run_dir: Path, steps: int, size: int, seed: int, expressions: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train ``model`` for ``steps`` steps with the demo's settings and score it.
+
+    Returns:
+        One table row, and test_s J&F per expression template.
+    """
     from avseg.data.readers import get_reader
+    from avseg.data.synthav.references import template_means
     from avseg.demo import demo_run_config
     from avseg.evaluate import evaluate_split
     from avseg.models import load_model
@@ -71,26 +87,69 @@ def run_preset(model: str, data: Path, run_dir: Path, steps: int, size: int, see
             best, reader.dataset(split), preset="refavs", audio="shuffle", audio_seed=seed, progress=False
         )
         row[f"{split} J&F"] = result.metrics["J&F"]
+        if split == "test_s":
+            templates = template_means(result.items, expressions)
         for key, drop in _drops(result, shuffled).items():
             row[f"{split} drop[{key}]"] = drop
     row["train s"] = round(trained - start, 1)
     row["eval s"] = round(time.monotonic() - trained, 1)
-    return row
+    return row, templates
+
+
+def reference_rows(root: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Rows of the reference rules in the table's columns (no drops: they do not listen), and their templates."""
+    from avseg.data.synthav.references import score_references
+
+    scores = score_references(root, SPLITS)
+    rows, templates = [], {}
+    for rule in scores.splits["test_s"]:
+        name = f"({rule})"
+        row: dict[str, Any] = {"model": name, "steps": 0}
+        for split in SPLITS:
+            metrics = scores.splits[split][rule]
+            if split == "test_n":
+                row["test_n S"] = metrics["S"]
+                continue
+            row[f"{split} J&F"] = metrics["J&F"]
+            for key in SUBSETS:
+                row[f"{split} drop[{key}]"] = math.nan
+        row["train s"] = row["eval s"] = math.nan
+        rows.append(row)
+        templates[name] = {t: by_rule[rule] for t, by_rule in scores.templates["test_s"].items()}
+    return rows, templates
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        cells = (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
+        cells = (_cell(row.get(k, math.nan)) for k in keys)
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def template_table(templates: dict[str, dict[str, float]], counts: dict[str, int]) -> str:
+    """test_s J&F per template (columns, with their expression counts) for every row."""
+    names = list(counts)
+    lines = ["| model | " + " | ".join(f"{t} ({counts[t]})" for t in names) + " |", "|" + "---|" * (len(names) + 1)]
+    for model, by_template in templates.items():
+        lines.append(f"| {model} | " + " | ".join(_cell(by_template.get(t, math.nan)) for t in names) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", required=True, help="presets to train (e.g. tpavi-tiny auralsam2-tiny)")
-    parser.add_argument("--steps", type=int, required=True, help="optimiser steps per preset")
+    parser.add_argument("--model", nargs="*", default=[], help="presets to train (e.g. tpavi-tiny auralsam2-tiny)")
+    parser.add_argument("--steps", type=int, default=300, help="optimiser steps per preset")
+    parser.add_argument(
+        "--references", action="store_true", help="also score the reference rules (avseg.data.synthav.references)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=None, help="an existing SynthAV refavs folder (default: generate)")
     parser.add_argument("--videos", type=int, default=500, help="SynthAV videos when generating (the demo's 500)")
@@ -99,6 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
+    if not args.model and not args.references:
+        parser.error("give --model, --references or both")
 
     data = args.data
     if data is None:
@@ -108,16 +169,35 @@ def main() -> None:
         if not (root / "manifest.json").is_file():
             synth(root, videos=args.videos, seed=args.seed, size=args.size, frames=10, workers=2)
         data = root / "refavs"
-    rows = []
+    root = data.parent
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        parser.error(f"{manifest_path}: missing; --data must be the refavs folder of a SynthAV root")
+    expressions = json.loads(manifest_path.read_text())["expressions"]
+    rows, templates = [], {}
     for model in args.model:
-        rows.append(run_preset(model, data, args.out / "runs" / model, args.steps, args.size, args.seed))
-        print(f"[synthav] {rows[-1]}", flush=True)
+        row, templates[model] = run_preset(
+            model, data, args.out / "runs" / model, args.steps, args.size, args.seed, expressions
+        )
+        rows.append(row)
+        print(f"[synthav] {row}", flush=True)
+    if args.references:
+        more_rows, more_templates = reference_rows(root)
+        rows += more_rows
+        templates.update(more_templates)
+    counts = Counter(template_of(e) for e in expressions.values() if e["split"] == "test_s")
     table = markdown(rows)
+    by_template = template_table(templates, dict(sorted(counts.items())))
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, "date": str(date.today())}
-    (args.out / "synthav_steps.json").write_text(json.dumps({**record, "rows": rows}, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "synthav_steps.json").write_text(
+        json.dumps({**record, "rows": rows, "test_s templates": templates}, indent=2)
+    )
     (args.out / "synthav_steps.md").write_text(table)
+    (args.out / "synthav_templates.md").write_text(by_template)
     print(table)
+    print(by_template)
 
 
 if __name__ == "__main__":
