@@ -75,8 +75,9 @@ def test_find_models_lists_checkpoints_and_runs_but_not_the_checkpoints_inside_a
     (runs / "a" / "b" / "c" / "d" / "config.json").write_text("{}")
 
     choices = find_models([text_checkpoint], runs)
-    assert [c.source for c in choices] == [str(text_checkpoint), str(run)]
+    assert [c.source for c in choices] == [str(text_checkpoint), str(run), "avseg:sam2-tiny-synthav"]
     assert choices[1].label.startswith("exp/seed0")
+    assert [c.source for c in find_models([text_checkpoint], packaged=False)] == [str(text_checkpoint)]
     with pytest.raises(MissingFileError, match="--runs folder not found"):
         find_models([], tmp_path / "nowhere")
     with pytest.raises(AVSegError, match="notes"):  # a --checkpoint that is no checkpoint is refused at start

@@ -32,6 +32,7 @@ from avseg.optional import require
 from avseg.progress import Listener
 
 __all__ = [
+    "PACKAGED_SAM2",
     "ModelChoice",
     "ModelInfo",
     "RunResult",
@@ -86,8 +87,19 @@ def _is_model_folder(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file() or has_pointer(folder, "best") or has_pointer(folder, "latest")
 
 
-def find_models(checkpoints: Sequence[str | Path] = (), runs: str | Path | None = None) -> list[ModelChoice]:
-    """The models the page lists: each of ``checkpoints``, then the run and checkpoint folders under ``runs``.
+PACKAGED_SAM2 = ModelChoice(
+    "packaged tiny SAM2: tracks a clicked SynthAV shape (avseg:sam2-tiny-synthav)", "avseg:sam2-tiny-synthav"
+)
+"""The model listed last on every page: the tiny SAM2 shipped with avseg, which tracks an object clicked on the first
+frame without any training (it was trained on SynthAV's shapes; on real videos use Meta's, e.g. a folder
+``avseg convert sam2`` wrote or ``facebook/sam2.1-hiera-large``)."""
+
+
+def find_models(
+    checkpoints: Sequence[str | Path] = (), runs: str | Path | None = None, *, packaged: bool = True
+) -> list[ModelChoice]:
+    """The models the page lists: each of ``checkpoints``, then the run and checkpoint folders under ``runs``, then
+    (with ``packaged``) :data:`PACKAGED_SAM2`.
 
     A folder under ``runs`` counts when it holds a ``config.json`` (a checkpoint) or a ``best.json`` /
     ``latest.json`` pointer (a training run, itself or in its ``checkpoints/``); the search does not descend into
@@ -96,6 +108,7 @@ def find_models(checkpoints: Sequence[str | Path] = (), runs: str | Path | None 
     Args:
         checkpoints: checkpoint folders, run folders or Hub ids, each checked here.
         runs: a folder of training runs, or None.
+        packaged: list the packaged tiny SAM2 too.
 
     Raises:
         MissingFileError: a checkpoint or ``runs`` that does not exist (a Hub id not in the cache while offline).
@@ -119,6 +132,8 @@ def find_models(checkpoints: Sequence[str | Path] = (), runs: str | Path | None 
                 else:
                     deeper += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
             level = deeper
+    if packaged:
+        choices.append(PACKAGED_SAM2)
     return choices
 
 
@@ -669,8 +684,11 @@ def app(
     _gradio()  # before the models load: a missing extra is said at once
     resolve_device(device, arg="--device")
     models = find_models(checkpoint or (), runs)
-    if not models:
-        print("note: no model listed (no --checkpoint or --runs): type a checkpoint folder or Hub id on the page")
+    if models == [PACKAGED_SAM2]:
+        print(
+            "note: no trained model listed (no --checkpoint or --runs): the page offers the packaged tiny SAM2; type a "
+            "checkpoint folder or Hub id on the page for another"
+        )
     offered = find_samples(samples)
     with tempfile.TemporaryDirectory(prefix="avseg-app-") as work_dir:
         demo = build_app(models, offered, work_dir=work_dir, device=device)

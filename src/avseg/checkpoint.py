@@ -15,6 +15,12 @@ names the checkpoint. A training run folder holds many checkpoints plus ``latest
 
 This module reads and writes files and knows no model class: :func:`avseg.models.load_model` rebuilds a model from
 ``config.json`` alone, so a checkpoint needs no side files.
+
+Wherever a checkpoint is expected, a *SAM2 weights folder* is accepted too: transformers' ``Sam2VideoModel`` format
+(``config.json`` with ``model_type`` ``sam2_video``), as ``avseg convert sam2`` writes it, Meta's Hub repositories
+(``facebook/sam2.1-hiera-large``) hold it, and the packaged ``avseg:sam2-tiny-synthav`` is
+(:func:`sam2_weights_config`); :func:`avseg.models.load_model` builds the matching ``sam2-*`` preset on it, ready to
+track without training.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ __all__ = [
     "read_checkpoint_config",
     "read_training_data",
     "resolve_checkpoint",
+    "sam2_weights_config",
     "save_checkpoint",
     "write_pointer",
 ]
@@ -223,7 +230,8 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
     :class:`CheckpointPointerWarning`. ``avseg eval`` and ``avseg predict`` both resolve this way.
 
     A ``path`` that does not exist locally and reads ``org/name`` is a Hugging Face Hub model id: its snapshot is
-    downloaded (or read from the cache) and returned (:func:`hub_checkpoint`).
+    downloaded (or read from the cache) and returned (:func:`hub_checkpoint`). ``avseg:<name>`` is a packaged asset's
+    folder (:mod:`avseg.assets`).
 
     Raises:
         MissingFileError: ``path`` does not exist (for a Hub id: :class:`HubNotFoundError`, not in the cache
@@ -233,6 +241,10 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
             ``{pointer}.json``, or the pointer names a folder that is not a checkpoint.
         MetadataError: the pointer file is not valid JSON naming a checkpoint.
     """
+    if str(path).startswith("avseg:"):
+        from avseg.assets import ASSET_PREFIX, asset_path
+
+        path = asset_path(str(path).removeprefix(ASSET_PREFIX))
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
@@ -287,13 +299,38 @@ class TrainingData:
     fps: float | None = None
 
 
+SAM2_MODEL_TYPES = ("sam2_video", "sam2")
+"""``model_type`` of a transformers SAM2 ``config.json`` (video model, image model)."""
+
+
+def sam2_weights_config(folder: str | Path) -> dict[str, Any] | None:
+    """The transformers config of a SAM2 weights folder, or None when ``folder`` is something else.
+
+    A SAM2 weights folder holds ``config.json`` with a SAM2 ``model_type`` and no avseg ``family``, and
+    ``model.safetensors``; ``avseg convert sam2`` adds ``conversion.json`` (source, variant, preset).
+    """
+    file = Path(folder) / CONFIG_FILE
+    if not file.is_file() or not (Path(folder) / WEIGHTS_FILE).is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or "family" in data or data.get("model_type") not in SAM2_MODEL_TYPES:
+        return None
+    return data
+
+
 def read_training_data(checkpoint: str | Path) -> TrainingData:
     """What the checkpoint at ``checkpoint`` (a checkpoint folder, or a run folder: its latest) was trained on.
 
     Reads ``meta.data`` of its ``config.json``; the format falls back to ``meta.data_format``. A key of the wrong type
-    raises :class:`~avseg.errors.MetadataError` naming the file and the key.
+    raises :class:`~avseg.errors.MetadataError` naming the file and the key. A SAM2 weights folder
+    (:func:`sam2_weights_config`) records nothing but its task, ``vos``.
     """
     folder = resolve_checkpoint(checkpoint)
+    if sam2_weights_config(folder) is not None:
+        return TrainingData(format="vos")
     meta = read_checkpoint_config(folder).get("meta") or {}
     data = meta.get("data") or {}
     file = folder / CONFIG_FILE

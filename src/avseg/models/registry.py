@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avseg.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
+from avseg.checkpoint import (
+    CONFIG_FILE,
+    load_weights,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    sam2_weights_config,
+)
 from avseg.config import apply_overrides, config_from_dict
 from avseg.data.benchmarks import BENCHMARKS
 from avseg.errors import MetadataError
@@ -33,6 +39,7 @@ __all__ = [
     "load_model",
     "model_class",
     "register_model",
+    "register_sam2_weights_builder",
 ]
 
 
@@ -54,6 +61,17 @@ class ModelEntry:
 
 _PRESETS: dict[str, ModelEntry] = {}
 _FAMILIES: dict[str, type[AVSModel]] = {}
+_SAM2_WEIGHTS_BUILDERS: list[Callable[[Path, str], AVSModel]] = []
+
+
+def register_sam2_weights_builder(build: Callable[[Path, str], AVSModel]) -> Callable[[Path, str], AVSModel]:
+    """Decorator registering how :func:`load_model` builds a model on a SAM2 weights folder
+    (:func:`avseg.checkpoint.sam2_weights_config`): ``build(folder, source)``, ``source`` as the user gave it.
+    ``avseg.models.sam2_vos`` registers the one there is."""
+    if _SAM2_WEIGHTS_BUILDERS:
+        raise ValueError("a SAM2 weights builder is already registered")
+    _SAM2_WEIGHTS_BUILDERS.append(build)
+    return build
 
 
 def register_model(
@@ -115,12 +133,19 @@ def create_model(name: str, checkpoint: str | None = None, **overrides: Any) -> 
 def load_model(path: str | Path, *, pointer: str = "latest", fallback: str | None = None) -> AVSModel:
     """Rebuild a model from a checkpoint alone (family and config from its ``config.json``), weights loaded strictly.
 
+    A SAM2 weights folder (a folder ``avseg convert sam2`` wrote, Meta's Hub repository such as
+    ``facebook/sam2.1-hiera-large``, or the packaged ``avseg:sam2-tiny-synthav``) gives the ``sam2-*`` preset of its
+    shape with those weights, ready to track objects from prompts.
+
     Args:
-        path: a checkpoint folder, or a training run folder (then ``{pointer}.json`` names the checkpoint).
+        path: a checkpoint folder, or a training run folder (then ``{pointer}.json`` names the checkpoint), a Hub id,
+            ``avseg:<asset>``, or a SAM2 weights folder.
         pointer: ``latest`` or ``best``.
         fallback: the pointer to use when ``pointer`` is missing (see :func:`avseg.checkpoint.resolve_checkpoint`).
     """
     folder = resolve_checkpoint(path, pointer, fallback=fallback)
+    if _SAM2_WEIGHTS_BUILDERS and sam2_weights_config(folder) is not None:
+        return _SAM2_WEIGHTS_BUILDERS[0](folder, str(path))
     data = read_checkpoint_config(folder)
     cls = model_class(data["family"])
     try:

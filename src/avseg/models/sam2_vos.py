@@ -48,12 +48,20 @@ embeddings not), weight decay 0.1 (none on biases and norm layers), cosine decay
 * The prompt samplers' corner cases (:mod:`avseg.layers.sam2.prompts`): an empty mask gets a negative click instead
   of an inverted box.
 * ``loss.step_reduction = "mean"`` (``sam2-tiny``) averages the passes of a frame instead of summing them.
+
+**Ready to track** (:func:`sam2_vos_on_weights`). Wherever a checkpoint is expected (``avseg predict``, ``avseg eval``,
+``avseg app``, :func:`avseg.models.load_model`), SAM2 weights in transformers' format are taken as they are: Meta's
+Hub repositories (``facebook/sam2.1-hiera-large``), a folder ``avseg convert sam2`` wrote (from Meta's ``.pt``
+files or from an avseg checkpoint), or the packaged ``avseg:sam2-tiny-synthav``. They give the ``sam2-*`` preset of
+their shape with those weights, untrained by avseg.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -62,6 +70,7 @@ from torch import Tensor, nn
 
 from avseg.data.augment import ClipAugmentConfig
 from avseg.data.types import AVSBatch
+from avseg.errors import UsageError
 from avseg.layers.losses import sam_multimask_losses
 from avseg.layers.sam2 import (
     NO_OBJECT_SCORE,
@@ -84,7 +93,7 @@ from avseg.layers.sam2.prompts import (
 )
 from avseg.metrics.protocols import DAVIS2017_SEMI, protocol_table
 from avseg.models.base import AVSModel, AVSOutput
-from avseg.models.registry import register_model
+from avseg.models.registry import create_model, get_entry, register_model, register_sam2_weights_builder
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
 __all__ = ["SAM2VOS", "DecodeStep", "SAM2LossConfig", "SAM2VOSConfig", "Sam2ParamGroupConfig"]
@@ -841,3 +850,66 @@ def sam2_tiny() -> SAM2VOSConfig:
             notes="avseg's CPU recipe for a random tiny SAM2; frames read at SAM2's 128 px, 8-frame clips",
         ),
     )
+
+
+# -- SAM2 weights as a ready model -----------------------------------------------------------------------------------
+
+_PRESET_OF_VARIANT = {
+    **{
+        f"{version}-hiera-{size}": f"{version}-hiera-{short}"
+        for version in ("sam2", "sam2.1")
+        for short, size in _SIZES.items()
+    },
+    "test-tiny": "sam2-tiny",
+}
+
+
+def _conversion_record(folder: Path) -> dict[str, Any]:
+    """``conversion.json`` of a folder ``avseg convert sam2`` wrote ({} when there is none or it is unreadable)."""
+    try:
+        record = json.loads((folder / "conversion.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def weights_preset(folder: Path, source: str) -> str:
+    """The ``sam2-*`` preset a SAM2 weights folder fits.
+
+    The preset ``avseg convert sam2`` recorded when it is a SAM2 preset (``sam2-tiny`` for the packaged weights), else
+    the preset of the recorded variant, else of a variant the source's name spells (``facebook/sam2.1-hiera-large``).
+
+    Raises:
+        UsageError: none of these says which SAM2 the weights are.
+    """
+    record = _conversion_record(folder)
+    preset = record.get("preset")
+    if isinstance(preset, str) and preset in _PRESET_OF_VARIANT.values():
+        return preset
+    for name in (record.get("variant"), Path(source.rstrip("/")).name, folder.name):
+        if isinstance(name, str) and name in _PRESET_OF_VARIANT:
+            return _PRESET_OF_VARIANT[name]
+    raise UsageError(
+        f"{source}: SAM2 weights of an unknown variant (no conversion.json and the name is none of "
+        f"{', '.join(sorted(_PRESET_OF_VARIANT))}); write the folder with `avseg convert sam2 ... --variant V`"
+    )
+
+
+@register_sam2_weights_builder
+def sam2_vos_on_weights(folder: Path, source: str) -> SAM2VOS:
+    """The ``sam2-*`` model on a SAM2 weights folder (:func:`avseg.checkpoint.sam2_weights_config`), in eval mode.
+
+    The preset is :func:`weights_preset`'s; its SAM2 loads the folder's weights (``pretrained``), at the image size
+    ``conversion.json`` records when there is one (a tiny SAM2 trained at 128 px), else the preset's.
+
+    Args:
+        folder: the weights folder.
+        source: what the user named (a path, a Hub id or ``avseg:<name>``), for messages and the variant's name.
+    """
+    preset = weights_preset(folder, source)
+    overrides: dict[str, Any] = {"pretrained": True, "sam2.weights": str(folder)}
+    size = _conversion_record(folder).get("image_size")
+    if isinstance(size, int) and size != get_entry(preset).config().sam2.image_size:
+        overrides["sam2.image_size"] = size
+    model = create_model(preset, **overrides)
+    return model.eval()
