@@ -154,3 +154,32 @@ def test_the_app_offers_the_packaged_sam2_as_a_promptable_model():
     info = inspect_model(PACKAGED_SAM2.source)
     assert info.promptable and not info.reads_text and info.name == "sam2-tiny"
     assert info.folder == asset_path("sam2-tiny-synthav")
+
+
+def test_a_hub_repository_of_sam2_weights_gives_the_preset_its_name_spells(tmp_path, capsys, monkeypatch):
+    """Meta's repositories hold transformers' format without conversion.json: the repository's name decides."""
+    import shutil
+
+    import huggingface_hub
+
+    torch.manual_seed(4)
+    trained = SAM2VOS(sam2_tiny())
+    checkpoint = save_checkpoint(tmp_path / "ck", trained, preset="sam2-tiny", meta={"data": {"format": "vos"}})
+    assert run_cli(capsys, "convert", "sam2", checkpoint, tmp_path / "weights", "--quiet")[0] == 0
+    repo = tmp_path / "hub" / "facebook" / "sam2.1-hiera-tiny"
+    repo.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):  # what the Hub repository holds of what avseg fetches
+        shutil.copyfile(tmp_path / "weights" / name, repo / name)
+    asked = []
+
+    def snapshot_download(repo_id, *, allow_patterns=None, **kwargs):
+        asked.append((repo_id, allow_patterns))
+        return str(tmp_path / "hub" / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = load_model("facebook/sam2.1-hiera-tiny")
+    assert [a[0] for a in asked] == ["facebook/sam2.1-hiera-tiny"]
+    assert model.preset == "sam2.1-hiera-t" and model.config.sam2.image_size == 1024
+    expected = _sam2_state(trained)
+    for key, value in _sam2_state(model).items():
+        assert torch.equal(value, expected[key]), key
