@@ -137,11 +137,11 @@ def test_bugs_keep_their_traceback(monkeypatch):
 # -- the same --quiet and --json everywhere ----------------------------------------------------------------------------
 
 # Commands a person waits on: progress on stderr, none with --quiet.
-QUIET = {"data synth", "data check", "train", "eval", "predict", "demo", "bench"} | {
+QUIET = {"data synth", "data check", "data references", "train", "eval", "predict", "demo", "bench"} | {
     " ".join(c.words) for c in COMMANDS if c.words[0] == "convert"
 }
 # Commands that produce results: --json prints them as one JSON document on stdout.
-JSON = {"data check", "score", "models", "eval", "bench"} | {
+JSON = {"data check", "data references", "score", "models", "eval", "bench"} | {
     " ".join(c.words) for c in COMMANDS if c.words[0] == "convert"
 }
 
@@ -168,6 +168,7 @@ def _required(name: str) -> list[str]:
     by_command = {
         "data synth": ["out"],
         "data check": ["root", "--format", "refavs"],
+        "data references": ["root"],
         "score": ["--pred", "p.npz", "--gt", "g.npz"],
         "train": ["--data", "d"],
         "eval": ["--checkpoint", "c", "--data", "d"],

@@ -196,6 +196,25 @@ def test_a_prompt_frame_beyond_the_video_is_one_line(video, checkpoint, tmp_path
     assert "--prompt-frame 10: the video has 10 sampled frame(s)" in line
 
 
+def test_a_prompt_frame_far_beyond_the_video_is_refused_before_decoding(
+    video, checkpoint, tmp_path, capsys, no_decoding
+):
+    """The container's count (10 frames at the source rate) is known before decoding; 11 is within its error."""
+    line = run_error(
+        capsys,
+        video,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "o.mp4",
+        "--box",
+        "1,1,9,9",
+        "--prompt-frame",
+        "12",
+    )
+    assert "--prompt-frame 12: the video has about 10 sampled frame(s) (0..9)" in line
+
+
 def test_a_prompt_for_a_model_without_prompts_is_refused(video, tmp_path, capsys, monkeypatch, no_decoding):
     predictor = Predictor(ProbeModel(ToyConfig()), device="cpu", image_size=16)
     with pytest.raises(UsageError, match=r"--box 1,1,9,9: model .* takes no prompt"):

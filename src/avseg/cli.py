@@ -57,6 +57,11 @@ COMMANDS: tuple[Command, ...] = (
         ("data", "check"), "avseg.data.check:check", "Validate a dataset tree and report counts and missing files."
     ),
     Command(
+        ("data", "references"),
+        "avseg.data.synthav.commands:references",
+        "Score rules that do not read the expression on a SynthAV's Ref-AVS expressions: the floor of a trained model.",
+    ),
+    Command(
         ("audio", "logmel"),
         "avseg.audio.commands:logmel",
         "Compute the VGGish log-mel examples of a wav or video file and save them as .npy.",
@@ -133,7 +138,7 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 GROUP_HELP = {
-    "data": "Dataset tools: generate SynthAV, check a benchmark tree.",
+    "data": "Dataset tools: generate SynthAV, score its reference rules, check a benchmark tree.",
     "audio": "Audio front end: VGGish log-mel examples and embeddings.",
     "convert": "Convert the authors' released checkpoints to avseg checkpoints.",
 }

@@ -5,9 +5,7 @@ audio-visual segmentation: it generates SynthAV (the Ref-AVS layout is used: vid
 model with the one trainer for a bounded time, selects the best checkpoint on the validation split, then evaluates
 test_s (seen classes), test_u (a held-out shape class with its own sound) and test_n (null expressions) with the
 official Ref-AVS metric preset, once with the true soundtracks and once with the soundtracks shuffled across videos.
-The gap on the audio-dependent expressions shows whether the model listens, and rules that never read the expression
-(every shape, every sounding shape, the visual oracle) are scored beside it, so its figures can be read against what
-ignoring the expression already gets.
+The gap on the audio-dependent expressions shows whether the model listens.
 
 Outputs in ``WORK/``: ``synthav/`` (the data), ``run/`` (checkpoints, ``metrics.jsonl``, ``train_summary.json``),
 ``report.json``, ``report.md``, ``training_curve.png`` and ``overlays/*.mp4`` (masks over the frames, with the clip's
@@ -29,7 +27,6 @@ import numpy as np
 import torch
 
 from avseg import __version__
-from avseg.data.synthav.references import REFERENCE_RULES, ReferenceScores, score_references
 from avseg.errors import MissingDependencyError, UsageError
 from avseg.fileio import atomic_file, atomic_write_text, check_output_dir
 from avseg.optional import has_package, require
@@ -64,13 +61,6 @@ demo's length is its time budget by design, so the recipe's ``max_epochs`` cap i
 DEMO_HFLIP = 0.5
 """Probability of mirroring a training clip (its expression's left and right swapped): SynthAV's train split is
 small, and mirroring doubles the scenes a model sees without changing what any expression refers to."""
-
-
-DEMO_REFERENCE_RULES = ("every_object", "sounding_objects", "visual_oracle")
-"""Reference rules the report scores beside the model (:mod:`avseg.data.synthav.references`): masking every shape
-and every sounding shape are what a model gets without grounding the expression at all, or by segmenting what sounds;
-the visual oracle, exact on vision-only expressions and every shape otherwise, is the ceiling of a model that ignores
-the sound."""
 
 
 DEMO_MINUTES_BY_PRESET: dict[str, float] = {
@@ -204,33 +194,6 @@ def _overlays(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int, d
         atomic_write_text(out_dir / f"{name}.txt", f"{sample.text}\n")
         written.append(str(path))
     return written
-
-
-def _reference_summary(scores: ReferenceScores) -> dict[str, dict[str, float]]:
-    """``{rule: {"test_s J&F", "test_u J&F", "test_n S"}}`` of the reference rules."""
-    out: dict[str, dict[str, float]] = {}
-    for split, by_rule in scores.splits.items():
-        key = "S" if split == "test_n" else "J&F"
-        for rule, metrics in by_rule.items():
-            out.setdefault(rule, {})[f"{split} {key}"] = float(metrics[key])
-    return out
-
-
-def _reference_markdown(summary: dict[str, dict[str, float]]) -> list[str]:
-    lines = [
-        "## Rules that do not read the expression",
-        "",
-        "The same expressions and metric, predicted by rules instead of the model (`avseg.data.synthav.references`):",
-        "",
-        "| rule | predicts | test_s J&F | test_u J&F | test_n S |",
-        "|---|---|---|---|---|",
-    ]
-    for rule, row in summary.items():
-        lines.append(
-            f"| {rule} | {REFERENCE_RULES[rule]} | {row['test_s J&F']:.4f} | {row['test_u J&F']:.4f} | "
-            f"{row['test_n S']:.4f} |"
-        )
-    return lines
 
 
 def demo_task(model: str) -> str:
@@ -399,9 +362,6 @@ def demo(
                 audio_seed=seed,
                 progress=bars,
             )
-    # What rules that never read the expression score on the same expressions, the floor a trained model is read
-    # against (masking every shape already scores about 0.49 test_s J&F on SynthAV).
-    references = score_references(work_dir / "synthav", splits, DEMO_REFERENCE_RULES) if listening else None
     t_evaluated = time.monotonic()
     print(f"[demo] evaluated in {t_evaluated - t_trained:.1f} s", flush=True)
     print(f"[demo] writing {overlays} overlay video(s) ...", flush=True)
@@ -439,7 +399,6 @@ def demo(
         "splits": {k: {"summary": v.summary, "counts": v.metrics["counts"]} for k, v in results.items()},
         "shuffled_audio": {k: {"summary": v.summary} for k, v in shuffled.items()},
         "listens": listens,
-        "references": None if references is None else _reference_summary(references),
         "metric_settings": results["test_s"].settings,
         "overlays": overlay_paths,
         "training_curve": str(curve) if plot else None,
@@ -470,8 +429,12 @@ def demo(
             f"| {split} | {e['J&F']:.4f} | {e['J&F_shuffled']:.4f} | {e.get('J&F[audio]', np.nan):.4f} | "
             f"{e.get('J&F[audio]_shuffled', np.nan):.4f} | {e.get('drop[audio]', np.nan):.4f} |"
         )
-    if references is not None:
-        md += ["", *_reference_markdown(report["references"])]
+    if listening:
+        md += [
+            "",
+            "Read these figures against rules that do not read the expression (masking every shape of the video scores "
+            f"about 0.49 test_s J&F on the default SynthAV): `avseg data references {work_dir / 'synthav'}`.",
+        ]
     atomic_write_text(work_dir / "report.md", "\n".join(md) + "\n")
     if plot:
         plot_training_curve(run_dir / "metrics.jsonl", curve)

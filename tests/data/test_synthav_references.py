@@ -91,20 +91,28 @@ def test_each_rule_masks_what_its_name_says(dataset):
         again = reference_mask("random_object", scene, labels, expression, uid)
         np.testing.assert_array_equal(again, masks["random_object"])
         if expression["modalities"] != "visual":
-            np.testing.assert_array_equal(masks["visual_oracle"], labels > 0)
+            named = expression["params"]
+            allowed = [
+                o["fid"] + 1
+                for o in objects
+                if o["colour"] == named.get("colour", o["colour"]) and o["class"] == named.get("shape", o["class"])
+            ]
+            np.testing.assert_array_equal(masks["visual_oracle"], np.isin(labels, allowed))
+            if not {"colour", "shape"} & set(named):
+                np.testing.assert_array_equal(masks["visual_oracle"], labels > 0)
 
 
 def test_scores_follow_the_rules(dataset, scores):
-    out, manifest = dataset
+    out, _ = dataset
     assert set(scores.splits) == set(SPLITS)
     assert scores.splits["test_n"]["no_object"]["S"] == 0.0
     assert scores.splits["test_n"]["every_object"]["S"] > 0.1
-    # Vision-only templates are solved exactly by the visual oracle; the others are every shape.
+    # Vision-only templates are solved exactly by the visual oracle; audio-only ones get every shape.
     for split in ("test_s", "test_u"):
         for template, by_rule in scores.templates[split].items():
             if template.startswith("v_"):
                 assert by_rule["visual_oracle"] == pytest.approx(1.0, abs=1e-6), (split, template)
-            elif template != "null":
+            elif template.startswith("a_"):
                 assert by_rule["visual_oracle"] == pytest.approx(by_rule["every_object"]), (split, template)
         assert scores.splits[split]["visual_oracle"]["J&F"] > scores.splits[split]["every_object"]["J&F"]
     counted = {split: sum(scores.counts[split].values()) for split in SPLITS}
@@ -126,7 +134,7 @@ def test_template_means_group_items_by_template(dataset):
 
 def test_bad_input_is_one_clear_error(dataset, tmp_path):
     out, manifest = dataset
-    with pytest.raises(MissingFileError, match="manifest.json"):
+    with pytest.raises(MissingFileError, match=r"manifest\.json"):
         score_references(tmp_path, ("test_s",))
     with pytest.raises(ValueError, match="unknown reference rule 'oracle'"):
         score_references(out, ("test_s",), rules=("oracle",))
@@ -137,8 +145,34 @@ def test_bad_input_is_one_clear_error(dataset, tmp_path):
     (broken / "refavs" / "metadata.csv").write_text((out / "refavs" / "metadata.csv").read_text())
     trimmed = {**manifest, "expressions": {}}
     (broken / "manifest.json").write_text(json.dumps(trimmed))
-    with pytest.raises(MetadataError, match="no expression .* \\(metadata.csv names it\\)"):
+    with pytest.raises(MetadataError, match=r"no expression .* \(metadata\.csv names it\)"):
         score_references(broken, ("test_s",))
     (broken / "manifest.json").write_text("{}")
     with pytest.raises(MetadataError, match="not a SynthAV manifest"):
         score_references(broken, ("test_s",))
+
+
+def test_the_command_prints_the_scores_of_every_rule(dataset, scores, capsys):
+    from avseg.cli import main
+
+    out, _ = dataset
+    assert main(["data", "references", str(out), "--json", "--quiet"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert list(record["splits"]) == list(SPLITS) and list(record["rules"]) == list(REFERENCE_RULES)
+    for split in SPLITS:
+        for rule in REFERENCE_RULES:
+            assert record["splits"][split][rule]["J&F"] == pytest.approx(scores.splits[split][rule]["J&F"], nan_ok=True)
+    assert main(["data", "references", str(out), "--split", "test_s,test_n", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    every = scores.splits["test_s"]["every_object"]["J&F"], scores.splits["test_n"]["every_object"]["S"]
+    assert "| rule | predicts | test_s J&F | test_n S |" in printed
+    assert f"| every_object | every shape of the video | {every[0]:.4f} | {every[1]:.4f} |" in printed
+    assert "test_s, mean (J + F) / 2 per expression template" in printed
+
+
+def test_the_command_names_a_missing_manifest_in_one_line(tmp_path, capsys):
+    from avseg.cli import main
+
+    assert main(["data", "references", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("avseg: error: ") and "manifest.json" in err[0]

@@ -117,6 +117,16 @@ def fallback_pointer(pointer: str) -> str:
     return "latest" if pointer == "best" else "best"
 
 
+def _expected_frames(info: VideoInfo, *, folder: bool, sample_fps: float | None, rate: float) -> int | None:
+    """Sampled frames a video should give: a folder's frame count, the container's count when every frame is read
+    (None when it has none), else the duration at ``rate`` (both can be a frame off)."""
+    if folder:
+        return info.num_frames
+    if sample_fps is None:
+        return info.num_frames or None
+    return max(1, math.floor(info.duration_s * rate + 0.5))
+
+
 class Predictor:
     """A loaded model plus the sampling settings to run it on whole videos.
 
@@ -265,6 +275,12 @@ class Predictor:
                     stacklevel=3,
                 )
             rate, sample_fps = info.source_fps, None
+        if prompts is not None:
+            expected = _expected_frames(info, folder=path.is_dir(), sample_fps=sample_fps, rate=rate)
+            # The count from the container or the duration can be a frame off: a prompt frame past it by more is
+            # refused now, before decoding; the exact count is checked once the video has been read.
+            if expected is not None and prompts.frame > expected:
+                prompts.check_frame(expected, estimated=True)
         reader = VideoReader(
             path, fps=sample_fps, frame_pick=frame_pick or self.frame_pick, audio=True, folder_fps=rate
         )
@@ -293,12 +309,7 @@ class Predictor:
         text = self.check_text(text)
         self.check_prompts(prompts)
         reader, info, rate, requested = self.open_video(video_path, fps=fps, frame_pick=frame_pick, prompts=prompts)
-        if reader.is_folder:
-            total = info.num_frames
-        elif reader.fps is None:
-            total = info.num_frames or None
-        else:
-            total = max(1, math.floor(info.duration_s * rate + 0.5))
+        total = _expected_frames(info, folder=reader.is_folder, sample_fps=reader.fps, rate=rate)
         length = positive_int(clip_len if clip_len is not None else self.clip_len, "clip_len")
         return PredictionStream(
             self,

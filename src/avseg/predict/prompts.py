@@ -116,12 +116,14 @@ class VideoPrompts:
                         f"{self.source}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) reaches outside {what} ({width}x{height})"
                     )
 
-    def check_frame(self, num_frames: int) -> None:
-        """Refuse a prompt frame beyond the ``num_frames`` sampled frames (UsageError)."""
+    def check_frame(self, num_frames: int, *, estimated: bool = False) -> None:
+        """Refuse a prompt frame beyond the ``num_frames`` sampled frames (UsageError); ``estimated``: the count is
+        the container's or the duration's, before decoding."""
         if not 0 <= self.frame < num_frames:
+            about = "about " if estimated else ""
             raise UsageError(
-                f"--prompt-frame {self.frame}: the video has {num_frames} sampled frame(s) (0..{num_frames - 1}); "
-                "a higher --fps samples more"
+                f"--prompt-frame {self.frame}: the video has {about}{num_frames} sampled frame(s) "
+                f"(0..{num_frames - 1}); a higher --fps samples more"
             )
 
     def record(self) -> dict[str, Any]:
