@@ -175,7 +175,7 @@ def test_plot_training_curve_names_its_extra_and_writes_with_the_umask(tmp_path,
 def test_demo_budget_is_the_argument_else_the_presets_else_the_default():
     from avseg.demo import DEMO_MINUTES, training_minutes
 
-    assert training_minutes("auralsam2-tiny", None) == 6.0
+    assert training_minutes("auralsam2-tiny", None) == 5.0
     assert training_minutes("auralsam2-tiny", 2.5) == 2.5
     assert training_minutes("tpavi-tiny", None) == DEMO_MINUTES == 7.5
 

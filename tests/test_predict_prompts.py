@@ -180,39 +180,20 @@ def test_a_mask_of_another_size_is_one_line_naming_both_sizes(video, checkpoint,
     assert "small.png" in line and "48x32" in line and f"{WIDTH}x{HEIGHT}" in line
 
 
-def test_a_prompt_frame_beyond_the_video_is_one_line(video, checkpoint, tmp_path, capsys):
-    line = run_error(
-        capsys,
-        video,
-        "--checkpoint",
-        checkpoint,
-        "--out",
-        tmp_path / "o.mp4",
-        "--box",
-        "1,1,9,9",
-        "--prompt-frame",
-        "10",
-    )
-    assert "--prompt-frame 10: the video has 10 sampled frame(s)" in line
-
-
-def test_a_prompt_frame_far_beyond_the_video_is_refused_before_decoding(
-    video, checkpoint, tmp_path, capsys, no_decoding
-):
-    """The container's count (10 frames at the source rate) is known before decoding; 11 is within its error."""
-    line = run_error(
-        capsys,
-        video,
-        "--checkpoint",
-        checkpoint,
-        "--out",
-        tmp_path / "o.mp4",
-        "--box",
-        "1,1,9,9",
-        "--prompt-frame",
-        "12",
-    )
-    assert "--prompt-frame 12: the video has about 10 sampled frame(s) (0..9)" in line
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        # Within a frame of the container's count: found once the video has been read.
+        ("10", "--prompt-frame 10: the video has 10 sampled frame(s)"),
+        # Further: refused from the container's count, before anything is decoded.
+        ("12", "--prompt-frame 12: the video has about 10 sampled frame(s) (0..9)"),
+    ],
+)
+def test_a_prompt_frame_beyond_the_video_is_one_line(frame, message, video, checkpoint, tmp_path, capsys, request):
+    if frame == "12":
+        request.getfixturevalue("no_decoding")
+    args = ["--checkpoint", checkpoint, "--out", tmp_path / "o.mp4", "--box", "1,1,9,9", "--prompt-frame", frame]
+    assert message in run_error(capsys, video, *args)
 
 
 def test_a_prompt_for_a_model_without_prompts_is_refused(video, tmp_path, capsys, monkeypatch, no_decoding):
