@@ -16,7 +16,7 @@ are the ones the layouts were written from) and are scored by the same metric pr
 
 :func:`score_references` scores them per split and per expression template (``avseg data references ROOT``);
 ``benchmarks/synthav.py --references`` prints them beside the trained presets. Scoring takes as long as evaluating a
-model (about 0.05 s per expression and rule on 2 cores at SynthAV's 128 px, scored at the preset's 256 px).
+model (about 0.02 s per expression and rule on 2 cores at SynthAV's 128 px, scored at the preset's 256 px).
 """
 
 from __future__ import annotations
