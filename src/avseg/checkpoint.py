@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from avseg import __version__
+from avseg.assets import ASSET_PREFIX, asset_path
 from avseg.config import config_to_dict
 from avseg.errors import AVSegError, AVSegWarning, CheckpointError, MetadataError, MissingFileError, UsageError
 from avseg.fileio import atomic_dir, atomic_write_text, current_umask
@@ -241,9 +242,7 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
             ``{pointer}.json``, or the pointer names a folder that is not a checkpoint.
         MetadataError: the pointer file is not valid JSON naming a checkpoint.
     """
-    if str(path).startswith("avseg:"):
-        from avseg.assets import ASSET_PREFIX, asset_path
-
+    if str(path).startswith(ASSET_PREFIX):
         path = asset_path(str(path).removeprefix(ASSET_PREFIX))
     path = Path(path)
     if (path / CONFIG_FILE).is_file():

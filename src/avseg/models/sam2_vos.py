@@ -873,16 +873,21 @@ def _conversion_record(folder: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def weights_preset(folder: Path, source: str) -> str:
+def weights_preset(folder: Path, source: str, record: Mapping[str, Any] | None = None) -> str:
     """The ``sam2-*`` preset a SAM2 weights folder fits.
 
     The preset ``avseg convert sam2`` recorded when it is a SAM2 preset (``sam2-tiny`` for the packaged weights), else
     the preset of the recorded variant, else of a variant the source's name spells (``facebook/sam2.1-hiera-large``).
 
+    Args:
+        folder: the weights folder.
+        source: what the user named.
+        record: the folder's ``conversion.json`` when already read (default: read here).
+
     Raises:
         UsageError: none of these says which SAM2 the weights are.
     """
-    record = _conversion_record(folder)
+    record = _conversion_record(folder) if record is None else record
     preset = record.get("preset")
     if isinstance(preset, str) and preset in _PRESET_OF_VARIANT.values():
         return preset
@@ -890,7 +895,7 @@ def weights_preset(folder: Path, source: str) -> str:
         if isinstance(name, str) and name in _PRESET_OF_VARIANT:
             return _PRESET_OF_VARIANT[name]
     raise UsageError(
-        f"{source}: SAM2 weights of an unknown variant (no conversion.json and the name is none of "
+        f"{source}: SAM2 weights of an unknown variant (neither its conversion.json nor its name is one of "
         f"{', '.join(sorted(_PRESET_OF_VARIANT))}); write the folder with `avseg convert sam2 ... --variant V`"
     )
 
@@ -906,9 +911,10 @@ def sam2_vos_on_weights(folder: Path, source: str) -> SAM2VOS:
         folder: the weights folder.
         source: what the user named (a path, a Hub id or ``avseg:<name>``), for messages and the variant's name.
     """
-    preset = weights_preset(folder, source)
+    record = _conversion_record(folder)
+    preset = weights_preset(folder, source, record)
     overrides: dict[str, Any] = {"pretrained": True, "sam2.weights": str(folder)}
-    size = _conversion_record(folder).get("image_size")
+    size = record.get("image_size")
     if isinstance(size, int) and size != get_entry(preset).config().sam2.image_size:
         overrides["sam2.image_size"] = size
     model = create_model(preset, **overrides)

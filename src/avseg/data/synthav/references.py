@@ -1,8 +1,8 @@
 """Reference predictions on SynthAV: what rules that read no expression (or only part of one) score.
 
 A trained model's J&F means little without its floor. On SynthAV a model that segments every shape in the video, and
-never reads the expression, already scores test_s J&F of about 0.48; one that masks every shape that ever sounds,
-about 0.57. These rules re-render each scene from the manifest (same seed, size and frame count, so their label maps
+never reads the expression, already scores test_s J&F of about 0.49; one that masks every shape that ever sounds,
+about 0.58. These rules re-render each scene from the manifest (same seed, size and frame count, so their label maps
 are the ones the layouts were written from) and are scored by the same metric preset as a model:
 
 - ``no_object``: an empty mask (what Null S rewards);
@@ -26,7 +26,7 @@ import csv
 import ctypes
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +221,6 @@ def score_references(
         if not split_rows:
             raise MetadataError(root / "refavs" / "metadata.csv", f"no rows of split {split!r}")
         accumulators = {rule: MetricAccumulator(preset, group=group) for rule in rules}
-        template_of_uid: dict[str, str] = {}
         rendered: dict[str, tuple[Scene, np.ndarray]] = {}
         with Progress(f"references {split}", len(split_rows), "expression", enabled=progress) as bar:
             for row in split_rows:
@@ -240,7 +239,6 @@ def score_references(
                 target = expression["target"]
                 truth = labels == target["fid"] + 1 if target is not None else np.zeros(labels.shape, dtype=bool)
                 truth_t = torch.from_numpy(truth).to(torch.uint8)[None]  # (1, T, S, S)
-                template_of_uid[uid] = template_of(expression)
                 for rule in rules:
                     mask = torch.from_numpy(reference_mask(rule, scene, labels, expression, uid))
                     logits = (mask.float() * 2 - 1)[None] * _HARD_LOGIT  # (1, T, S, S)
@@ -249,14 +247,13 @@ def score_references(
                 if bar.count % 32 == 0:
                     _release_freed_heap()
         out.splits[split] = {}
-        per_template: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        out.templates[split] = {}
         for rule, accumulator in accumulators.items():
             result = accumulator.compute()
-            for item in result.pop("per_video"):
-                per_template[template_of_uid[item["id"]]][rule].append((item["J"] + item["F"]) / 2)
+            # Each expression on its own, as avseg eval's per-item scores.
+            items = [{"uid": item["id"], "J": item["J"], "F": item["F"]} for item in result.pop("per_video")]
+            for template, mean in template_means(items, expressions).items():
+                out.templates[split].setdefault(template, {})[rule] = mean
             out.splits[split][rule] = result
-        out.templates[split] = {
-            t: {r: float(np.mean(v)) for r, v in d.items()} for t, d in sorted(per_template.items())
-        }
-        out.counts[split] = {t: len(next(iter(d.values()))) for t, d in sorted(per_template.items())}
+        out.counts[split] = dict(sorted(Counter(template_of(expressions[row["uid"]]) for row in split_rows).items()))
     return out
