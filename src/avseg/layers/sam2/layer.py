@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.errors import ShapeError, UsageError
+from avseg.errors import CheckpointError, ShapeError, UsageError
 from avseg.layers.frozen import leave_out_frozen_keys
 from avseg.layers.sam2.config import SAM2_PARTS, Sam2LayerConfig, hf_video_config_kwargs, merge_dicts
 from avseg.layers.sam2.decoder import (
@@ -855,6 +855,7 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
     Returns:
         The layer, in eval mode, with the non-trainable parts frozen.
     """
+    from safetensors import SafetensorError
     from transformers import Sam2VideoConfig, Sam2VideoModel  # deferred: transformers is heavy
 
     from avseg.assets import ASSET_PREFIX
@@ -870,7 +871,11 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
         vision["backbone_feature_sizes"] = kwargs["vision_config"]["backbone_feature_sizes"]
         vision["backbone_config"]["image_size"] = kwargs["vision_config"]["backbone_config"]["image_size"]
         merged = merge_dicts(hf_config, config.hf_config)
-        model = Sam2VideoModel.from_pretrained(source, config=Sam2VideoConfig.from_dict(merged))
+        try:
+            model = Sam2VideoModel.from_pretrained(source, config=Sam2VideoConfig.from_dict(merged))
+        except SafetensorError as err:
+            # A truncated or corrupt download: name the file rather than surface the parser's traceback.
+            raise CheckpointError(source, f"cannot read the SAM2 weights in its model.safetensors: {err}") from err
     else:
         try:
             hf_config = Sam2VideoConfig(**kwargs)
