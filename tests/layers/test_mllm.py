@@ -87,7 +87,9 @@ def test_the_language_model_loss_covers_the_answer_span_only(mllm):
         [IMAGE_PLACEHOLDER + "\nsegment the cat", IMAGE_PLACEHOLDER + "\nhi"], [answer, "It is [SEG]."]
     )
     labelled = inputs.labels[0][inputs.labels[0] != -100]
-    assert labelled.tolist() == mllm.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    # the answer and, with no chat template, the [SEP] that ends it (so a model learns to stop)
+    sep = mllm.tokenizer.sep_token_id
+    assert labelled.tolist() == mllm.tokenizer(answer, add_special_tokens=False)["input_ids"] + [sep]
     # labels sit exactly on the last tokens of the (unpadded) first row, and never on image tokens or padding
     n = int(inputs.attention_mask[0].sum())
     assert torch.equal(inputs.labels[0, n - len(labelled) : n], labelled)
@@ -334,3 +336,35 @@ def test_a_qwen_mllms_parts_train_as_configured_and_its_size_is_checked():
     assert not any(p.requires_grad for p in model.language_model.parameters())
     with pytest.raises(ValueError, match=r"mllm\.image_size \(40\) must be a multiple of 16"):
         qwen_mllm("qwen2_vl", image_size=40)
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_generation_reads_the_seg_tokens_it_writes_as_a_forward_over_that_answer_would(family):
+    model = MLLM(tiny_config(), pretrained=False).eval() if family == "internvl" else qwen_mllm(family)
+    tok = model.tokenizer
+    answer = tok("it is [SEG] [SEG]", add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    assert model.stop_token_ids == {tok.sep_token_id}  # no chat template: the answer ends with [SEP]
+    head = model.model.get_output_embeddings()
+    steps = iter(answer)
+
+    def dictate(module, args, logits):  # the random model writes the answer it is told to, one token a step
+        forced = torch.full_like(logits, -1e4)
+        forced[..., next(steps)] = 1e4
+        return forced
+
+    question = IMAGE_PLACEHOLDER + " segment the dog"
+    pixels = images(1)
+    handle = head.register_forward_hook(dictate)
+    try:
+        generated = model.generate(model.tokenize([question], [None]), pixels, max_new_tokens=10)
+    finally:
+        handle.remove()
+    assert generated.token_ids == [answer]  # stopped at [SEP], not at 10 tokens
+    assert generated.text[0].split() == ["it", "is", "[SEG]", "[SEG]", "[SEP]"]
+    # Reading the same answer in one forward pass gives the same [SEG] hidden states (cache and positions agree).
+    read = model(model.tokenize([question], ["it is [SEG] [SEG]"]), pixels)
+    assert generated.seg_hidden[0].shape == (2, model.hidden_size)
+    torch.testing.assert_close(generated.seg_hidden[0], read.seg_hidden[0], rtol=1e-4, atol=1e-5)
+    # Without a stop token the answer is cut at max_new_tokens and may hold no [SEG].
+    free = model.generate(model.tokenize([question], [None]), pixels, max_new_tokens=3)
+    assert len(free.token_ids[0]) <= 3 and free.seg_hidden[0].shape[1] == model.hidden_size

