@@ -23,7 +23,7 @@ from avseg.data.types import AVSBatch
 from avseg.errors import AudioPaddedWarning, AVSegError, MetadataError, UsageError
 from avseg.media.audio import read_audio
 from avseg.media.image import read_mask, read_rgb, write_png
-from avseg.media.video import probe_video
+from avseg.media.video import probe_video, read_video
 from avseg.models import get_entry
 from avseg.models.base import AVSOutput, requires_text
 from avseg.predict import (
@@ -150,6 +150,17 @@ def test_each_frame_hears_its_own_window(video):
     empty = [not prediction.masks[k].any() for k in range(6)]
     assert full == [True, False, True, False, True, False] and empty == [not f for f in full]
     assert prediction.has_audio and prediction.audio.shape == (6 * RATE,)
+
+
+def test_an_in_memory_prediction_streams_a_smooth_overlay_at_the_source_rate(video, tmp_path):
+    prediction = Predictor(ProbeModel(ToyConfig()), device="cpu", image_size=32, clip_len=4).predict_video(video)
+    info = prediction.write_overlay(tmp_path / "smooth.mp4", overlay_fps=FPS, alpha=1.0)
+    assert info["frames"] == NUM_SOURCE and info["fps"] == FPS and info["audio"]
+    clip = read_video(tmp_path / "smooth.mp4", fps=None)
+    assert clip.frames.shape[0] == NUM_SOURCE
+    # Each source frame shows the mask of its own 1-s window: frame 60 (second 2) is painted on second 2's bar only.
+    painted = clip.frames[60].float().std(0) > 30  # the mask colour, not grey or white
+    assert iou(painted.numpy(), expected_bar(2)) > 0.7
 
 
 def test_text_model_needs_text(video):

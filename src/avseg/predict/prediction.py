@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from avseg import __version__
@@ -32,8 +31,7 @@ from avseg.audio.logmel import SAMPLE_RATE
 from avseg.data.benchmarks import AVSS_NUM_CLASSES
 from avseg.errors import AudioPaddedWarning
 from avseg.media.audio import samples_for
-from avseg.media.video import VideoReader, VideoWriter, probe_video, read_video, write_video
-from avseg.predict.memory import check_memory
+from avseg.media.video import VideoReader, VideoWriter, probe_video, write_video
 from avseg.predict.settings import positive_float
 from avseg.progress import Progress
 from avseg.viz import overlay_masks, write_mask_png
@@ -177,57 +175,32 @@ class Prediction(PredictionSummary):
                 at that rate (every frame when it reaches the source rate) and show each frame with the mask of its
                 window; needs ``video_path``.
             crf: encoder quality.
-            progress: show the progress of decoding (with ``overlay_fps``) and encoding on stderr.
+            progress: show the frames encoded on stderr.
             **style: ``colors``, ``alpha``, ``contour`` of :func:`~avseg.viz.overlay_masks`.
 
         Returns:
             What was written: ``{"path", "fps", "frames", "duration_s", "audio"}``.
         """
-        if overlay_fps is None:
-            frames, masks, rate, audio = self.frames, self.masks, self.fps, self.audio
-        else:
-            frames, masks, rate, audio = self._resampled_for_overlay(overlay_fps, progress=progress)
-        audio = audio if self.has_audio else None
-        count = int(frames.shape[0])
-        # viz.write_overlay_video, in two steps so that the encoding can report its progress.
-        painted = overlay_masks(frames, masks, kind=self.kind, **style)
-        with Progress(f"writing {Path(path).name}", count, "frame", enabled=progress) as bar:
-            write_video(path, painted, rate, audio=audio, audio_rate=SAMPLE_RATE, crf=crf, progress=bar.update)
-        return {"path": str(path), "fps": rate, "frames": count, "duration_s": count / rate, "audio": audio is not None}
-
-    def _resampled_for_overlay(
-        self, overlay_fps: float, *, progress: bool = False
-    ) -> tuple[Tensor, Tensor, float, np.ndarray | None]:
-        overlay_fps = positive_float(overlay_fps, "overlay_fps")
-        if self.video_path is None or self.video_path.is_dir():
-            raise ValueError("overlay_fps needs the prediction of a video file (a frame folder has no other frames)")
-        every = self.source_fps > 0 and overlay_fps >= self.source_fps - 1e-6
-        info = probe_video(self.video_path)
-        count = math.ceil(info.duration_s * (min(overlay_fps, info.source_fps) if info.source_fps else overlay_fps))
-        height, width = self.size
-        check_memory(
-            count * height * width * 7,
-            f"an overlay of {count} frames at {overlay_fps:g} fps",
-            "a lower --overlay-fps, or none (the overlay at the sampled rate)",
-        )
-        with (
-            warnings.catch_warnings(),
-            Progress(
-                f"decoding {self.video_path.name} for the overlay", info.num_frames or None, "frame", enabled=progress
-            ) as bar,
-        ):
-            warnings.simplefilter("ignore", AudioPaddedWarning)  # already reported when the video was first read
-            clip = read_video(
-                self.video_path,
-                fps=None if every else overlay_fps,
-                frame_pick="first",
-                audio=True,
-                progress=bar.update,
+        if overlay_fps is not None:
+            # Streamed: the video is decoded again frame by frame, never held whole (at its source rate a long
+            # video would not fit in memory).
+            masks = self.masks
+            return write_overlay_from_masks(
+                path, self, lambda k: masks[k], overlay_fps, crf=crf, progress=progress, **style
             )
-        rate = float(clip.source_fps if every else overlay_fps)
-        # "first" (or every frame) makes timestamps[0] the first frame's time t0, the origin of the sampled windows.
-        window = window_index(clip.timestamps - clip.timestamps[0], self.fps, self.num_frames)
-        return clip.frames, self.masks[torch.from_numpy(window)], rate, clip.audio
+        audio = self.audio if self.has_audio else None
+        count = self.num_frames
+        # viz.write_overlay_video, in two steps so that the encoding can report its progress.
+        painted = overlay_masks(self.frames, self.masks, kind=self.kind, **style)
+        with Progress(f"writing {Path(path).name}", count, "frame", enabled=progress) as bar:
+            write_video(path, painted, self.fps, audio=audio, audio_rate=SAMPLE_RATE, crf=crf, progress=bar.update)
+        return {
+            "path": str(path),
+            "fps": self.fps,
+            "frames": count,
+            "duration_s": count / self.fps,
+            "audio": audio is not None,
+        }
 
 
 class OverlayWriter:
