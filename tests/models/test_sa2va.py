@@ -103,9 +103,9 @@ def test_at_inference_each_clip_s_frames_are_conditioned_on_its_own_seg(svac, mo
     assert (out.mask_logits[1, 10:] < 0).all()  # padded frames stay empty
 
 
-def test_the_released_first_frames_sampling_is_an_option(monkeypatch):
-    model = create_model("sa2va-tiny", inference_sampling="first").eval()
-    seen = []
+def record_prompted_frames(monkeypatch) -> list[list[int]]:
+    """Make ``Sam2Layer.propagate`` record, call by call, the frames it is prompted on."""
+    seen: list[list[int]] = []
     original = Sam2Layer.propagate
 
     def spy(self, frames=None, *, prompts, **kwargs):
@@ -113,6 +113,12 @@ def test_the_released_first_frames_sampling_is_an_option(monkeypatch):
         return original(self, frames, prompts=prompts, **kwargs)
 
     monkeypatch.setattr(Sam2Layer, "propagate", spy)
+    return seen
+
+
+def test_the_released_first_frames_sampling_is_an_option(monkeypatch):
+    model = create_model("sa2va-tiny", inference_sampling="first").eval()
+    seen = record_prompted_frames(monkeypatch)
     with torch.no_grad():
         model(batch_of())
     assert seen == [[0, 1, 2, 3, 4]] * 2
@@ -195,14 +201,7 @@ def test_a_generated_answer_prompts_the_frames_of_the_seg_tokens_it_wrote(monkey
         forced[..., next(steps)] = 1e4
         return forced
 
-    prompted = []
-    original = Sam2Layer.propagate
-
-    def spy(self, frames=None, *, prompts, **kwargs):
-        prompted.append(sorted(prompts))
-        return original(self, frames, prompts=prompts, **kwargs)
-
-    monkeypatch.setattr(Sam2Layer, "propagate", spy)
+    prompted = record_prompted_frames(monkeypatch)
     handle = model.mllm.model.get_output_embeddings().register_forward_hook(dictate)
     try:
         with torch.no_grad():
