@@ -437,7 +437,7 @@ class Sa2VA(AVSModel):
             for b, hidden in enumerate(generated.seg_hidden):
                 k = min(hidden.shape[0], expected)  # extra [SEG] tokens have no clip to prompt
                 seg[b, :k], written[b, :k] = hidden[:k], True
-            return self.seg_projector(seg), written, seg.sum() * 0.0, generated.text
+            return self.seg_projector(seg), written, seg.new_zeros(()), generated.text
         inputs: MLLMInputs = self.mllm.tokenize(questions, [self.answer_text()] * len(questions))
         out = self.mllm(inputs, torch.cat(images))
         for b, hidden in enumerate(out.seg_hidden):
