@@ -185,13 +185,15 @@ class _TrainingReached(Exception):
 
 
 def demo_until_training(monkeypatch, **options):
-    """Run ``avseg demo`` (SynthAV generation included) up to the trainer and return the run config it built."""
+    """Run ``avseg demo`` (SynthAV generation included) up to the trainer and return the run config it built (the
+    keyword arguments it gave ``prepare_trainer`` as ``run_config.prepare_kwargs``)."""
     import avseg.train.run
     from avseg.demo import demo
 
     built = []
 
     def fake_prepare(run_cfg, out, **kwargs):
+        run_cfg.prepare_kwargs = kwargs
         built.append(run_cfg)
         raise _TrainingReached
 
@@ -225,12 +227,14 @@ def test_demo_quiet_shows_no_progress_of_generation_nor_of_training(tmp_path, mo
     monkeypatch.setattr(avseg.progress, "LOG_INTERVAL_S", 0.0)  # a progress line at every video
     options = {"model": "tpavi-tiny", "videos": 2, "size": 32, "minutes": 0.5}
     run = demo_until_training(monkeypatch, work_dir=tmp_path / "shown", **options)
-    assert "generating SynthAV: 2/2 videos (100%)" in capsys.readouterr().err and run.train.progress_bar
+    assert "generating SynthAV: 2/2 videos (100%)" in capsys.readouterr().err
+    assert run.train.progress_bar and not run.prepare_kwargs.get("quiet")
     run = demo_until_training(monkeypatch, work_dir=tmp_path / "quiet", quiet=True, **options)
     captured = capsys.readouterr()
     assert "generating SynthAV:" not in captured.err and "videos/s" not in captured.err
     assert "[demo] SynthAV generated in" in captured.out  # the demo's own step messages stay
-    assert run.train.progress_bar is False  # the trainer draws no bar and writes no progress lines
+    # the trainer draws no bar and writes no progress lines; the run's recorded config keeps the bar for a rerun
+    assert run.prepare_kwargs["quiet"] is True and run.train.progress_bar
 
 
 @pytest.mark.slow  # a whole demo of a text-only preset: SynthAV, training, RVOS scoring, an overlay

@@ -245,3 +245,10 @@ def test_official_protocol_refuses_preset_and_group_before_loading(tmp_path, s4_
     status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--protocol", "official", "--group", "video")
     assert status == 2
     assert "--protocol official fixes the metric preset and grouping; drop --group video" in one_error_line(err)
+
+
+def test_answer_mode_for_a_model_that_writes_no_answer_is_one_line(tmp_path, s4_root, capsys):
+    ck = save_checkpoint(tmp_path / "ck", EvalToy(EvalToyConfig()))
+    status, _, err = run_eval(capsys, *on_s4(ck, s4_root), "--answer-mode", "generate")
+    line = one_error_line(err)
+    assert status == 2 and "--answer-mode generate" in line and str(ck) in line and "writes no answer" in line

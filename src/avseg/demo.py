@@ -316,10 +316,9 @@ def demo(
             # The run is as long as the time budget, so the learning-rate schedule must end within it too.
             "train.schedule.fit_to_budget": True,
             "train.device": "cuda" if dev.type == "cuda" else "cpu",
-            "train.progress_bar": not quiet,
         },
     )
-    trainer = prepare_trainer(run_cfg, run_dir)
+    trainer = prepare_trainer(run_cfg, run_dir, quiet=quiet)
     net = trainer.model
     reader = trainer.train_dataset.reader
     print(

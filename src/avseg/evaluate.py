@@ -800,6 +800,7 @@ def evaluate_command(
     audio: Sequence[str] | None = None,
     audio_seed: int = 0,
     vos_prompt: Literal["mask", "box", "points"] | None = None,
+    answer_mode: Literal["read", "generate"] | None = None,
     num_workers: int = 0,
     quiet: bool = False,
     json: bool = False,
@@ -856,6 +857,10 @@ def evaluate_command(
         vos_prompt: how a promptable (sam2) model is given each object on its first annotated frame: its
             ground-truth mask, its box, or clicks at the centre of the object and of the errors (default: the
             checkpoint's eval_prompt, mask unless its config says otherwise); recorded in the results.
+        answer_mode: how an MLLM segmenter (sa2va-*, svac-*) finds its [SEG] tokens: read them from the answer it
+            was trained on, or generate its answer and read the [SEG] tokens it writes, as the released Sa2VA code
+            does (frames whose [SEG] it does not write stay empty); default: the checkpoint's (read unless its
+            config says otherwise); recorded in the results.
         num_workers: data-loading worker processes.
         quiet: show no progress (warnings, errors and the results are still printed).
         json: print the full results (the content of the --json-out file) as one JSON document on stdout instead of
@@ -864,7 +869,7 @@ def evaluate_command(
     from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
     from avseg.models import load_model
-    from avseg.models.base import requires_text
+    from avseg.models.base import requires_text, set_answer_mode
     from avseg.predict.prompts import is_promptable
 
     if overlays and save_masks is None:
@@ -891,6 +896,8 @@ def evaluate_command(
     model = load_model(folder)
     if vos_prompt is not None:
         model = _with_vos_prompt(model, vos_prompt, folder)
+    if answer_mode is not None:
+        model = set_answer_mode(model, answer_mode, folder)
     trained = read_training_data(folder)
     reason = requires_text(model, trained.format)
     if reason is not None and not format_has_text(format):
@@ -948,6 +955,7 @@ def evaluate_command(
                     "benchmark": benchmark,
                     "image_size": size,
                     "vos_prompt": getattr(model.config, "eval_prompt", None) if is_promptable(model) else None,
+                    "answer_mode": getattr(model.config, "answer_mode", None),
                     "protocol": {"kind": protocol, **chosen.to_dict()},
                 }
             )

@@ -213,3 +213,33 @@ def test_a_generated_answer_prompts_the_frames_of_the_seg_tokens_it_wrote(monkey
     assert prompted == [[0, 1, 2, 3, 4]]
     assert out.aux["frame_tokens"][0].tolist() == [0] * 5 + [-1] * 5
     assert (out.mask_logits[1] < 0).all()  # no [SEG] written: nothing segmented
+
+
+@pytest.mark.slow  # evaluates and runs a tiny SVAC from the command line (about 10 s on 2 cores)
+def test_eval_and_predict_let_the_mllm_write_its_answer(tmp_path, capsys):
+    import json
+
+    from avseg.checkpoint import save_checkpoint
+    from avseg.cli import main
+    from tests.data.fixtures_rvos import write_rvos_tree
+    from tests.test_predict import write_test_video
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", create_model("svac-tiny"), preset="svac-tiny")
+    tree = write_rvos_tree(tmp_path)
+    results = tmp_path / "r.json"
+    args = ["eval", "--checkpoint", ck, "--data", tree.root, "--format", "rvos", "--split", "train"]
+    assert main([*map(str, args), "--json-out", str(results), "--answer-mode", "generate", "--quiet"]) == 0
+    assert json.loads(results.read_text())["splits"]["train"]["settings"]["answer_mode"] == "generate"
+    assert main([*map(str, args), "--json-out", str(results), "--quiet"]) == 0
+    assert json.loads(results.read_text())["splits"]["train"]["settings"]["answer_mode"] == "read"  # the checkpoint's
+
+    video = write_test_video(tmp_path / "bars.mp4")
+    out = tmp_path / "o.mp4"
+    predict = ["predict", video, "--checkpoint", ck, "--out", out, "--text", "the white bar", "--quiet"]
+    assert main([*map(str, predict), "--answer-mode", "generate"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["model_config"]["answer_mode"] == "generate"
+    capsys.readouterr()
+    # the answer mode decides the masks: resuming the same masks folder with the other mode is refused
+    assert main([*map(str, predict), "--answer-mode", "read"]) == 2
+    assert "answer_mode" in capsys.readouterr().err

@@ -185,6 +185,9 @@ def test_train_shows_progress_lines_and_quiet_hides_them(refavs_root, tmp_path, 
     captured = capsys.readouterr()
     assert "train: step" not in captured.err and "steps/s" not in captured.err
     assert "avseg train: toytrain-test on refavs:train, 2 steps" in captured.out  # the summary is still printed
+    # --quiet is about this run's display, not the experiment: the recorded config, reused with --config, shows progress
+    recorded = yaml.safe_load((tmp_path / "quiet" / "run_config.yaml").read_text())
+    assert recorded["train"]["progress_bar"] is True
 
 
 def test_cli_parses_overrides_list(refavs_root, tmp_path):

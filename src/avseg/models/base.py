@@ -42,8 +42,10 @@ __all__ = [
     "IMAGENET_STD",
     "AVSModel",
     "AVSOutput",
+    "AnswerMode",
     "TextInput",
     "requires_text",
+    "set_answer_mode",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -317,6 +319,29 @@ class AVSModel(nn.Module):
         from avseg.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+
+AnswerMode = Literal["read", "generate"]
+
+
+def set_answer_mode(model: AVSModel, mode: AnswerMode, source: str | Path) -> AVSModel:
+    """Make an MLLM segmenter (``sa2va-*``, ``svac-*``) read the ``[SEG]`` states of its trained answer (``"read"``)
+    or write its answer and read the ``[SEG]`` tokens it wrote (``"generate"``, as the released Sa2VA code does); see
+    ``answer_mode`` in :mod:`avseg.models.sa2va`.
+
+    Raises:
+        UsageError: naming ``source`` (the checkpoint) when the model writes no answer.
+    """
+    from avseg.errors import UsageError
+
+    if "answer_mode" not in getattr(model.config, "__dataclass_fields__", {}):
+        name = getattr(model, "preset", None) or model.family
+        raise UsageError(
+            f"--answer-mode {mode}: {source} holds a {name} model, which writes no answer (only the MLLM segmenters "
+            "sa2va-* and svac-* do); drop --answer-mode"
+        )
+    model.config = replace(model.config, answer_mode=mode)
+    return model
 
 
 def requires_text(model: AVSModel, trained_on: str | None = None) -> str | None:

@@ -25,6 +25,7 @@ from avseg.device import resolve_device
 from avseg.errors import AVSegWarning, MissingFileError, UsageError
 from avseg.fileio import atomic_write_text, check_output_dir, check_output_file
 from avseg.media.image import read_mask
+from avseg.models.base import set_answer_mode
 from avseg.predict.prediction import OVERLAY_SUFFIXES, OverlayWriter, PredictionSummary, write_overlay_from_masks
 from avseg.predict.predictor import PredictionStream, Predictor, fallback_pointer
 from avseg.predict.prompts import parse_prompts
@@ -54,6 +55,7 @@ def predict(
     box: str | None = None,
     mask: Path | None = None,
     prompt_frame: int | None = None,
+    answer_mode: Literal["read", "generate"] | None = None,
     restart: bool = False,
     quiet: bool = False,
 ) -> int:
@@ -105,6 +107,10 @@ def predict(
         mask: PNG mask of the object(s) to track (promptable models), of the video's size: binary, or palette/grey
             ids with one object per id.
         prompt_frame: the sampled frame the prompt is on (default: 0, the first).
+        answer_mode: how an MLLM segmenter (sa2va-*, svac-*) finds its [SEG] tokens: read them from the answer it
+            was trained on, or generate its answer and read the [SEG] tokens it writes, as the released Sa2VA code
+            does (frames whose [SEG] it does not write stay empty); default: the checkpoint's (read unless its
+            config says otherwise).
         restart: discard the masks of an earlier run in the masks folder instead of resuming it (needed when the
             settings differ).
         quiet: show no progress (warnings and the summary are still printed).
@@ -134,6 +140,8 @@ def predict(
         audio_align=audio_align,
         batch_size=batch_size,
     )
+    if answer_mode is not None:
+        set_answer_mode(predictor.model, answer_mode, folder)
     predictor.check_prompts(prompts)  # before any frame is decoded
     if text and not predictor.reads_text:
         print(f"note: model {predictor.name} does not read text; --text is ignored")
@@ -172,6 +180,8 @@ def _mask_settings(predictor: Predictor, stream: PredictionStream, checkpoint: P
         "audio_align": predictor.audio_align,
         "text": stream.text,
         "prompt": stream.prompts.record() if stream.prompts is not None else None,
+        # only for the models that have one, so that the masks folders of other models keep their settings
+        **({"answer_mode": mode} if (mode := getattr(predictor.model.config, "answer_mode", None)) else {}),
     }
 
 

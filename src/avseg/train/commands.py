@@ -96,8 +96,9 @@ def train(
         image_size: resize frames and masks to this square size.
         val_split: validation split for best-checkpoint selection (never a test split); "none" disables validation.
         train_split: split to train on.
-        quiet: show no progress bar and no periodic progress lines (train.progress_bar=false); warnings, errors and
-            the final summary are still printed.
+        quiet: show no progress bar and no periodic progress lines (as train.progress_bar=false, but for this run
+            only: OUT/run_config.yaml keeps the config's setting); warnings, errors and the final summary are still
+            printed.
     """
     clock_start = time.monotonic()
     # Everything that can be checked without the model or the data is checked first: a mistake costs one line now,
@@ -127,14 +128,12 @@ def train(
         (explicit if value != default else defaults)[key] = value
     if max_minutes is not None:
         defaults["train.schedule.fit_to_budget"] = True
-    if quiet:
-        explicit["train.progress_bar"] = False
     run_cfg = build_run_config(
         data=data, model=model, config=config, overrides=overrides, explicit=explicit, defaults=defaults
     )
     resolve_device(run_cfg.train.device, arg="--device" if device != "auto" else "train.device")
 
-    trainer = prepare_trainer(run_cfg, out, clock_start=clock_start)
+    trainer = prepare_trainer(run_cfg, out, clock_start=clock_start, quiet=quiet)
     summary = trainer.fit(resume=resume)
     if trainer.already_complete:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -11,6 +11,8 @@ augmentation and the datasets from that one :class:`RunConfig` and returns the
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,7 @@ def build_run_config(
     return config_from_dict(RunConfig, run)
 
 
-def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None = None) -> Any:
+def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None = None, quiet: bool = False) -> Any:
     """Build the model, data and :class:`~avseg.train.trainer.Trainer` of a run, all from ``run_cfg``.
 
     The model is built after seeding (the same initial weights on every rank and in every run with this seed); the
@@ -152,6 +154,9 @@ def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None 
     augmentation and scores it with ``data.metric_preset`` or the format's official preset, against the ground truth
     that preset names (a preset that scores at the resolution on disk gets a reader that keeps it), so that a
     validation score is what ``avseg eval`` reports.
+
+    ``quiet`` hides progress for this run only: ``OUT/run_config.yaml`` keeps ``train.progress_bar`` as the config
+    says, so passing it back to ``--config`` shows progress again.
     """
     from avseg.data.base import AVSDataset
     from avseg.data.benchmarks import default_metric_preset
@@ -161,6 +166,8 @@ def prepare_trainer(run_cfg: RunConfig, out: Path, *, clock_start: float | None 
     from avseg.train.trainer import Trainer, seed_everything
 
     cfg, data_cfg = run_cfg.train, run_cfg.data
+    if quiet:
+        cfg = dataclasses.replace(cfg, progress_bar=False)
     seed_everything(cfg.seed)
     net = create_model(run_cfg.model, **run_cfg.model_overrides)
     reader = get_reader(data_cfg.format, Path(data_cfg.root), image_size=data_cfg.image_size, **data_cfg.options)
