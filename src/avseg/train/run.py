@@ -12,7 +12,6 @@ augmentation and the datasets from that one :class:`RunConfig` and returns the
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Any
 

@@ -40,7 +40,15 @@ from avseg.errors import MetadataError, MissingFileError
 from avseg.metrics.accumulator import MetricAccumulator
 from avseg.progress import Progress
 
-__all__ = ["REFERENCE_RULES", "ReferenceScores", "reference_mask", "score_references", "template_means", "template_of"]
+__all__ = [
+    "REFERENCE_RULES",
+    "ReferenceScores",
+    "read_manifest",
+    "reference_mask",
+    "score_references",
+    "template_means",
+    "template_of",
+]
 
 REFERENCE_RULES: dict[str, str] = {
     "no_object": "an empty mask",
@@ -139,7 +147,8 @@ def _read_rows(refavs: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a SynthAV root (MissingFileError / MetadataError naming it when absent or malformed)."""
     path = root / "manifest.json"
     if not path.is_file():
         raise MissingFileError(path, "SynthAV manifest (the root that `avseg data synth` wrote)")
@@ -212,7 +221,7 @@ def score_references(
     for rule in rules:
         if rule not in REFERENCE_RULES:
             raise ValueError(f"unknown reference rule {rule!r}; known: {', '.join(REFERENCE_RULES)}")
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     rows = _read_rows(root / "refavs")
     expressions = manifest["expressions"]
     out = ReferenceScores()
