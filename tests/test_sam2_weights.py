@@ -121,6 +121,7 @@ def test_predict_tracks_a_clicked_object_with_the_packaged_sam2(clicked_video, t
         capsys, "predict", video, "--checkpoint", ASSET, "--points", f"{x},{y}", "--out", out, "--quiet"
     )
     assert status == 0, err
+    assert "Loading weights" not in err  # --quiet hides transformers' loading bar too
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["preset"] == "sam2-tiny"
     assert Path(settings["checkpoint"]) == asset_path("sam2-tiny-synthav")

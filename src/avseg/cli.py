@@ -15,6 +15,7 @@ instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import os
@@ -23,7 +24,7 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -315,6 +316,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+@contextlib.contextmanager
+def _no_weight_loading_bars(quiet: bool) -> Iterator[None]:
+    """With ``--quiet``, also hide the bars transformers draws while it loads weights (``Loading weights: 100%``)."""
+    if not quiet:
+        yield
+        return
+    saved = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is first imported
+    hf_logging = sys.modules.get("transformers.utils.logging")  # already imported (in-process callers)
+    enabled = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = saved
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``avseg`` console script.
 
@@ -334,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     internal = {"_fn", "command", "debug"}
     kwargs = {k: v for k, v in vars(args).items() if k not in internal and not k.endswith("_command")}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_weight_loading_bars(bool(kwargs.get("quiet"))):
             warnings.showwarning = _show_warning
             status = fn(**kwargs)
     except USER_ERRORS as err:
