@@ -767,20 +767,6 @@ def _benchmark_name(format: str, data: Path, image_size: int | None) -> str:
     return str(subset)
 
 
-def _with_vos_prompt(model: Any, prompt: str, folder: Path) -> Any:
-    """``model`` with its evaluation prompt set to ``prompt`` (UsageError for a model that takes no prompt)."""
-    from avseg.predict.prompts import is_promptable
-
-    if not is_promptable(model):
-        name = getattr(model, "preset", None) or model.family
-        raise UsageError(
-            f"--vos-prompt {prompt}: {folder} holds a {name} model, which is given no first-frame prompt (only "
-            "promptable VOS models such as sam2-* are); drop --vos-prompt"
-        )
-    model.config = replace(model.config, eval_prompt=prompt)
-    return model
-
-
 def evaluate_command(
     *,
     checkpoint: Path,
@@ -869,7 +855,7 @@ def evaluate_command(
     from avseg.checkpoint import resolve_checkpoint
     from avseg.data.readers import get_reader
     from avseg.models import load_model
-    from avseg.models.base import requires_text, set_answer_mode
+    from avseg.models.base import requires_text, set_answer_mode, set_run_option
     from avseg.predict.prompts import is_promptable
 
     if overlays and save_masks is None:
@@ -895,7 +881,8 @@ def evaluate_command(
     torch_device = resolve_device(device)
     model = load_model(folder)
     if vos_prompt is not None:
-        model = _with_vos_prompt(model, vos_prompt, folder)
+        only = "is given no first-frame prompt (only promptable VOS models such as sam2-* are)"
+        model = set_run_option(model, "--vos-prompt", "eval_prompt", vos_prompt, folder, only=only)
     if answer_mode is not None:
         model = set_answer_mode(model, answer_mode, folder)
     trained = read_training_data(folder)

@@ -46,6 +46,7 @@ __all__ = [
     "TextInput",
     "requires_text",
     "set_answer_mode",
+    "set_run_option",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -324,24 +325,32 @@ class AVSModel(nn.Module):
 AnswerMode = Literal["read", "generate"]
 
 
-def set_answer_mode(model: AVSModel, mode: AnswerMode, source: str | Path) -> AVSModel:
-    """Make an MLLM segmenter (``sa2va-*``, ``svac-*``) read the ``[SEG]`` states of its trained answer (``"read"``)
-    or write its answer and read the ``[SEG]`` tokens it wrote (``"generate"``, as the released Sa2VA code does); see
-    ``answer_mode`` in :mod:`avseg.models.sa2va`.
+def set_run_option(model: AVSModel, option: str, field: str, value: Any, source: str | Path, *, only: str) -> AVSModel:
+    """Set ``model.config.<field>`` to ``value``, given on the command line as ``option`` (``--answer-mode``).
+
+    Args:
+        source: the checkpoint, named in the error.
+        only: which models have the option, for the error (``"only the MLLM segmenters sa2va-* and svac-* do"``).
 
     Raises:
-        UsageError: naming ``source`` (the checkpoint) when the model writes no answer.
+        UsageError: one line naming ``option`` and ``source`` when the model's config has no ``field``.
     """
     from avseg.errors import UsageError
 
-    if "answer_mode" not in getattr(model.config, "__dataclass_fields__", {}):
+    if field not in getattr(model.config, "__dataclass_fields__", {}):
         name = getattr(model, "preset", None) or model.family
-        raise UsageError(
-            f"--answer-mode {mode}: {source} holds a {name} model, which writes no answer (only the MLLM segmenters "
-            "sa2va-* and svac-* do); drop --answer-mode"
-        )
-    model.config = replace(model.config, answer_mode=mode)
+        raise UsageError(f"{option} {value}: {source} holds a {name} model, which {only}; drop {option}")
+    model.config = replace(model.config, **{field: value})
     return model
+
+
+def set_answer_mode(model: AVSModel, mode: AnswerMode, source: str | Path) -> AVSModel:
+    """Make an MLLM segmenter (``sa2va-*``, ``svac-*``) read the ``[SEG]`` states of its trained answer (``"read"``)
+    or write its answer and read the ``[SEG]`` tokens it wrote (``"generate"``, as the released Sa2VA code does); see
+    ``answer_mode`` in :mod:`avseg.models.sa2va`. A model that writes no answer is a UsageError naming ``source``.
+    """
+    only = "writes no answer (only the MLLM segmenters sa2va-* and svac-* do)"
+    return set_run_option(model, "--answer-mode", "answer_mode", mode, source, only=only)
 
 
 def requires_text(model: AVSModel, trained_on: str | None = None) -> str | None:
