@@ -237,9 +237,14 @@ def test_eval_and_predict_let_the_mllm_write_its_answer(tmp_path, capsys):
     video = write_test_video(tmp_path / "bars.mp4")
     out = tmp_path / "o.mp4"
     predict = ["predict", video, "--checkpoint", ck, "--out", out, "--text", "the white bar", "--quiet"]
-    assert main([*map(str, predict), "--answer-mode", "generate"]) == 0
-    assert json.loads(out.with_suffix(".json").read_text())["model_config"]["answer_mode"] == "generate"
     capsys.readouterr()
+    assert main([*map(str, predict), "--answer-mode", "generate"]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["model_config"]["answer_mode"] == "generate"
+    # what the MLLM wrote for the video's one clip is recorded and shown
+    assert [a["frames"] for a in settings["answers"]] == [[0, settings["num_frames"] - 1]]
+    assert isinstance(settings["answers"][0]["answer"], str)
+    assert f"answer:   {settings['answers'][0]['answer']!r}" in capsys.readouterr().out
     # the answer mode decides the masks: resuming the same masks folder with the other mode is refused
     assert main([*map(str, predict), "--answer-mode", "read"]) == 2
     assert "answer_mode" in capsys.readouterr().err

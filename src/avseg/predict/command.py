@@ -257,6 +257,10 @@ def _print_summary(
     sound = "original audio" if overlay["audio"] else "no audio track (the video has none)"
     print(f"overlay:  {out} ({overlay['frames']} frames at {overlay['fps']:g} fps, {sound})")
     print(f"settings: {sidecar}")
+    answers = prediction.extra.get("answers")
+    if answers:
+        more = f" (and {len(answers) - 1} more clip(s): see the settings file)" if len(answers) > 1 else ""
+        print(f"answer:   {answers[0]['answer']!r}{more}")
     print(
         f"predict: {prediction.num_frames} frames ({prediction.fps:g} fps, {prediction.frame_pick}) in "
         f"{prediction.num_clips} clip(s) of {prediction.clip_len} | {prediction.num_frames / prediction.fps:.1f} s "

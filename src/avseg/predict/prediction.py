@@ -68,7 +68,8 @@ class PredictionSummary:
         elapsed_s: wall time of the forward passes and mask upsampling (decoding and writing excluded).
         device: the device the model ran on.
         image_size: ``(h, w)`` the model's input size.
-        extra: more settings to record (the prompt, the object ids, a lowered rate).
+        extra: more settings to record (the prompt, the object ids, a lowered rate, and the answers an MLLM segmenter
+            wrote with ``answer_mode = "generate"``: ``{"frames": [first, last], "answer": text}`` per clip it ran).
     """
 
     kind: Literal["binary", "semantic"]

@@ -517,6 +517,8 @@ class PredictionStream:
         self.num_clips = 0
         self.model_calls = 0
         self.elapsed_s = 0.0
+        # What an MLLM segmenter that writes its answer (answer_mode "generate") wrote for each clip it ran.
+        self.answers: list[dict[str, Any]] = []
         self.size: tuple[int, int] = (0, 0)
         self.timestamps: list[float] = []
         self.source_indices: list[int] = []
@@ -644,8 +646,13 @@ class PredictionStream:
         batch = batch.to(predictor.device)
         tic = time.perf_counter()
         with torch.inference_mode():
-            logits = predictor.model(batch).mask_logits  # (B, T, K, h, w)
+            output = predictor.model(batch)
+            logits = output.mask_logits  # (B, T, K, h, w)
             self.model_calls += 1
+            answers = output.aux.get("answers")  # one text per clip, from MLLMs that write their answer
+            for (frames, _), answer in zip(group, answers if answers is not None else [None] * len(group), strict=True):
+                if answer is not None:
+                    self.answers.append({"frames": [frames[0].index, frames[-1].index], "answer": answer})
             if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
                 raise AVSegError(
                     f"model {predictor.name} returned mask_logits of shape {tuple(logits.shape)}, "
@@ -743,6 +750,8 @@ class PredictionStream:
         )
         if self.requested_fps is not None:
             extra["requested_fps"] = self.requested_fps
+        if self.answers:
+            extra["answers"] = self.answers
         reader = self.reader
         return PredictionSummary(
             kind=self.kind or "binary",
