@@ -26,6 +26,7 @@ per template. Run for several ``--seeds``: figures are means and standard deviat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -132,8 +133,6 @@ def per_template(values: Tensor, templates: list[str]) -> dict[str, float]:
 
 def train_head(head: str, token: str, train: Pairs, val: Pairs, sam2: Any, *, steps: int, seed: int) -> dict:
     """Train one head on ``train`` and score it on ``val``: mean IoU per template on both."""
-    import copy
-
     torch.manual_seed(seed)
     dim = train.tokens[token].shape[1]
     width = sam2.hidden_size
