@@ -21,6 +21,10 @@ Each head gets two tokens: ``minilm``, the frozen MiniLM sentence embedding (mas
 give). Both go through the same trainable MLP. Training: ``--steps`` AdamW steps of 16 (expression, frame) pairs at
 lr 1e-3, BCE + Dice, on ``--frames`` frames of every training video; scored on frame 0 of each val video, mean IoU
 per template. Run for several ``--seeds``: figures are means and standard deviations over seeds.
+
+It also probes the stride-16 features (the image embedding SAM2's decoder attends to) with a linear classifier: can
+they tell the colour, and the class, of the shape under each cell's centre? ``--heads`` with no head runs only the
+probe.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avseg.data.synthav.references import read_manifest
-from avseg.data.synthav.scene import generate_scene, render_scene
+from avseg.data.synthav.references import manifest_scene, read_manifest
+from avseg.data.synthav.scene import render_scene
 from avseg.layers.sam2 import build_sam2
 from avseg.layers.sam2.config import CPU_SAM2_WEIGHTS, cpu_sam2_config
 from avseg.layers.sam2.decoder import Sam2Prompt
@@ -52,6 +56,7 @@ from avseg.models.base import IMAGENET_MEAN, IMAGENET_STD
 TEMPLATES = ("v_colour", "v_shape", "v_colour_shape", "v_side")
 HEADS = ("decoder", "linear")
 TOKENS = ("minilm", "oracle")
+STRIDE = 16  # the stride of SAM2's lowest-resolution level, the image embedding its decoder attends to
 
 
 class Pairs:
@@ -59,6 +64,8 @@ class Pairs:
 
     Attributes:
         features: the frozen SAM2 features of every frame, ``N`` frames.
+        cell_colour, cell_class: ``(N, S/16, S/16)`` the colour and class index of the shape under each stride-16
+            cell's centre pixel (-1 on the background), for the probe of :func:`cell_probe`.
         frame: ``(P,)`` frame index of each pair; ``target`` ``(P, S, S)`` the referred shape's mask;
         every: ``(P, S, S)`` every shape's mask; ``tokens`` per kind, ``(P, D)``; ``template`` per pair.
     """
@@ -69,19 +76,23 @@ class Pairs:
         ]
         expressions = [e for e in expressions if e["target"] is not None]
         videos = sorted({e["vid"] for e in expressions})
-        images, labels, index = [], [], {}
+        colours = sorted(manifest["colours"])
+        classes = [c["name"] for c in manifest["classes"]]
+        images, labels, index, cell_colour, cell_class = [], [], {}, [], []
         for vid in videos:
-            scene = generate_scene(
-                manifest["seed"],
-                manifest["video_info"][vid]["index"],
-                size=manifest["size"],
-                num_frames=manifest["frames"],
-            )
-            rgb, label = render_scene(scene)
+            rgb, label = render_scene(manifest_scene(manifest, vid))
+            objects = manifest["video_info"][vid]["objects"]
+            # label value fid + 1 -> the shape's colour / class index; 0 (background) -> -1
+            to_colour = torch.tensor([-1] + [colours.index(o["colour"]) for o in objects])
+            to_class = torch.tensor([-1] + [classes.index(o["class"]) for o in objects])
             for t in frames:
                 index[vid, t] = len(images)
                 images.append(torch.from_numpy(rgb[t]).permute(2, 0, 1))
                 labels.append(torch.from_numpy(label[t].astype(np.int64)))
+                centres = labels[-1][STRIDE // 2 :: STRIDE, STRIDE // 2 :: STRIDE]
+                cell_colour.append(to_colour[centres])
+                cell_class.append(to_class[centres])
+        self.cell_colour, self.cell_class = torch.stack(cell_colour), torch.stack(cell_class)
         pixels = torch.stack(images).float() / 255
         mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
         with torch.no_grad():
@@ -116,6 +127,35 @@ def oracle_codes(manifest: dict[str, Any], expressions: list[dict[str, Any]]) ->
         for j, (key, value) in enumerate(words):
             codes[i, j] = float(e["params"].get(key) == value)
     return codes
+
+
+def cell_probe(train: Pairs, val: Pairs, *, seed: int) -> dict[str, float]:
+    """Accuracy of a linear probe (softmax regression, 300 Adam steps) that reads the colour, and the class, of the
+    shape under each stride-16 cell's centre from SAM2's stride-16 features: is what the decoder would need there?"""
+    torch.manual_seed(seed)
+
+    def cells(pairs: Pairs) -> tuple[Tensor, Tensor, Tensor]:
+        keep = pairs.cell_colour >= 0
+        return pairs.features.fpn[2].permute(0, 2, 3, 1)[keep], pairs.cell_colour[keep], pairs.cell_class[keep]
+
+    x_train, colour_train, class_train = cells(train)
+    x_val, colour_val, class_val = cells(val)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    out = {}
+    for name, y_train, y_val in (("colour", colour_train, colour_val), ("class", class_train, class_val)):
+        probe = nn.Linear(x_train.shape[1], int(max(y_train.max(), y_val.max())) + 1)
+        optimiser = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(300):
+            optimiser.zero_grad()
+            F.cross_entropy(probe(x_train), y_train).backward()
+            optimiser.step()
+        with torch.no_grad():
+            out[name] = round(float((probe(x_val).argmax(1) == y_val).float().mean()), 3)
+        # the most frequent class of the training cells: what a probe that reads nothing gets
+        out[f"{name}_majority"] = round(float((y_val == y_train.bincount().argmax()).float().mean()), 3)
+    out["cells"] = [len(x_train), len(x_val)]
+    return out
 
 
 def iou(pred: Tensor, gt: Tensor) -> Tensor:
@@ -220,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 3, 6, 9], help="frames of each training video")
-    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=HEADS, help="none: the probe only")
     parser.add_argument("--tokens", nargs="+", default=list(TOKENS), choices=TOKENS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -234,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         split: per_template(iou(pairs.every, pairs.target), pairs.template)
         for split, pairs in (("train", train), ("val", val))
     }
+    probe = cell_probe(train, val, seed=args.seeds[0])
     rows = [
         {
             "head": "every_object",
@@ -257,9 +298,15 @@ def main(argv: list[str] | None = None) -> dict:
         "train_pairs": len(train),
         "val_pairs": len(val),
         "rows": rows,
+        "cell_probe": probe,
         "wall_s": round(time.monotonic() - start, 1),
     }
     print(markdown(record))
+    print(
+        f"cell probe on SAM2's stride-16 features ({probe['cells'][0]} / {probe['cells'][1]} shape cells): colour "
+        f"{probe['colour']:.3f} (majority {probe['colour_majority']:.3f}), class {probe['class']:.3f} (majority "
+        f"{probe['class_majority']:.3f})"
+    )
     print(json.dumps(record))
     if args.out is not None:
         args.out.write_text(json.dumps(record, indent=2) + "\n")

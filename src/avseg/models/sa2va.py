@@ -56,7 +56,7 @@ from avseg.layers.sam2 import (
     upsample_masks,
 )
 from avseg.layers.text import MINILM_PACKAGE
-from avseg.models.base import AVSModel, AVSOutput, TextInput
+from avseg.models.base import AnswerMode, AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
@@ -270,7 +270,7 @@ class Sa2VAConfig:
     inference_sampling: Literal["uniform", "first"] = "uniform"
     questions: tuple[str, ...] = SA2VA_QUESTIONS
     answer: str = "It is {seg}."
-    answer_mode: Literal["read", "generate"] = "read"
+    answer_mode: AnswerMode = "read"
     max_answer_tokens: int = 32
     loss: Sa2VALossConfig = field(default_factory=Sa2VALossConfig)
     recipe: TrainRecipe = field(default_factory=paper_recipe)

@@ -649,16 +649,16 @@ class PredictionStream:
             output = predictor.model(batch)
             logits = output.mask_logits  # (B, T, K, h, w)
             self.model_calls += 1
-            answers = output.aux.get("answers")  # one text per clip, from MLLMs that write their answer
-            for (frames, _), answer in zip(group, answers if answers is not None else [None] * len(group), strict=True):
-                if answer is not None:
-                    self.answers.append({"frames": [frames[0].index, frames[-1].index], "answer": answer})
             if logits.ndim != 5 or tuple(logits.shape[:2]) != (len(group), length):
                 raise AVSegError(
                     f"model {predictor.name} returned mask_logits of shape {tuple(logits.shape)}, "
                     f"expected ({len(group)}, {length}, K, h, w)"
                 )
             self._set_kind(int(logits.shape[2]))
+            answers = output.aux.get("answers")  # one text per clip, from an MLLM that writes its answer
+            if answers is not None:
+                for (frames, _), answer in zip(group, answers, strict=True):
+                    self.answers.append({"frames": [frames[0].index, frames[-1].index], "answer": answer})
             # Padded frames (beyond each clip's own) are dropped here; they never reach the outputs.
             masks = [
                 _logits_to_masks(logits[i, : len(frames)], self.size, predictor.threshold)

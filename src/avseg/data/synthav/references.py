@@ -43,6 +43,7 @@ from avseg.progress import Progress
 __all__ = [
     "REFERENCE_RULES",
     "ReferenceScores",
+    "manifest_scene",
     "read_manifest",
     "reference_mask",
     "score_references",
@@ -161,6 +162,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_scene(manifest: dict[str, Any], vid: str) -> Scene:
+    """The scene of video ``vid``, generated again from the manifest's seed, size and frame count."""
+    index = manifest["video_info"][vid]["index"]
+    return generate_scene(manifest["seed"], index, size=manifest["size"], num_frames=manifest["frames"])
+
+
 def template_of(expression: dict[str, Any]) -> str:
     """The template name under which an expression is reported (``null`` for null expressions)."""
     return "null" if expression.get("null_kind") else str(expression["template"])
@@ -239,10 +246,7 @@ def score_references(
                 expression = expressions[uid]
                 vid = expression["vid"]
                 if vid not in rendered:
-                    index = manifest["video_info"][vid]["index"]
-                    scene = generate_scene(
-                        manifest["seed"], index, size=manifest["size"], num_frames=manifest["frames"]
-                    )
+                    scene = manifest_scene(manifest, vid)
                     rendered = {vid: (scene, render_scene(scene)[1])}  # rows come grouped by video: keep one
                 scene, labels = rendered[vid]
                 target = expression["target"]
