@@ -50,9 +50,17 @@ def _drops(normal: Any, shuffled: Any) -> dict[str, float]:
 
 
 def run_preset(
-    model: str, data: Path, run_dir: Path, steps: int, size: int, seed: int, expressions: dict[str, Any]
+    model: str,
+    data: Path,
+    run_dir: Path,
+    steps: int,
+    size: int,
+    seed: int,
+    expressions: dict[str, Any],
+    overrides: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Train ``model`` for ``steps`` steps with the demo's settings and score it.
+    """Train ``model`` for ``steps`` steps with the demo's settings (then ``overrides``, ``section.key=value`` strings
+    as ``avseg train --overrides`` takes them) and score it.
 
     Returns:
         One table row, and test_s J&F per expression template.
@@ -71,6 +79,7 @@ def run_preset(
         seed=seed,
         # DEMO_TRAIN's max_epochs (200) stays as a cap that no step count used here reaches.
         length={"train.max_steps": steps, "train.progress_bar": False},
+        overrides=overrides or [],
     )
     start = time.monotonic()
     summary = prepare_trainer(run_cfg, run_dir).fit()
@@ -155,11 +164,25 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=500, help="SynthAV videos when generating (the demo's 500)")
     parser.add_argument("--size", type=int, default=128, help="SynthAV frame size (the demo's 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for every preset's run, as avseg "
+        "train --overrides takes them (e.g. model.sam2.lr=1e-4); recorded in the JSON",
+    )
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     if not args.model and not args.references:
         parser.error("give --model, --references or both")
+    from avseg.config import parse_overrides
+
+    try:
+        parse_overrides(args.overrides)
+    except ValueError as error:
+        parser.error(f"--overrides: {error}")
 
     data = args.data
     if data is None:
@@ -177,7 +200,7 @@ def main() -> None:
     rows, templates = [], {}
     for model in args.model:
         row, templates[model] = run_preset(
-            model, data, args.out / "runs" / model, args.steps, args.size, args.seed, expressions
+            model, data, args.out / "runs" / model, args.steps, args.size, args.seed, expressions, args.overrides
         )
         rows.append(row)
         print(f"[synthav] {row}", flush=True)

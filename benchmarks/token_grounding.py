@@ -19,8 +19,9 @@ encoder frozen and its features computed once:
 Each head gets two tokens: ``minilm``, the frozen MiniLM sentence embedding (masked mean of its token features), and
 ``oracle``, a one-hot code of the colour, shape and side the expression names (what a perfect language model could
 give). Both go through the same trainable MLP. Training: ``--steps`` AdamW steps of 16 (expression, frame) pairs at
-lr 1e-3, BCE + Dice, on ``--frames`` frames of every training video; scored on frame 0 of each val video, mean IoU
-per template. Run for several ``--seeds``: figures are means and standard deviations over seeds.
+lr 1e-3 (SAM2's prompt encoder and mask decoder at ``--decoder-lr``, 1e-3 unless given), BCE + Dice, on ``--frames``
+frames of every training video; scored on frame 0 of each val video, mean IoU per template. Run for several
+``--seeds``: figures are means and standard deviations over seeds.
 
 It also probes the stride-16 features (the image embedding SAM2's decoder attends to) with a linear classifier: can
 they tell the colour, and the class, of the shape under each cell's centre? ``--heads`` with no head runs only the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -64,8 +66,9 @@ class Pairs:
 
     Attributes:
         features: the frozen SAM2 features of every frame, ``N`` frames.
-        cell_colour, cell_class: ``(N, S/16, S/16)`` the colour and class index of the shape under each stride-16
-            cell's centre pixel (-1 on the background), for the probe of :func:`cell_probe`.
+        cell_colour, cell_class: the colour and class index of the shape under the centre pixel of each cell of
+            SAM2's stride-16 grid (-1 on the background), ``(N, G, G)`` with ``G`` SAM2's input size / 16, for the
+            probe of :func:`cell_probe`.
         frame: ``(P,)`` frame index of each pair; ``target`` ``(P, S, S)`` the referred shape's mask;
         every: ``(P, S, S)`` every shape's mask; ``tokens`` per kind, ``(P, D)``; ``template`` per pair.
     """
@@ -89,7 +92,8 @@ class Pairs:
                 index[vid, t] = len(images)
                 images.append(torch.from_numpy(rgb[t]).permute(2, 0, 1))
                 labels.append(torch.from_numpy(label[t].astype(np.int64)))
-                centres = labels[-1][STRIDE // 2 :: STRIDE, STRIDE // 2 :: STRIDE]
+                cell = label.shape[-1] * STRIDE // sam2.image_size  # the grid cell's size in frame pixels
+                centres = labels[-1][cell // 2 :: cell, cell // 2 :: cell]
                 cell_colour.append(to_colour[centres])
                 cell_class.append(to_class[centres])
         self.cell_colour, self.cell_class = torch.stack(cell_colour), torch.stack(cell_class)
@@ -171,13 +175,26 @@ def per_template(values: Tensor, templates: list[str]) -> dict[str, float]:
     return out
 
 
-def train_head(head: str, token: str, train: Pairs, val: Pairs, sam2: Any, *, steps: int, seed: int) -> dict:
-    """Train one head on ``train`` and score it on ``val``: mean IoU per template on both."""
+def train_head(
+    head: str,
+    token: str,
+    train: Pairs,
+    val: Pairs,
+    sam2: Any,
+    *,
+    steps: int,
+    seed: int,
+    decoder_lr: float = 1e-3,
+    linear_width: int | None = None,
+) -> dict:
+    """Train one head on ``train`` and score it on ``val``: mean IoU per template on both (SAM2's prompt encoder
+    and mask decoder, for the ``decoder`` head, at ``decoder_lr``; the rest at 1e-3). The ``linear`` head projects
+    the features to ``linear_width`` channels (default: SAM2's width)."""
     torch.manual_seed(seed)
     dim = train.tokens[token].shape[1]
-    width = sam2.hidden_size
+    width = sam2.hidden_size if head == "decoder" or linear_width is None else linear_width
     mlp = nn.Sequential(nn.Linear(dim, 384), nn.GELU(), nn.Linear(384, width))
-    params = list(mlp.parameters())
+    params, sam2_params = list(mlp.parameters()), []
     if head == "decoder":
         layer = copy.deepcopy(sam2)
         for p in layer.parameters():
@@ -185,11 +202,12 @@ def train_head(head: str, token: str, train: Pairs, val: Pairs, sam2: Any, *, st
         for part in (layer.model.mask_decoder, layer.model.prompt_encoder):
             for p in part.parameters():
                 p.requires_grad_(True)
-                params.append(p)
+                sam2_params.append(p)
     else:
         project = nn.Conv2d(train.features.fpn[0].shape[1], width, 1)
         params += list(project.parameters())
-    optimiser = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    groups = [{"params": params}] + ([{"params": sam2_params, "lr": decoder_lr}] if sam2_params else [])
+    optimiser = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
 
     def logits(pairs: Pairs, rows: Tensor) -> Tensor:
         features = pairs.features.select(pairs.frame[rows])
@@ -257,7 +275,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a SynthAV root (the folder with manifest.json)")
     parser.add_argument("--weights", default=CPU_SAM2_WEIGHTS, help="SAM2 weights of the CPU presets' shape")
+    parser.add_argument(
+        "--image-size", type=int, default=128, help="SAM2's input size (frames are resized to it; the CPU presets' 128)"
+    )
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--decoder-lr", type=float, default=1e-3, help="lr of SAM2's prompt encoder and mask decoder (decoder head)"
+    )
+    parser.add_argument(
+        "--linear-width",
+        type=int,
+        default=None,
+        help="channels of the linear head's projection (default: SAM2's "
+        "width; its mask decoder's final mask features have width / 8)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 3, 6, 9], help="frames of each training video")
     parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=HEADS, help="none: the probe only")
@@ -267,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.monotonic()
     manifest = read_manifest(args.data)
-    sam2 = build_sam2(cpu_sam2_config(weights=args.weights), pretrained=True).eval()
+    sam2_config = dataclasses.replace(cpu_sam2_config(weights=args.weights), image_size=args.image_size)
+    sam2 = build_sam2(sam2_config, pretrained=True).eval()
     text = TextEncoder(TextEncoderConfig(), pretrained=True).eval()
     train, val = Pairs(manifest, "train", args.frames, sam2, text), Pairs(manifest, "val", [0], sam2, text)
     every = {
@@ -284,7 +316,20 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     for head in args.heads:
         for token in args.tokens:
-            runs = [train_head(head, token, train, val, sam2, steps=args.steps, seed=s) for s in args.seeds]
+            runs = [
+                train_head(
+                    head,
+                    token,
+                    train,
+                    val,
+                    sam2,
+                    steps=args.steps,
+                    seed=s,
+                    decoder_lr=args.decoder_lr,
+                    linear_width=args.linear_width,
+                )
+                for s in args.seeds
+            ]
             rows.append({"head": head, "token": token, **summarise(runs)})
             print(f"{head}/{token}: val mIoU {rows[-1]['val']['all']}", flush=True)
     record = {
@@ -292,8 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "weights": args.weights,
+        "image_size": args.image_size,
         "data": str(args.data),
         "steps": args.steps,
+        "decoder_lr": args.decoder_lr,
+        "linear_width": args.linear_width,
         "seeds": args.seeds,
         "train_pairs": len(train),
         "val_pairs": len(val),

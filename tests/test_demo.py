@@ -221,6 +221,25 @@ def test_demo_and_train_build_their_run_through_one_function(tmp_path, monkeypat
     assert (run.data.image_size, run.data.hflip, run.data.val_items) == (64, DEMO_HFLIP, DEMO_VAL_EXPRESSIONS)
 
 
+def test_the_demos_run_takes_model_and_training_overrides_last(tmp_path):
+    """benchmarks/synthav.py runs ablations through demo_run_config's overrides: they reach the model and the trainer,
+    over the preset's recipe and the demo's settings."""
+    from avseg.demo import demo_run_config
+
+    run = demo_run_config(
+        tmp_path,
+        "sam2love-tiny",
+        size=128,
+        seed=0,
+        length={"train.max_steps": 5},
+        overrides=["model.sam2.lr=1e-4", "train.batch_size=3"],
+    )
+    assert run.model_overrides == {"sam2.lr": 1e-4}
+    assert run.train.batch_size == 3 and run.train.max_steps == 5
+    with pytest.raises(ValueError, match="nope.*Sam2LoveConfig"):
+        demo_run_config(tmp_path, "sam2love-tiny", size=128, seed=0, length={}, overrides=["model.nope=1"])
+
+
 def test_demo_quiet_shows_no_progress_of_generation_nor_of_training(tmp_path, monkeypatch, capsys):
     import avseg.progress
 

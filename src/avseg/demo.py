@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -209,11 +209,19 @@ def demo_task(model: str) -> str:
 
 
 def demo_run_config(
-    data: Path, model: str, *, size: int, seed: int, length: dict[str, Any], data_format: str = "refavs"
+    data: Path,
+    model: str,
+    *,
+    size: int,
+    seed: int,
+    length: dict[str, Any],
+    data_format: str = "refavs",
+    overrides: Sequence[str] = (),
 ) -> Any:
     """The demo's training run on the SynthAV folder ``data`` of ``data_format`` (``refavs`` or ``rvos``); ``length``
     adds the settings that end it (``train.max_minutes`` for the demo, ``train.max_steps`` for
-    ``benchmarks/synthav.py``) and any others.
+    ``benchmarks/synthav.py``) and any others; ``overrides`` are ``section.key=value`` strings as ``avseg train
+    --overrides`` takes them (``model.sam2.lr=1e-4``), applied last.
 
     One path builds every run (``avseg train`` takes it too): the preset's recipe, then the demo's settings for what
     the recipe leaves open (:data:`DEMO_TRAIN`), then the data, seed and ``length`` settings.
@@ -235,6 +243,7 @@ def demo_run_config(
             "train.seed": seed,
             **length,
         },
+        overrides=list(overrides),
     )
 
 

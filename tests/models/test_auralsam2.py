@@ -73,6 +73,19 @@ def test_sam2_is_frozen_in_the_full_size_presets_and_only_the_fuser_trains():
     assert sum(p.numel() for p in no_decay["params"]) == norms and no_decay["weight_decay"] == 0.0
 
 
+def test_sam2_parts_trained_by_choice_take_sam2_lr_and_the_fuser_keeps_the_recipes():
+    cfg = get_entry("auralsam2-l-refavs").config(pretrained=False)
+    cfg = dataclasses.replace(cfg, sam2=dataclasses.replace(cfg.sam2, trainable=("mask_decoder",), lr=2e-5))
+    with torch.device("meta"):
+        model = AuralSAM2(cfg)
+    groups = {g["name"]: g for g in model.param_groups(1e-4, 0.05)}
+    assert set(groups) == {"decay", "no_decay", "decay@2e-05", "no_decay@2e-05"}
+    decoder = {id(p) for p in model.sam2.model.mask_decoder.parameters()}
+    assert {id(p) for g in ("decay@2e-05", "no_decay@2e-05") for p in groups[g]["params"]} == decoder
+    assert groups["decay@2e-05"]["lr"] == 2e-5 and groups["decay"]["lr"] == 1e-4
+    assert groups["no_decay@2e-05"]["weight_decay"] == 0.0 and groups["decay@2e-05"]["weight_decay"] == 0.05
+
+
 def _full_fuser_count(dim=256, depths=(3, 6, 12), audio_depth=3, mlp=4, sr=4, text=768, hidden=1024, proj=(2, 128)):
     """Parameters of the full-size fuser, counted by hand from the method's description (the released projector:
     ``Linear-GELU-LN-Linear`` or ``conv-BN-conv``, which have the same count)."""

@@ -370,6 +370,12 @@ def test_checkpoint_round_trip(tmp_path):
 # -- optimiser groups and presets ------------------------------------------------------------------------------------
 
 
+def test_a_sam2_preset_refuses_a_separate_sam2_learning_rate():
+    cfg = sam2_tiny()
+    with pytest.raises(ValueError, match="sam2.lr: .*train.lr"):
+        dataclasses.replace(cfg, sam2=dataclasses.replace(cfg.sam2, lr=1e-4))
+
+
 def test_param_groups_follow_sam2s_vision_lr_and_layer_decay():
     cfg = get_entry("sam2.1-hiera-b+").config(pretrained=False)
     with torch.device("meta"):

@@ -106,6 +106,23 @@ def test_default_groups_of_avs_model_skip_frozen_and_exempt_biases():
     assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {"decay": 0.01, "no_decay": 0.0}
 
 
+class PartWithItsOwnRate(nn.Linear):
+    """A submodule that trains at its own learning rate, as the SAM2 layer does with ``sam2.lr``."""
+
+    lr = 1e-4
+
+
+def test_default_groups_give_a_part_with_its_own_rate_that_rate():
+    model = toy_model()
+    model.part = PartWithItsOwnRate(3, 2)
+    opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.01))
+    params = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: ([params[id(p)] for p in g["params"]], g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert groups["decay@0.0001"] == (["part.weight"], 1e-4, 0.01)
+    assert groups["no_decay@0.0001"] == (["part.bias"], 1e-4, 0.0)
+    assert "part.weight" not in groups["decay"][0] and groups["decay"][1] == 0.1
+
+
 def test_group_errors_and_warnings():
     model = TwoPart()
     model.param_groups = lambda lr, wd: [  # type: ignore[method-assign]

@@ -114,7 +114,7 @@ from avseg.layers.text import (
 )
 from avseg.metrics.protocols import AURALSAM2_AVS, AURALSAM2_REFAVS, protocol_table
 from avseg.models.auralsam2_fuser import AuralFuser, FuserConfig, ProjectorConfig, audiocon_loss
-from avseg.models.base import AVSModel, AVSOutput, TextInput
+from avseg.models.base import AVSModel, AVSOutput, TextInput, optimiser_groups
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
 
@@ -351,18 +351,17 @@ class AuralSAM2(AVSModel):
         self.fuser = AuralFuser(cfg.fuser, cfg.projector)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups as released: weight decay on every trainable parameter except those of norm layers."""
+        """AdamW groups as released: weight decay on every trainable parameter except those of norm layers; SAM2's
+        trainable parts, if any, at ``sam2.lr`` when it is set (groups ``decay@LR``, ``no_decay@LR``)."""
         norms = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
-        decay, no_decay = [], []
-        for module in self.modules():
-            for p in module.parameters(recurse=False):
+        own_lr = self.own_learning_rates()
+        groups: dict[tuple[bool, float | None], list[nn.Parameter]] = {}
+        for module_name, module in self.named_modules():
+            for name, p in module.named_parameters(recurse=False):
                 if p.requires_grad:
-                    (no_decay if isinstance(module, norms) else decay).append(p)
-        groups = [
-            {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
-        ]
-        return [g for g in groups if g["params"]]
+                    part_lr = own_lr.get(f"{module_name}.{name}" if module_name else name)
+                    groups.setdefault((not isinstance(module, norms), part_lr), []).append(p)
+        return optimiser_groups(groups, lr, weight_decay)
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ __all__ = [
     "AVSOutput",
     "AnswerMode",
     "TextInput",
+    "optimiser_groups",
     "requires_text",
     "set_answer_mode",
     "set_run_option",
@@ -91,6 +92,23 @@ class AVSOutput:
         if self.mask_logits.shape[2] == 1:
             return self.mask_logits.sigmoid()
         return self.mask_logits.softmax(dim=2)
+
+
+def optimiser_groups(
+    groups: Mapping[tuple[bool, float | None], list[nn.Parameter]], lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Parameter groups from parameters keyed by (decayed?, own learning rate or None for the recipe's): ``decay``
+    and ``no_decay`` at ``lr``, then ``decay@LR`` and ``no_decay@LR`` for each other rate."""
+    return [
+        {
+            "params": groups[key],
+            "lr": lr if key[1] is None else key[1],
+            "weight_decay": weight_decay if key[0] else 0.0,
+            "name": ("decay" if key[0] else "no_decay") + ("" if key[1] is None else f"@{key[1]:g}"),
+        }
+        for key in sorted(groups, key=lambda k: (k[1] is not None, k[1] or 0.0, not k[0]))
+        if groups[key]
+    ]
 
 
 class AVSModel(nn.Module):
@@ -178,17 +196,28 @@ class AVSModel(nn.Module):
         return training_transform(self.recipe.augment if self.recipe is not None else None, hflip)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimiser parameter groups over trainable parameters. Default: one group, no weight decay on biases and
-        norm weights (the usual AdamW practice). Models with lower-LR parts override this."""
-        decay, no_decay = [], []
+        """Optimiser parameter groups over trainable parameters. Default: no weight decay on biases and norm weights
+        (the usual AdamW practice), and a submodule whose ``lr`` attribute is a number (the SAM2 layer:
+        ``sam2.lr``) trains at that learning rate: groups ``decay`` and ``no_decay``, then ``decay@LR`` and
+        ``no_decay@LR`` for each other rate. Models with other lower-LR parts override this."""
+        own_lr = self.own_learning_rates()
+        groups: dict[tuple[bool, float | None], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"}]
-        if no_decay:
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"})
-        return [g for g in groups if g["params"]]
+            decays = not (p.ndim <= 1 or name.endswith(".bias"))
+            groups.setdefault((decays, own_lr.get(name)), []).append(p)
+        return optimiser_groups(groups, lr, weight_decay)
+
+    def own_learning_rates(self) -> dict[str, float]:
+        """Parameter name -> learning rate, for the parameters of submodules whose ``lr`` attribute is a number (the
+        SAM2 layer's ``sam2.lr``); the others follow the recipe's."""
+        own_lr: dict[str, float] = {}
+        for prefix, module in self.named_modules():
+            part_lr = getattr(module, "lr", None)
+            if prefix and isinstance(part_lr, (int, float)) and not isinstance(part_lr, bool):
+                own_lr.update({name: float(part_lr) for name, _ in module.named_parameters(prefix=prefix)})
+        return own_lr
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules inside the model (e.g. unfreezing a backbone after N epochs). Default: nothing."""

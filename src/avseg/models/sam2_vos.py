@@ -200,6 +200,10 @@ class SAM2VOSConfig:
             raise ValueError(f"eval_clicks and eval_chunk must be >= 1, got {self.eval_clicks}, {self.eval_chunk}")
         if self.train_frames is not None and self.train_frames < 1:
             raise ValueError(f"train_frames must be >= 1 or null, got {self.train_frames}")
+        if self.sam2.lr is not None:
+            raise ValueError(
+                "sam2.lr: a SAM2 preset trains nothing but SAM2; set train.lr (and optim_groups.image_encoder_lr_scale)"
+            )
 
 
 # -- one decoder pass ------------------------------------------------------------------------------------------------

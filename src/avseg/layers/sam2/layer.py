@@ -218,6 +218,12 @@ class Sam2Layer(nn.Module):
         return self
 
     @property
+    def lr(self) -> float | None:
+        """The trainable parts' learning rate (``config.lr``; None: the recipe's); the models' default parameter
+        groups (:meth:`avseg.models.base.AVSModel.param_groups`) apply it."""
+        return self.config.lr
+
+    @property
     def memory_training(self) -> bool:
         """Whether the memory runs in training mode (dropout, all conditioning pointers, soft memory masks)."""
         return self.training and "memory" in self.config.trainable
