@@ -236,7 +236,7 @@ def test_the_demos_run_takes_model_and_training_overrides_last(tmp_path):
     )
     assert run.model_overrides == {"sam2.lr": 1e-4}
     assert run.train.batch_size == 3 and run.train.max_steps == 5
-    with pytest.raises(ValueError, match="nope.*Sam2LoveConfig"):
+    with pytest.raises(ValueError, match=r"nope.*Sam2LoveConfig"):
         demo_run_config(tmp_path, "sam2love-tiny", size=128, seed=0, length={}, overrides=["model.nope=1"])
 
 

@@ -372,7 +372,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_a_sam2_preset_refuses_a_separate_sam2_learning_rate():
     cfg = sam2_tiny()
-    with pytest.raises(ValueError, match="sam2.lr: .*train.lr"):
+    with pytest.raises(ValueError, match=r"sam2\.lr: .*train\.lr"):
         dataclasses.replace(cfg, sam2=dataclasses.replace(cfg.sam2, lr=1e-4))
 
 
