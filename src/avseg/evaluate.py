@@ -367,9 +367,11 @@ def evaluate_split(
                 }
                 if metric.gt_source == "native":
                     overall.update(logits[i : i + 1], truth[i], **one)
+                # The item as `overall` scored it: last for native ground truth, else i-th of this batch's B.
+                scored_at = -1 if metric.gt_source == "native" else i - batch.batch_size
                 for key in _subset_keys(mods):
                     acc = subsets.setdefault(key, MetricAccumulator(metric, group=group))
-                    acc.update(logits[i : i + 1], truth[i], **one)
+                    acc.add_scored(overall, scored_at)
                 items.append(
                     {
                         "id": ids[i],

@@ -364,3 +364,23 @@ def test_accumulator_reset_and_ids():
     assert len(acc) == 0
     acc.update(logits[:1], masks[:1])
     assert acc.compute()["per_video"][0]["id"] == "0"
+
+
+@pytest.mark.parametrize("preset", ["refavs", "davis", "avss"])
+def test_an_item_added_from_another_accumulator_scores_as_if_updated_again(preset):
+    torch.manual_seed(0)
+    semantic = get_preset(preset).task == "semantic"
+    logits = torch.randn(3, 2, 4, 8, 8) if semantic else torch.randn(3, 2, 8, 8)
+    masks = torch.randint(0, 4 if semantic else 2, (3, 2, 8, 8))
+    overall = MetricAccumulator(preset)
+    overall.update(logits, masks, ids=["a", "b", "c"])
+    updated, added = MetricAccumulator(preset), MetricAccumulator(preset)
+    for i in (2, 0):  # a subset of the items, in another order
+        updated.update(logits[i : i + 1], masks[i : i + 1], ids=[["a", "b", "c"][i]])
+        added.add_scored(overall, i - 3)  # counted from the end, as evaluation does within a batch
+    expected, got = updated.compute(), added.compute()
+    assert [v["id"] for v in got["per_video"]] == ["c", "a"]
+    assert got["J"] == expected["J"] and got["F"] == expected["F"]
+    assert got["per_video"] == expected["per_video"]
+    with pytest.raises(ValueError, match=f"source accumulator uses preset '{preset}'"):
+        MetricAccumulator("davis" if preset != "davis" else "refavs").add_scored(overall, 0)

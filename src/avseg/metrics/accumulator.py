@@ -235,6 +235,23 @@ class MetricAccumulator:
             stats["valid"] = valid_cpu[i].clone() if semantic else torch.ones(kept, dtype=torch.bool)
             self._items.append(_Item(str(ids[i]), size, gt_size, dropped, unscored, stats))
 
+    def add_scored(self, source: MetricAccumulator, index: int) -> None:
+        """Add the video/expression ``source`` scored at position ``index`` (negative counts from the end), without
+        scoring it again: evaluation adds each expression to its split's overall score and to the score of each
+        subset it belongs to (audio-dependent, audio-only, ...), and the per-frame statistics (an F-measure curve
+        over 255 thresholds per frame) are the costly part.
+
+        Raises:
+            ValueError: the two accumulators use different presets (their statistics would not be comparable).
+        """
+        if source.preset != self.preset:
+            raise ValueError(
+                f"add_scored: the source accumulator uses preset {source.preset.name!r}, this one {self.preset.name!r}"
+            )
+        self._items.append(source._items[index])
+        if source._num_classes is not None:
+            self._num_classes = source._num_classes
+
     def _binary_stats(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.preset
         iou = frame_iou_stats(logits, masks, threshold=p.threshold, empty_gt=p.empty_gt, eps=p.iou_eps)
