@@ -178,9 +178,18 @@ def main() -> None:
     if not args.model and not args.references:
         parser.error("give --model, --references or both")
     from avseg.config import parse_overrides
+    from avseg.models import get_entry
 
+    # Checked before any data is generated or run trained: the presets exist and take the model overrides.
     try:
-        parse_overrides(args.overrides)
+        entries = [get_entry(model) for model in args.model]
+    except ValueError as error:
+        parser.error(f"--model: {error}")
+    try:
+        overrides = parse_overrides(args.overrides)
+        model_overrides = {k.partition(".")[2]: v for k, v in overrides.items() if k.startswith("model.")}
+        for entry in entries:
+            entry.config(**model_overrides)
     except ValueError as error:
         parser.error(f"--overrides: {error}")
 

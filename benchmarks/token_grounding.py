@@ -82,6 +82,9 @@ class Pairs:
         colours = sorted(manifest["colours"])
         classes = [c["name"] for c in manifest["classes"]]
         images, labels, index, cell_colour, cell_class = [], [], {}, [], []
+        grid = sam2.image_size // STRIDE  # SAM2's stride-16 grid, whatever the frames' size
+        size = manifest["size"]
+        grid_y = grid_x = ((torch.arange(grid) + 0.5) * size / grid).long()  # each cell's centre, in frame pixels
         for vid in videos:
             rgb, label = render_scene(manifest_scene(manifest, vid))
             objects = manifest["video_info"][vid]["objects"]
@@ -92,8 +95,7 @@ class Pairs:
                 index[vid, t] = len(images)
                 images.append(torch.from_numpy(rgb[t]).permute(2, 0, 1))
                 labels.append(torch.from_numpy(label[t].astype(np.int64)))
-                cell = label.shape[-1] * STRIDE // sam2.image_size  # the grid cell's size in frame pixels
-                centres = labels[-1][cell // 2 :: cell, cell // 2 :: cell]
+                centres = labels[-1][grid_y[:, None], grid_x[None, :]]
                 cell_colour.append(to_colour[centres])
                 cell_class.append(to_class[centres])
         self.cell_colour, self.cell_class = torch.stack(cell_colour), torch.stack(cell_class)

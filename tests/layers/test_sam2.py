@@ -112,6 +112,7 @@ def test_released_shapes_have_the_published_sizes(variant, millions):
         {"memory_dtype": "float16"},
         {"variant": "test-tiny", "in_checkpoint": False},
         {"random_init": "xavier"},
+        {"lr": 0.0},
     ],
 )
 def test_config_rejects_bad_values(kwargs):

@@ -109,7 +109,7 @@ def test_default_groups_of_avs_model_skip_frozen_and_exempt_biases():
 class PartWithItsOwnRate(nn.Linear):
     """A submodule that trains at its own learning rate, as the SAM2 layer does with ``sam2.lr``."""
 
-    lr = 1e-4
+    own_lr = 1e-4
 
 
 def test_default_groups_give_a_part_with_its_own_rate_that_rate():

@@ -197,7 +197,7 @@ class AVSModel(nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups over trainable parameters. Default: no weight decay on biases and norm weights
-        (the usual AdamW practice), and a submodule whose ``lr`` attribute is a number (the SAM2 layer:
+        (the usual AdamW practice), and a submodule whose ``own_lr`` attribute is a number (the SAM2 layer:
         ``sam2.lr``) trains at that learning rate: groups ``decay`` and ``no_decay``, then ``decay@LR`` and
         ``no_decay@LR`` for each other rate. Models with other lower-LR parts override this."""
         own_lr = self.own_learning_rates()
@@ -210,11 +210,11 @@ class AVSModel(nn.Module):
         return optimiser_groups(groups, lr, weight_decay)
 
     def own_learning_rates(self) -> dict[str, float]:
-        """Parameter name -> learning rate, for the parameters of submodules whose ``lr`` attribute is a number (the
-        SAM2 layer's ``sam2.lr``); the others follow the recipe's."""
+        """Parameter name -> learning rate, for the parameters of submodules whose ``own_lr`` attribute is a number
+        (the SAM2 layer's ``sam2.lr``); the others follow the recipe's."""
         own_lr: dict[str, float] = {}
         for prefix, module in self.named_modules():
-            part_lr = getattr(module, "lr", None)
+            part_lr = getattr(module, "own_lr", None)
             if prefix and isinstance(part_lr, (int, float)) and not isinstance(part_lr, bool):
                 own_lr.update({name: float(part_lr) for name, _ in module.named_parameters(prefix=prefix)})
         return own_lr

@@ -138,11 +138,11 @@ class Sam2LayerConfig:
             nearly constant (logits of standard deviation about 5e-4 at the tiny shape) and a tracked frame's mask
             differs between two prompted objects by about 1e-7: the memory path then gets almost no gradient and a
             SAM2 trained from scratch learns to ignore it (``docs/benchmarks.md``). Pretrained builds ignore it.
-        lr: the learning rate of SAM2's trainable parts (the models' default parameter groups apply it; the
-            recipe's schedule scales it like every group's); None: the recipe's. The papers fine-tune SAM2 at their
-            recipe's small learning rate; the CPU recipes use a larger one for the parts they train from scratch, at
-            which the packaged SAM2's mask decoder stops learning (``docs/benchmarks.md``), so their SAM2 trains at
-            the papers' 1e-4.
+        lr: the learning rate of SAM2's trainable parts (the models' parameter groups apply it; the recipe's
+            schedule scales it like every group's); None (every preset): the recipe's. The papers fine-tune SAM2 at
+            their recipe's small learning rate, while the CPU recipes use a larger one for the layers they train from
+            scratch; ``model.sam2.lr=1e-4`` trains SAM2 at the papers' rate beside them (measured on
+            ``sam2love-tiny`` in ``docs/benchmarks.md``: a small gain, no change in what it grounds).
     """
 
     variant: Sam2Variant = "sam2.1-hiera-base-plus"
@@ -211,9 +211,7 @@ CPU_SAM2_WEIGHTS = "avseg:sam2-tiny-synthav"
 """The packaged SynthAV-trained SAM2 of :func:`cpu_sam2_config`'s shape (:mod:`avseg.assets`)."""
 
 
-def cpu_sam2_config(
-    *, trainable: tuple[str, ...] = (), weights: str | None = None, lr: float | None = None
-) -> Sam2LayerConfig:
+def cpu_sam2_config(*, trainable: tuple[str, ...] = (), weights: str | None = None) -> Sam2LayerConfig:
     """The SAM2 of the CPU presets (``sam2-tiny``, ``auralsam2-tiny``, ``sam2love-tiny``): the 128-d test shape at
     128 px with its Hiera trunk twice as wide (stages of 32/64/128/256 channels: on 2 cores a step costs little more,
     small ops being bound by per-op overhead, and it learns more per step), memories in float32.
@@ -222,13 +220,11 @@ def cpu_sam2_config(
         trainable: the parts that train.
         weights: :data:`CPU_SAM2_WEIGHTS` for the packaged SynthAV-trained weights (they load offline, with or
             without ``pretrained``), None for random ones.
-        lr: the trainable parts' learning rate (:attr:`Sam2LayerConfig.lr`); None: the recipe's.
     """
     return tiny_sam2_config(
         image_size=128,
         weights=weights,
         trainable=trainable,
-        lr=lr,
         memory_dtype="float32",
         hf_config=hiera_trunk_overrides(
             embed_dim_per_stage=[32, 64, 128, 256], num_attention_heads_per_stage=[1, 2, 2, 4]

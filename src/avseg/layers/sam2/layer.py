@@ -218,9 +218,9 @@ class Sam2Layer(nn.Module):
         return self
 
     @property
-    def lr(self) -> float | None:
-        """The trainable parts' learning rate (``config.lr``; None: the recipe's); the models' default parameter
-        groups (:meth:`avseg.models.base.AVSModel.param_groups`) apply it."""
+    def own_lr(self) -> float | None:
+        """The trainable parts' learning rate (``config.lr``; None: the recipe's), which the models' parameter
+        groups apply (:meth:`avseg.models.base.AVSModel.own_learning_rates`)."""
         return self.config.lr
 
     @property
