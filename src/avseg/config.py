@@ -157,18 +157,23 @@ def _parse_scalar(raw: str) -> Any:
     return value
 
 
-def apply_overrides(cfg: C, overrides: Mapping[str, Any]) -> C:
-    """A copy of ``cfg`` with dotted-key overrides applied (``{"decoder.dim": 64}``); validated again."""
+def apply_overrides(cfg: C, overrides: Mapping[str, Any], *, prefix: str = "") -> C:
+    """A copy of ``cfg`` with dotted-key overrides applied (``{"decoder.dim": 64}``); validated again.
+
+    ``prefix`` is how the user spells the keys' section (``"model."`` for ``--overrides model.decoder.dim=64``); error
+    messages name each key with it, so that they quote what the user typed.
+    """
     data = config_to_dict(cfg)
     for key, value in overrides.items():
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:
-                raise ValueError(f"override {key!r}: no config section {'.'.join(parts[: depth + 1])!r}")
+                section = prefix + ".".join(parts[: depth + 1])
+                raise ValueError(f"override {prefix + key!r}: no config section {section!r}")
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
-            raise ValueError(f"override {key!r}: unknown key for {type(cfg).__name__}")
+            raise ValueError(f"override {prefix + key!r}: unknown key for {type(cfg).__name__}")
         node[parts[-1]] = value
     return config_from_dict(type(cfg), data)
 

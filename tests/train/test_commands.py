@@ -106,6 +106,13 @@ def test_bad_overrides_and_configs_name_the_key(tmp_path):
         build_run_config(
             data=tmp_path, model=None, config=None, explicit={"train.max_steps": 1}, defaults={"train.seed": 0}
         )
+    # A model key is named as the user typed it, with its "model." prefix.
+    with pytest.raises(ValueError, match=r"override 'model\.decoderz\.dim': no config section 'model\.decoderz'"):
+        build_run_config(
+            data=tmp_path, model="tpavi-tiny", config=None, overrides=["model.decoderz.dim=8"], defaults={}
+        )
+    with pytest.raises(ValueError, match=r"override 'model\.num_classez': unknown key"):
+        build_run_config(data=tmp_path, model="tpavi-tiny", config=None, overrides=["model.num_classez=2"], defaults={})
 
 
 def test_test_split_refused(refavs_root, tmp_path):
