@@ -162,6 +162,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=None, help="an existing SynthAV refavs folder (default: generate)")
     parser.add_argument("--videos", type=int, default=500, help="SynthAV videos when generating (the demo's 500)")
+    parser.add_argument(
+        "--extra-train-videos",
+        type=int,
+        default=0,
+        help="more training videos when generating (avseg data synth --extra-train-videos): the same val and test "
+        "splits as without them",
+    )
     parser.add_argument("--size", type=int, default=128, help="SynthAV frame size (the demo's 128)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -198,8 +205,23 @@ def main() -> None:
         from avseg.data.synthav.commands import synth
 
         root = args.out / "synthav"
-        if not (root / "manifest.json").is_file():
-            synth(root, videos=args.videos, seed=args.seed, size=args.size, frames=10, workers=2)
+        wanted = {"videos": args.videos + args.extra_train_videos, "extra_train_videos": args.extra_train_videos}
+        wanted |= {"seed": args.seed, "size": args.size}
+        if (root / "manifest.json").is_file():
+            found = json.loads((root / "manifest.json").read_text())
+            found = {key: found.get(key, 0 if key == "extra_train_videos" else None) for key in wanted}
+            if found != wanted:
+                parser.error(f"{root} holds SynthAV generated with {found}, not {wanted}: use another --out")
+        else:
+            synth(
+                root,
+                videos=args.videos,
+                seed=args.seed,
+                size=args.size,
+                frames=10,
+                workers=2,
+                extra_train_videos=args.extra_train_videos,
+            )
         data = root / "refavs"
     root = data.parent
     manifest_path = root / "manifest.json"

@@ -90,7 +90,8 @@ def _synthav(root: Path, videos: int, seed: int, size: int, *, quiet: bool = Fal
     manifest = root / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        if (m.get("videos"), m.get("seed"), m.get("size"), m.get("frames")) == (videos, seed, size, 10):
+        same = (m.get("videos"), m.get("seed"), m.get("size"), m.get("frames"), m.get("extra_train_videos", 0))
+        if same == (videos, seed, size, 10, 0):
             print(f"[demo] reusing SynthAV at {root}")
             return 0.0
     from avseg.data.synthav.commands import synth

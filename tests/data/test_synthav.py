@@ -523,6 +523,47 @@ def test_layouts_option_selects_what_is_written(tmp_path, capsys):
         synth(tmp_path / "bad", videos=1, size=32, layouts=())
 
 
+def test_extra_training_videos_add_to_train_and_leave_every_other_video_as_it_was(tmp_path, capsys):
+    from avseg.data.synthav.references import manifest_scene
+
+    plain, extra = tmp_path / "plain", tmp_path / "extra"
+    synth(plain, videos=5, seed=SEED, size=32, frames=2, workers=1, layouts=("refavs",))
+    args = ["data", "synth", str(extra), "--videos", "5", "--extra-train-videos", "8", "--seed", str(SEED)]
+    assert main([*args, "--size", "32", "--frames", "2", "--workers", "2", "--layouts", "refavs", "--quiet"]) == 0
+    assert "5 videos (+8 extra training videos)" in capsys.readouterr().out
+    manifest = json.loads((extra / "manifest.json").read_text())
+    assert manifest["videos"] == 13 and manifest["extra_train_videos"] == 8
+    # Indices 5..12 are all train, though the cycle would put 11 and 12 in val and test_s.
+    assert [split_for_index(i) for i in (11, 12)] == ["val", "test_s"]
+    splits = {info["index"]: info["split"] for info in manifest["video_info"].values()}
+    assert [splits[i] for i in range(13)] == [split_for_index(i) for i in range(5)] + ["train"] * 8
+    assert manifest["layouts"]["refavs"]["splits"]["train"]["videos"] == 1 + 8
+    for split in ("val", "test_s", "test_u", "test_n"):
+        assert manifest["layouts"]["refavs"]["splits"][split]["videos"] == 1
+    # The first five videos and every non-train metadata row are those of the plain run.
+    a, b = _tree_hashes(plain), _tree_hashes(extra)
+    media = [k for k in a if k.startswith("refavs/media/")]
+    assert media and all(a[k] == b[k] for k in media)
+    plain_rows, extra_rows = _refavs_rows(plain), _refavs_rows(extra)
+    assert [r for r in extra_rows if r["split"] != "train"] == [r for r in plain_rows if r["split"] != "train"]
+    # An extra video is a training scene (never the held-out class), and the manifest regenerates it.
+    vid = next(v for v, info in manifest["video_info"].items() if info["index"] == 12)
+    scene = manifest_scene(manifest, vid)
+    assert scene.split == "train" and HELD_OUT_CLASS not in [o.cls for o in scene.objects]
+    assert [(o.cls, o.colour) for o in scene.objects] == [
+        (o["class"], o["colour"]) for o in manifest["video_info"][vid]["objects"]
+    ]
+    on_disk = np.asarray(Image.open(extra / "refavs" / "media" / vid / "frames" / "0.jpg")).astype(int)
+    other = next(v for v, info in manifest["video_info"].items() if info["index"] == 11)
+    # Off by the JPEG round trip from its own render, far from another video's.
+    errors = [np.abs(on_disk - render_scene(manifest_scene(manifest, v))[0][0]).mean() for v in (vid, other)]
+    assert errors[0] < 10 and errors[1] > 2 * errors[0], errors
+    with pytest.raises(ValueError, match="--extra-train-videos must be >= 0"):
+        synth(tmp_path / "bad", videos=5, size=32, extra_train_videos=-1)
+    with pytest.raises(ValueError, match="split must be one of"):
+        generate_scene(SEED, 0, size=32, split="training")
+
+
 # ------------------------------------------------------------------------------------------------ command
 
 

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from avseg.data.synthav.scene import SPLITS
+from avseg.data.synthav.scene import SPLITS, Split
 from avseg.data.synthav.writers import (
     DEFAULT_LAYOUTS,
     LAYOUTS,
@@ -47,7 +47,7 @@ def _prepare(out: Path) -> None:
             shutil.rmtree(out / name)
 
 
-def _one(args: tuple[Path, int, int, int, int, tuple[str, ...]]) -> VideoResult:
+def _one(args: tuple[Path, int, int, int, int, tuple[str, ...], Split | None]) -> VideoResult:
     return generate_video(*args)
 
 
@@ -59,6 +59,7 @@ def synth(
     frames: int = 10,
     workers: int = 2,
     layouts: tuple[str, ...] = DEFAULT_LAYOUTS,
+    extra_train_videos: int = 0,
     quiet: bool = False,
 ) -> int:
     """Generate SynthAV, a synthetic audio-visual benchmark, in the Ref-AVS, AVSS and RVOS layouts.
@@ -82,6 +83,9 @@ def synth(
         frames: frames per video, one per second of audio.
         workers: worker processes (1 runs in this process).
         layouts: the layouts to write, among refavs, avss, rvos and vos (e.g. --layouts refavs avss rvos vos).
+        extra_train_videos: more training videos after the cycled ones (indices VIDEOS to VIDEOS + N - 1, all in
+            train): a larger training split with the same validation and test splits, and the same first VIDEOS
+            videos, as without it.
         quiet: show no progress (warnings, errors and the final summary are still printed).
     """
     for name, value, least in (
@@ -89,6 +93,7 @@ def synth(
         ("size", size, 32),
         ("frames", frames, 1),
         ("workers", workers, 1),
+        ("extra-train-videos", extra_train_videos, 0),
     ):
         if value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
@@ -100,25 +105,32 @@ def synth(
     out = Path(out)
     _prepare(out)
     start = time.perf_counter()
-    jobs = [(out, seed, i, size, frames, layouts) for i in range(videos)]
+    total = videos + extra_train_videos
+    jobs = [(out, seed, i, size, frames, layouts, None if i < videos else "train") for i in range(total)]
     results: list[VideoResult] = []
     # Every video is written in all layouts by one job, so one phase counts them; the tables and the manifest that
     # follow take a moment only.
-    with Progress("generating SynthAV", videos, "video", enabled=not quiet) as bar:
-        if workers == 1 or videos == 1:
+    with Progress("generating SynthAV", total, "video", enabled=not quiet) as bar:
+        if workers == 1 or total == 1:
             for result in map(_one, jobs):
                 results.append(result)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 # Small chunks: the bar moves (and a slow video delays no more than its chunk) at little cost.
-                for result in pool.map(_one, jobs, chunksize=max(1, min(4, videos // (4 * workers)))):
+                for result in pool.map(_one, jobs, chunksize=max(1, min(4, total // (4 * workers)))):
                     results.append(result)
                     bar.update()
-    manifest = write_tables(out, results, seed=seed, size=size, num_frames=frames, layouts=layouts)
+    manifest = write_tables(
+        out, results, seed=seed, size=size, num_frames=frames, layouts=layouts, extra_train_videos=extra_train_videos
+    )
     elapsed = time.perf_counter() - start
 
-    print(f"SynthAV {manifest['generator']['version']}: {videos} videos, seed {seed}, {size}x{size}, {frames} frames")
+    extra = f" (+{extra_train_videos} extra training videos)" if extra_train_videos else ""
+    print(
+        f"SynthAV {manifest['generator']['version']}: {videos} videos{extra}, seed {seed}, {size}x{size}, "
+        f"{frames} frames"
+    )
     print(f"written to {out} in {elapsed:.1f} s")
     header = f"{'layout':<8} {'split':<8} {'videos':>7} {'items':>7} {'null':>6} {'labelled frames':>16}"
     print(header)

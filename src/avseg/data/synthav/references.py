@@ -163,9 +163,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def manifest_scene(manifest: dict[str, Any], vid: str) -> Scene:
-    """The scene of video ``vid``, generated again from the manifest's seed, size and frame count."""
-    index = manifest["video_info"][vid]["index"]
-    return generate_scene(manifest["seed"], index, size=manifest["size"], num_frames=manifest["frames"])
+    """The scene of video ``vid``, generated again from the manifest's seed, size and frame count (and the video's
+    split, which an extra training video does not take from its index)."""
+    info = manifest["video_info"][vid]
+    return generate_scene(
+        manifest["seed"], info["index"], size=manifest["size"], num_frames=manifest["frames"], split=info.get("split")
+    )
 
 
 def template_of(expression: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ soundtrack, not the pulse, is the strong cue for who sounds.
 Everything about video ``index`` is drawn from ``np.random.default_rng([seed, index])`` in a fixed order (the
 soundtrack's noise floor and the choice of expressions use the sibling streams ``[seed, index, 1]`` and
 ``[seed, index, 2]``), and its split comes from ``index`` alone (:func:`split_for_index`), so a video does not depend
-on how many videos are generated nor on the order in which worker processes make them.
+on how many videos are generated nor on the order in which worker processes make them. Extra training videos
+(``avseg data synth --extra-train-videos``) are drawn the same way with their split set to ``train``.
 
 Rules that keep the expressions answerable (see :mod:`avseg.data.synthav.expressions`):
 
@@ -264,14 +265,18 @@ def _loudness(rng: np.random.Generator, num_frames: int, voiced: bool) -> np.nda
     return out
 
 
-def generate_scene(seed: int, index: int, *, size: int = 224, num_frames: int = 10) -> Scene:
+def generate_scene(
+    seed: int, index: int, *, size: int = 224, num_frames: int = 10, split: Split | None = None
+) -> Scene:
     """Draw video ``index`` of the benchmark generated with ``seed``.
 
     Args:
         seed: generator seed.
-        index: video index (its split is :func:`split_for_index`).
+        index: video index.
         size: frame side in pixels.
         num_frames: ``T``, seconds and frames of the clip.
+        split: the video's split; None: :func:`split_for_index` (``"train"`` for an extra training video, whose
+            index lies past the cycled ones).
 
     Returns:
         The scene; the same arguments always give the same scene.
@@ -280,8 +285,10 @@ def generate_scene(seed: int, index: int, *, size: int = 224, num_frames: int = 
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = np.random.default_rng([seed, index])
-    split = split_for_index(index)
+    split = split_for_index(index) if split is None else split
     n = int(rng.choice(4, p=_NUM_OBJECTS_P)) + 1
     # Classes: distinct by default; the held-out class exactly once in test_u; optionally one class twice.
     pool = list(SEEN_CLASSES)

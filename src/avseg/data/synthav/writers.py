@@ -76,6 +76,7 @@ from avseg.data.synthav.scene import (
     HELD_OUT_CLASS,
     SPLITS,
     Scene,
+    Split,
     class_index,
     generate_scene,
     render_scene,
@@ -242,7 +243,13 @@ def check_layouts(layouts: Iterable[str]) -> tuple[str, ...]:
 
 
 def generate_video(
-    out: Path, seed: int, index: int, size: int, num_frames: int, layouts: Iterable[str] = DEFAULT_LAYOUTS
+    out: Path,
+    seed: int,
+    index: int,
+    size: int,
+    num_frames: int,
+    layouts: Iterable[str] = DEFAULT_LAYOUTS,
+    split: Split | None = None,
 ) -> VideoResult:
     """Generate video ``index`` and write its files in the given layouts (metadata files come later).
 
@@ -253,12 +260,13 @@ def generate_video(
         size: frame side in pixels.
         num_frames: ``T``.
         layouts: the layouts to write (names of :data:`LAYOUTS`).
+        split: the video's split (None: the one its index gives; ``"train"`` for an extra training video).
 
     Returns:
         What the video contributes to the metadata files and the manifest.
     """
     layouts = check_layouts(layouts)
-    scene = generate_scene(seed, index, size=size, num_frames=num_frames)
+    scene = generate_scene(seed, index, size=size, num_frames=num_frames, split=split)
     frames, labels = render_scene(scene)  # (T, S, S, 3), (T, S, S)
     wave = mix_scene(scene)
     expressions = select_expressions(scene, np.random.default_rng([seed, index, 2]))
@@ -434,6 +442,7 @@ def write_tables(
     size: int,
     num_frames: int,
     layouts: Iterable[str] = DEFAULT_LAYOUTS,
+    extra_train_videos: int = 0,
 ) -> dict[str, Any]:
     """Merge the per-video results into the metadata files of each layout and write ``manifest.json`` (last).
 
@@ -442,6 +451,8 @@ def write_tables(
         results: every video's result (any order; they are sorted by index).
         seed, size, num_frames: the generation settings, recorded in the manifest.
         layouts: the layouts the videos were written in; the manifest's ``layouts`` lists exactly these.
+        extra_train_videos: how many of ``results`` are extra training videos (the last indices), recorded in the
+            manifest; ``videos`` counts them too.
 
     Returns:
         The manifest.
@@ -465,6 +476,7 @@ def write_tables(
         "size": size,
         "frames": num_frames,
         "videos": len(results),
+        "extra_train_videos": extra_train_videos,
         "sample_rate": SAMPLE_RATE,
         "classes": [
             {
