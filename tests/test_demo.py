@@ -279,3 +279,22 @@ def test_a_text_only_preset_trains_and_is_scored_on_the_rvos_layout(tmp_path):
     markdown = (work / "report.md").read_text()
     assert "Does the model listen?" not in markdown and "| Ref-AVS |" not in markdown
     assert len(report["overlays"]) == 1
+
+
+def test_the_demo_reuses_only_a_synthav_of_its_own_settings(tmp_path, monkeypatch):
+    """A SynthAV with extra training videos is not the demo's, even when its video count matches."""
+    import avseg.data.synthav.commands as commands
+    from avseg.demo import _synthav
+
+    calls = []
+    monkeypatch.setattr(commands, "synth", lambda root, **kwargs: calls.append(kwargs))
+    root = tmp_path / "synthav"
+    root.mkdir()
+    same = {"videos": 5, "seed": 0, "size": 32, "frames": 10}
+    (root / "manifest.json").write_text(json.dumps({**same, "extra_train_videos": 0}))
+    assert _synthav(root, 5, 0, 32, quiet=True) == 0.0 and not calls
+    (root / "manifest.json").write_text(json.dumps(same))  # written before extra videos existed
+    assert _synthav(root, 5, 0, 32, quiet=True) == 0.0 and not calls
+    (root / "manifest.json").write_text(json.dumps({**same, "extra_train_videos": 2}))
+    _synthav(root, 5, 0, 32, quiet=True)
+    assert calls == [{"videos": 5, "seed": 0, "size": 32, "frames": 10, "workers": 2, "quiet": True}]
