@@ -184,7 +184,7 @@ def main() -> None:
         parser.error("--steps must be at least 1")
     if not args.model and not args.references:
         parser.error("give --model, --references or both")
-    from avseg.config import parse_overrides
+    from avseg.config import apply_overrides, parse_overrides
     from avseg.models import get_entry
 
     # Checked before any data is generated or run trained: the presets exist and take the model overrides.
@@ -196,20 +196,20 @@ def main() -> None:
         overrides = parse_overrides(args.overrides)
         model_overrides = {k.partition(".")[2]: v for k, v in overrides.items() if k.startswith("model.")}
         for entry in entries:
-            entry.config(**model_overrides)
+            apply_overrides(entry.config(), model_overrides, prefix="model.")
     except ValueError as error:
         parser.error(f"--overrides: {error}")
 
     data = args.data
     if data is None:
         from avseg.data.synthav.commands import synth
+        from avseg.data.synthav.writers import generation_settings
 
         root = args.out / "synthav"
-        wanted = {"videos": args.videos + args.extra_train_videos, "extra_train_videos": args.extra_train_videos}
-        wanted |= {"seed": args.seed, "size": args.size}
+        wanted = {"videos": args.videos, "extra_train_videos": args.extra_train_videos, "seed": args.seed}
+        wanted |= {"size": args.size, "frames": 10}
         if (root / "manifest.json").is_file():
-            found = json.loads((root / "manifest.json").read_text())
-            found = {key: found.get(key, 0 if key == "extra_train_videos" else None) for key in wanted}
+            found = generation_settings(json.loads((root / "manifest.json").read_text()))
             if found != wanted:
                 parser.error(f"{root} holds SynthAV generated with {found}, not {wanted}: use another --out")
         else:

@@ -89,9 +89,10 @@ def _synthav(root: Path, videos: int, seed: int, size: int, *, quiet: bool = Fal
     """Generate SynthAV unless ``root`` already holds the same one; returns the seconds spent."""
     manifest = root / "manifest.json"
     if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        same = (m.get("videos"), m.get("seed"), m.get("size"), m.get("frames"), m.get("extra_train_videos", 0))
-        if same == (videos, seed, size, 10, 0):
+        from avseg.data.synthav.writers import generation_settings
+
+        wanted = {"videos": videos, "extra_train_videos": 0, "seed": seed, "size": size, "frames": 10}
+        if generation_settings(json.loads(manifest.read_text())) == wanted:
             print(f"[demo] reusing SynthAV at {root}")
             return 0.0
     from avseg.data.synthav.commands import synth

@@ -525,6 +525,7 @@ def test_layouts_option_selects_what_is_written(tmp_path, capsys):
 
 def test_extra_training_videos_add_to_train_and_leave_every_other_video_as_it_was(tmp_path, capsys):
     from avseg.data.synthav.references import manifest_scene
+    from avseg.data.synthav.writers import generation_settings
 
     plain, extra = tmp_path / "plain", tmp_path / "extra"
     synth(plain, videos=5, seed=SEED, size=32, frames=2, workers=1, layouts=("refavs",))
@@ -533,6 +534,8 @@ def test_extra_training_videos_add_to_train_and_leave_every_other_video_as_it_wa
     assert "5 videos (+8 extra training videos)" in capsys.readouterr().out
     manifest = json.loads((extra / "manifest.json").read_text())
     assert manifest["videos"] == 13 and manifest["extra_train_videos"] == 8
+    settings = {"videos": 5, "extra_train_videos": 8, "seed": SEED, "size": 32, "frames": 2}
+    assert generation_settings(manifest) == settings
     # Indices 5..12 are all train, though the cycle would put 11 and 12 in val and test_s.
     assert [split_for_index(i) for i in (11, 12)] == ["val", "test_s"]
     splits = {info["index"]: info["split"] for info in manifest["video_info"].values()}

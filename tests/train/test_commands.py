@@ -113,6 +113,11 @@ def test_bad_overrides_and_configs_name_the_key(tmp_path):
         )
     with pytest.raises(ValueError, match=r"override 'model\.num_classez': unknown key"):
         build_run_config(data=tmp_path, model="tpavi-tiny", config=None, overrides=["model.num_classez=2"], defaults={})
+    # The Python API takes the keys without the prefix, and names them so.
+    from avseg.models import get_entry
+
+    with pytest.raises(ValueError, match=r"override 'num_classez': unknown key"):
+        get_entry("tpavi-tiny").config(num_classez=2)
 
 
 def test_test_split_refused(refavs_root, tmp_path):

@@ -54,12 +54,9 @@ class ModelEntry:
     description: str
 
     def config(self, **overrides: Any) -> Any:
-        """The preset's config with dotted-key overrides applied (every value, None included, is applied).
-
-        Errors name a key as ``--overrides`` spells it (``model.decoder.dim``).
-        """
+        """The preset's config with dotted-key overrides applied (every value, None included, is applied)."""
         cfg = self.config_fn()
-        return apply_overrides(cfg, overrides, prefix="model.") if overrides else cfg
+        return apply_overrides(cfg, overrides) if overrides else cfg
 
 
 _PRESETS: dict[str, ModelEntry] = {}

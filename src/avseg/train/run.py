@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from avseg.config import config_from_dict, config_to_dict, load_config_file, parse_overrides
+from avseg.config import apply_overrides, config_from_dict, config_to_dict, load_config_file, parse_overrides
 from avseg.recipe import TrainRecipe
 from avseg.train.config import RunConfig, TrainConfig
 
@@ -70,12 +70,15 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def preset_recipe(model: str, model_overrides: dict[str, Any] | None = None) -> TrainRecipe | None:
     """The registered preset's own recipe (the lowest layer of a run config), read after ``model_overrides`` so that
     ``model.recipe.optim.lr=...`` changes it. None for an unregistered name (building the model names it later) or a
-    config without a recipe."""
+    config without a recipe. An unknown override key is named as ``--overrides`` spells it (``model.decoder.dim``)."""
     from avseg.models.registry import get_entry, list_models
 
     if model not in list_models():
         return None
-    recipe = getattr(get_entry(model).config(**(model_overrides or {})), "recipe", None)
+    config = get_entry(model).config()
+    if model_overrides:
+        config = apply_overrides(config, model_overrides, prefix="model.")
+    recipe = getattr(config, "recipe", None)
     return recipe if isinstance(recipe, TrainRecipe) else None
 
 

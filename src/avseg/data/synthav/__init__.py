@@ -42,6 +42,7 @@ from avseg.data.synthav.writers import (
     LAYOUTS,
     VideoResult,
     generate_video,
+    generation_settings,
     label2idx,
     write_tables,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "enumerate_expressions",
     "generate_scene",
     "generate_video",
+    "generation_settings",
     "label2idx",
     "matches",
     "mix_scene",

@@ -91,6 +91,7 @@ __all__ = [
     "VideoResult",
     "check_layouts",
     "generate_video",
+    "generation_settings",
     "label2idx",
     "write_tables",
 ]
@@ -432,6 +433,17 @@ def _vos_table(out: Path, results: list[VideoResult], t_count: int) -> dict[str,
         with_objects = sum(bool(v["objects"]) for v in videos.values())  # type: ignore[union-attr]
         vos_counts[split] = _counts(with_objects, objects, 0, objects * t_count)
     return {"format": "vos", "path": "vos", "item_name": "objects", "splits": vos_counts}
+
+
+def generation_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The settings a SynthAV manifest was generated with, named as ``avseg data synth`` takes them: ``videos`` (the
+    cycled ones), ``extra_train_videos``, ``seed``, ``size`` and ``frames`` (None where the manifest lacks one; a
+    manifest written before extra training videos existed has none)."""
+    extra = manifest.get("extra_train_videos", 0)
+    total = manifest.get("videos")
+    videos = total - extra if isinstance(total, int) and isinstance(extra, int) else None
+    settings = {"videos": videos, "extra_train_videos": extra}
+    return settings | {key: manifest.get(key) for key in ("seed", "size", "frames")}
 
 
 def write_tables(
