@@ -24,6 +24,7 @@ from avseg.models.sam2love import (
     FusionConfig,
     NullConfig,
     Sam2LoveConfig,
+    Sam2LoveLossConfig,
     sam2love_tiny,
 )
 from avseg.train.config import ScheduleConfig
@@ -134,6 +135,35 @@ def test_only_the_first_frame_is_supervised_in_training():
     first = dataclasses.replace(batch, masks=batch.masks.clone())
     first.masks[:, 0] = 1 - first.masks[:, 0]
     assert (loss(first) - reference).abs() > 1e-3
+
+
+def test_the_grounding_loss_points_each_frames_seg_at_the_patches_the_mask_covers():
+    torch.manual_seed(0)
+    assert SAM2LOVE(small_config()).fusion.grounding is None  # the paper's setting builds no head
+    net = SAM2LOVE(small_config(supervision="first", loss=Sam2LoveLossConfig(grounding_weight=1.0))).train()
+    batch = square_batch(texts=["the red circle", "the blue square"])
+    batch.masks.zero_()
+    batch.masks[:, :, 16:32, 40:56] = 1  # rows 16-31, columns 40-55 of 64 px
+    out = net(batch)
+    logits = out.aux["grounding_logits"]
+    assert logits.shape == (2, 4, 64)  # the tiny ViT's 8 × 8 patches on every frame, not only the supervised one
+    covered = torch.zeros(8, 8)
+    covered[2:4, 5:7] = 1.0  # the square fills exactly these 8-px patches (row-major, as the ViT orders them)
+    losses = net.losses(batch, out)
+    expected = F.binary_cross_entropy_with_logits(logits, covered.flatten().expand_as(logits))
+    assert torch.allclose(losses["grounding"], expected)
+    mask_losses = losses["bce"] + losses["dice"] + losses["object"]
+    assert torch.allclose(losses["loss"], mask_losses + losses["grounding"])
+
+    later = dataclasses.replace(batch, masks=batch.masks.clone())
+    later.masks[:, 1:] = 0  # frames SAM2 did not decode still teach the fusion where the object is
+    assert (net.losses(later, out)["grounding"] - losses["grounding"]).abs() > 1e-3
+
+    net.zero_grad()
+    losses["grounding"].backward()
+    assert net.fusion.grounding.weight.grad.abs().sum() > 0
+    assert net.fusion.seg.grad.abs().sum() > 0 and net.fusion.text_proj[0].weight.grad.abs().sum() > 0
+    assert net.projector[0].weight.grad is None  # SAM2's prompt is not part of it
 
 
 def paper_like_config(trainable: tuple[str, ...]) -> Sam2LoveConfig:

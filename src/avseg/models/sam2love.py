@@ -29,7 +29,9 @@ the three encoders and SAM2's image encoder and memory stay frozen.
 
 **avseg additions.** *Null expressions* (the paper leaves them as future work): SAM2's object score is trained with
 BCE to say "absent" on the items a dataset marks null (``null.object_score``), and, as SAM2 always does, a frame whose
-object score is negative gets an empty mask. Padded frames are skipped by the fusion (the ``[seg]`` passes them
+object score is negative gets an empty mask. An optional grounding loss (``loss.grounding_weight``, off in the
+presets) scores the ``[seg]`` of every frame against that frame's fused patch tokens, supervised by the ground-truth
+mask. Padded frames are skipped by the fusion (the ``[seg]`` passes them
 unchanged), padded text tokens and the audio of clips without sound are masked out of the attention. The ablations
 of the paper are configuration: ``fusion.accumulate_cls``, ``fusion.depth``, ``fusion.num_seg_tokens``,
 ``fusion.readout`` (learned token or mean of the sequence), ``sam2.trainable`` (Table 6), ``vision`` / ``text`` (CLIP).
@@ -184,14 +186,20 @@ class Sam2LoveLossConfig:
             soft Dice with smoothing 1, both averaged over supervised frames).
         object_weight: BCE on SAM2's object-score logit (target: the frame's ground truth has foreground and the
             item is not null), on the supervised frames (avseg; 0 switches it off).
+        grounding_weight: BCE between the fusion's grounding logits (the ``[seg]`` of each frame scored against that
+            frame's patch tokens) and the fraction of each patch the ground-truth mask covers, on every labelled
+            frame (avseg, not in the paper; 0, the paper's setting, builds no grounding head). It gives the fused
+            token a direct reason to depend on the expression: through SAM2's decoder alone it can settle on one
+            prompt for every expression.
     """
 
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     object_weight: float = 1.0
+    grounding_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("bce_weight", "dice_weight", "object_weight"):
+        for name in ("bce_weight", "dice_weight", "object_weight", "grounding_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -337,12 +345,15 @@ class FusionOutput:
         seg_outputs: ``(B, T, n, D)`` the ``[seg]`` tokens each frame passed on (its output at positions ``0 … n-1``;
             the input, unchanged, on a padded frame).
         lengths: ``(T,)`` the sequence length of each frame.
+        grounding_logits: ``(B, T, P)`` per frame, how strongly the ``[seg]`` that frame passes on points at each of
+            its patch tokens (the grounding loss's input), or None when the fusion has no grounding head.
     """
 
     prompt: Tensor
     seg_inputs: Tensor
     seg_outputs: Tensor
     lengths: Tensor
+    grounding_logits: Tensor | None = None
 
 
 class TokenFusion(nn.Module):
@@ -353,9 +364,13 @@ class TokenFusion(nn.Module):
         audio_dim: width of the audio features.
         text_dim: width of the text encoder's tokens (None: no text branch).
         vision_dim: width of the image transformer's tokens.
+        grounding: add the grounding head: a linear query from the ``[seg]`` scored against every output patch token
+            of the same frame (for ``loss.grounding_weight``).
     """
 
-    def __init__(self, config: FusionConfig, *, audio_dim: int, text_dim: int | None, vision_dim: int) -> None:
+    def __init__(
+        self, config: FusionConfig, *, audio_dim: int, text_dim: int | None, vision_dim: int, grounding: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         d = config.dim
@@ -370,6 +385,7 @@ class TokenFusion(nn.Module):
         )
         # The propagated [seg] is the normalised output, so it keeps its scale however many frames it crosses.
         self.norm = nn.LayerNorm(d)
+        self.grounding = nn.Linear(d, d) if grounding else None
 
     def forward(
         self,
@@ -415,7 +431,7 @@ class TokenFusion(nn.Module):
 
         seg = self.seg.expand(b, n, -1)  # (B, n, D)
         summary = seg.new_zeros(b, 1, seg.shape[-1])  # the last valid frame's mean output ("mean" readout)
-        seg_inputs, seg_outputs, lengths = [], [], []
+        seg_inputs, seg_outputs, lengths, grounding = [], [], [], []
         for i in range(t):
             valid = frame_valid[:, i]  # (B,)
             parts, pads = [seg, fixed], [false.expand(b, n), fixed_pad]
@@ -433,6 +449,9 @@ class TokenFusion(nn.Module):
             seg = torch.where(valid[:, None, None], x[:, :n], seg)
             seg_outputs.append(seg)
             lengths.append(x.shape[1])
+            if self.grounding is not None:
+                query = self.grounding(x[:, 0])  # (B, D), the first [seg] of this frame
+                grounding.append(torch.einsum("bd,bpd->bp", query, x[:, -p:]) / x.shape[-1] ** 0.5)  # (B, P)
             if cfg.readout == "mean":
                 keep = (~pad).to(x.dtype).unsqueeze(-1)  # (B, N_i, 1)
                 mean = (x * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True)  # (B, 1, D)
@@ -446,6 +465,7 @@ class TokenFusion(nn.Module):
             seg_inputs=torch.stack(seg_inputs, dim=1),
             seg_outputs=torch.stack(seg_outputs, dim=1),
             lengths=torch.tensor(lengths),
+            grounding_logits=torch.stack(grounding, dim=1) if grounding else None,
         )
 
 
@@ -484,7 +504,13 @@ class SAM2LOVE(AVSModel):
             text_dim = self.text_encoder.module.hidden_size
         self.vision_encoder = build_vit_encoder(cfg.vision, pretrained=cfg.pretrained)
         vit = self.vision_encoder.module if isinstance(self.vision_encoder, Frozen) else self.vision_encoder
-        self.fusion = TokenFusion(cfg.fusion, audio_dim=cfg.audio.dim, text_dim=text_dim, vision_dim=vit.hidden_size)
+        self.fusion = TokenFusion(
+            cfg.fusion,
+            audio_dim=cfg.audio.dim,
+            text_dim=text_dim,
+            vision_dim=vit.hidden_size,
+            grounding=cfg.loss.grounding_weight > 0,
+        )
         self.projector = nn.Sequential(
             nn.Linear(cfg.fusion.dim, cfg.fusion.dim), nn.ReLU(), nn.Linear(cfg.fusion.dim, self.sam2.hidden_size)
         )
@@ -581,6 +607,8 @@ class SAM2LOVE(AVSModel):
                 "prompt_tokens": tokens,
             },
         )
+        if fused.grounding_logits is not None:
+            output.aux["grounding_logits"] = fused.grounding_logits
         return output
 
     def _track(self, images: Tensor, b: int, t: int, prompt: Sam2Prompt) -> tuple[Tensor, Tensor]:
@@ -655,7 +683,25 @@ class SAM2LOVE(AVSModel):
         else:
             out["object"] = zero
         out["loss"] = cfg.bce_weight * out["bce"] + cfg.dice_weight * out["dice"] + cfg.object_weight * out["object"]
+        if "grounding_logits" in output.aux:
+            out["grounding"] = self._grounding_loss(batch, output.aux["grounding_logits"])
+            out["loss"] = out["loss"] + cfg.grounding_weight * out["grounding"]
         return out
+
+    @staticmethod
+    def _grounding_loss(batch: AVSBatch, logits: Tensor) -> Tensor:
+        """BCE between ``logits (B, T, P)`` and the fraction of each of the ``g × g = P`` patches that the ground-truth
+        mask covers, on every labelled frame of the clip (the fusion reads them all, whichever frames SAM2 ran on)."""
+        p = logits.shape[-1]
+        grid = round(p**0.5)
+        if grid * grid != p:
+            raise ValueError(f"the grounding loss needs a square patch grid, got {p} patch tokens")
+        labelled = (batch.label_valid & batch.frame_valid).to(logits.device)  # (B, T)
+        if not labelled.any():
+            return logits.sum() * 0.0
+        masks = (batch.masks.to(logits.device)[labelled] > 0).to(logits.dtype)  # (n, H, W)
+        covered = F.adaptive_avg_pool2d(masks[:, None], grid).flatten(1)  # (n, P)
+        return F.binary_cross_entropy_with_logits(logits[labelled], covered)
 
 
 # -- presets ---------------------------------------------------------------------------------------------------------
