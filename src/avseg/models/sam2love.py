@@ -31,8 +31,8 @@ the three encoders and SAM2's image encoder and memory stay frozen.
 BCE to say "absent" on the items a dataset marks null (``null.object_score``), and, as SAM2 always does, a frame whose
 object score is negative gets an empty mask. An optional grounding loss (``loss.grounding_weight``, off in the
 presets) scores the ``[seg]`` of every frame against that frame's fused patch tokens, supervised by the ground-truth
-mask. Padded frames are skipped by the fusion (the ``[seg]`` passes them
-unchanged), padded text tokens and the audio of clips without sound are masked out of the attention. The ablations
+mask. Padded frames are skipped by the fusion (the ``[seg]`` passes them unchanged), padded text tokens and the audio
+of clips without sound are masked out of the attention. The ablations
 of the paper are configuration: ``fusion.accumulate_cls``, ``fusion.depth``, ``fusion.num_seg_tokens``,
 ``fusion.readout`` (learned token or mean of the sequence), ``sam2.trainable`` (Table 6), ``vision`` / ``text`` (CLIP).
 ``supervision = "all"`` tracks and supervises every frame in training (the tiny preset, whose SAM2 memory starts from
@@ -692,10 +692,7 @@ class SAM2LOVE(AVSModel):
     def _grounding_loss(batch: AVSBatch, logits: Tensor) -> Tensor:
         """BCE between ``logits (B, T, P)`` and the fraction of each of the ``g × g = P`` patches that the ground-truth
         mask covers, on every labelled frame of the clip (the fusion reads them all, whichever frames SAM2 ran on)."""
-        p = logits.shape[-1]
-        grid = round(p**0.5)
-        if grid * grid != p:
-            raise ValueError(f"the grounding loss needs a square patch grid, got {p} patch tokens")
+        grid = round(logits.shape[-1] ** 0.5)  # a ViT's patch grid is square
         labelled = (batch.label_valid & batch.frame_valid).to(logits.device)  # (B, T)
         if not labelled.any():
             return logits.sum() * 0.0
