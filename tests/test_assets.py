@@ -4,7 +4,6 @@ their SHA-256 and the commands that reproduce them, loaded through the normal SA
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,26 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# What each asset's card must name: the commands that reproduce it and the figure it reaches.
+_CARD_NEEDS = {
+    "sam2-tiny-synthav": ("avseg data synth", "avseg train", "avseg convert sam2", "J&F"),
+    "vit-tiny-synthav": ("avseg data pretrain-encoders", "accuracy"),
+    "logmel-cnn-synthav": ("avseg data pretrain-encoders", "accuracy"),
+}
+
+
 @pytest.mark.parametrize("name", sorted(ASSETS))
 def test_each_asset_has_the_recorded_hash_and_says_how_it_was_made(name):
+    from safetensors.torch import load_file
+
     folder = asset_path(name)
     assert _sha256(folder / "model.safetensors") == ASSETS[name]
     card = (folder / "ASSET.md").read_text()
     assert ASSETS[name] in card  # the card states the hash it describes
-    for needed in ("avseg data synth", "avseg train", "avseg convert sam2", "J&F"):
+    for needed in _CARD_NEEDS[name]:
         assert needed in card, needed
-    record = json.loads((folder / "conversion.json").read_text())
-    assert record["dtype"] == "float16"
+    stored = load_file(str(folder / "model.safetensors"))
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
     assert (folder / "model.safetensors").stat().st_size < 8 * 2**20  # a few MB
 
 
@@ -90,3 +99,27 @@ def test_the_tiny_sam2_asset_segments_an_object_from_one_click():
     iou = (pred & gt).flatten(1).sum(1) / (pred | gt).flatten(1).sum(1).clamp(min=1)
     assert len(gt) >= 12
     assert float(iou.mean()) > 0.6, iou
+
+
+def test_sam2love_tiny_freezes_the_packaged_encoders_and_leaves_them_out_of_checkpoints():
+    from safetensors.torch import load_file
+
+    from avseg.models import create_model
+
+    model = create_model("sam2love-tiny")
+    vit = model.vision_encoder.module.model
+    stored = load_file(str(asset_path("vit-tiny-synthav") / "model.safetensors"))
+    for key, value in stored.items():
+        assert torch.equal(vit.state_dict()[key], value.float()), key
+    cnn = model.audio_encoder.cnn.module
+    stored = load_file(str(asset_path("logmel-cnn-synthav") / "model.safetensors"))
+    for key, value in stored.items():
+        expected = value.float() if value.is_floating_point() else value
+        assert torch.equal(cnn.state_dict()[key], expected), key
+    model.train()
+    assert not cnn.training and not vit.training  # batch-norm statistics and dropout stay as pretrained
+    frozen = [*model.vision_encoder.parameters(), *model.audio_encoder.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    keys = model.state_dict().keys()
+    assert not any(k.startswith(("vision_encoder.", "audio_encoder.")) for k in keys)
+    assert any(k.startswith("fusion.") for k in keys)  # what trains is saved

@@ -63,6 +63,11 @@ COMMANDS: tuple[Command, ...] = (
         "Score rules that do not read the expression on a SynthAV's Ref-AVS expressions: the floor of a trained model.",
     ),
     Command(
+        ("data", "pretrain-encoders"),
+        "avseg.data.synthav.pretrain:pretrain_encoders_command",
+        "Pretrain the tiny presets' image transformer and log-mel CNN on SynthAV labels.",
+    ),
+    Command(
         ("audio", "logmel"),
         "avseg.audio.commands:logmel",
         "Compute the VGGish log-mel examples of a wav or video file and save them as .npy.",

@@ -109,7 +109,7 @@ def test_the_history_grows_by_one_cls_per_frame(accumulate):
     steps = (lengths[1:] - lengths[:-1]).tolist()
     assert steps == [1 if accumulate else 0] * (batch.num_frames - 1)
     assert [x.shape[1] for x in recorder.inputs] == lengths.tolist()
-    patches = net.vision_encoder.num_patches
+    patches = getattr(net.vision_encoder, "module", net.vision_encoder).num_patches  # unwrapped when frozen
     for i, x in enumerate(recorder.inputs):
         if accumulate:  # [his]^i = [cls]^0 ... [cls]^i, right before the frame's patch tokens
             torch.testing.assert_close(x[:, -patches - (i + 1) : -patches], history[:, : i + 1])
@@ -334,9 +334,11 @@ def test_the_clip_text_ablation_swaps_distilroberta_for_clips_text_tower():
     assert net.num_parameters() == 546_238_642 - roberta + clip_text + text_proj_change
 
 
-def test_the_tiny_preset_prompts_the_packaged_sam2_and_trains_its_random_encoders():
+def test_the_tiny_preset_prompts_the_packaged_sam2_and_freezes_its_packaged_encoders():
     cfg = sam2love_tiny()
-    assert not cfg.vision.frozen and cfg.audio.encoder == "logmel_cnn"
+    assert cfg.vision.frozen and cfg.vision.weights == "avseg:vit-tiny-synthav"
+    assert cfg.audio.encoder == "logmel_cnn" and cfg.audio.logmel_frozen
+    assert cfg.audio.logmel_weights == "avseg:logmel-cnn-synthav"
     assert cfg.sam2.weights == "avseg:sam2-tiny-synthav"
     assert set(cfg.sam2.trainable) == {"prompt_encoder", "mask_decoder"}  # the paper's trainable SAM2 parts
     assert cfg.supervision == "first" and cfg.train_frames is None

@@ -20,7 +20,11 @@ ASSET_PREFIX = "avseg:"
 """Prefix of a packaged asset in a ``weights`` setting (``avseg:sam2-tiny-synthav``)."""
 
 ASSETS: Mapping[str, str] = MappingProxyType(
-    {"sam2-tiny-synthav": "e3eadaef40ed274ef4de3e8026839328dbaed9425c8dcbab3d0cdc8b4a6b57d8"}
+    {
+        "sam2-tiny-synthav": "e3eadaef40ed274ef4de3e8026839328dbaed9425c8dcbab3d0cdc8b4a6b57d8",
+        "vit-tiny-synthav": "7f8a5502774d260fd903f2fbde65321c3b229f4a15e83960e7ab82befeafb221",
+        "logmel-cnn-synthav": "314c2e3c23141ab532dbd02176ae0941b5977e96c7dab224edea997084c3c009",
+    }
 )
 """Asset name → SHA-256 of its ``model.safetensors``."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -18,10 +19,10 @@ from torch import Tensor, nn
 
 from avseg.audio.vggish import EMBEDDING_SIZE, load_vggish, two_channel_embeddings
 from avseg.data.types import AVSBatch
-from avseg.errors import AVSegWarning, ShapeError
+from avseg.errors import AVSegWarning, CheckpointError, ShapeError
 from avseg.layers.frozen import Frozen
 
-__all__ = ["AudioEncoder", "AudioEncoderConfig", "LogMelCNN", "tiny_logmel_audio"]
+__all__ = ["AudioEncoder", "AudioEncoderConfig", "LogMelCNN", "load_logmel_cnn", "tiny_logmel_audio"]
 
 
 @dataclass
@@ -39,6 +40,11 @@ class AudioEncoderConfig:
             them (duplicated with ``two_channel``).
         logmel_pool: ``logmel_cnn`` only: average pooling of the ``96×64`` (frames × mel bands) example first.
         logmel_channels: ``logmel_cnn`` only: widths of its conv stages (each followed by a 2×2 max-pool).
+        logmel_weights: ``logmel_cnn`` only: pretrained weights, a packaged asset (``avseg:logmel-cnn-synthav``,
+            always read) or a folder written by ``avseg data pretrain-encoders`` (read when the model is built
+            pretrained); their ``config.json`` replaces ``logmel_pool`` and ``logmel_channels``. None: random.
+        logmel_frozen: ``logmel_cnn`` only: no gradients and batch-norm statistics fixed, as the papers freeze
+            VGGish (for pretrained weights).
     """
 
     encoder: Literal["vggish", "logmel_cnn"] = "vggish"
@@ -47,6 +53,8 @@ class AudioEncoderConfig:
     use_precomputed: bool = True
     logmel_pool: tuple[int, int] = (2, 2)
     logmel_channels: tuple[int, ...] = (16, 32, 64)
+    logmel_weights: str | None = None
+    logmel_frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ("vggish", "logmel_cnn"):
@@ -66,10 +74,17 @@ class AudioEncoderConfig:
         return 2 * EMBEDDING_SIZE if self.encoder == "vggish" and self.two_channel else EMBEDDING_SIZE
 
 
-def tiny_logmel_audio() -> AudioEncoderConfig:
-    """A three-layer CNN (16-64 channels) over each second's log-mel examples, trained from scratch: the audio
-    encoder of the CPU presets, which have no VGGish weights to load."""
-    return AudioEncoderConfig(encoder="logmel_cnn", logmel_pool=(2, 2), logmel_channels=(16, 32, 64))
+def tiny_logmel_audio(*, weights: str | None = None) -> AudioEncoderConfig:
+    """A three-layer CNN (16-64 channels) over each second's log-mel examples: the audio encoder of the CPU presets,
+    which have no VGGish weights to load. With ``weights`` (``avseg:logmel-cnn-synthav``) it is pretrained and
+    frozen, as the papers freeze VGGish; without, it starts random and trains with the model."""
+    return AudioEncoderConfig(
+        encoder="logmel_cnn",
+        logmel_pool=(2, 2),
+        logmel_channels=(16, 32, 64),
+        logmel_weights=weights,
+        logmel_frozen=weights is not None,
+    )
 
 
 class LogMelCNN(nn.Module):
@@ -100,6 +115,31 @@ class LogMelCNN(nn.Module):
         return self.proj(x.flatten(1))  # (N, 128)
 
 
+def load_logmel_cnn(source: str) -> LogMelCNN:
+    """A :class:`LogMelCNN` (fp32, eval mode) from ``avseg:<asset>`` or a folder holding its ``config.json`` (``pool``,
+    ``channels``, ``out_dim``) and ``model.safetensors``, as ``avseg data pretrain-encoders`` writes them.
+
+    Raises:
+        CheckpointError: the folder is missing either file, or they do not describe a log-mel CNN.
+    """
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from avseg.assets import resolve_weights
+
+    folder = Path(resolve_weights(source))
+    try:
+        shape = json.loads((folder / "config.json").read_text())
+        cnn = LogMelCNN(pool=tuple(shape["pool"]), channels=tuple(shape["channels"]), out_dim=int(shape["out_dim"]))
+        state = load_file(str(folder / "model.safetensors"))
+        cnn.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(folder, f"not a log-mel CNN (config.json + model.safetensors): {err}") from err
+    return cnn.eval()
+
+
 class AudioEncoder(nn.Module):
     """Per-second audio features of a batch, ``(B, T, config.dim)``; zero for samples without audio.
 
@@ -113,7 +153,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.vggish: Frozen | None = None
-        self.cnn: LogMelCNN | None = None
+        self.cnn: nn.Module | None = None
         if config.encoder == "vggish":
             weights = config.vggish_weights if pretrained else None
             if pretrained and weights is None:
@@ -125,7 +165,16 @@ class AudioEncoder(nn.Module):
                 )
             self.vggish = Frozen(load_vggish(weights), in_checkpoint=weights is None)
         else:
-            self.cnn = LogMelCNN(pool=config.logmel_pool, channels=config.logmel_channels)
+            from avseg.assets import ASSET_PREFIX
+
+            source = config.logmel_weights
+            if source and (pretrained or source.startswith(ASSET_PREFIX)):
+                cnn = load_logmel_cnn(source)
+                # Weights read from their source are left out of checkpoints only while frozen.
+                self.cnn = Frozen(cnn, in_checkpoint=False) if config.logmel_frozen else cnn
+            else:
+                cnn = LogMelCNN(pool=config.logmel_pool, channels=config.logmel_channels)
+                self.cnn = Frozen(cnn, in_checkpoint=True) if config.logmel_frozen else cnn
 
     def forward(self, batch: AVSBatch) -> Tensor:
         """``batch.audio_examples (B, T, 1, 96, 64)`` (or ``audio_embeddings (B, T, 128)``) → ``(B, T, dim)``."""

@@ -69,7 +69,8 @@ class ViTEncoderConfig:
 
     Attributes:
         kind: ``"vit"`` (transformers ``ViTModel``) or ``"clip"`` (``CLIPVisionModel``, CLIP's vision tower).
-        weights: hub id or local folder of pretrained weights; read only when the model is built pretrained.
+        weights: hub id or local folder of pretrained weights, read only when the model is built pretrained; or a
+            packaged asset (``avseg:vit-tiny-synthav``), always read.
         hf_config: ``ViTConfig`` / ``CLIPVisionConfig`` keyword arguments: the whole config of a random-weight build,
             overrides of the checkpoint's config for a pretrained one.
         image_size: frames are resized to this square size (the position embeddings are interpolated when it differs
@@ -122,6 +123,7 @@ class ViTEncoder(nn.Module):
         model: the transformers model.
         hidden_size: width ``D`` of the tokens.
         num_patches: ``P``, patch tokens per frame at ``config.image_size``.
+        loaded: the weights were read from ``config.weights`` (not random).
     """
 
     def __init__(self, config: ViTEncoderConfig, *, pretrained: bool) -> None:
@@ -135,10 +137,14 @@ class ViTEncoder(nn.Module):
             load: Any = lambda src, **kw: ViTModel.from_pretrained(src, add_pooling_layer=False, **kw)  # noqa: E731
         else:
             config_cls, build, load = CLIPVisionConfig, CLIPVisionModel, CLIPVisionModel.from_pretrained
-        if pretrained:
+        from avseg.assets import ASSET_PREFIX, resolve_weights
+
+        self.loaded = pretrained or (config.weights or "").startswith(ASSET_PREFIX)
+        if self.loaded:
             if not config.weights:
                 raise ValueError(f"vision.weights must name a hub id or folder to build a pretrained {config.kind}")
-            self.model = load(config.weights, **config.hf_config)
+            # fp32 whatever the stored dtype (packaged weights are fp16).
+            self.model = load(resolve_weights(config.weights), dtype=torch.float32, **config.hf_config)
         else:
             try:
                 hf_config = config_cls(**config.hf_config)
@@ -182,6 +188,6 @@ class ViTEncoder(nn.Module):
 def build_vit_encoder(config: ViTEncoderConfig, *, pretrained: bool) -> nn.Module:
     """The encoder of ``config``: a :class:`ViTEncoder`, wrapped in :class:`~avseg.layers.frozen.Frozen` (reachable
     as ``.module``) when ``config.frozen``. A frozen pretrained encoder is rebuilt from ``config.weights`` and left out
-    of checkpoints; random or trained weights travel in them."""
+    of checkpoints (packaged ones too); random or trained weights travel in them."""
     encoder = ViTEncoder(config, pretrained=pretrained)
-    return Frozen(encoder, in_checkpoint=not pretrained) if config.frozen else encoder
+    return Frozen(encoder, in_checkpoint=not encoder.loaded) if config.frozen else encoder

@@ -717,9 +717,11 @@ def _tiny_sam2() -> Sam2LayerConfig:
 
 
 def _tiny_vit() -> ViTEncoderConfig:
-    """A 2-layer, 64-d ViT on 64-px frames with 8-px patches (64 patch tokens), random weights, trained."""
+    """A 2-layer, 64-d ViT on 64-px frames with 8-px patches (64 patch tokens), pretrained on SynthAV labels
+    (``avseg:vit-tiny-synthav``: the class and colour of the object under each patch) and frozen."""
     return ViTEncoderConfig(
         kind="vit",
+        weights="avseg:vit-tiny-synthav",
         hf_config={
             "hidden_size": 64,
             "num_hidden_layers": 2,
@@ -731,27 +733,28 @@ def _tiny_vit() -> ViTEncoderConfig:
         image_size=64,
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
-        frozen=False,
+        frozen=True,
     )
 
 
 @register_model("sam2love-tiny", SAM2LOVE, tasks=("refavs",))
 def sam2love_tiny() -> Sam2LoveConfig:
-    """Tiny SAM2-LOVE for CPU demos and tests: the packaged SynthAV-trained tiny SAM2, a random tiny ViT and log-mel
-    CNN (trained), frozen MiniLM.
+    """Tiny SAM2-LOVE for CPU demos and tests: the packaged SynthAV-trained tiny SAM2, tiny ViT and log-mel CNN, and
+    MiniLM, every encoder frozen as the paper freezes its encoders.
 
     SAM2 is ``avseg:sam2-tiny-synthav`` (:mod:`avseg.assets`), trained as the paper trains SAM2: prompt encoder and
-    mask decoder only, the first frame alone supervised; its memory tracks the rest. No pretrained image transformer
-    or VGGish is available offline, so, unlike the paper, the ViT (2 layers, 64-d, 64-px frames) and the audio CNN
-    start from random weights and train (a random frozen encoder would carry nothing). The fusion is 128-d with 2
-    blocks of 4 heads; the recipe is ``auralsam2-tiny``'s CPU recipe (AdamW 3e-3, cosine, 8 clips per step, frames
-    at 128 px).
+    mask decoder only, the first frame alone supervised; its memory tracks the rest. No ImageNet ViT or VGGish is
+    available offline, so their stand-ins are pretrained on SynthAV labels of another seed (``avseg data
+    pretrain-encoders``): the ViT (2 layers, 64-d, 64-px frames, ``avseg:vit-tiny-synthav``) on the class and colour
+    under each patch, the audio CNN (``avseg:logmel-cnn-synthav``) on which classes sound each second. The fusion is
+    128-d with 2 blocks of 4 heads; the recipe is ``auralsam2-tiny``'s CPU recipe (AdamW 3e-3, cosine, 8 clips per
+    step, frames at 128 px).
     """
     return Sam2LoveConfig(
         pretrained=False,
         sam2=_tiny_sam2(),
         vision=_tiny_vit(),
-        audio=tiny_logmel_audio(),
+        audio=tiny_logmel_audio(weights="avseg:logmel-cnn-synthav"),
         text=TextConfig(encoder=minilm_encoder()),
         fusion=FusionConfig(dim=128, depth=2, heads=4, mlp_ratio=2.0),
         recipe=TrainRecipe(
