@@ -123,3 +123,11 @@ def test_sam2love_tiny_freezes_the_packaged_encoders_and_leaves_them_out_of_chec
     keys = model.state_dict().keys()
     assert not any(k.startswith(("vision_encoder.", "audio_encoder.")) for k in keys)
     assert any(k.startswith("fusion.") for k in keys)  # what trains is saved
+
+
+@pytest.mark.parametrize("name", ["vit-tiny-synthav", "logmel-cnn-synthav"])
+def test_a_packaged_encoder_given_as_a_checkpoint_is_one_error_saying_what_it_is(name):
+    from avseg.checkpoint import NotACheckpointError, resolve_checkpoint
+
+    with pytest.raises(NotACheckpointError, match=f"avseg:{name} is a packaged encoder, not a model to run"):
+        resolve_checkpoint(f"avseg:{name}")

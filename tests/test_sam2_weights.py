@@ -85,7 +85,8 @@ def test_an_unknown_asset_is_one_line(clicked_video, tmp_path, capsys):
         tmp_path / "o.mp4",
     )
     assert status == 2
-    assert "unknown packaged weights avseg:nope; available: ['sam2-tiny-synthav']" in one_error_line(err)
+    available = "available: ['logmel-cnn-synthav', 'sam2-tiny-synthav', 'vit-tiny-synthav']"
+    assert f"unknown packaged weights avseg:nope; {available}" in one_error_line(err)
 
 
 def test_a_truncated_weights_file_is_one_line_naming_the_folder(clicked_video, tmp_path, capsys):

@@ -243,7 +243,13 @@ def resolve_checkpoint(path: str | Path, pointer: str = "latest", *, fallback: s
         MetadataError: the pointer file is not valid JSON naming a checkpoint.
     """
     if str(path).startswith(ASSET_PREFIX):
-        path = asset_path(str(path).removeprefix(ASSET_PREFIX))
+        name = str(path)
+        path = asset_path(name.removeprefix(ASSET_PREFIX))
+        if sam2_weights_config(path) is None:  # the packaged encoders: parts of a model, not one
+            raise NotACheckpointError(
+                path,
+                f"{name} is a packaged encoder, not a model to run; name it in a model's config (see its ASSET.md)",
+            )
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path
