@@ -29,12 +29,14 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "CLIP_VIT_B16",
+    "TINY_VIT",
     "VIT_B16",
     "ViTEncoder",
     "ViTEncoderConfig",
     "build_vit_encoder",
     "clip_vit_b16",
     "imagenet_vit_b16",
+    "tiny_vit",
 ]
 
 ViTKind = Literal["vit", "clip"]
@@ -52,6 +54,15 @@ VIT_B16: dict[str, Any] = {
     "patch_size": 16,
     "qkv_bias": True,
 }
+TINY_VIT: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "image_size": 64,
+    "patch_size": 8,
+}
+"""The tiny presets' image transformer: 2 layers, 64-d, 2 heads, 64-px frames, 8-px patches (64 patch tokens)."""
 CLIP_VIT_B16: dict[str, Any] = {
     "hidden_size": 768,
     "num_hidden_layers": 12,
@@ -102,6 +113,20 @@ class ViTEncoderConfig:
 def imagenet_vit_b16(*, frozen: bool = True) -> ViTEncoderConfig:
     """A fresh config of ViT-B/16 (``google/vit-base-patch16-224``) at 224 px, with its shape for random builds."""
     return ViTEncoderConfig(kind="vit", weights="google/vit-base-patch16-224", hf_config=VIT_B16, frozen=frozen)
+
+
+def tiny_vit(*, weights: str | None = None, frozen: bool) -> ViTEncoderConfig:
+    """A fresh config of the tiny presets' image transformer (:data:`TINY_VIT`) at 64 px, with ImageNet's mean and
+    std; ``weights="avseg:vit-tiny-synthav"`` gives the packaged one pretrained on SynthAV labels."""
+    return ViTEncoderConfig(
+        kind="vit",
+        weights=weights,
+        hf_config=TINY_VIT,
+        image_size=TINY_VIT["image_size"],
+        pixel_mean=(0.485, 0.456, 0.406),
+        pixel_std=(0.229, 0.224, 0.225),
+        frozen=frozen,
+    )
 
 
 def clip_vit_b16(*, frozen: bool = True) -> ViTEncoderConfig:

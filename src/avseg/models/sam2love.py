@@ -62,7 +62,7 @@ from avseg.layers.sam2 import (
     upsample_masks,
 )
 from avseg.layers.text import TextConfig, distilroberta_encoder, frozen_text_encoder, minilm_encoder
-from avseg.layers.vit import ViTEncoderConfig, build_vit_encoder, imagenet_vit_b16
+from avseg.layers.vit import ViTEncoderConfig, build_vit_encoder, imagenet_vit_b16, tiny_vit
 from avseg.models.base import AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
@@ -716,27 +716,6 @@ def _tiny_sam2() -> Sam2LayerConfig:
     return cpu_sam2_config(weights=CPU_SAM2_WEIGHTS, trainable=("prompt_encoder", "mask_decoder"))
 
 
-def _tiny_vit() -> ViTEncoderConfig:
-    """A 2-layer, 64-d ViT on 64-px frames with 8-px patches (64 patch tokens), pretrained on SynthAV labels
-    (``avseg:vit-tiny-synthav``: the class and colour of the object under each patch) and frozen."""
-    return ViTEncoderConfig(
-        kind="vit",
-        weights="avseg:vit-tiny-synthav",
-        hf_config={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 128,
-            "image_size": 64,
-            "patch_size": 8,
-        },
-        image_size=64,
-        pixel_mean=(0.485, 0.456, 0.406),
-        pixel_std=(0.229, 0.224, 0.225),
-        frozen=True,
-    )
-
-
 @register_model("sam2love-tiny", SAM2LOVE, tasks=("refavs",))
 def sam2love_tiny() -> Sam2LoveConfig:
     """Tiny SAM2-LOVE for CPU demos and tests: the packaged SynthAV-trained tiny SAM2, tiny ViT and log-mel CNN, and
@@ -753,7 +732,7 @@ def sam2love_tiny() -> Sam2LoveConfig:
     return Sam2LoveConfig(
         pretrained=False,
         sam2=_tiny_sam2(),
-        vision=_tiny_vit(),
+        vision=tiny_vit(weights="avseg:vit-tiny-synthav", frozen=True),
         audio=tiny_logmel_audio(weights="avseg:logmel-cnn-synthav"),
         text=TextConfig(encoder=minilm_encoder()),
         fusion=FusionConfig(dim=128, depth=2, heads=4, mlp_ratio=2.0),

@@ -49,6 +49,7 @@ from avseg.layers.mllm import IMAGE_PLACEHOLDER, MLLM, LoraSettings, MLLMConfig,
 from avseg.layers.sam2 import CPU_SAM2_WEIGHTS, Sam2LayerConfig, Sam2Prompt, build_sam2, cpu_sam2_config, upsample_masks
 from avseg.layers.text import MINILM_PACKAGE
 from avseg.layers.token_cluster import SPATIAL_K, SPATIAL_RATES, TEMPORAL_RATE, spatial_cluster, temporal_events
+from avseg.layers.vit import TINY_VIT
 from avseg.models.base import AVSModel, AVSOutput, TextInput
 from avseg.models.registry import register_model
 from avseg.recipe import OptimConfig, ScheduleConfig, TrainRecipe
@@ -508,15 +509,7 @@ def _tiny_mllm() -> MLLMConfig:
         family="llava",
         tokenizer=MINILM_PACKAGE,
         hf_config={
-            "vision_config": {
-                "model_type": "clip_vision_model",
-                "hidden_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 128,
-                "image_size": 64,
-                "patch_size": 8,
-            },
+            "vision_config": {"model_type": "clip_vision_model", **TINY_VIT},
             "text_config": {
                 "model_type": "llama",
                 "hidden_size": 128,

@@ -38,8 +38,6 @@ from avseg.data.synthav.writers import GENERATOR_VERSION
 from avseg.fileio import check_output_dir
 
 __all__ = [
-    "LOGMEL_CNN_CONFIG",
-    "TINY_VIT_CONFIG",
     "EncoderPretraining",
     "patch_targets",
     "pretrain_encoders",
@@ -48,19 +46,6 @@ __all__ = [
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
-
-TINY_VIT_CONFIG: dict[str, Any] = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-    "image_size": 64,
-    "patch_size": 8,
-}
-"""transformers ``ViTConfig`` of the tiny presets' image transformer: 2 layers, 64-d, 64-px frames, 8-px patches."""
-
-LOGMEL_CNN_CONFIG: dict[str, Any] = {"pool": [2, 2], "channels": [16, 32, 64], "out_dim": 128}
-"""Shape of the tiny presets' :class:`~avseg.layers.audio.LogMelCNN`."""
 
 _BACKGROUND_WEIGHT = 0.1  # background patches outnumber object patches about 10 to 1; weigh them down
 
@@ -207,20 +192,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]:
     """Pretrain the tiny ViT and log-mel CNN (see the module docstring) and write ``out/vit-tiny-synthav`` and
     ``out/logmel-cnn-synthav``; returns the record written to each folder's ``pretrain.json``."""
-    from avseg.layers.audio import LogMelCNN
-    from avseg.layers.vit import ViTEncoder, ViTEncoderConfig
+    from avseg.layers.audio import LogMelCNN, tiny_logmel_audio
+    from avseg.layers.vit import TINY_VIT, ViTEncoder, tiny_vit
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    vit_config = ViTEncoderConfig(
-        kind="vit",
-        hf_config=TINY_VIT_CONFIG,
-        image_size=TINY_VIT_CONFIG["image_size"],
-        pixel_mean=(0.485, 0.456, 0.406),
-        pixel_std=(0.229, 0.224, 0.225),
-        frozen=False,
-    )
-    grid = TINY_VIT_CONFIG["image_size"] // TINY_VIT_CONFIG["patch_size"]
+    vit_config = tiny_vit(frozen=False)
+    grid = TINY_VIT["image_size"] // TINY_VIT["patch_size"]
     started = time.time()
     train, val = _scenes(settings, "train", grid), _scenes(settings, "val", grid)
     print(
@@ -256,12 +234,11 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
         logits = torch.cat([vit_head(vit(chunk)[0]) for chunk in val.frames.split(256)])
     vit_accuracy = _patch_accuracy(logits.view(*val.patches.shape[:3], -1), val.patches)
 
-    cnn = LogMelCNN(
-        pool=tuple(LOGMEL_CNN_CONFIG["pool"]),
-        channels=tuple(LOGMEL_CNN_CONFIG["channels"]),
-        out_dim=LOGMEL_CNN_CONFIG["out_dim"],
-    )
-    audio_head = nn.Linear(LOGMEL_CNN_CONFIG["out_dim"], len(CLASS_NAMES))
+    audio_config = tiny_logmel_audio()
+    cnn = LogMelCNN(pool=audio_config.logmel_pool, channels=audio_config.logmel_channels, out_dim=audio_config.dim)
+    cnn_shape = {"pool": list(audio_config.logmel_pool), "channels": list(audio_config.logmel_channels)}
+    cnn_shape["out_dim"] = audio_config.dim
+    audio_head = nn.Linear(audio_config.dim, len(CLASS_NAMES))
 
     def audio_loss(gen: torch.Generator) -> Tensor:
         pick = torch.randint(len(train.examples), (settings.batch_size,), generator=gen)
@@ -284,9 +261,9 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
         "generator": GENERATOR_VERSION,
         "training_frames": len(train.frames),
         "held_out_frames": len(val.frames),
-        "vit": {"config": TINY_VIT_CONFIG, "held_out_accuracy": vit_accuracy, "seconds": round(vit_seconds, 1)},
+        "vit": {"config": TINY_VIT, "held_out_accuracy": vit_accuracy, "seconds": round(vit_seconds, 1)},
         "logmel_cnn": {
-            "config": LOGMEL_CNN_CONFIG,
+            "config": cnn_shape,
             "held_out_accuracy": audio_accuracy,
             "seconds": round(audio_seconds, 1),
         },
@@ -298,7 +275,7 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
         _write_json(folder / "pretrain.json", record)
     vit.model.config.save_pretrained(vit_dir)
     _save_half(vit.model, vit_dir)
-    _write_json(cnn_dir / "config.json", LOGMEL_CNN_CONFIG)
+    _write_json(cnn_dir / "config.json", cnn_shape)
     _save_half(cnn, cnn_dir)
     return record
 
