@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avseg.assets import ASSETS, asset_path, resolve_weights
+from avseg.assets import ASSETS, asset_path, is_packaged, resolve_weights
 from avseg.errors import UsageError
 from avseg.layers.sam2 import build_sam2, tiny_sam2_config
 
@@ -17,6 +17,8 @@ from avseg.layers.sam2 import build_sam2, tiny_sam2_config
 def test_sources_without_the_prefix_pass_through():
     assert resolve_weights("facebook/sam2.1-hiera-tiny") == "facebook/sam2.1-hiera-tiny"
     assert resolve_weights("/data/sam2-folder") == "/data/sam2-folder"
+    assert is_packaged("avseg:sam2-tiny-synthav")
+    assert not any(is_packaged(s) for s in ("facebook/sam2.1-hiera-tiny", "/data/avseg:x", "", None))
 
 
 def test_an_unknown_packaged_name_is_one_line_naming_it():

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from avseg.errors import UsageError
 
-__all__ = ["ASSETS", "ASSET_PREFIX", "asset_path", "resolve_weights"]
+__all__ = ["ASSETS", "ASSET_PREFIX", "asset_path", "is_packaged", "resolve_weights"]
 
 ASSET_PREFIX = "avseg:"
 """Prefix of a packaged asset in a ``weights`` setting (``avseg:sam2-tiny-synthav``)."""
@@ -42,6 +42,12 @@ def asset_path(name: str) -> Path:
 
 def resolve_weights(source: str) -> str:
     """A weights source with ``avseg:<name>`` replaced by the packaged folder; other sources unchanged."""
-    if source.startswith(ASSET_PREFIX):
+    if is_packaged(source):
         return str(asset_path(source.removeprefix(ASSET_PREFIX)))
     return source
+
+
+def is_packaged(source: str | None) -> bool:
+    """Whether the weights setting ``source`` names a packaged asset. Layers read packaged weights whether or not the
+    model is built pretrained (they are small and offline); hub ids and folders only when it is."""
+    return bool(source) and str(source).startswith(ASSET_PREFIX)

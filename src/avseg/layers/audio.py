@@ -165,11 +165,10 @@ class AudioEncoder(nn.Module):
                 )
             self.vggish = Frozen(load_vggish(weights), in_checkpoint=weights is None)
         else:
-            from avseg.assets import ASSET_PREFIX
+            from avseg.assets import is_packaged
 
-            source = config.logmel_weights
-            if source and (pretrained or source.startswith(ASSET_PREFIX)):
-                cnn = load_logmel_cnn(source)
+            if config.logmel_weights and (pretrained or is_packaged(config.logmel_weights)):
+                cnn = load_logmel_cnn(config.logmel_weights)
                 # Weights read from their source are left out of checkpoints only while frozen.
                 self.cnn = Frozen(cnn, in_checkpoint=False) if config.logmel_frozen else cnn
             else:

@@ -162,9 +162,9 @@ class ViTEncoder(nn.Module):
             load: Any = lambda src, **kw: ViTModel.from_pretrained(src, add_pooling_layer=False, **kw)  # noqa: E731
         else:
             config_cls, build, load = CLIPVisionConfig, CLIPVisionModel, CLIPVisionModel.from_pretrained
-        from avseg.assets import ASSET_PREFIX, resolve_weights
+        from avseg.assets import is_packaged, resolve_weights
 
-        self.loaded = pretrained or (config.weights or "").startswith(ASSET_PREFIX)
+        self.loaded = pretrained or is_packaged(config.weights)
         if self.loaded:
             if not config.weights:
                 raise ValueError(f"vision.weights must name a hub id or folder to build a pretrained {config.kind}")

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from avseg.data.synthav.audio import SAMPLE_RATE, mix_scene
 from avseg.data.synthav.scene import CLASSES, COLOURS, HELD_OUT_CLASS, generate_scene, render_scene, split_for_index
 from avseg.data.synthav.writers import GENERATOR_VERSION
-from avseg.fileio import check_output_dir
+from avseg.fileio import atomic_file, atomic_write_text, check_output_dir
 
 __all__ = [
     "EncoderPretraining",
@@ -178,15 +178,12 @@ def _save_half(module: nn.Module, folder: Path) -> None:
         name: (t.detach().half() if t.is_floating_point() else t.detach()).contiguous()
         for name, t in module.state_dict().items()
     }
-    tmp = folder / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "model.safetensors")
+    with atomic_file(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]:
@@ -236,8 +233,11 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
 
     audio_config = tiny_logmel_audio()
     cnn = LogMelCNN(pool=audio_config.logmel_pool, channels=audio_config.logmel_channels, out_dim=audio_config.dim)
-    cnn_shape = {"pool": list(audio_config.logmel_pool), "channels": list(audio_config.logmel_channels)}
-    cnn_shape["out_dim"] = audio_config.dim
+    cnn_shape = {
+        "pool": list(audio_config.logmel_pool),
+        "channels": list(audio_config.logmel_channels),
+        "out_dim": audio_config.dim,
+    }
     audio_head = nn.Linear(audio_config.dim, len(CLASS_NAMES))
 
     def audio_loss(gen: torch.Generator) -> Tensor:
@@ -273,7 +273,7 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
     for folder in (vit_dir, cnn_dir):
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(folder / "pretrain.json", record)
-    vit.model.config.save_pretrained(vit_dir)
+    atomic_write_text(vit_dir / "config.json", vit.model.config.to_json_string(use_diff=True))
     _save_half(vit.model, vit_dir)
     _write_json(cnn_dir / "config.json", cnn_shape)
     _save_half(cnn, cnn_dir)

@@ -864,10 +864,10 @@ def build_sam2(config: Sam2LayerConfig, *, pretrained: bool = False) -> Sam2Laye
     from safetensors import SafetensorError
     from transformers import Sam2VideoConfig, Sam2VideoModel  # deferred: transformers is heavy
 
-    from avseg.assets import ASSET_PREFIX
+    from avseg.assets import is_packaged
 
     kwargs = hf_video_config_kwargs(config)
-    if pretrained or (config.weights or "").startswith(ASSET_PREFIX):
+    if pretrained or is_packaged(config.weights):
         source = config.default_weights
         hf_config = Sam2VideoConfig.from_pretrained(source).to_dict()
         for key in ("image_size", "memory_attention_rope_feat_sizes"):
