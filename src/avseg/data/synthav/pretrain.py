@@ -146,7 +146,12 @@ def _cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _train(params: list[nn.Parameter], loss_of: Any, steps: int, lr: float, generator: torch.Generator) -> None:
+def _train(
+    title: str, params: list[nn.Parameter], loss_of: Any, steps: int, lr: float, generator: torch.Generator
+) -> float:
+    """AdamW on ``loss_of(generator)`` for ``steps`` steps (cosine after a 5% warm-up); returns the seconds taken."""
+    print(title, file=sys.stderr)
+    started = time.time()
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _cosine(s, steps))
     for step in range(steps):
@@ -157,6 +162,7 @@ def _train(params: list[nn.Parameter], loss_of: Any, steps: int, lr: float, gene
         schedule.step()
         if step % 500 == 0 or step == steps - 1:
             print(f"  step {step + 1}/{steps}: loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    return time.time() - started
 
 
 def _patch_accuracy(logits: Tensor, targets: Tensor) -> dict[str, float]:
@@ -222,10 +228,9 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
             logits[..., k_cls:].reshape(-1, k_colour), flat[:, 1], weight=weight_colour
         )
 
-    print("image transformer: patch class and colour", file=sys.stderr)
-    started = time.time()
-    _train([*vit.parameters(), *vit_head.parameters()], vit_loss, settings.vit_steps, settings.lr, generator)
-    vit_seconds = time.time() - started
+    vit_params = [*vit.parameters(), *vit_head.parameters()]
+    title = "image transformer: patch class and colour"
+    vit_seconds = _train(title, vit_params, vit_loss, settings.vit_steps, settings.lr, generator)
     vit.eval()
     with torch.no_grad():
         logits = torch.cat([vit_head(vit(chunk)[0]) for chunk in val.frames.split(256)])
@@ -244,10 +249,9 @@ def pretrain_encoders(out: Path, settings: EncoderPretraining) -> dict[str, Any]
         pick = torch.randint(len(train.examples), (settings.batch_size,), generator=gen)
         return F.binary_cross_entropy_with_logits(audio_head(cnn(train.examples[pick])), train.sounding[pick])
 
-    print("log-mel CNN: which classes sound in each second", file=sys.stderr)
-    started = time.time()
-    _train([*cnn.parameters(), *audio_head.parameters()], audio_loss, settings.audio_steps, settings.lr, generator)
-    audio_seconds = time.time() - started
+    cnn_params = [*cnn.parameters(), *audio_head.parameters()]
+    title = "log-mel CNN: which classes sound in each second"
+    audio_seconds = _train(title, cnn_params, audio_loss, settings.audio_steps, settings.lr, generator)
     cnn.eval()
     with torch.no_grad():
         tags = audio_head(cnn(val.examples)) > 0  # (N, K)
