@@ -16,6 +16,7 @@ from avseg.models import create_model
 
 RESULT_KEYS = {
     "model",
+    "overrides",
     "checkpoint",
     "mode",
     "device",
@@ -54,6 +55,7 @@ def test_bench_command_writes_json_with_the_documented_keys(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert set(data) == RESULT_KEYS
     assert (data["model"], data["mode"], data["device"], data["checkpoint"]) == ("tpavi-tiny", "inference", "cpu", None)
+    assert data["overrides"] == {}
     assert (data["image_size"], data["frames"], data["batch_size"], data["warmup"], data["runs"]) == (32, 2, 2, 1, 2)
     seconds = data["seconds"]
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
@@ -85,6 +87,17 @@ def test_bench_json_prints_the_result_on_stdout_and_quiet_hides_progress(tmp_pat
     assert main([*argv, "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "benchmarking" not in captured.err and "tpavi-tiny, inference on cpu" in captured.out
+
+
+def test_overrides_time_a_variant_of_the_preset_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", "tpavi-tiny", "--image-size", "32", "--frames", "1", "--warmup", "0", "--runs", "1"]
+    assert main([*argv, "--device", "cpu", "--overrides", "model.text.encoder=null", "--json-out", str(out)]) == 0
+    assert "tpavi-tiny model.text.encoder=None, inference on cpu" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["overrides"] == {"model.text.encoder": None}
+    variant = create_model("tpavi-tiny", **{"text.encoder": None}).num_parameters()
+    assert data["parameters"] == variant < create_model("tpavi-tiny").num_parameters()
 
 
 def test_statistics_come_from_the_timed_runs_only(small_checkpoint, monkeypatch):
@@ -129,6 +142,10 @@ def test_cpu_peak_memory_is_the_process_maximum_rss():
         (["--model", "tpavi-tiny", "--image-size", "4"], "--image-size 4: must be an integer >= 8"),
         (["--model", "tpavi-tiny", "--device", "banana"], "--device 'banana': not a device"),
         ([], "give --model PRESET (random weights) or --checkpoint DIR"),
+        (["--model", "tpavi-tiny", "--overrides", "model.no_such_key=1"], "--overrides: override 'model.no_such_key'"),
+        (["--model", "tpavi-tiny", "--overrides", "train.lr=1"], "--overrides 'train.lr': avseg bench takes the model"),
+        (["--model", "tpavi-tiny", "--overrides", "model.input_size"], "--overrides: override 'model.input_size' must"),
+        (["--checkpoint", "run", "--overrides", "model.input_size=64"], "--overrides change a preset's config"),
     ],
 )
 def test_bad_arguments_are_one_error_line(options, message, capsys):

@@ -3,7 +3,9 @@
 The batch is the model contract's input (:func:`avseg.data.types.random_batch`: uint8 frames at the given size,
 log-mel audio examples, an expression for models that read one), so a figure includes the model's own resizing and its
 audio and text encoders, not data loading, decoding or metrics. The model has random weights built offline from its
-preset (``pretrained=False``), or the weights of a checkpoint; speed does not depend on the weights' values.
+preset (``pretrained=False``), or the weights of a checkpoint; speed does not depend on the weights' values. Model
+config overrides (``model.KEY=VALUE``, as ``avseg train --overrides`` spells them) time a variant of a preset, e.g.
+a narrower trunk.
 
 Timing: ``warmup`` untimed runs, then ``runs`` timed ones, each one batch (inference: ``model.eval()`` under
 ``torch.no_grad()``; ``train=True``: a training step, forward, losses, backward and an AdamW step). On CUDA the device
@@ -24,10 +26,11 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -48,6 +51,7 @@ class BenchResult:
 
     Attributes:
         model: the preset name, or the checkpoint folder when the model came from one without a preset.
+        overrides: the preset's config overrides (``{"model.sam2.lr": 1e-4}``), as given.
         checkpoint: the checkpoint folder whose weights were loaded (None: random weights).
         mode: ``inference`` or ``train``.
         device: where it ran (``cpu``, ``cuda:0``).
@@ -66,6 +70,7 @@ class BenchResult:
     """
 
     model: str
+    overrides: dict[str, Any]
     checkpoint: str | None
     mode: Literal["inference", "train"]
     device: str
@@ -135,20 +140,46 @@ def _positive(value: int, arg: str, minimum: int = 1) -> int:
     return value
 
 
-def _build(model: str | None, checkpoint: str | Path | None) -> tuple[Any, str]:
+def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``model.KEY=VALUE`` strings → ``{"KEY": value}`` (values read as ``avseg train --overrides`` reads them)."""
+    from avseg.config import parse_overrides
+
+    try:
+        parsed = parse_overrides(items)
+    except ValueError as err:
+        raise UsageError(f"--overrides: {err}") from None
+    out = {}
+    for key, value in parsed.items():
+        section, _, rest = key.partition(".")
+        if section != "model" or not rest:
+            raise UsageError(f"--overrides {key!r}: avseg bench takes the model's config keys, model.KEY=VALUE")
+        out[rest] = value
+    return out
+
+
+def _build(model: str | None, checkpoint: str | Path | None, overrides: Sequence[str] = ()) -> tuple[Any, str]:
     """The model (random weights from its preset, or a checkpoint's) and its name in the result."""
+    from avseg.config import apply_overrides
     from avseg.models.registry import create_model, get_entry, load_model
 
     if model is None and checkpoint is None:
         raise UsageError("give --model PRESET (random weights) or --checkpoint DIR")
+    if overrides and model is None:
+        raise UsageError("--overrides change a preset's config: give --model PRESET")
     if model is not None:
         try:
             entry = get_entry(model)
         except ValueError as err:
             raise UsageError(f"--model {model!r}: {err}") from None
-        # Random weights built offline: a preset that would download pretrained parts builds them at random instead.
-        overrides = {"pretrained": False} if hasattr(entry.config(), "pretrained") else {}
-        net = create_model(model, checkpoint=None if checkpoint is None else str(checkpoint), **overrides)
+        changes = _model_overrides(overrides)
+        try:
+            config = apply_overrides(entry.config(), changes, prefix="model.") if changes else entry.config()
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--overrides: {err}") from None
+        # Random weights built offline: a preset that would download pretrained parts builds them at random instead
+        # (unless the overrides ask for model.pretrained=true).
+        offline = {"pretrained": False} if hasattr(config, "pretrained") else {}
+        net = create_model(model, checkpoint=None if checkpoint is None else str(checkpoint), **{**offline, **changes})
         return net, model
     net = load_model(checkpoint)
     return net, net.preset or str(checkpoint)
@@ -179,6 +210,7 @@ def bench(
     warmup: int = 2,
     runs: int = 5,
     train: bool = False,
+    overrides: Sequence[str] = (),
     progress: bool = False,
 ) -> BenchResult:
     """Time a model on a random batch and measure its peak memory.
@@ -194,10 +226,12 @@ def bench(
         warmup: untimed runs first (the first runs allocate memory and pick kernels).
         runs: timed runs.
         train: time a training step (forward, losses, backward, AdamW step) instead of inference.
+        overrides: ``model.KEY=VALUE`` changes to the preset's config (``model.sam2.hf_config={}``); needs ``model``.
         progress: count the runs (warm-up included) on stderr (:class:`~avseg.progress.Progress`).
 
     Raises:
-        UsageError: a count below 1 (``warmup`` below 0), an unknown preset, or an image size the model cannot run.
+        UsageError: a count below 1 (``warmup`` below 0), an unknown preset, a bad override, or an image size the
+            model cannot run.
     """
     from avseg.data.types import random_batch
     from avseg.device import resolve_device
@@ -208,7 +242,7 @@ def bench(
     if image_size is not None:
         _positive(image_size, "--image-size", minimum=8)
     torch_device = resolve_device(device)
-    net, name = _build(model, checkpoint)
+    net, name = _build(model, checkpoint, overrides)
     size = image_size if image_size is not None else _default_size(net, checkpoint)
     texts = [BENCH_TEXT] * batch_size if net.text_input != "none" else None
     batch = random_batch(batch_size, frames, size, texts=texts, classes=net.num_mask_channels, masks="square")
@@ -252,6 +286,7 @@ def bench(
     median = statistics.median(seconds)
     return BenchResult(
         model=name,
+        overrides={f"model.{key}": value for key, value in _model_overrides(overrides).items()},
         checkpoint=None if checkpoint is None else str(checkpoint),
         mode="train" if train else "inference",
         device=str(torch_device),
@@ -280,9 +315,10 @@ def format_result(result: BenchResult) -> str:
     if result.peak_memory_bytes is not None:
         what = "CUDA max allocated" if result.memory_kind == "cuda_max_allocated" else "process maximum RSS"
         memory = f"{result.peak_memory_bytes / 2**20:.1f} MiB ({what})"
+    variant = "".join(f" {key}={value}" for key, value in result.overrides.items())
     return "\n".join(
         [
-            f"{result.model}, {result.mode} on {where}",
+            f"{result.model}{variant}, {result.mode} on {where}",
             f"batch: {result.batch_size} x {result.frames} frames at {result.image_size} px; "
             f"{result.warmup} warm-up + {result.runs} timed runs; {result.parameters / 1e6:.2f} M parameters",
             f"seconds per batch: min {result.min_s:.4f}  median {result.median_s:.4f}  max {result.max_s:.4f}",
@@ -303,6 +339,7 @@ def bench_command(
     warmup: int = 2,
     runs: int = 5,
     train: bool = False,
+    overrides: Optional[list[str]] = None,  # noqa: UP045
     json_out: Path | None = None,
     quiet: bool = False,
     json: bool = False,
@@ -326,6 +363,8 @@ def bench_command(
         warmup: untimed runs before the timed ones.
         runs: timed runs (min, median and max are over these).
         train: time a training step (forward, losses, backward, AdamW step) instead of inference.
+        overrides: changes to the preset's config, as avseg train spells them, e.g. --overrides
+            model.sam2.hf_config={} (needs --model).
         json_out: also write the result as JSON (timings, memory, machine: torch version, device name, threads,
             date) to this file.
         quiet: show no progress (warnings, errors and the result are still printed).
@@ -346,6 +385,7 @@ def bench_command(
         warmup=warmup,
         runs=runs,
         train=train,
+        overrides=overrides or (),
         progress=not quiet,
     )
     text = jsonlib.dumps(result.to_dict(), indent=2) + "\n"
