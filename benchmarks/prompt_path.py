@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="more settings, as avseg train --overrides")
     args = parser.parse_args()
 
+    from avseg.config import parse_overrides
     from avseg.data.base import AVSDataset
     from avseg.data.readers import get_reader
     from avseg.demo import demo_run_config
@@ -158,10 +159,13 @@ def main() -> None:
     val = get_reader("refavs", data, image_size=manifest["size"]).dataset("val")
     val = AVSDataset(val.reader, [r for r in val.records if r.modalities == ("visual",) and not r.is_null])
     settings = ["data.hflip=0", "model.loss.object_weight=0", f"model.sam2.lr={args.sam2_lr}", *args.overrides]
+    model_overrides = {
+        key[len("model.") :]: v for key, v in parse_overrides(settings).items() if key.startswith("model.")
+    }
     rows = []
     for head in args.heads:
         seed_everything(args.seed)
-        before = score(create_model(PRESETS[head]), val, templates)
+        before = score(create_model(PRESETS[head], **model_overrides), val, templates)
         run_cfg = demo_run_config(
             data,
             PRESETS[head],
