@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avseg.data.refavs import null_kind
 from avseg.data.synthav.references import read_manifest
 from avseg.layers.sam2.decoder import Sam2Prompt
 from avseg.layers.text import masked_mean
@@ -83,7 +84,7 @@ def vision_only(data: Path, out: Path) -> Path:
             link.symlink_to((data / name).resolve(), target_is_directory=True)
     with open(data / "metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    keep = [r for r in rows if r["split"] != "train" or (r["modalities"] == "visual" and "null" not in r["uid"])]
+    keep = [r for r in rows if r["split"] != "train" or (r["modalities"] == "visual" and null_kind(r["uid"]) is None)]
     with open(root / "metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

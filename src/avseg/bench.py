@@ -157,21 +157,21 @@ def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _build(model: str | None, checkpoint: str | Path | None, overrides: Sequence[str] = ()) -> tuple[Any, str]:
-    """The model (random weights from its preset, or a checkpoint's) and its name in the result."""
+def _build(model: str | None, checkpoint: str | Path | None, changes: dict[str, Any]) -> tuple[Any, str]:
+    """The model (random weights from its preset with ``changes`` applied, or a checkpoint's) and its name in the
+    result."""
     from avseg.config import apply_overrides
     from avseg.models.registry import create_model, get_entry, load_model
 
     if model is None and checkpoint is None:
         raise UsageError("give --model PRESET (random weights) or --checkpoint DIR")
-    if overrides and model is None:
+    if changes and model is None:
         raise UsageError("--overrides change a preset's config: give --model PRESET")
     if model is not None:
         try:
             entry = get_entry(model)
         except ValueError as err:
             raise UsageError(f"--model {model!r}: {err}") from None
-        changes = _model_overrides(overrides)
         try:
             config = apply_overrides(entry.config(), changes, prefix="model.") if changes else entry.config()
         except (ValueError, TypeError) as err:
@@ -242,7 +242,8 @@ def bench(
     if image_size is not None:
         _positive(image_size, "--image-size", minimum=8)
     torch_device = resolve_device(device)
-    net, name = _build(model, checkpoint, overrides)
+    changes = _model_overrides(overrides)
+    net, name = _build(model, checkpoint, changes)
     size = image_size if image_size is not None else _default_size(net, checkpoint)
     texts = [BENCH_TEXT] * batch_size if net.text_input != "none" else None
     batch = random_batch(batch_size, frames, size, texts=texts, classes=net.num_mask_channels, masks="square")
@@ -286,7 +287,7 @@ def bench(
     median = statistics.median(seconds)
     return BenchResult(
         model=name,
-        overrides={f"model.{key}": value for key, value in _model_overrides(overrides).items()},
+        overrides={f"model.{key}": value for key, value in changes.items()},
         checkpoint=None if checkpoint is None else str(checkpoint),
         mode="train" if train else "inference",
         device=str(torch_device),
