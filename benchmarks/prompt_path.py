@@ -10,11 +10,14 @@ a SynthAV (no null expressions, no flips, no object-score loss: only the masks t
 
 It then scores frame 0 (the prompted frame, which SAM2 decodes without memory) of the val split's vision-only
 expressions: the mean IoU per template at the frame size; the fraction of pixels that change when each expression's
-prompt token is swapped with another expression's (a decoder that ignores its prompt changes none); and, before
-training, how much the prompt token varies across expressions (standard deviation across items over the mean norm).
-Example (docs/benchmarks.md, SAM2-LOVE section)::
+prompt token is swapped with another expression's (a decoder that ignores its prompt changes none); before and after
+training, how much the prompt token varies across expressions (standard deviation across items over the mean norm)
+and the fraction of the ``fused`` projector's hidden ReLU units that fire on at least one item (a unit that never
+fires passes nothing that depends on the item). Examples (docs/benchmarks.md, SAM2-LOVE section)::
 
     python benchmarks/prompt_path.py --data avseg-demo/synthav/refavs --out runs/prompt-path --steps 400
+    python benchmarks/prompt_path.py --data avseg-demo/synthav/refavs --out runs/prompt-path-3e-4 --steps 400 \
+        --overrides train.lr=3e-4
 
 Writes ``OUT/data/`` (the filtered metadata, linking the frames and masks of ``--data``), ``OUT/HEAD/`` (each
 training run), ``OUT/prompt_path.json`` and prints a markdown table.
@@ -93,9 +96,14 @@ def vision_only(data: Path, out: Path) -> Path:
 
 
 @torch.no_grad()
-def prompt_tokens(model: SAM2LOVE, batch: Any) -> torch.Tensor:
-    """``(B, n', C)`` the prompt the model gives SAM2 for each expression."""
-    return model.projector(model.fuse(batch).prompt)
+def prompt_tokens(model: SAM2LOVE, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, n', C)`` the prompt the model gives SAM2 for each expression, and ``(B, n', W)`` the hidden layer of its
+    ``Linear → ReLU → Linear`` projector (None for a head without one)."""
+    fused = model.fuse(batch).prompt
+    if len(model.projector) == 3 and isinstance(model.projector[1], nn.ReLU):
+        hidden = model.projector[:2](fused)
+        return model.projector[2:](hidden), hidden
+    return model.projector(fused), None
 
 
 @torch.no_grad()
@@ -113,12 +121,14 @@ def score(model: SAM2LOVE, dataset: Any, templates: dict[str, str], chunk: int =
 
     model.eval()
     ious: dict[str, list[float]] = defaultdict(list)
-    changed, pixels, tokens_seen = 0.0, 0, []
+    changed, pixels, tokens_seen, hidden_seen = 0.0, 0, [], []
     for start in range(0, len(dataset), chunk):
         indices = range(start, min(start + chunk, len(dataset)))
         batch = collate([dataset[i] for i in indices])
-        tokens = prompt_tokens(model, batch)
+        tokens, hidden = prompt_tokens(model, batch)
         tokens_seen.append(tokens[:, 0])
+        if hidden is not None:
+            hidden_seen.append(hidden[:, 0])
         masks = frame0_masks(model, batch, tokens)  # (B, H, W)
         swapped = frame0_masks(model, batch, tokens.roll(1, 0))
         truth = batch.masks[:, 0] > 0
@@ -132,6 +142,10 @@ def score(model: SAM2LOVE, dataset: Any, templates: dict[str, str], chunk: int =
     out["all"] = round(sum(sum(v) for v in ious.values()) / sum(len(v) for v in ious.values()), 3)
     out["swap_changed"] = round(changed / pixels, 4)
     out["token_spread"] = round(float(every.std(0).norm() / every.norm(dim=1).mean()), 3)
+    # A ReLU unit that is zero on every item passes nothing that depends on the item.
+    out["projector_units_alive"] = (
+        round(float((torch.cat(hidden_seen) > 0).any(0).float().mean()), 3) if hidden_seen else None
+    )
     return out
 
 
@@ -179,7 +193,8 @@ def main() -> None:
         prepare_trainer(run_cfg, args.out / head).fit()
         seconds = round(time.monotonic() - start)
         after = score(load_model(args.out / head), val, templates)
-        rows.append({"head": head, "init_token_spread": before["token_spread"], **after, "train_s": seconds})
+        init = {"init_token_spread": before["token_spread"], "init_units_alive": before["projector_units_alive"]}
+        rows.append({"head": head, **init, **after, "train_s": seconds})
         print(json.dumps(rows[-1]), flush=True)
     record = {
         "benchmark": "prompt_path",
@@ -192,7 +207,15 @@ def main() -> None:
         "rows": rows,
     }
     (args.out / "prompt_path.json").write_text(json.dumps(record, indent=2))
-    columns = ["init_token_spread", *[t for t in TEMPLATES if t in rows[0]], "all", "swap_changed", "token_spread"]
+    columns = [
+        "init_token_spread",
+        *[t for t in TEMPLATES if t in rows[0]],
+        "all",
+        "swap_changed",
+        "token_spread",
+        "init_units_alive",
+        "projector_units_alive",
+    ]
     print("| head | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for row in rows:
