@@ -16,8 +16,8 @@ and the fraction of the ``fused`` projector's hidden ReLU units that fire on at 
 fires passes nothing that depends on the item). Examples (docs/benchmarks.md, SAM2-LOVE section)::
 
     python benchmarks/prompt_path.py --data avseg-demo/synthav/refavs --out runs/prompt-path --steps 400
-    python benchmarks/prompt_path.py --data avseg-demo/synthav/refavs --out runs/prompt-path-3e-4 --steps 400 \
-        --overrides train.lr=3e-4
+    python benchmarks/prompt_path.py --data avseg-demo/synthav/refavs --out runs/prompt-path-3e-3 --steps 400 \
+        --overrides train.lr=3e-3
 
 Writes ``OUT/data/`` (the filtered metadata, linking the frames and masks of ``--data``), ``OUT/HEAD/`` (each
 training run), ``OUT/prompt_path.json`` and prints a markdown table.
@@ -193,7 +193,7 @@ def main() -> None:
         prepare_trainer(run_cfg, args.out / head).fit()
         seconds = round(time.monotonic() - start)
         after = score(load_model(args.out / head), val, templates)
-        init = {"init_token_spread": before["token_spread"], "init_units_alive": before["projector_units_alive"]}
+        init = {f"init_{key}": before[key] for key in ("token_spread", "projector_units_alive")}
         rows.append({"head": head, **init, **after, "train_s": seconds})
         print(json.dumps(rows[-1]), flush=True)
     record = {
@@ -213,7 +213,7 @@ def main() -> None:
         "all",
         "swap_changed",
         "token_spread",
-        "init_units_alive",
+        "init_projector_units_alive",
         "projector_units_alive",
     ]
     print("| head | " + " | ".join(columns) + " |")

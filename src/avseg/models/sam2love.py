@@ -728,8 +728,8 @@ def sam2love_tiny() -> Sam2LoveConfig:
     under each patch, the audio CNN (``avseg:logmel-cnn-synthav``) on which classes sound each second. The fusion is
     128-d with 2 blocks of 4 heads. The recipe is avseg's CPU recipe (cosine, 8 clips per step, frames at 128 px) at
     AdamW 3e-4 rather than its usual 3e-3: at 3e-3 (and 1e-3) the fused ``[seg]`` settles within a few hundred steps
-    on one prompt for every clip and expression (the projector's ReLU units stop firing) and stays there however long
-    training goes on; at 3e-4 it keeps following the expression (``benchmarks/prompt_path.py``).
+    on one prompt for every clip and expression (the projector's ReLU units stop firing) and did not leave it in runs
+    of up to 3000 steps; at 3e-4 it keeps following the expression (``benchmarks/prompt_path.py``).
     """
     return Sam2LoveConfig(
         pretrained=False,
