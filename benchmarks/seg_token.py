@@ -57,7 +57,7 @@ def seg_token_path(model: torch.nn.Module, dataset, chunk: int = 16) -> tuple[di
     """``{point: (N, D)}`` at each of :data:`POINTS` for every item of ``dataset``, one row per ``[SEG]`` (SVAC has
     one per clip), and each row's group: its video and the index of its ``[SEG]`` in the answer."""
     from avseg.data.types import collate
-    from avseg.models.sa2va import Sa2VA, sample_uniform
+    from avseg.models.sa2va import Sa2VA
 
     model.eval()
     seen: dict[str, list[Tensor]] = {point: [] for point in POINTS}
@@ -73,10 +73,8 @@ def seg_token_path(model: torch.nn.Module, dataset, chunk: int = 16) -> tuple[di
         for start in range(0, len(dataset), chunk):
             indices = range(start, min(start + chunk, len(dataset)))
             batch = collate([dataset[i] for i in indices])
-            if isinstance(model, Sa2VA):  # the frames inference samples, as in Sa2VA._track_clips
-                want = model.config.clips.num_frames
-                counts = [max(int(n), 1) for n in batch.frame_valid.sum(1).tolist()]
-                model.read_seg_tokens(batch, [[min(f, n - 1) for f in sample_uniform(n, want)] for n in counts])
+            if isinstance(model, Sa2VA):
+                model.read_seg_tokens(batch, model.inference_frames(batch))
             else:
                 model.read_seg_tokens(batch)
             per_item = seen["hidden"][-1].shape[0] // len(indices)
@@ -98,6 +96,8 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="with --preset: model settings (mllm.trainable=[])")
     parser.add_argument("--image-size", type=int, default=None, help="reader frame size (default: the model's)")
     args = parser.parse_args()
+    if args.checkpoint is not None and args.overrides:
+        parser.error("--overrides applies to --preset only (a checkpoint keeps the settings it was trained with)")
 
     from avseg.checkpoint import read_training_data
     from avseg.config import parse_overrides

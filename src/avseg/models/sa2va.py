@@ -447,6 +447,17 @@ class Sa2VA(AVSModel):
         written = torch.ones(seg.shape[:2], dtype=torch.bool, device=seg.device)
         return self.seg_projector(seg), written, out.lm_loss, None  # (B, n, C)
 
+    def inference_frames(self, batch: AVSBatch) -> list[list[int]]:
+        """Per clip, the ``T`` frames the MLLM reads at inference (``inference_sampling``: uniform over its valid
+        frames, or its first ``T``; repeated at the end of a clip shorter than ``T``)."""
+        want = self.config.clips.num_frames
+        frame_sets = []
+        for n in batch.frame_valid.sum(1).tolist():
+            n = max(int(n), 1)
+            chosen = sample_uniform(n, want) if self.config.inference_sampling == "uniform" else list(range(want))
+            frame_sets.append([min(f, n - 1) for f in chosen])
+        return frame_sets
+
     def frame_tokens(self, num_frames: int) -> Tensor:
         """``(num_frames,)`` which ``[SEG]`` token prompts each of the ``T`` sampled frames (CSA: its clip's)."""
         if not self.config.clips.seg_per_clip:
@@ -513,11 +524,7 @@ class Sa2VA(AVSModel):
         b, t, _, h, w = batch.frames.shape
         num_valid = batch.frame_valid.sum(1).tolist()
         want = self.config.clips.num_frames
-        frame_sets = []
-        for n in num_valid:
-            n = max(int(n), 1)
-            chosen = sample_uniform(n, want) if self.config.inference_sampling == "uniform" else list(range(want))
-            frame_sets.append([min(f, n - 1) for f in chosen])
+        frame_sets = self.inference_frames(batch)
         tokens, written, lm_loss, answers = self.read_seg_tokens(batch, frame_sets)  # (B, n, C), (B, n)
         per_frame = self.frame_tokens(want).to(tokens.device)  # (T,)
         images = self.sam2.resize(self.normalize_frames(batch))  # (B*T, 3, S, S)
